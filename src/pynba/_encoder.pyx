@@ -1,0 +1,715 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Pinba datagram encoder, compiled.
+
+The twin of ``_pure_encoder.py``: same signature, same bytes. Everything
+that is not a plain str, bytes, float, int, bool or None takes the pure
+module's conversion functions, so both agree on the rare cases by
+construction; this module only makes the common cases fast.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_CheckExact, PyDict_Next
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.list cimport PyList_CheckExact
+from cpython.long cimport PyLong_CheckExact
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_Check
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memchr, memcmp, memcpy, memset
+
+from pynba._pure_encoder import to_bytes as _py_to_bytes
+from pynba._pure_encoder import to_seconds as _py_to_seconds
+from pynba._pure_encoder import to_uint32 as _py_to_uint32
+from pynba._pure_encoder import _pairs as _py_pairs
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
+    bint PyUnicode_IS_COMPACT_ASCII(object)
+    void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    void PyErr_Clear()
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    object PySequence_Fast(object, const char*)
+    Py_ssize_t PySequence_Fast_GET_SIZE(object)
+    PyObject** PySequence_Fast_ITEMS(object)
+
+cdef double FLT_MIN = 1.1754943508222875e-38
+cdef double FLT_MAX = 3.4028234663852886e38
+cdef double INF = float("inf")
+cdef uint64_t UINT32_MAX = 0xFFFFFFFF
+cdef uint64_t STATUS_MAX = 0xFFFFFFFE
+
+cdef enum:
+    CACHE = 64  # identity cache slots (power of two)
+
+# ---------------------------------------------------------------- scalars
+
+cdef inline double sanitize(double x) noexcept nogil:
+    if not x >= FLT_MIN:
+        return 0.0
+    if x > FLT_MAX:
+        return 0.0 if x == INF else FLT_MAX
+    return x
+
+
+cdef inline double to_seconds(object value) except? -1.0:
+    if PyFloat_CheckExact(value):
+        return sanitize(PyFloat_AS_DOUBLE(value))
+    if value is None:
+        return 0.0
+    return _py_to_seconds(value)
+
+
+cdef inline uint64_t to_uint32(object value, uint64_t top) except? 0xFFFFFFFFFFFFFFFF:
+    cdef int overflow = 0
+    cdef long long n
+    if PyLong_CheckExact(value):
+        n = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow > 0:
+            return top
+        if overflow < 0 or n < 0:
+            return 0
+        return <uint64_t>n if <uint64_t>n < top else top
+    if value is None:
+        return 0
+    return _py_to_uint32(value, top)
+
+# ---------------------------------------------------------------- buffers
+
+cdef struct Text:
+    const char* ptr
+    Py_ssize_t size
+
+cdef struct Word:
+    const char* ptr
+    Py_ssize_t size
+    uint64_t hash
+
+cdef struct TagRef:
+    Text name
+    Text value
+    int32_t name_id
+    int32_t value_id
+    PyObject* name_obj
+    PyObject* value_obj
+
+cdef struct Timer:
+    Py_ssize_t first  # offset into State.pairs (2 entries per tag)
+    Py_ssize_t count  # tags
+    uint64_t hash
+    uint64_t hits
+    double value
+    double utime
+    double stime
+
+cdef struct State:
+    Word* words
+    Py_ssize_t nwords
+    Py_ssize_t cap_words
+    int32_t* wslots  # open addressing: word id or -1
+    Py_ssize_t wmask
+    uint32_t* pairs
+    Py_ssize_t npairs
+    Py_ssize_t cap_pairs
+    Timer* timers
+    Py_ssize_t ntimers
+    Py_ssize_t cap_timers
+    int32_t* tslots  # open addressing: timer id or -1
+    Py_ssize_t tmask
+    TagRef* refs
+    Py_ssize_t cap_refs
+    uint32_t* rtags  # request tags: name id, value id
+    Py_ssize_t nrtags
+    Py_ssize_t cap_rtags
+    unsigned char* out
+    Py_ssize_t olen
+    Py_ssize_t ocap
+    PyObject* cache_obj[CACHE]
+    int32_t cache_id[CACHE]
+    # initial storage, so that a typical request allocates nothing
+    Word s_words[64]
+    int32_t s_wslots[128]
+    uint32_t s_pairs[256]
+    Timer s_timers[32]
+    int32_t s_tslots[64]
+    TagRef s_refs[16]
+    uint32_t s_rtags[32]
+    unsigned char s_out[2048]
+
+
+cdef void state_init(State* s) noexcept:
+    s.words = s.s_words
+    s.nwords = 0
+    s.cap_words = 64
+    s.wslots = s.s_wslots
+    s.wmask = 127
+    memset(s.wslots, 0xFF, sizeof(int32_t) * 128)
+    s.pairs = s.s_pairs
+    s.npairs = 0
+    s.cap_pairs = 256
+    s.timers = s.s_timers
+    s.ntimers = 0
+    s.cap_timers = 32
+    s.tslots = s.s_tslots
+    s.tmask = 63
+    memset(s.tslots, 0xFF, sizeof(int32_t) * 64)
+    s.refs = s.s_refs
+    s.cap_refs = 16
+    s.rtags = s.s_rtags
+    s.nrtags = 0
+    s.cap_rtags = 32
+    s.out = s.s_out
+    s.olen = 0
+    s.ocap = 2048
+    memset(s.cache_obj, 0, sizeof(s.cache_obj))
+
+
+cdef void state_free(State* s) noexcept:
+    if s.words != s.s_words:
+        free(s.words)
+    if s.wslots != s.s_wslots:
+        free(s.wslots)
+    if s.pairs != s.s_pairs:
+        free(s.pairs)
+    if s.timers != s.s_timers:
+        free(s.timers)
+    if s.tslots != s.s_tslots:
+        free(s.tslots)
+    if s.refs != s.s_refs:
+        free(s.refs)
+    if s.rtags != s.s_rtags:
+        free(s.rtags)
+    if s.out != s.s_out:
+        free(s.out)
+
+
+cdef void* grow(void* data, void* initial, Py_ssize_t used, Py_ssize_t* cap,
+                Py_ssize_t need, size_t item) except NULL:
+    """Storage for at least ``need`` items, keeping the first ``used``."""
+    cdef Py_ssize_t new_cap = cap[0]
+    while new_cap < need:
+        new_cap *= 2
+    cdef void* fresh = malloc(new_cap * item)
+    if fresh == NULL:
+        raise MemoryError()
+    memcpy(fresh, data, used * item)
+    if data != initial:
+        free(data)
+    cap[0] = new_cap
+    return fresh
+
+
+# ---------------------------------------------------------------- dictionary
+
+cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
+    # FNV-1a: tag strings are short, so a simple byte loop is the fastest.
+    cdef uint64_t h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ <unsigned char>p[i]) * 1099511628211ULL
+    return h
+
+
+cdef int text_of(object value, Text* text, list keep) except -1:
+    """The bytes sent for a tag name or value, borrowed from ``value`` or ``keep``."""
+    cdef Py_ssize_t size
+    cdef const char* ptr
+    cdef object data
+    if PyUnicode_Check(value):
+        if PyUnicode_IS_COMPACT_ASCII(value):
+            ptr = <const char*>PyUnicode_DATA(value)
+            size = PyUnicode_GET_LENGTH(value)
+        else:
+            ptr = PyUnicode_AsUTF8AndSize(value, &size)
+            if ptr == NULL:  # lone surrogates: the pure module replaces them
+                PyErr_Clear()
+                return slow_text(value, text, keep)
+    elif PyBytes_Check(value):
+        ptr = PyBytes_AS_STRING(value)
+        size = PyBytes_GET_SIZE(value)
+    else:
+        return slow_text(value, text, keep)
+    if size and memchr(ptr, 0, size) != NULL:
+        return slow_text(value, text, keep)
+    text.ptr = ptr
+    text.size = size
+    return 0
+
+
+cdef int slow_text(object value, Text* text, list keep) except -1:
+    data = _py_to_bytes(value)
+    keep.append(data)
+    text.ptr = PyBytes_AS_STRING(data)
+    text.size = PyBytes_GET_SIZE(data)
+    return 0
+
+
+cdef inline int32_t cached_id(State* s, object value) noexcept:
+    """The dictionary id of an object already seen in this call, else -1.
+
+    Only str and bytes (immutable) are cached, and every cached object is
+    kept alive by the caller's arguments or by ``keep`` for the whole call.
+    """
+    cdef size_t slot = (<size_t><PyObject*>value >> 4) & (CACHE - 1)
+    if s.cache_obj[slot] == <PyObject*>value:
+        return s.cache_id[slot]
+    return -1
+
+
+cdef inline void remember(State* s, object value, int32_t word_id) noexcept:
+    cdef size_t slot
+    if PyUnicode_Check(value) or PyBytes_Check(value):
+        slot = (<size_t><PyObject*>value >> 4) & (CACHE - 1)
+        s.cache_obj[slot] = <PyObject*>value
+        s.cache_id[slot] = word_id
+
+
+cdef int rehash_words(State* s) except -1:
+    cdef Py_ssize_t size = (s.wmask + 1) * 2
+    cdef int32_t* slots = <int32_t*>malloc(size * sizeof(int32_t))
+    if slots == NULL:
+        raise MemoryError()
+    memset(slots, 0xFF, size * sizeof(int32_t))
+    cdef Py_ssize_t i, j
+    for i in range(s.nwords):
+        j = s.words[i].hash & (size - 1)
+        while slots[j] >= 0:
+            j = (j + 1) & (size - 1)
+        slots[j] = <int32_t>i
+    if s.wslots != s.s_wslots:
+        free(s.wslots)
+    s.wslots = slots
+    s.wmask = size - 1
+    return 0
+
+
+cdef int32_t word_id(State* s, Text* text) except -1:
+    """The dictionary id of these bytes, adding them when new."""
+    cdef uint64_t h = hash_bytes(text.ptr, text.size)
+    cdef Py_ssize_t j = h & s.wmask
+    cdef int32_t found
+    cdef Word* w
+    while True:
+        found = s.wslots[j]
+        if found < 0:
+            break
+        w = &s.words[found]
+        if w.hash == h and w.size == text.size and memcmp(w.ptr, text.ptr, text.size) == 0:
+            return found
+        j = (j + 1) & s.wmask
+    if s.nwords == s.cap_words:
+        s.words = <Word*>grow(s.words, s.s_words, s.nwords, &s.cap_words,
+                              s.nwords + 1, sizeof(Word))
+    found = <int32_t>s.nwords
+    w = &s.words[found]
+    w.ptr = text.ptr
+    w.size = text.size
+    w.hash = h
+    s.nwords += 1
+    s.wslots[j] = found
+    if s.nwords * 2 > s.wmask:
+        rehash_words(s)
+    return found
+
+
+cdef int32_t object_id(State* s, object value, list keep) except -1:
+    cdef int32_t found = cached_id(s, value)
+    cdef Text text
+    if found >= 0:
+        return found
+    text_of(value, &text, keep)
+    found = word_id(s, &text)
+    remember(s, value, found)
+    return found
+
+# ---------------------------------------------------------------- timers
+
+cdef inline int compare_text(const char* a, Py_ssize_t na, const char* b, Py_ssize_t nb) noexcept nogil:
+    cdef int c = memcmp(a, b, na if na < nb else nb)
+    if c:
+        return c
+    return (na > nb) - (na < nb)
+
+
+cdef int compare_refs(const void* x, const void* y) noexcept nogil:
+    cdef const TagRef* a = <const TagRef*>x
+    cdef const TagRef* b = <const TagRef*>y
+    cdef int c = 0
+    if a.name_id < 0 or a.name_id != b.name_id:
+        c = compare_text(a.name.ptr, a.name.size, b.name.ptr, b.name.size)
+    if c == 0 and (a.value_id < 0 or a.value_id != b.value_id):
+        c = compare_text(a.value.ptr, a.value.size, b.value.ptr, b.value.size)
+    return c
+
+
+cdef int ref_text(State* s, TagRef* ref, object value, bint is_name, list keep) except -1:
+    cdef int32_t found = cached_id(s, value)
+    cdef Text* text = &ref.name if is_name else &ref.value
+    if found >= 0:
+        text.ptr = s.words[found].ptr
+        text.size = s.words[found].size
+    else:
+        text_of(value, text, keep)
+    if is_name:
+        ref.name_id = found
+        ref.name_obj = <PyObject*>value
+    else:
+        ref.value_id = found
+        ref.value_obj = <PyObject*>value
+    return 0
+
+
+cdef int add_ref(State* s, Py_ssize_t n, object name, object value, list keep) except -1:
+    if n == s.cap_refs:
+        s.refs = <TagRef*>grow(s.refs, s.s_refs, n, &s.cap_refs, n + 1, sizeof(TagRef))
+    ref_text(s, &s.refs[n], name, True, keep)
+    ref_text(s, &s.refs[n], value, False, keep)
+    return 0
+
+
+cdef Py_ssize_t collect_tags(State* s, object tags, list keep) except -1:
+    """Reads one timer's tags into ``s.refs``; returns how many."""
+    cdef Py_ssize_t n = 0, pos = 0, i, size
+    cdef PyObject* key
+    cdef PyObject* val
+    cdef PyObject** items
+    cdef object pair
+    if PyDict_CheckExact(tags):
+        while PyDict_Next(tags, &pos, &key, &val):
+            add_ref(s, n, <object>key, <object>val, keep)
+            n += 1
+        return n
+    if not (PyTuple_CheckExact(tags) or PyList_CheckExact(tags)):
+        tags = tuple(_py_pairs(tags))
+        keep.append(tags)
+    # a tuple or list: held by the caller's timer for the whole call
+    seq = PySequence_Fast(tags, "tags must be a sequence of pairs")
+    size = PySequence_Fast_GET_SIZE(seq)
+    items = PySequence_Fast_ITEMS(seq)
+    for i in range(size):
+        pair = <object>items[i]
+        if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:
+            add_ref(s, n, <object>PyTuple_GET_ITEM(pair, 0), <object>PyTuple_GET_ITEM(pair, 1), keep)
+        else:
+            name, value = pair
+            keep.append(name)
+            keep.append(value)
+            add_ref(s, n, name, value, keep)
+        n += 1
+    return n
+
+
+cdef void sort_refs(TagRef* refs, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef TagRef tmp
+    if n == 2:  # the common case: one comparison, rarely a swap
+        if compare_refs(&refs[0], &refs[1]) > 0:
+            tmp = refs[0]
+            refs[0] = refs[1]
+            refs[1] = tmp
+        return
+    if n > 16:
+        qsort(refs, n, sizeof(TagRef), compare_refs)
+        return
+    for i in range(1, n):
+        j = i
+        while j > 0 and compare_refs(&refs[j - 1], &refs[j]) > 0:
+            tmp = refs[j]
+            refs[j] = refs[j - 1]
+            refs[j - 1] = tmp
+            j -= 1
+
+
+cdef int add_timer(State* s, object timer, list keep) except -1:
+    cdef object tags, value, hit_count, utime, stime
+    if PyTuple_CheckExact(timer) and PyTuple_GET_SIZE(timer) == 5:
+        tags = <object>PyTuple_GET_ITEM(timer, 0)
+        value = <object>PyTuple_GET_ITEM(timer, 1)
+        hit_count = <object>PyTuple_GET_ITEM(timer, 2)
+        utime = <object>PyTuple_GET_ITEM(timer, 3)
+        stime = <object>PyTuple_GET_ITEM(timer, 4)
+    else:
+        tags, value, hit_count, utime, stime = timer
+        keep.append((tags, value, hit_count, utime, stime))
+    cdef Py_ssize_t n = collect_tags(s, tags, keep)
+    if n == 0:
+        return 0
+    cdef Py_ssize_t i
+    cdef TagRef* ref
+    sort_refs(s.refs, n)
+    if s.npairs + 2 * n > s.cap_pairs:
+        s.pairs = <uint32_t*>grow(s.pairs, s.s_pairs, s.npairs, &s.cap_pairs,
+                                  s.npairs + 2 * n, sizeof(uint32_t))
+    cdef uint32_t* pairs = s.pairs + s.npairs
+    cdef uint64_t h = 14695981039346656037ULL
+    for i in range(n):
+        ref = &s.refs[i]
+        if ref.name_id < 0:
+            ref.name_id = word_id(s, &ref.name)
+            remember(s, <object>ref.name_obj, ref.name_id)
+        if ref.value_id < 0:
+            ref.value_id = word_id(s, &ref.value)
+            remember(s, <object>ref.value_obj, ref.value_id)
+        pairs[2 * i] = ref.name_id
+        pairs[2 * i + 1] = ref.value_id
+        h = (h ^ <uint64_t>ref.name_id) * 1099511628211ULL
+        h = (h ^ <uint64_t>ref.value_id) * 1099511628211ULL
+    h ^= <uint64_t>n
+
+    cdef uint64_t hits = to_uint32(hit_count, UINT32_MAX)
+    if hits == 0:
+        hits = 1
+    cdef double t_value = to_seconds(value)
+    cdef double t_utime = to_seconds(utime)
+    cdef double t_stime = to_seconds(stime)
+
+    cdef Py_ssize_t j = h & s.tmask
+    cdef int32_t found
+    cdef Timer* t
+    while True:
+        found = s.tslots[j]
+        if found < 0:
+            break
+        t = &s.timers[found]
+        if t.hash == h and t.count == n and memcmp(
+            s.pairs + t.first, pairs, 2 * n * sizeof(uint32_t)
+        ) == 0:
+            t.value += t_value
+            t.hits = t.hits + hits if t.hits + hits < UINT32_MAX else UINT32_MAX
+            t.utime += t_utime
+            t.stime += t_stime
+            return 0
+        j = (j + 1) & s.tmask
+
+    if s.ntimers == s.cap_timers:
+        s.timers = <Timer*>grow(s.timers, s.s_timers, s.ntimers, &s.cap_timers,
+                                s.ntimers + 1, sizeof(Timer))
+    found = <int32_t>s.ntimers
+    t = &s.timers[found]
+    t.first = s.npairs
+    t.count = n
+    t.hash = h
+    t.hits = hits
+    t.value = t_value
+    t.utime = t_utime
+    t.stime = t_stime
+    s.npairs += 2 * n
+    s.ntimers += 1
+    s.tslots[j] = found
+    if s.ntimers * 2 > s.tmask:
+        rehash_timers(s)
+    return 0
+
+
+cdef int rehash_timers(State* s) except -1:
+    cdef Py_ssize_t size = (s.tmask + 1) * 2
+    cdef int32_t* slots = <int32_t*>malloc(size * sizeof(int32_t))
+    if slots == NULL:
+        raise MemoryError()
+    memset(slots, 0xFF, size * sizeof(int32_t))
+    cdef Py_ssize_t i, j
+    for i in range(s.ntimers):
+        j = s.timers[i].hash & (size - 1)
+        while slots[j] >= 0:
+            j = (j + 1) & (size - 1)
+        slots[j] = <int32_t>i
+    if s.tslots != s.s_tslots:
+        free(s.tslots)
+    s.tslots = slots
+    s.tmask = size - 1
+    return 0
+
+
+cdef int add_request_tag(State* s, object name, object value, list keep) except -1:
+    if s.nrtags + 2 > s.cap_rtags:
+        s.rtags = <uint32_t*>grow(s.rtags, s.s_rtags, s.nrtags, &s.cap_rtags,
+                                  s.nrtags + 2, sizeof(uint32_t))
+    s.rtags[s.nrtags] = object_id(s, name, keep)
+    s.rtags[s.nrtags + 1] = object_id(s, value, keep)
+    s.nrtags += 2
+    return 0
+
+
+cdef int collect_request_tags(State* s, object tags, list keep) except -1:
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* val
+    if tags is None:
+        return 0
+    if PyDict_CheckExact(tags):
+        while PyDict_Next(tags, &pos, &key, &val):
+            add_request_tag(s, <object>key, <object>val, keep)
+        return 0
+    if not (PyTuple_CheckExact(tags) or PyList_CheckExact(tags)):
+        tags = tuple(_py_pairs(tags))
+        keep.append(tags)
+    for pair in tags:
+        name, value = pair
+        keep.append(name)
+        keep.append(value)
+        add_request_tag(s, name, value, keep)
+    return 0
+
+# ---------------------------------------------------------------- writing
+
+cdef inline unsigned char* put_varint(unsigned char* o, uint64_t n) noexcept nogil:
+    while n >= 0x80:
+        o[0] = <unsigned char>((n & 0x7F) | 0x80)
+        o += 1
+        n >>= 7
+    o[0] = <unsigned char>n
+    return o + 1
+
+
+cdef inline unsigned char* put_float(unsigned char* o, double x) noexcept nogil:
+    cdef float f = <float>x
+    memcpy(o, &f, 4)  # little-endian hosts only: checked at import
+    return o + 4
+
+
+cdef inline unsigned char* put_key(unsigned char* o, unsigned int key) noexcept nogil:
+    # keys of fields 16-23 take two bytes
+    if key >= 0x80:
+        o[0] = <unsigned char>((key & 0x7F) | 0x80)
+        o[1] = <unsigned char>(key >> 7)
+        return o + 2
+    o[0] = <unsigned char>key
+    return o + 1
+
+
+cdef unsigned char* reserve(State* s, unsigned char* o, Py_ssize_t extra) except NULL:
+    """The cursor ``o``, after making room for ``extra`` more bytes."""
+    s.olen = o - s.out
+    if s.olen + extra > s.ocap:
+        s.out = <unsigned char*>grow(s.out, s.s_out, s.olen, &s.ocap, s.olen + extra, 1)
+    return s.out + s.olen
+
+
+cdef unsigned char* put_text(State* s, unsigned char* o, unsigned int key,
+                             const char* ptr, Py_ssize_t size) except NULL:
+    o = reserve(s, o, size + 12)
+    o = put_key(o, key)
+    o = put_varint(o, <uint64_t>size)
+    memcpy(o, ptr, size)
+    return o + size
+
+
+cdef int write_request(State* s, hostname, server_name, script_name, request_count,
+                       document_size, memory_peak, request_time, ru_utime, ru_stime,
+                       status, memory_footprint, schema, list keep) except -1:
+    cdef Py_ssize_t i, k, last
+    cdef Timer* t
+    cdef Text text
+    cdef unsigned char* o = s.out
+    text_of(hostname, &text, keep)
+    o = put_text(s, o, 0x0A, text.ptr, text.size)
+    text_of(server_name, &text, keep)
+    o = put_text(s, o, 0x12, text.ptr, text.size)
+    text_of(script_name, &text, keep)
+    o = put_text(s, o, 0x1A, text.ptr, text.size)
+    cdef uint64_t count = to_uint32(request_count, UINT32_MAX)
+    cdef uint64_t size = to_uint32(document_size, UINT32_MAX)
+    cdef uint64_t peak = to_uint32(memory_peak, UINT32_MAX)
+    cdef double wall = to_seconds(request_time)
+    cdef double utime = to_seconds(ru_utime)
+    cdef double stime = to_seconds(ru_stime)
+    cdef uint64_t code = to_uint32(status, STATUS_MAX)
+    cdef uint64_t footprint = to_uint32(memory_footprint, UINT32_MAX)
+    # Every fixed-size part at once: 6 bytes a varint field, 5 a float field.
+    o = reserve(s, o, 64 + s.ntimers * 28 + s.npairs * 6 + s.nrtags * 7)
+    o[0] = 0x20
+    o = put_varint(o + 1, count)
+    o[0] = 0x28
+    o = put_varint(o + 1, size)
+    o[0] = 0x30
+    o = put_varint(o + 1, peak)
+    o[0] = 0x3D
+    o = put_float(o + 1, wall)
+    o[0] = 0x45
+    o = put_float(o + 1, utime)
+    o[0] = 0x4D
+    o = put_float(o + 1, stime)
+    for i in range(s.ntimers):
+        o[0] = 0x50
+        o = put_varint(o + 1, s.timers[i].hits)
+    for i in range(s.ntimers):
+        o[0] = 0x5D
+        o = put_float(o + 1, sanitize(s.timers[i].value))
+    for i in range(s.ntimers):
+        o[0] = 0x60
+        o = put_varint(o + 1, <uint64_t>s.timers[i].count)
+    for i in range(s.ntimers):
+        t = &s.timers[i]
+        last = t.first + 2 * t.count
+        for k in range(t.first, last, 2):
+            o[0] = 0x68
+            o = put_varint(o + 1, s.pairs[k])
+    for i in range(s.ntimers):
+        t = &s.timers[i]
+        last = t.first + 2 * t.count
+        for k in range(t.first + 1, last, 2):
+            o[0] = 0x70
+            o = put_varint(o + 1, s.pairs[k])
+    for i in range(s.nwords):
+        o = put_text(s, o, 0x7A, s.words[i].ptr, s.words[i].size)
+    o = reserve(s, o, 32 + s.nrtags * 7 + s.ntimers * 14)
+    o = put_key(o, 0x80)
+    o = put_varint(o, code)
+    o = put_key(o, 0x88)
+    o = put_varint(o, footprint)
+    if schema is not None:
+        text_of(schema, &text, keep)
+        if text.size:
+            o = put_text(s, o, 0x9A, text.ptr, text.size)
+            o = reserve(s, o, s.nrtags * 7 + s.ntimers * 14)
+    for i in range(0, s.nrtags, 2):
+        o = put_key(o, 0xA0)
+        o = put_varint(o, s.rtags[i])
+    for i in range(1, s.nrtags, 2):
+        o = put_key(o, 0xA8)
+        o = put_varint(o, s.rtags[i])
+    for i in range(s.ntimers):
+        o = put_key(o, 0xB5)
+        o = put_float(o, sanitize(s.timers[i].utime))
+    for i in range(s.ntimers):
+        o = put_key(o, 0xBD)
+        o = put_float(o, sanitize(s.timers[i].stime))
+    s.olen = o - s.out
+    return 0
+
+
+import sys as _sys
+
+if _sys.byteorder != "little":
+    raise ImportError("the compiled Pinba encoder supports little-endian hosts only")
+
+
+def encode(hostname, server_name, script_name, request_count, document_size,
+           memory_peak, request_time, ru_utime, ru_stime, status,
+           memory_footprint, schema, tags, timers):
+    """Encode one request as a Pinba datagram (classic unpacked form).
+
+    ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples.
+    Timers with the same tag set are merged, timers without tags dropped.
+    """
+    cdef State s
+    cdef list keep = []
+    cdef Py_ssize_t i, n
+    cdef PyObject** items
+    state_init(&s)
+    try:
+        collect_request_tags(&s, tags, keep)
+        seq = PySequence_Fast(timers, "timers must be a sequence")
+        n = PySequence_Fast_GET_SIZE(seq)
+        items = PySequence_Fast_ITEMS(seq)
+        for i in range(n):
+            add_timer(&s, <object>items[i], keep)
+        write_request(&s, hostname, server_name, script_name, request_count,
+                      document_size, memory_peak, request_time, ru_utime, ru_stime,
+                      status, memory_footprint, schema, keep)
+        return PyBytes_FromStringAndSize(<char*>s.out, s.olen)
+    finally:
+        state_free(&s)

@@ -1,0 +1,228 @@
+"""Pinba datagram encoder in pure Python.
+
+The twin of ``_encoder.pyx``: same signature, same bytes. ``pynba.encoder``
+picks one of them at import time.
+"""
+
+from collections.abc import Mapping
+from struct import Struct
+
+FLT_MIN = 1.1754943508222875e-38  # smallest normal float32
+FLT_MAX = 3.4028234663852886e38
+UINT32_MAX = 0xFFFFFFFF
+STATUS_MAX = UINT32_MAX - 1  # pinba2 drops status == 2**32 - 1
+REPLACEMENT = "\ufffd".encode()
+
+_pack_float = Struct("<f").pack
+_INF = float("inf")
+
+
+def _varint(n):
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def to_bytes(value):
+    """Tag, name or value as the bytes sent: see README "Tag values"."""
+    if isinstance(value, str):
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            data = value.encode("utf-8", "replace")
+    elif isinstance(value, bytes):
+        data = value
+    elif value is True:
+        return b"1"
+    elif value is False or value is None:
+        return b""
+    elif isinstance(value, (bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        data = str(value).encode("utf-8", "replace")
+    if b"\x00" in data:
+        # The servers keep C strings: a NUL would cut the string short.
+        data = data.replace(b"\x00", REPLACEMENT)
+    return data
+
+
+def to_uint32(value, top=UINT32_MAX):
+    """An integer field, clamped to [0, top]; None is 0."""
+    if value is None:
+        return 0
+    if isinstance(value, float):
+        if value != value:
+            return 0
+        if value >= top:
+            return top
+        if value <= 0:
+            return 0
+        return int(value)
+    value = int(value)
+    if value < 0:
+        return 0
+    if value > top:
+        return top
+    return value
+
+
+def to_seconds(value):
+    """A float field as a double pinba2 accepts once narrowed to float32.
+
+    NaN, infinities, negatives and anything that would be a float32
+    subnormal become 0.0; finite values above float32's range become its
+    largest value.
+    """
+    if value is None:
+        return 0.0
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond double range
+        return FLT_MAX if value > 0 else 0.0
+    if not value >= FLT_MIN:
+        return 0.0
+    if value > FLT_MAX:
+        return 0.0 if value == _INF else FLT_MAX
+    return value
+
+
+def _pairs(tags):
+    if tags is None:
+        return ()
+    if isinstance(tags, Mapping):
+        return tags.items()
+    return tags
+
+
+def _key(field, wire_type):
+    return _varint((field << 3) | wire_type)
+
+
+_K = {n: _key(n, 0) for n in (4, 5, 6, 10, 12, 13, 14, 16, 17, 20, 21)}
+_K.update({n: _key(n, 2) for n in (1, 2, 3, 15, 19)})
+_K.update({n: _key(n, 5) for n in (7, 8, 9, 11, 22, 23)})
+
+
+def encode(
+    hostname,
+    server_name,
+    script_name,
+    request_count,
+    document_size,
+    memory_peak,
+    request_time,
+    ru_utime,
+    ru_stime,
+    status,
+    memory_footprint,
+    schema,
+    tags,
+    timers,
+):
+    """Encode one request as a Pinba datagram (classic unpacked form).
+
+    ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples.
+    Timers with the same tag set are merged, timers without tags dropped.
+    """
+    index = {}
+    words = []
+
+    def word(data):
+        i = index.get(data)
+        if i is None:
+            i = index[data] = len(words)
+            words.append(data)
+        return i
+
+    tag_names = []
+    tag_values = []
+    for name, value in _pairs(tags):
+        tag_names.append(word(to_bytes(name)))
+        tag_values.append(word(to_bytes(value)))
+
+    slots = {}  # tag-set key -> position in merged
+    merged = []  # [key, value, hit_count, ru_utime, ru_stime]
+    for timer_tags, value, hit_count, t_utime, t_stime in timers:
+        pairs = sorted((to_bytes(n), to_bytes(v)) for n, v in _pairs(timer_tags))
+        if not pairs:
+            continue
+        key = []
+        for name, val in pairs:
+            key.append(word(name))
+            key.append(word(val))
+        key = tuple(key)
+        hits = to_uint32(hit_count) or 1
+        slot = slots.get(key)
+        if slot is None:
+            slots[key] = len(merged)
+            merged.append(
+                [key, to_seconds(value), hits, to_seconds(t_utime), to_seconds(t_stime)]
+            )
+        else:
+            entry = merged[slot]
+            entry[1] += to_seconds(value)
+            entry[2] = min(entry[2] + hits, UINT32_MAX)
+            entry[3] += to_seconds(t_utime)
+            entry[4] += to_seconds(t_stime)
+
+    out = bytearray()
+    for field, text in ((1, hostname), (2, server_name), (3, script_name)):
+        data = to_bytes(text)
+        out += _K[field]
+        out += _varint(len(data))
+        out += data
+    for field, number in ((4, request_count), (5, document_size), (6, memory_peak)):
+        out += _K[field]
+        out += _varint(to_uint32(number))
+    for field, seconds in ((7, request_time), (8, ru_utime), (9, ru_stime)):
+        out += _K[field]
+        out += _pack_float(to_seconds(seconds))
+    for entry in merged:
+        out += _K[10]
+        out += _varint(entry[2])
+    for entry in merged:
+        out += _K[11]
+        out += _pack_float(to_seconds(entry[1]))
+    for entry in merged:
+        out += _K[12]
+        out += _varint(len(entry[0]) // 2)
+    for entry in merged:
+        for i in entry[0][0::2]:
+            out += _K[13]
+            out += _varint(i)
+    for entry in merged:
+        for i in entry[0][1::2]:
+            out += _K[14]
+            out += _varint(i)
+    for data in words:
+        out += _K[15]
+        out += _varint(len(data))
+        out += data
+    out += _K[16]
+    out += _varint(to_uint32(status, STATUS_MAX))
+    out += _K[17]
+    out += _varint(to_uint32(memory_footprint))
+    schema = to_bytes(schema)
+    if schema:
+        out += _K[19]
+        out += _varint(len(schema))
+        out += schema
+    for i in tag_names:
+        out += _K[20]
+        out += _varint(i)
+    for i in tag_values:
+        out += _K[21]
+        out += _varint(i)
+    for entry in merged:
+        out += _K[22]
+        out += _pack_float(to_seconds(entry[3]))
+    for entry in merged:
+        out += _K[23]
+        out += _pack_float(to_seconds(entry[4]))
+    return bytes(out)

@@ -1,0 +1,37 @@
+"""The Pinba datagram encoder: the compiled one when it is built, else pure Python.
+
+Set ``PYNBA_PURE_PYTHON=1`` in the environment to force the pure-Python
+encoder. ``IMPLEMENTATION`` tells which one was chosen: ``"compiled"`` or
+``"pure"``.
+"""
+
+import os
+
+from ._pure_encoder import FLT_MAX, FLT_MIN, STATUS_MAX, UINT32_MAX
+
+__all__ = [
+    "FLT_MAX",
+    "FLT_MIN",
+    "IMPLEMENTATION",
+    "MAX_DATAGRAM",
+    "STATUS_MAX",
+    "UINT32_MAX",
+    "encode",
+]
+
+#: The largest UDP payload over IPv4.
+MAX_DATAGRAM = 65507
+
+if os.environ.get("PYNBA_PURE_PYTHON", "").strip().lower() in ("", "0", "false", "no"):
+    try:
+        from ._encoder import encode
+    except ImportError:
+        from ._pure_encoder import encode
+
+        IMPLEMENTATION = "pure"
+    else:
+        IMPLEMENTATION = "compiled"
+else:
+    from ._pure_encoder import encode
+
+    IMPLEMENTATION = "pure"

@@ -1,0 +1,98 @@
+"""Shared fixtures: both encoders, and real UDP listeners on 127.0.0.1."""
+
+import importlib
+import os
+import socket
+
+import pytest
+
+from pynba import _pure_encoder
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def compiled_encoder():
+    """The compiled encoder module, or None when it is not built."""
+    try:
+        return importlib.import_module("pynba._encoder")
+    except ImportError:
+        if IN_CI or os.environ.get("PYNBA_REQUIRE_COMPILED") == "1":
+            raise
+        return None
+
+
+@pytest.fixture(params=["pure", "compiled"])
+def encode(request):
+    """Each encoder's ``encode`` in turn (the compiled one skips when not built)."""
+    if request.param == "pure":
+        return _pure_encoder.encode
+    module = compiled_encoder()
+    if module is None:
+        pytest.skip("the compiled encoder is not built")
+    return module.encode
+
+
+class UDPListener:
+    """A real UDP socket bound to a free loopback port."""
+
+    def __init__(self, host="127.0.0.1", family=socket.AF_INET):
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((host, 0))
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+
+    @property
+    def address(self):
+        return (self.host, self.port)
+
+    def receive(self, timeout=5.0):
+        """The next datagram's bytes; raises socket.timeout when none comes."""
+        self.sock.settimeout(timeout)
+        data, _ = self.sock.recvfrom(70000)
+        return data
+
+    def receive_request(self, timeout=5.0):
+        """The next datagram decoded by Google protobuf."""
+        return decode(self.receive(timeout))
+
+    def pending(self, timeout=0.2):
+        """Every datagram that arrives within ``timeout`` of the last one."""
+        out = []
+        while True:
+            try:
+                out.append(self.receive(timeout))
+            except socket.timeout:
+                return out
+
+    def close(self):
+        self.sock.close()
+
+
+def decode(data):
+    from pynba.pinba_pb2 import Request
+
+    message = Request()
+    message.ParseFromString(data)
+    return message
+
+
+@pytest.fixture
+def udp_listener():
+    listener = UDPListener()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def udp_listener_factory():
+    made = []
+
+    def make(host="127.0.0.1", family=socket.AF_INET):
+        listener = UDPListener(host, family)
+        made.append(listener)
+        return listener
+
+    yield make
+    for listener in made:
+        listener.close()
