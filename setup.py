@@ -62,7 +62,7 @@ setup(
     long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["examples", "examples.*"]),
     package_data={"pynba": ["py.typed", "*.pyx"]},

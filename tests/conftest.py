@@ -7,6 +7,10 @@ import socket
 import pytest
 
 from pynba import _pure_encoder
+from pynba.context import _current as _current_request
+
+# Errors inside pynba are raised, not logged, in the project's own tests.
+os.environ.setdefault("PYNBA_STRICT", "1")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -62,7 +66,7 @@ class UDPListener:
         while True:
             try:
                 out.append(self.receive(timeout))
-            except socket.timeout:
+            except TimeoutError:
                 return out
 
     def close(self):
@@ -96,3 +100,11 @@ def udp_listener_factory():
     yield make
     for listener in made:
         listener.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_request_leaks_between_tests():
+    """Each test starts outside any pynba request, whatever the last one left."""
+    token = _current_request.set(None)
+    yield
+    _current_request.reset(token)

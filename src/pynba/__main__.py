@@ -37,10 +37,7 @@ def describe(datagram: bytes) -> str:
     try:
         from .pinba_pb2 import Request
     except ImportError:
-        return (
-            f"{len(datagram)} bytes: {datagram.hex()}\n"
-            "(install pynba[tools] to have it decoded)"
-        )
+        return f"{len(datagram)} bytes: {datagram.hex()}\n(install pynba[tools] to have it decoded)"
     message = Request()
     message.ParseFromString(datagram)
     words = list(message.dictionary)
@@ -60,7 +57,7 @@ def describe(datagram: bytes) -> str:
     for field in ("request_time", "ru_utime", "ru_stime"):
         lines.append(f"  {field:<16} {getattr(message, field):.6f} s")
     request_tags = ", ".join(
-        f"{words[n]}={words[v]}" for n, v in zip(message.tag_name, message.tag_value)
+        f"{words[n]}={words[v]}" for n, v in zip(message.tag_name, message.tag_value, strict=False)
     )
     lines.append(f"  tags             {request_tags}")
     offset = 0
@@ -69,10 +66,8 @@ def describe(datagram: bytes) -> str:
         names = message.timer_tag_name[offset : offset + count]
         values = message.timer_tag_value[offset : offset + count]
         offset += count
-        tags = ", ".join(f"{words[n]}={words[v]}" for n, v in zip(names, values))
-        lines.append(
-            f"  timer            {tags}: {hits} hit(s), {message.timer_value[i]:.6f} s"
-        )
+        tags = ", ".join(f"{words[n]}={words[v]}" for n, v in zip(names, values, strict=False))
+        lines.append(f"  timer            {tags}: {hits} hit(s), {message.timer_value[i]:.6f} s")
     return "\n".join(lines)
 
 

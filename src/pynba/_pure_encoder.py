@@ -43,6 +43,11 @@ def to_bytes(value):
         return b""
     elif isinstance(value, (bytearray, memoryview)):
         data = bytes(value)
+    elif isinstance(value, int):
+        try:
+            data = str(value).encode()
+        except ValueError:  # beyond Python's limit on int-to-text digits
+            data = hex(value).encode()
     else:
         data = str(value).encode("utf-8", "replace")
     if b"\x00" in data:
@@ -161,9 +166,7 @@ def encode(
         slot = slots.get(key)
         if slot is None:
             slots[key] = len(merged)
-            merged.append(
-                [key, to_seconds(value), hits, to_seconds(t_utime), to_seconds(t_stime)]
-            )
+            merged.append([key, to_seconds(value), hits, to_seconds(t_utime), to_seconds(t_stime)])
         else:
             entry = merged[slot]
             entry[1] += to_seconds(value)

@@ -1,0 +1,441 @@
+"""The request collector: everything one Pinba packet reports, gathered during a request.
+
+A collector starts measuring when it is created and sends its packet through
+a ``Reporter`` when the request ends (``finish()``), or earlier and more than
+once with ``flush()`` for long-running code. The application may set any
+field during the request; a field left unset (``None``) is measured at the
+end:
+
+- ``request_time``: wall-clock seconds since the start (``time.perf_counter``);
+- ``ru_utime``/``ru_stime``: CPU seconds of the current thread
+  (``RUSAGE_THREAD``) where the OS has it, of the process otherwise. Under
+  asyncio every task of the loop's thread is counted, not just this request;
+- ``memory_peak``: the process's peak resident set size (``ru_maxrss``, from
+  the same ``getrusage`` call), in bytes;
+- ``memory_footprint``: 0, unless ``memory_footprint=True`` was configured:
+  then the current resident set size, which costs a file read per request
+  (``/proc/self/statm``, Linux only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from time import perf_counter
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .encoder import STATUS_MAX
+from .tags import TagPairs, check_tag_name, flatten_tags
+from .timer import RUSAGE_WHO, Timer, _getrusage, cpu_times
+
+if TYPE_CHECKING:
+    from .reporter import Reporter
+
+__all__ = ["CollectorSettings", "RequestCollector", "default_hostname", "internal_error"]
+
+logger = logging.getLogger("pynba")
+
+# ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+_STATM = "/proc/self/statm"
+_hostname: str | None = None
+
+
+def default_hostname() -> str:
+    """This machine's host name (looked up once)."""
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname
+
+
+def internal_error(message: str, raise_on_fail: bool) -> None:
+    """Handle an exception raised inside pynba: log it and carry on.
+
+    Re-raised when ``raise_on_fail`` is set, or when the environment has
+    ``PYNBA_STRICT=1`` (meant for pynba's own tests and for development).
+    Call it from an ``except`` block.
+    """
+    if raise_on_fail or os.environ.get("PYNBA_STRICT") == "1":
+        raise
+    logger.exception("pynba: %s", message)
+
+
+def _resident_set_size() -> int:
+    try:
+        with open(_STATM, "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class CollectorSettings:
+    """What every request of one middleware or monitor shares."""
+
+    __slots__ = ("reporter", "hostname", "tags", "tag_pairs", "timer_rusage", "memory_footprint")
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        hostname: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        timer_rusage: bool = False,
+        memory_footprint: bool = False,
+    ) -> None:
+        if hostname is not None and not isinstance(hostname, str):
+            raise TypeError(f"hostname must be a str, not {type(hostname).__name__}")
+        if tags is not None and not isinstance(tags, Mapping):
+            raise TypeError(f"tags must be a mapping, not {type(tags).__name__}")
+        self.reporter = reporter
+        self.hostname = hostname or default_hostname()
+        self.tags: dict[str, Any] = dict(tags or {})
+        for name in self.tags:
+            check_tag_name(name)
+        # Checked now, where they are configured; callables are called per
+        # request, when the packet is made.
+        plain = {name: value for name, value in self.tags.items() if not callable(value)}
+        pairs = flatten_tags(plain)
+        self.tag_pairs: TagPairs | None = pairs if len(plain) == len(self.tags) else None
+        self.timer_rusage = bool(timer_rusage)
+        self.memory_footprint = bool(memory_footprint)
+
+
+def _check_count(name: str, value: Any, top: int | None = None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if top is not None and value > top:
+        raise ValueError(f"{name} must be <= {top}, got {value}")
+    return value
+
+
+def _check_seconds(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_text(name: str, value: Any) -> str | bytes | None:
+    if value is None or isinstance(value, (str, bytes)):
+        return value
+    raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+
+
+class _Field:
+    """A collector attribute checked when the application assigns it."""
+
+    __slots__ = ("private", "check", "name")
+
+    def __init__(self, check: Callable[[str, Any], Any]) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.private = getattr(owner, "_" + name)  # the slot's member descriptor
+
+    def __get__(self, collector: Any, owner: type | None = None) -> Any:
+        if collector is None:
+            return self
+        return self.private.__get__(collector, owner)
+
+    def __set__(self, collector: Any, value: Any) -> None:
+        self.private.__set__(collector, self.check(self.name, value))
+
+
+class RequestCollector:
+    """One request's measurements; sent as one Pinba packet by ``finish()``.
+
+    Reach the current request's collector through the ``pynba`` proxy:
+    ``pynba.timer(group="db")``, ``pynba.script_name = "/users/{id}"``,
+    ``pynba.set_tag("route", "users")``, ``pynba.document_size = 1234``...
+    """
+
+    __slots__ = (
+        "_settings",
+        "_hostname",
+        "_server_name",
+        "_script_name",
+        "_schema",
+        "_status",
+        "_document_size",
+        "_memory_peak",
+        "_memory_footprint",
+        "_request_time",
+        "_ru_utime",
+        "_ru_stime",
+        "_tags",
+        "_timers",
+        "_start",
+        "_cpu_start",
+        "_finished",
+        "_namer",
+    )
+
+    #: Monitoring is on (the disabled stand-in says False).
+    enabled = True
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        script_name: str | None = None,
+        server_name: str | None = None,
+        schema: str | None = None,
+        namer: Callable[[], str] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._hostname = settings.hostname
+        self._server_name = server_name
+        self._script_name = script_name
+        self._schema = schema
+        self._status = None
+        self._document_size = None
+        self._memory_peak = None
+        self._memory_footprint = None
+        self._request_time = None
+        self._ru_utime = None
+        self._ru_stime = None
+        self._tags = None
+        self._timers: list[Timer] = []
+        self._finished = False
+        self._namer = namer
+        usage = _getrusage(RUSAGE_WHO)
+        self._cpu_start = (usage.ru_utime, usage.ru_stime)
+        self._start = perf_counter()
+
+    # -- fields the application may set (None: measured or defaulted at the end)
+
+    hostname = _Field(_check_text)
+    server_name = _Field(_check_text)
+    schema = _Field(_check_text)
+    status = _Field(lambda name, value: _check_count(name, value, STATUS_MAX))
+    document_size = _Field(_check_count)
+    memory_peak = _Field(_check_count)
+    memory_footprint = _Field(_check_count)
+    request_time = _Field(_check_seconds)
+    ru_utime = _Field(_check_seconds)
+    ru_stime = _Field(_check_seconds)
+
+    @property
+    def script_name(self) -> str | bytes | None:
+        """What the report groups by; defaults to the request path or program name."""
+        name = self._script_name
+        if name is None and self._namer is not None:
+            return self._default_script_name()
+        return name
+
+    @script_name.setter
+    def script_name(self, name: str | bytes | None) -> None:
+        self._script_name = _check_text("script_name", name)
+
+    # The old pynba spellings.
+    scriptname = script_name
+    servername = property(
+        lambda self: self.server_name,
+        lambda self, name: setattr(self, "server_name", name),
+        doc="The old name of server_name.",
+    )
+
+    def _default_script_name(self) -> str:
+        try:
+            return self._namer()  # type: ignore[misc]
+        except Exception:
+            internal_error("script_name failed; reporting an empty name", self._raise_on_fail)
+            return ""
+
+    @property
+    def _raise_on_fail(self) -> bool:
+        return bool(getattr(self._settings.reporter, "raise_on_fail", False))
+
+    @property
+    def reporter(self) -> Reporter:
+        """The reporter the packet goes through."""
+        return self._settings.reporter
+
+    @property
+    def finished(self) -> bool:
+        """Whether the request has ended (its packet was sent)."""
+        return self._finished
+
+    # -- request tags --------------------------------------------------------
+
+    @property
+    def tags(self) -> Mapping[str, Any]:
+        """The request tags (read-only view); change them with set_tag()/delete_tag().
+
+        Assigning a mapping replaces them all.
+        """
+        tags = self._tags
+        return MappingProxyType(self._settings.tags if tags is None else tags)
+
+    @tags.setter
+    def tags(self, tags: Mapping[str, Any]) -> None:
+        if not isinstance(tags, Mapping):
+            raise TypeError(f"tags must be a mapping, not {type(tags).__name__}")
+        flatten_tags(tags)
+        self._tags = dict(tags)
+
+    def set_tag(self, name: str, value: Any) -> None:
+        """Set one request tag (lists, sets and mappings flatten as for timers)."""
+        flatten_tags({check_tag_name(name): value})
+        if self._tags is None:
+            self._tags = dict(self._settings.tags)
+        self._tags[name] = value
+
+    def delete_tag(self, name: str) -> None:
+        """Remove one request tag (no error when it is not set)."""
+        if self._tags is None:
+            self._tags = dict(self._settings.tags)
+        self._tags.pop(name, None)
+
+    # -- timers --------------------------------------------------------------
+
+    def timer(self, **tags: Any) -> Timer:
+        """A new timer of this request, not started, with these tags."""
+        return Timer(tags, self, self._settings.timer_rusage)
+
+    def _timer(self, tags: dict[str, Any]) -> Timer:
+        return Timer(tags, self, self._settings.timer_rusage)
+
+    @property
+    def timers(self) -> tuple[Timer, ...]:
+        """The timers that the next packet will carry (and those not started yet)."""
+        return tuple(self._timers)
+
+    def stop_timers(self) -> None:
+        """Stop every running timer."""
+        for timer in self._timers:
+            if timer._start is not None:
+                timer.stop()
+
+    # -- sending -------------------------------------------------------------
+
+    def finish(self) -> None:
+        """End the request: stop running timers and send the packet. Once only."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._send(self._measure_timers(keep_running=False, end=None))
+        except Exception:
+            internal_error("cannot report the request", self._raise_on_fail)
+        finally:
+            self._timers = []
+
+    def flush(self, only_stopped: bool = False) -> None:
+        """Send what was measured so far as a packet of its own, then start afresh.
+
+        Sent timers leave the request (a sent timer started again rejoins
+        it). A running timer sends the time it has run so far and goes on
+        from zero, unless ``only_stopped`` is set: then it is left out and
+        keeps running for a later packet.
+        """
+        if self._finished:
+            raise RuntimeError("the request has ended; nothing to flush")
+        try:
+            end = perf_counter()
+            self._send(self._measure_timers(keep_running=only_stopped, end=end), end)
+        except Exception:
+            internal_error("cannot flush the request", self._raise_on_fail)
+        self._status = self._request_time = self._ru_utime = self._ru_stime = None
+        self._document_size = self._memory_peak = self._memory_footprint = None
+        self._restart_clock()
+
+    def _restart_clock(self) -> None:
+        usage = _getrusage(RUSAGE_WHO)
+        self._cpu_start = (usage.ru_utime, usage.ru_stime)
+        self._start = perf_counter()
+
+    def _measure_timers(self, keep_running: bool, end: float | None) -> list[tuple]:
+        """The timers as the encoder takes them; sent ones leave the request."""
+        out = []
+        kept = []
+        for timer in self._timers:
+            start = timer._start
+            if start is not None:
+                if end is None:  # the request ends: stop it
+                    timer.stop()
+                elif keep_running:
+                    kept.append(timer)
+                    continue
+                else:  # send the part measured so far; it goes on from zero
+                    now = perf_counter()
+                    timer._value += now - start
+                    timer._hits += 1
+                    timer._start = now
+                    kept.append(timer)
+                    if timer._cpu is not None:
+                        timer._add_cpu()
+                        timer._cpu[2:] = cpu_times()
+            hits = timer._hits
+            if not hits:
+                kept.append(timer)  # created but never run: it may still run
+                continue
+            cpu = timer._cpu
+            out.append(
+                (
+                    timer._tags,
+                    timer._value,
+                    hits,
+                    0.0 if cpu is None else cpu[0],
+                    0.0 if cpu is None else cpu[1],
+                )
+            )
+            if end is not None:  # a flush: the timer starts afresh
+                timer._value = 0.0
+                timer._hits = 0
+                if cpu is not None:
+                    cpu[0] = cpu[1] = 0.0
+                if start is None:
+                    timer._detached = True
+        self._timers = kept
+        return out
+
+    def _send(self, timers: list[tuple], end: float | None = None) -> None:
+        usage = _getrusage(RUSAGE_WHO)
+        if end is None:
+            end = perf_counter()
+        settings = self._settings
+        if self._tags is not None:
+            tags = flatten_tags(self._tags)
+        elif settings.tag_pairs is None:
+            tags = flatten_tags(settings.tags)
+        else:
+            tags = settings.tag_pairs
+        request_time = self._request_time
+        ru_utime = self._ru_utime
+        ru_stime = self._ru_stime
+        memory_peak = self._memory_peak
+        memory_footprint = self._memory_footprint
+        if memory_footprint is None:
+            memory_footprint = _resident_set_size() if settings.memory_footprint else 0
+        settings.reporter.report(
+            hostname=self._hostname or settings.hostname,
+            server_name=self._server_name or "",
+            script_name=self.script_name or "",
+            document_size=self._document_size or 0,
+            memory_peak=usage.ru_maxrss * _MAXRSS_UNIT if memory_peak is None else memory_peak,
+            request_time=end - self._start if request_time is None else request_time,
+            ru_utime=usage.ru_utime - self._cpu_start[0] if ru_utime is None else ru_utime,
+            ru_stime=usage.ru_stime - self._cpu_start[1] if ru_stime is None else ru_stime,
+            status=self._status or 0,
+            memory_footprint=memory_footprint,
+            schema=self._schema,
+            tags=tags,
+            timers=timers,
+        )
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "running"
+        return f"<RequestCollector {self.script_name!r} {state}, {len(self._timers)} timers>"

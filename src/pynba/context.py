@@ -1,0 +1,216 @@
+"""The current request, and the ``pynba`` proxy that reaches it.
+
+The current collector lives in a ``contextvars.ContextVar``: each thread,
+asyncio task and gevent greenlet sees its own request. ``from pynba import
+pynba`` gives a proxy to it: ``pynba.timer(...)``, ``pynba.script_name =
+...``, ``pynba.document_size = ...`` act on the request being served.
+Outside a request, using the proxy raises ``RuntimeError``, except that a
+timer created there works as a decorator: ``@pynba.timer(...)`` applied at
+import time times each call made during a request (and does nothing for
+calls made outside one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from types import MappingProxyType
+from typing import Any, TypeVar, Union
+
+from .collector import RequestCollector
+from .tags import check_tag_name, flatten_tags
+from .timer import NOOP_TIMER, NoopTimer, Timer, _decorate
+
+__all__ = [
+    "DISABLED",
+    "DisabledCollector",
+    "PynbaProxy",
+    "UnboundTimer",
+    "activate",
+    "current_collector",
+    "deactivate",
+    "pynba",
+]
+
+logger = logging.getLogger("pynba")
+F = TypeVar("F", bound=Callable[..., Any])
+
+Collector = Union[RequestCollector, "DisabledCollector"]
+
+_current: ContextVar[Collector | None] = ContextVar("pynba_collector", default=None)
+_get = _current.get
+
+
+def current_collector() -> Collector | None:
+    """The collector of the request running in this context, or None."""
+    return _get()
+
+
+def activate(collector: Collector) -> Token:
+    """Make ``collector`` the current one; give the token to deactivate()."""
+    return _current.set(collector)
+
+
+def deactivate(token: Token) -> None:
+    """Restore the collector that was current before activate() returned ``token``."""
+    try:
+        _current.reset(token)
+    except (ValueError, RuntimeError):
+        # Reset from another context (a server that closes the response
+        # elsewhere) or twice: the other context keeps its own value.
+        logger.debug("pynba: request context not restored", exc_info=True)
+
+
+_OUTSIDE = (
+    "pynba: no monitored request in this context. Wrap the WSGI application in "
+    "PynbaMiddleware (or @monitor), or run the code inside a ScriptMonitor job."
+)
+
+
+def _require() -> Collector:
+    collector = _get()
+    if collector is None:
+        raise RuntimeError(_OUTSIDE)
+    return collector
+
+
+class PynbaProxy:
+    """Reaches the current request's collector (see ``RequestCollector``)."""
+
+    __slots__ = ()
+
+    def timer(self, **tags: Any) -> Timer | NoopTimer | UnboundTimer:
+        """A new timer of the current request, not started (see ``Timer``)."""
+        collector = _get()
+        if collector is None:
+            return UnboundTimer(tags)
+        return collector._timer(tags)
+
+    @property
+    def collector(self) -> Collector | None:
+        """The current collector, or None outside a request (never raises)."""
+        return _get()
+
+    @property
+    def active(self) -> bool:
+        """Whether a monitored (and enabled) request is running in this context."""
+        collector = _get()
+        return collector is not None and collector.enabled
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_require(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(_require(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(_require(), name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(type(self))) | set(dir(RequestCollector)))
+
+    def __repr__(self) -> str:
+        return f"<pynba proxy to {_get()!r}>"
+
+
+class UnboundTimer:
+    """A timer made outside any request: usable as a decorator only.
+
+    Each call of the decorated function is timed by a new timer of the
+    request current at call time; outside a request the call is not timed.
+    """
+
+    __slots__ = ("_tags", "data")
+
+    def __init__(self, tags: dict[str, Any]) -> None:
+        for name in tags:
+            check_tag_name(name)
+        # Callables are called per timed call, so only check the rest now.
+        flatten_tags({name: value for name, value in tags.items() if not callable(value)})
+        if not tags:
+            raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
+        self._tags = tags
+        self.data = None
+
+    def __call__(self, func: F) -> F:
+        return _decorate(func, self._new_timer)
+
+    def _new_timer(self) -> Timer | NoopTimer:
+        collector = _get()
+        if collector is None:
+            return NOOP_TIMER
+        timer = collector._timer(self._tags)
+        if self.data is not None:
+            timer.data = self.data
+        return timer
+
+    def _outside(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            _OUTSIDE + " A timer made outside a request can only decorate a function."
+        )
+
+    start = stop = add = clone = delete = __enter__ = __exit__ = _outside
+    elapsed = started = hit_count = property(_outside)
+
+    @property
+    def tags(self) -> tuple:
+        return flatten_tags(self._tags)
+
+    def __repr__(self) -> str:
+        return f"<UnboundTimer {self._tags!r}>"
+
+
+class DisabledCollector:
+    """What the proxy reaches when monitoring is disabled: it accepts everything, does nothing."""
+
+    __slots__ = ()
+
+    enabled = False
+    finished = False
+    reporter = None
+    hostname = server_name = script_name = scriptname = servername = schema = None
+    status = document_size = memory_peak = memory_footprint = None
+    request_time = ru_utime = ru_stime = None
+    timers: tuple = ()
+    tags: Mapping[str, Any] = MappingProxyType({})
+
+    _FIELDS = frozenset(
+        "hostname server_name script_name scriptname servername schema status document_size"
+        " memory_peak memory_footprint request_time ru_utime ru_stime tags".split()
+    )
+
+    def timer(self, **tags: Any) -> NoopTimer:
+        return NOOP_TIMER
+
+    def _timer(self, tags: dict[str, Any]) -> NoopTimer:
+        return NOOP_TIMER
+
+    def set_tag(self, name: str, value: Any) -> None:
+        pass
+
+    def delete_tag(self, name: str) -> None:
+        pass
+
+    def stop_timers(self) -> None:
+        pass
+
+    def flush(self, only_stopped: bool = False) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._FIELDS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return "<DisabledCollector>"
+
+
+#: The collector of every request while monitoring is disabled.
+DISABLED = DisabledCollector()
+
+#: The proxy to the current request: ``from pynba import pynba``.
+pynba = PynbaProxy()

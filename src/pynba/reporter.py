@@ -1,0 +1,371 @@
+"""Sending Pinba datagrams over UDP to one or more servers.
+
+Reporting must never hurt the application: every failure (a name that does
+not resolve, a send the kernel refuses, a request that cannot be encoded) is
+counted in ``Reporter.stats``, logged to the ``pynba`` logger at most once per
+kind of failure per ``log_interval`` seconds, and dropped, unless
+``raise_on_fail`` is set.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import socket
+import threading
+import weakref
+from time import monotonic
+
+from . import encoder
+from .address import AddressSpec, ServerAddress, parse_addresses
+
+__all__ = ["Reporter"]
+
+logger = logging.getLogger("pynba")
+
+_NEVER = math.inf
+
+
+class _Server:
+    """A server, what its last lookup found, and the socket to reach it by."""
+
+    __slots__ = (
+        "address",
+        "resolved",
+        "next_lookup",
+        "lookup_error",
+        "lookup_lock",
+        "route",
+    )
+
+    def __init__(self, address: ServerAddress) -> None:
+        self.address = address
+        self.resolved: tuple[int, tuple] | None = None  # (family, sockaddr)
+        self.next_lookup = -_NEVER  # looked up on first send
+        self.lookup_error: OSError | None = None
+        self.lookup_lock = threading.Lock()
+        # (socket, sockaddr). Both pairs are replaced as a whole so that a
+        # sender never mixes a socket of one family with an address of the other.
+        self.route: tuple[socket.socket, tuple] | None = None
+
+
+class Reporter:
+    """Sends Pinba datagrams to the servers named by ``address``.
+
+    ``address`` is a ``(host, port)`` tuple, ``"host:port"``, ``"[v6]:port"``,
+    a bare host or IPv6 address (port 30002), a comma- or space-separated
+    string of these, or a list of any of them: every datagram goes to each.
+
+    Names are looked up on first use, then again every ``resolve_interval``
+    seconds; when a lookup fails the last address found is kept. Failures are
+    logged at most once per kind per ``log_interval`` seconds and counted in
+    ``stats``; set ``raise_on_fail`` to have them raised instead.
+    """
+
+    def __init__(
+        self,
+        address: AddressSpec,
+        raise_on_fail: bool = False,
+        resolve_interval: float = 60.0,
+        *,
+        log_interval: float = 60.0,
+    ) -> None:
+        self._servers = tuple(_Server(server) for server in parse_addresses(address))
+        self.raise_on_fail = raise_on_fail
+        self.resolve_interval = _check_interval(resolve_interval, "resolve_interval")
+        self.log_interval = _check_interval(log_interval, "log_interval")
+        #: Counters: "sent" (datagrams handed to the kernel, one per server);
+        #: "failed" (datagrams or reports dropped), split by cause into
+        #: "resolve" (the server has no address yet), "encode" (the request
+        #: could not be encoded) and one per errno name of send errors
+        #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports sent without their
+        #: timers); "lookup_failed" (failed name lookups, including those after
+        #: which the last address found is kept).
+        self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
+        self._sockets: dict[int, socket.socket] = {}
+        # Reporters are commonly dropped without close(): their sockets go
+        # quietly with them rather than warn.
+        weakref.finalize(self, _close_sockets, self._sockets)
+        self._socket_lock = threading.Lock()
+        self._closed = False
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        _live_reporters.add(self)
+
+    @property
+    def servers(self) -> tuple[ServerAddress, ...]:
+        """The servers every datagram goes to, in order."""
+        return tuple(server.address for server in self._servers)
+
+    def report(
+        self,
+        *,
+        hostname,
+        server_name,
+        script_name,
+        request_count=1,
+        document_size=0,
+        memory_peak=0,
+        request_time=0.0,
+        ru_utime=0.0,
+        ru_stime=0.0,
+        status=0,
+        memory_footprint=0,
+        schema=None,
+        tags=(),
+        timers=(),
+    ) -> None:
+        """Encode one request and send it to every server.
+
+        A request whose datagram would exceed ``pynba.encoder.MAX_DATAGRAM``
+        is sent without its timers (with a warning). Never raises unless
+        ``raise_on_fail`` is set.
+        """
+        request = (
+            hostname,
+            server_name,
+            script_name,
+            request_count,
+            document_size,
+            memory_peak,
+            request_time,
+            ru_utime,
+            ru_stime,
+            status,
+            memory_footprint,
+            schema,
+            tags,
+            timers,
+        )
+        datagram = self._encode(request)
+        if datagram is not None:
+            self.send(datagram)
+
+    def send(self, datagram: bytes) -> None:
+        """Send the same datagram to every server.
+
+        Never raises unless ``raise_on_fail`` is set; then the first failure
+        is raised once every server has been tried.
+        """
+        now = monotonic()
+        sent = 0
+        first_failure = None
+        for server in self._servers:
+            route = server.route
+            if route is None or now >= server.next_lookup:
+                route, failure = self._prepare(server, now)
+                if route is None:
+                    if first_failure is None:
+                        first_failure = failure
+                    continue
+            try:
+                route[0].sendto(datagram, route[1])
+            except OSError as error:
+                self._drop(_error_kind(error), server, error)
+                if first_failure is None:
+                    first_failure = error
+            else:
+                sent += 1
+        if sent:
+            self.stats["sent"] += sent
+        if first_failure is not None and self.raise_on_fail:
+            raise first_failure
+
+    def close(self) -> None:
+        """Close the sockets; later sends fail (and are counted as such)."""
+        with self._socket_lock:
+            self._closed = True
+            for server in self._servers:
+                server.route = None
+            _close_sockets(self._sockets)
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        servers = [str(server.address) for server in self._servers]
+        return f"{type(self).__name__}({servers!r})"
+
+    def _encode(self, request: tuple) -> bytes | None:
+        """The datagram for ``request``, or None when it cannot be encoded.
+
+        Kept apart from sending so that a datagram can be made per server.
+        """
+        try:
+            datagram = encoder.encode(*request)
+            if len(datagram) > encoder.MAX_DATAGRAM:
+                datagram = self._encode_without_timers(request, len(datagram))
+        except Exception as error:
+            self.stats["failed"] += 1
+            self.stats["encode"] = self.stats.get("encode", 0) + 1
+            if self.raise_on_fail:
+                raise
+            self._log("encode", "cannot encode the request: %r", error, exc_info=error)
+            return None
+        return datagram
+
+    def _encode_without_timers(self, request: tuple, full_size: int) -> bytes:
+        timers = request[-1]
+        try:
+            timer_count: object = len(timers)
+        except TypeError:
+            timer_count = "?"
+        datagram = encoder.encode(*request[:-1], ())
+        self.stats["oversize"] += 1
+        self._log(
+            "oversize",
+            "request datagram of %d bytes with %s timers exceeds %d bytes; "
+            "sending it without timers (%d bytes)",
+            full_size,
+            timer_count,
+            encoder.MAX_DATAGRAM,
+            len(datagram),
+        )
+        return datagram
+
+    def _prepare(
+        self, server: _Server, now: float
+    ) -> tuple[tuple[socket.socket, tuple] | None, OSError | None]:
+        """Look ``server`` up when due and give it a socket: (route, None) or (None, error)."""
+        if now >= server.next_lookup or server.resolved is None:
+            # Also taken when the server has no address yet, to wait for a
+            # first lookup that another thread is doing rather than drop.
+            with server.lookup_lock:
+                if now >= server.next_lookup:
+                    self._look_up(server, now)
+        resolved = server.resolved
+        if resolved is None:
+            self._drop("resolve", server, server.lookup_error)
+            return None, _fresh(server.lookup_error)
+        try:
+            route = (self._socket_for(resolved[0]), resolved[1])
+        except OSError as error:
+            self._drop(_error_kind(error), server, error)
+            return None, error
+        server.route = route
+        return route, None
+
+    def _look_up(self, server: _Server, now: float) -> None:
+        # Claim the next slot first so that concurrent senders keep using the
+        # current address instead of waiting for this lookup.
+        server.next_lookup = now + self.resolve_interval
+        address = server.address
+        literal = address.is_ip_literal
+        if literal:
+            server.next_lookup = _NEVER
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                address.host,
+                address.port,
+                socket.AF_UNSPEC,
+                socket.SOCK_DGRAM,
+                0,
+                socket.AI_NUMERICHOST if literal else 0,
+            )[0]
+        except (OSError, UnicodeError, IndexError) as error:
+            if not isinstance(error, OSError):
+                error = socket.gaierror(socket.EAI_NONAME, f"{type(error).__name__}: {error}")
+            self.stats["lookup_failed"] = self.stats.get("lookup_failed", 0) + 1
+            server.lookup_error = error
+            if server.resolved is not None:
+                self._log(
+                    "resolve",
+                    "cannot resolve %s (%s); still sending to %s",
+                    address,
+                    error,
+                    server.resolved[1][0],
+                )
+            return
+        server.resolved = (family, sockaddr)
+        server.lookup_error = None
+
+    def _socket_for(self, family: int) -> socket.socket:
+        sock = self._sockets.get(family)
+        if sock is not None:
+            return sock
+        with self._socket_lock:
+            sock = self._sockets.get(family)
+            if sock is None:
+                if self._closed:
+                    raise OSError(errno.EBADF, "the reporter is closed")
+                # Unconnected on purpose: a connected UDP socket reports an
+                # earlier ICMP port-unreachable as an error on a later send.
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                self._sockets[family] = sock
+            return sock
+
+    def _drop(self, kind: str, server: _Server, error: OSError | None) -> None:
+        """Count (and unless raising, log) a datagram not sent to ``server``."""
+        stats = self.stats
+        stats["failed"] += 1
+        stats[kind] = stats.get(kind, 0) + 1
+        if not self.raise_on_fail:
+            self._log(kind, "cannot send to %s: %s; datagram dropped", server.address, error)
+
+    def _log(self, kind: str, message: str, *args: object, exc_info: object = None) -> None:
+        """Log a warning unless one of the same kind was logged within log_interval."""
+        now = monotonic()
+        last = self._last_logged.get(kind)
+        if last is not None and now - last < self.log_interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last_logged[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message += " (%d more since the last such message)"
+            args += (suppressed,)
+        logger.warning(message, *args, exc_info=exc_info)
+
+    def _forget_inherited_state(self) -> None:
+        """In a forked child: use sockets and locks of the child's own."""
+        self._socket_lock = threading.Lock()
+        for server in self._servers:
+            server.route = None
+            server.lookup_lock = threading.Lock()
+        _close_sockets(self._sockets)  # the child's copies only: the parent's stay open
+
+
+def _check_interval(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _close_sockets(sockets: dict[int, socket.socket]) -> None:
+    while sockets:
+        _, sock = sockets.popitem()
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _error_kind(error: OSError) -> str:
+    return errno.errorcode.get(error.errno, type(error).__name__)
+
+
+def _fresh(error: OSError | None) -> OSError:
+    # A new exception each time: re-raising the stored one would grow its traceback.
+    if error is None:
+        return OSError("cannot resolve the server address")
+    return type(error)(*error.args)
+
+
+_live_reporters: weakref.WeakSet[Reporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for reporter in list(_live_reporters):
+        reporter._forget_inherited_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

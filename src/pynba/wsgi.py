@@ -1,0 +1,350 @@
+"""The WSGI middleware: one Pinba packet per request.
+
+The request starts when the server calls the application and ends when it
+calls ``close()`` on the response (PEP 3333), so ``request_time`` covers
+streaming. What the packet carries, unless the application sets it through
+``pynba`` during the request:
+
+- ``script_name``: ``prefix`` + ``script_name(environ)`` when that callable
+  is configured (called at the end of the request, so it can read what the
+  framework's router left in ``environ``), else ``prefix`` + ``SCRIPT_NAME``
+  + ``PATH_INFO`` decoded as UTF-8 (PEP 3333 hands them over as latin-1),
+  without the query string. A name the application assigns is sent as is;
+- ``server_name``: the ``Host`` header without its port, else
+  ``SERVER_NAME``; ``schema``: ``wsgi.url_scheme``;
+- ``status``: from ``start_response`` (its last call, so a call with
+  ``exc_info`` counts); 500 when the application raises, while it is called
+  or while its response is iterated or closed. The exception propagates
+  unchanged;
+- ``document_size``: the bytes of the response body the server took (plus
+  any given to ``write()``). A ``wsgi.file_wrapper`` response is handed to
+  the server untouched, so that it can use ``sendfile``: its size is then
+  taken from the ``Content-Length`` header (0 without one).
+
+An error inside pynba never reaches the application: it is logged to the
+``pynba`` logger, unless ``raise_on_fail`` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .collector import CollectorSettings, RequestCollector, internal_error, logger
+from .context import DISABLED, _current, _get
+from .reporter import Reporter
+
+__all__ = ["PynbaMiddleware", "monitor"]
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+class PynbaMiddleware:
+    """Monitors a WSGI application: ``PynbaMiddleware(app, ("127.0.0.1", 30002))``.
+
+    ``address`` is whatever ``Reporter`` takes, or a ``Reporter`` to share.
+    Options: ``prefix`` (prepended to default script names), ``tags`` (request
+    tags for every request; callables are called per request), ``script_name``
+    (a callable ``environ -> str``, e.g. to report route templates),
+    ``server_name`` (a fixed server name), ``hostname``, ``enabled`` (False:
+    the application is called directly and ``pynba`` timers do nothing),
+    ``raise_on_fail``, ``timer_rusage`` (CPU time per timer: two
+    ``getrusage`` calls per timer run) and ``memory_footprint`` (resident
+    memory at the end of each request: a file read per request).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        address: Any,
+        *,
+        prefix: str = "",
+        tags: Mapping[str, Any] | None = None,
+        script_name: Callable[[dict], str] | None = None,
+        server_name: str | None = None,
+        hostname: str | None = None,
+        enabled: bool = True,
+        raise_on_fail: bool = False,
+        timer_rusage: bool = False,
+        memory_footprint: bool = False,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if script_name is not None and not callable(script_name):
+            raise TypeError("script_name must be a callable taking the WSGI environ")
+        if server_name is not None and not isinstance(server_name, str):
+            raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
+        self.app = app
+        self.reporter: Reporter = address if isinstance(address, Reporter) else Reporter(address)
+        if raise_on_fail:
+            self.reporter.raise_on_fail = True
+        self.enabled = bool(enabled)
+        self.prefix = prefix
+        self.script_name = script_name
+        self.server_name = server_name
+        self.settings = CollectorSettings(
+            self.reporter,
+            hostname=hostname,
+            tags=tags,
+            timer_rusage=timer_rusage,
+            memory_footprint=memory_footprint,
+        )
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if not self.enabled:
+            if _get() is None:
+                # Left in place on purpose: the response may be iterated after
+                # this returns, and its timers must still find "disabled".
+                _current.set(DISABLED)
+            return self.app(environ, start_response)
+        try:
+            response = _Response(self, environ, start_response)
+        except Exception:
+            internal_error("cannot monitor the request", self.reporter.raise_on_fail)
+            return self.app(environ, start_response)
+        try:
+            result = self.app(environ, response.start_response)
+        except BaseException:
+            response.abort()
+            raise
+        return response.wrap(result)
+
+    def default_script_name(self, environ: dict) -> str:
+        """The script name reported when the application sets none."""
+        if self.script_name is not None:
+            return self.prefix + self.script_name(environ)
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        try:
+            path = path.encode("latin-1").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            pass  # not latin-1 as PEP 3333 says: keep what the server gave
+        return self.prefix + path
+
+    def default_server_name(self, environ: dict) -> str:
+        """The server name reported when the application sets none."""
+        if self.server_name is not None:
+            return self.server_name
+        host = environ.get("HTTP_HOST")
+        if host:
+            if not host.endswith("]") and ":" in host:  # keep "[::1]", drop ":8080"
+                host = host.rpartition(":")[0]
+            return host
+        return environ.get("SERVER_NAME", "")
+
+    def __repr__(self) -> str:
+        return f"<PynbaMiddleware {self.app!r} -> {self.reporter!r}>"
+
+
+def monitor(address: Any, **config: Any) -> Callable[[WSGIApp], PynbaMiddleware]:
+    """Decorate a WSGI application with ``PynbaMiddleware(app, address, **config)``.
+
+    The result exposes ``.reporter`` like the middleware.
+    """
+    if callable(address) and not isinstance(address, Reporter):
+        raise TypeError("monitor takes the server address: use @monitor(address)")
+
+    def decorate(app: WSGIApp) -> PynbaMiddleware:
+        middleware = PynbaMiddleware(app, address, **config)
+        functools.update_wrapper(middleware, app, updated=())
+        return middleware
+
+    return decorate
+
+
+def _parse_status(status: Any) -> int:
+    try:
+        return int(status[:3])
+    except (TypeError, ValueError):
+        return 0
+
+
+class _Response:
+    """One monitored request: wraps start_response and the response body."""
+
+    __slots__ = (
+        "_middleware",
+        "_environ",
+        "_start_response",
+        "_write",
+        "_collector",
+        "_token",
+        "_status",
+        "_headers",
+        "_result",
+        "_iterator",
+        "_size",
+        "_failed",
+        "_closed",
+        "_file_close",
+    )
+
+    def __init__(self, middleware: PynbaMiddleware, environ: dict, start_response: Callable):
+        self._middleware = middleware
+        self._environ = environ
+        self._start_response = start_response
+        self._write = None
+        self._status = None
+        self._headers = None
+        self._result = None
+        self._iterator = None
+        self._size = 0
+        self._failed = False
+        self._closed = False
+        self._file_close = None
+        self._collector = collector = RequestCollector(
+            middleware.settings,
+            None,
+            middleware.default_server_name(environ),
+            environ.get("wsgi.url_scheme"),
+            self._default_script_name,
+        )
+        self._token = _current.set(collector)
+
+    def _default_script_name(self) -> str:
+        return self._middleware.default_script_name(self._environ)
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+        write = self._start_response(status, headers, exc_info)
+        self._status = status
+        self._headers = headers
+        self._write = write
+        return self._counted_write
+
+    def _counted_write(self, data: bytes) -> Any:
+        self._size += len(data)
+        return self._write(data)
+
+    def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        """What the server gets instead of ``result``."""
+        self._result = result
+        cls = result.__class__
+        if cls is list or cls is tuple:
+            return _ListBody(self, result)
+        file_wrapper = self._environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and isinstance(file_wrapper, type):
+            if isinstance(result, file_wrapper):
+                return self._wrap_file(result)
+        return _StreamBody(self)
+
+    def _wrap_file(self, result: Any) -> Any:
+        # Handed back as is so that the server recognises it and may use
+        # sendfile; only its close() is replaced, to end the request there.
+        self._file_close = getattr(result, "close", None)
+        try:
+            result.close = self.close
+        except AttributeError:
+            self._finish(from_file=True)
+        return result
+
+    def abort(self) -> None:
+        """The application raised before returning: report a 500."""
+        self._failed = True
+        self._closed = True
+        try:
+            self._finish()
+        except Exception:
+            logger.exception("pynba: cannot report the failed request")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = self._file_close
+            if close is None:
+                close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            self._finish(from_file=self._file_close is not None)
+
+    def _finish(self, from_file: bool = False) -> None:
+        collector = self._collector
+        try:
+            _reset(self._token)
+            if self._failed:
+                collector._status = 500
+            elif collector._status is None:
+                collector._status = _parse_status(self._status)
+            if collector._document_size is None:
+                collector._document_size = self._content_length() if from_file else self._size
+            if collector._script_name is None:
+                collector._script_name = collector._default_script_name()
+        except Exception:
+            internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
+        collector.finish()
+
+    def _content_length(self) -> int:
+        for name, value in self._headers or ():
+            if name.lower() == "content-length":
+                try:
+                    return max(int(value), 0)
+                except ValueError:
+                    return 0
+        return 0
+
+
+def _reset(token: Any) -> None:
+    try:
+        _current.reset(token)
+    except (ValueError, RuntimeError):
+        logger.debug("pynba: request context not restored", exc_info=True)
+
+
+class _StreamBody:
+    """A response body the server iterates; counts the bytes it takes."""
+
+    __slots__ = ("_response", "_iterator")
+
+    def __init__(self, response: _Response) -> None:
+        self._response = response
+        self._iterator = None
+
+    def __iter__(self) -> _StreamBody:
+        try:
+            self._iterator = iter(self._response._result)
+        except BaseException:
+            self._response._failed = True
+            raise
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self._iterator)
+        except StopIteration:
+            raise
+        except BaseException:
+            self._response._failed = True
+            raise
+        self._response._size += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class _ListBody:
+    """A list or tuple response body: counted at once, iterated directly."""
+
+    __slots__ = ("_response", "_result")
+
+    def __init__(self, response: _Response, result: list | tuple) -> None:
+        self._response = response
+        self._result = result
+        response._size += sum(map(len, result))
+
+    def __iter__(self) -> Any:
+        return iter(self._result)
+
+    def __len__(self) -> int:
+        # Servers set Content-Length for a single-chunk body from len().
+        return len(self._result)
+
+    def close(self) -> None:
+        self._response.close()

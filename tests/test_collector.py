@@ -1,0 +1,232 @@
+"""The request collector: fields, timers, tags, flush and finish, over real UDP."""
+
+import logging
+import resource
+import socket
+import time
+
+import pytest
+
+from packets import make_collector, receive
+from pynba.collector import RequestCollector, default_hostname
+
+
+def busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.fixture
+def collector(udp_listener):
+    return make_collector(udp_listener, script_name="/home")
+
+
+def test_finish_sends_one_packet_with_measured_fields(collector, udp_listener):
+    busy(0.03)
+    collector.finish()
+    collector.finish()  # once only
+    packet = receive(udp_listener)
+    assert udp_listener.pending() == []
+    assert packet.hostname == socket.gethostname() == default_hostname()
+    assert packet.script_name == "/home"
+    assert packet.request_count == 1
+    assert packet.request_time >= 0.03
+    assert packet.ru_utime + packet.ru_stime > 0
+    # Peak RSS of the process, in bytes (ru_maxrss is KiB on Linux).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert 0 < packet.memory_peak <= peak
+    assert packet.memory_footprint == 0 and packet.status == 0 and packet.document_size == 0
+    assert not packet.HasField("schema")
+    assert collector.finished
+
+
+def test_fields_set_by_the_application_are_sent_as_set(collector, udp_listener):
+    collector.hostname = "web-1"
+    collector.server_name = "example.com"
+    collector.script_name = "/users/{id}"
+    collector.schema = "https"
+    collector.status = 404
+    collector.document_size = 1234
+    collector.memory_peak = 5 << 20
+    collector.memory_footprint = 3 << 20
+    collector.request_time = 0.5
+    collector.ru_utime = 0.25
+    collector.ru_stime = 0.125
+    collector.finish()
+    packet = receive(udp_listener)
+    assert (packet.hostname, packet.server_name, packet.script_name, packet.schema) == (
+        "web-1",
+        "example.com",
+        "/users/{id}",
+        "https",
+    )
+    assert (packet.status, packet.document_size) == (404, 1234)
+    assert (packet.memory_peak, packet.memory_footprint) == (5 << 20, 3 << 20)
+    assert (packet.request_time, packet.ru_utime, packet.ru_stime) == (0.5, 0.25, 0.125)
+
+
+def test_the_old_pynba_field_names_still_work(collector, udp_listener):
+    collector.scriptname = "/old"
+    collector.servername = "old.example.com"
+    assert collector.script_name == "/old" and collector.server_name == "old.example.com"
+    collector.finish()
+    packet = receive(udp_listener)
+    assert (packet.script_name, packet.server_name) == ("/old", "old.example.com")
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("status", "200", TypeError),
+        ("status", -1, ValueError),
+        ("status", 2**32 - 1, ValueError),
+        ("document_size", 1.5, TypeError),
+        ("document_size", True, TypeError),
+        ("memory_peak", -5, ValueError),
+        ("request_time", float("nan"), ValueError),
+        ("request_time", -0.1, ValueError),
+        ("ru_utime", "1", TypeError),
+        ("script_name", 42, TypeError),
+        ("server_name", ["x"], TypeError),
+    ],
+)
+def test_bad_assignments_are_refused_naming_the_field(collector, field, value, error):
+    with pytest.raises(error, match=field):
+        setattr(collector, field, value)
+
+
+def test_running_timers_are_stopped_and_sent_at_the_end(collector, udp_listener):
+    running = collector.timer(group="slow")
+    running.start()
+    never_started = collector.timer(group="never")
+    collector.finish()
+    assert not running.started and running.hit_count == 1
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [(("group", "slow"),)]
+    assert never_started.hit_count == 0
+
+
+def test_timers_with_the_same_tags_are_merged_on_the_wire(collector, udp_listener):
+    for _ in range(3):
+        collector.timer(group="db", op="select").add(0.5)
+    collector.timer(op="select", group="db").add(0.5, 2)
+    collector.finish()
+    sent = receive(udp_listener).timer(group="db", op="select")
+    assert (sent.value, sent.hit_count) == (2.0, 5)
+
+
+def test_request_tags_from_settings_and_from_the_application(udp_listener):
+    collector = make_collector(udp_listener, tags={"env": "prod", "dc": ["a", "b"]})
+    assert dict(collector.tags) == {"env": "prod", "dc": ["a", "b"]}
+    collector.set_tag("route", "users")
+    collector.delete_tag("env")
+    collector.delete_tag("missing")
+    with pytest.raises(TypeError, match="tag 'bad'"):
+        collector.set_tag("bad", object())
+    with pytest.raises(TypeError):
+        collector.tags["x"] = "y"  # a read-only view
+    collector.finish()
+    assert sorted(receive(udp_listener).tags) == [("dc", "a"), ("dc", "b"), ("route", "users")]
+
+
+def test_assigning_tags_replaces_them_all(collector, udp_listener):
+    collector.tags = {"a": "1", "b": {"c": 2}}
+    with pytest.raises(TypeError):
+        collector.tags = [("a", "1")]
+    with pytest.raises(ValueError):
+        collector.tags = {"": "x"}
+    collector.finish()
+    assert sorted(receive(udp_listener).tags) == [("a", "1"), ("b.c", "2")]
+
+
+def test_callable_tags_in_settings_are_called_for_each_request(udp_listener):
+    counter = iter(range(100))
+    first = make_collector(udp_listener, tags={"n": lambda: next(counter)})
+    second = RequestCollector(first._settings)
+    first.finish()
+    second.finish()
+    assert receive(udp_listener).tags == [("n", "0")]
+    assert receive(udp_listener).tags == [("n", "1")]
+
+
+def test_memory_footprint_is_measured_only_when_asked(udp_listener):
+    make_collector(udp_listener, memory_footprint=True).finish()
+    assert receive(udp_listener).memory_footprint > 1 << 20  # a Python process is bigger
+
+
+def test_flush_sends_what_was_measured_and_starts_afresh(collector, udp_listener):
+    done = collector.timer(group="done")
+    with done:
+        time.sleep(0.001)
+    running = collector.timer(group="running").start()
+    collector.status = 206
+    collector.flush()
+    first = receive(udp_listener)
+    assert first.timer_tags() == [(("group", "done"),), (("group", "running"),)]
+    assert first.status == 206
+    assert running.started  # it goes on, from zero
+    assert done not in collector.timers and running in collector.timers
+    with done:  # a sent timer used again rejoins the request
+        pass
+    running.stop()
+    collector.finish()
+    second = receive(udp_listener)
+    assert second.timer_tags() == [(("group", "running"),), (("group", "done"),)][::-1] or (
+        second.timer_tags() == [(("group", "done"),), (("group", "running"),)]
+    )
+    assert second.timer(group="done").hit_count == 1
+    assert second.timer(group="running").hit_count == 1
+    assert second.status == 0  # reset by the flush
+
+
+def test_flush_only_stopped_keeps_running_timers_for_the_next_packet(collector, udp_listener):
+    collector.timer(group="done").add(0.1)
+    running = collector.timer(group="running").start()
+    time.sleep(0.002)
+    collector.flush(only_stopped=True)
+    assert receive(udp_listener).timer_tags() == [(("group", "done"),)]
+    running.stop()
+    collector.finish()
+    sent = receive(udp_listener).timer(group="running")
+    assert sent.hit_count == 1 and sent.value >= 0.002  # all of it, in one packet
+
+
+def test_flush_after_the_end_is_an_error(collector):
+    collector.finish()
+    with pytest.raises(RuntimeError, match="ended"):
+        collector.flush()
+
+
+def test_request_time_of_a_flushed_packet_counts_from_the_previous_flush(collector, udp_listener):
+    time.sleep(0.05)
+    collector.flush()
+    collector.finish()
+    assert receive(udp_listener).request_time >= 0.05
+    assert receive(udp_listener).request_time < 0.05
+
+
+def test_internal_errors_are_logged_not_raised(collector, udp_listener, monkeypatch, caplog):
+    monkeypatch.delenv("PYNBA_STRICT")
+    collector._tags = {"x": object()}  # slipped past the checks
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        collector.finish()
+    assert "cannot report the request" in caplog.text
+    assert udp_listener.pending() == []
+
+
+def test_internal_errors_are_raised_with_raise_on_fail(collector, monkeypatch):
+    monkeypatch.delenv("PYNBA_STRICT")
+    collector.reporter.raise_on_fail = True
+    collector._tags = {"x": object()}
+    with pytest.raises(TypeError):
+        collector.finish()
+
+
+def test_a_packet_too_big_for_udp_still_reports_the_request(collector, udp_listener):
+    for i in range(3000):
+        collector.timer(group="g", n=str(i) * 5).add(0.001)
+    collector.finish()
+    packet = receive(udp_listener)
+    assert packet.script_name == "/home" and packet.timers == []
+    assert collector.reporter.stats["oversize"] == 1

@@ -1,0 +1,87 @@
+"""Encoder selection and installing without a C compiler."""
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code, **env):
+    environment = {**os.environ, **env}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [env.get("PYTHONPATH", str(ROOT / "src")), environment.get("PYTHONPATH")])
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+
+
+def test_environment_variable_forces_the_pure_encoder():
+    code = "import pynba, pynba.encoder as e; print(pynba.ENCODER, e.encode.__module__)"
+    assert run_python(code, PYNBA_PURE_PYTHON="1") == "pure pynba._pure_encoder"
+
+
+@pytest.mark.parametrize("value", ["", "0", "false"])
+def test_compiled_encoder_is_the_default_when_built(value):
+    from conftest import compiled_encoder
+
+    if compiled_encoder() is None:
+        pytest.skip("the compiled encoder is not built")
+    code = "import pynba; print(pynba.ENCODER)"
+    assert run_python(code, PYNBA_PURE_PYTHON=value) == "compiled"
+
+
+def test_sdist_installs_without_a_compiler(tmp_path):
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (sdist,) = (tmp_path / "dist").glob("pynba-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    for needed in ("src/pynba/_encoder.pyx", "proto/pinba.proto", "tests/conftest.py"):
+        assert any(name.endswith(needed) for name in names), needed
+
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-v",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(sdist),
+        ],  # fmt: skip
+        env={**os.environ, "CC": "false", "PYNBA_PURE_PYTHON": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert "installing the pure-Python encoder instead" in install.stdout + install.stderr
+    assert not list(target.glob("pynba/_encoder*.so"))
+    code = (
+        "import pynba; "
+        "print(pynba.ENCODER, len(pynba.encode('h', 's', '/', 1, 0, 0, 0.1, 0, 0, 200, 0,"
+        " None, {}, [({'a': 'b'}, 0.1, 1, 0, 0)])))"
+    )
+    out = run_python(code, PYTHONPATH=str(target), PYNBA_PURE_PYTHON="")
+    assert out.split()[0] == "pure"
+    assert int(out.split()[1]) > 0
