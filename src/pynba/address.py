@@ -19,7 +19,6 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = ["DEFAULT_PORT", "AddressSpec", "ServerAddress", "parse_addresses"]
 
@@ -53,9 +52,9 @@ class ServerAddress:
         return f"{self.host}:{self.port}"
 
 
-_OneAddress = Union[str, tuple[str, int], ServerAddress]
+_OneAddress = str | tuple[str, int] | ServerAddress
 #: What ``parse_addresses`` (and so ``Reporter``) accepts.
-AddressSpec = Union[_OneAddress, Sequence[_OneAddress]]
+AddressSpec = _OneAddress | Sequence[_OneAddress]
 
 
 def parse_addresses(address: AddressSpec, argument: str = "address") -> tuple[ServerAddress, ...]:
