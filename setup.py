@@ -8,6 +8,8 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
+#: Per-request modules compiled from their Python sources (see src/pynba/_implementation.py).
+COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
 
 
 class OptionalBuildExt(build_ext):
@@ -28,7 +30,7 @@ class OptionalBuildExt(build_ext):
     def _fall_back(self, error):
         message = (
             f"pynba: building the compiled encoder failed ({error}); "
-            "installing the pure-Python encoder instead."
+            "installing pure Python instead."
         )
         print(message, file=sys.stderr)
         self.warn(message)
@@ -39,18 +41,18 @@ def extensions():
         return []
     if sys.implementation.name != "cpython":
         return []
-    source = "src/pynba/_encoder.pyx"
     try:
         from Cython.Build import cythonize
     except ImportError:
-        generated = "src/pynba/_encoder.c"
-        if not (HERE / generated).exists():
-            print("pynba: Cython is not installed; using the pure-Python encoder.", file=sys.stderr)
-            return []
-        return [Extension("pynba._encoder", [generated])]
+        print("pynba: Cython is not installed; using pure Python.", file=sys.stderr)
+        return []
+    # The encoder has a pure-Python twin; the per-request modules are compiled
+    # from their own Python sources (typed by the .pxd files beside them).
+    modules = [Extension("pynba._encoder", ["src/pynba/_encoder.pyx"])]
+    modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.py"]) for name in COMPILED_SOURCES]
     return cythonize(
-        [Extension("pynba._encoder", [source])],
-        compiler_directives={"language_level": "3"},
+        modules,
+        compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True},
         quiet=True,
     )
 
@@ -65,20 +67,40 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["examples", "examples.*"]),
-    package_data={"pynba": ["py.typed", "*.pyx"]},
+    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     extras_require={
         "tools": ["protobuf>=4.21"],
         "lz4": ["lz4>=4"],
+        # The framework integrations (pynba.asgi needs nothing but an ASGI server).
+        "asgi": [],
+        "django": ["django>=4.2"],
+        "flask": ["flask>=2.3"],
+        "pyramid": ["pyramid>=2.0"],
         "test": [
             "protobuf>=4.21",
             "pytest>=7",
             "hypothesis>=6",
             "webob>=1.8",
+            # The integrations' tests, each with a real server.
+            "uvicorn>=0.23",
+            "starlette>=0.35",
+            "fastapi>=0.100",
+            "httpx>=0.24",
+            "django>=4.2",
+            "flask>=2.3",
+            "pyramid>=2.0",
+            "webtest>=3",
+            "gevent>=23",
+            # The fault, load and soak tests run a real pre-forking server.
+            "gunicorn>=21",
         ],
     },
-    entry_points={"console_scripts": ["pynba = pynba.__main__:main"]},
+    entry_points={
+        "console_scripts": ["pynba = pynba.__main__:main"],
+        "pytest11": ["pynba = pynba.pytest_plugin"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Cython",

@@ -2,13 +2,16 @@
 
 Prints µs per encode (best of several runs) for a bare request, a typical
 one (10 timers x 2 tags, 3 request tags) and a heavy one (200 timers), then
-25/100/800 timers to show the per-timer cost. Run: python benchmarks/bench_encode.py
+25/100/800 timers to show the per-timer cost. A second table compares the
+wire forms on the typical and heavy requests: unpacked (classic), packed and
+packed + LZ4 (pinba2), their cost with the compiled encoder and their size.
+Run: python benchmarks/bench_encode.py
 """
 
 import argparse
 import timeit
 
-from pynba import _pure_encoder
+from pynba import _pure_encoder, framing
 
 try:
     from pynba import _encoder as compiled
@@ -121,6 +124,37 @@ def main():
         if "compiled" in results and "protobuf" in results:
             row += f"{results['protobuf'] / results['compiled']:>18.1f}x"
         print(row)
+    print()
+    wire_forms(compiled.encode if compiled else _pure_encoder.encode, args.budget)
+
+
+def wire_forms(encode, budget):
+    """Cost and size of each wire form: unpacked, packed, packed + LZ4."""
+
+    # Each form through a function of the same shape, so that the costs compare.
+    def unpacked(*request):
+        return encode(*request)
+
+    def packed(*request):
+        return encode(*request, True)
+
+    def packed_lz4(*request):
+        return framing.compress(encode(*request, True))
+
+    forms = [("unpacked", unpacked), ("packed", packed)]
+    if framing.LZ4_AVAILABLE:
+        forms.append(("packed+LZ4", packed_lz4))
+    implementation = "compiled" if encode is not _pure_encoder.encode else "pure"
+    print(f"wire forms, {implementation} encoder: µs per encode (best of 5) and bytes")
+    print(f"{'request':<22}" + "".join(f"{name + ' µs':>16}{'bytes':>8}" for name, _ in forms))
+    for label, count in [("typical (10 timers)", 10), ("heavy (200 timers)", 200)]:
+        data = request(count)
+        row = f"{label:<22}"
+        for _, function in forms:
+            row += f"{cost(function, data, budget):>16.3f}{len(function(*data)):>8}"
+        print(row)
+    if not framing.LZ4_AVAILABLE:
+        print("(packed+LZ4 needs the lz4 package: pip install 'pynba[lz4]')")
 
 
 if __name__ == "__main__":

@@ -108,3 +108,10 @@ def _no_request_leaks_between_tests():
     token = _current_request.set(None)
     yield
     _current_request.reset(token)
+
+
+def pytest_configure(config):
+    # Installed, pynba registers its pytest plugin (the pinba_listener fixture)
+    # through an entry point; a source tree run without installing registers it here.
+    if not config.pluginmanager.has_plugin("pynba"):
+        config.pluginmanager.register(importlib.import_module("pynba.pytest_plugin"), "pynba")

@@ -1,4 +1,8 @@
-"""Every example in src/examples runs, and its packets are what it says."""
+"""Every example in src/examples runs, and its packets are what it says.
+
+The examples report to ``pynba.testing``'s listener (the ``pinba_listener``
+fixture), and once to a real ``pynba listen`` process.
+"""
 
 import os
 import subprocess
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from packets import receive_all
+from pinba2_rules import assert_valid
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "src" / "examples"
@@ -30,41 +34,55 @@ def run_example(name, *args, env=None):
 
 
 def address_of(listener):
-    return f"{listener.host}:{listener.port}"
+    return listener.server
+
+
+def receive_all(listener, count):
+    """The first ``count`` packets, each checked against the strictest rules."""
+    packets = listener.wait_for(count)
+    for received in listener.received:
+        assert_valid(received.datagram)
+    return packets
+
+
+def timer_tags(packet):
+    return sorted(tuple(sorted(timer.tags)) for timer in packet.timers)
 
 
 def test_every_example_is_tested():
     tested = {"simple.py", "middleware.py", "worker.py"}
+    tested |= {"asgi_app.py", "django_app.py", "flask_app.py", "pyramid_app.py"}
+    tested |= {"gevent_server.py"}  # integration examples: tests/test_integration_examples.py
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
 
-def test_simple(udp_listener):
-    output = run_example("simple.py", address_of(udp_listener))
+def test_simple(pinba_listener):
+    output = run_example("simple.py", address_of(pinba_listener))
     assert "Hello from /users" in output
-    packets = sorted(receive_all(udp_listener, 3), key=lambda p: p.script_name)
+    packets = sorted(receive_all(pinba_listener, 3), key=lambda p: p.script_name)
     assert [p.script_name for p in packets] == ["/", "/about", "/users"]
     for packet in packets:
         assert packet.status == 200
         assert packet.tags == [("app", "simple")]
-        assert packet.timer_tags() == [(("group", "render"), ("template", "hello"))]
+        assert timer_tags(packet) == [(("group", "render"), ("template", "hello"))]
         assert packet.document_size == len(f"Hello from {packet.script_name}\n")
-    assert udp_listener.pending() == []
+    assert len(pinba_listener.received) == 3
 
 
-def test_middleware(udp_listener):
-    run_example("middleware.py", address_of(udp_listener))
-    home, first, again, other, missing = receive_all(udp_listener, 5)
+def test_middleware(pinba_listener):
+    run_example("middleware.py", address_of(pinba_listener))
+    home, first, again, other, missing = receive_all(pinba_listener, 5)
     assert home.script_name == "example:/" and home.timers == []
     assert [first.script_name, again.script_name, other.script_name] == ["example:/users/{id}"] * 3
     # A cache miss reads the database and fills the cache; a hit does neither.
-    assert first.timer_tags() == sorted(
+    assert timer_tags(first) == sorted(
         [
             (("group", "cache"), ("op", "get")),
             (("group", "db"), ("op", "select")),
             (("group", "cache"), ("op", "set")),
         ]
     )
-    assert again.timer_tags() == [(("group", "cache"), ("op", "get"))]
+    assert timer_tags(again) == [(("group", "cache"), ("op", "get"))]
     assert len(other.timers) == 3
     assert first.timer(group="db", op="select").value >= 0.002
     assert (missing.script_name, missing.status) == ("example:unknown", 404)
@@ -72,19 +90,49 @@ def test_middleware(udp_listener):
 
 
 @pytest.mark.parametrize("via", ["argument", "environment"])
-def test_worker(udp_listener, via):
+def test_worker(pinba_listener, via):
     if via == "argument":
-        output = run_example("worker.py", address_of(udp_listener), "4")
+        output = run_example("worker.py", address_of(pinba_listener), "4")
         count = 4
     else:
-        output = run_example("worker.py", env={"PINBA_SERVER": address_of(udp_listener)})
+        output = run_example("worker.py", env={"PINBA_SERVER": address_of(pinba_listener)})
         count = 3
     assert output.count("job") == count
-    packets = receive_all(udp_listener, count)
+    packets = receive_all(pinba_listener, count)
     for packet in packets:
         assert packet.script_name == "thumbnail"
         assert sorted(packet.tags) == [("queue", "images"), ("worker", "images")]
-        assert packet.timer_tags() == sorted(
+        assert timer_tags(packet) == sorted(
             [(("group", "image"), ("op", "resize")), (("group", "queue"), ("op", "get"))]
         )
-    assert udp_listener.pending() == []
+    assert len(pinba_listener.received) == count
+
+
+def test_an_example_against_pynba_listen():
+    """What the examples' docstrings say: run one while ``pynba listen`` prints its packets."""
+    import json
+    import re
+
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [environ.get("PYTHONPATH")])]
+    )
+    listen = subprocess.Popen(
+        [sys.executable, "-m", "pynba", "listen", "--json", "--count", "3", "--port", "0"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = re.search(r":(\d+) ", listen.stderr.readline()).group(1)
+        run_example("worker.py", f"127.0.0.1:{port}")
+        out, err = listen.communicate(timeout=30)
+    finally:
+        if listen.poll() is None:
+            listen.kill()
+            listen.communicate()
+    assert listen.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["request"]["script_name"] for r in records] == ["thumbnail"] * 3
+    assert all(r["accepted"] and r["warnings"] == [] for r in records)

@@ -75,7 +75,7 @@ def test_sdist_installs_without_a_compiler(tmp_path):
         timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    assert "installing the pure-Python encoder instead" in install.stdout + install.stderr
+    assert "installing pure Python instead" in install.stdout + install.stderr
     assert not list(target.glob("pynba/_encoder*.so"))
     code = (
         "import pynba; "
@@ -85,3 +85,24 @@ def test_sdist_installs_without_a_compiler(tmp_path):
     out = run_python(code, PYTHONPATH=str(target), PYNBA_PURE_PYTHON="")
     assert out.split()[0] == "pure"
     assert int(out.split()[1]) > 0
+
+
+def test_environment_variable_forces_every_module_to_its_python_source():
+    code = (
+        "import pynba, pynba.timer, pynba.collector, pynba.wsgi; "
+        "print(pynba.compiled_modules(), pynba.timer.__file__.endswith('.py'),"
+        " pynba.wsgi.__file__.endswith('.py'))"
+    )
+    assert run_python(code, PYNBA_PURE_PYTHON="1") == "[] True True"
+
+
+def test_per_request_modules_are_compiled_when_built():
+    from conftest import compiled_encoder
+
+    if compiled_encoder() is None:
+        pytest.skip("the compiled modules are not built")
+    code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
+    names = run_python(code, PYNBA_PURE_PYTHON="").split()
+    assert names == sorted(
+        ["_encoder", "collector", "context", "reporter", "tags", "timer", "wsgi"]
+    )

@@ -1,5 +1,10 @@
 """pynba: a Pinba client for Python applications."""
 
+from ._implementation import pure_python_forced, use_pure_python_sources
+
+if pure_python_forced():
+    use_pure_python_sources()
+
 from .collector import RequestCollector
 from .context import pynba
 from .encoder import IMPLEMENTATION as ENCODER
@@ -11,6 +16,8 @@ from .wsgi import PynbaMiddleware, monitor
 
 __all__ = [
     "ENCODER",
+    "compiled_modules",
+    "PynbaASGIMiddleware",
     "PynbaMiddleware",
     "Reporter",
     "RequestCollector",
@@ -21,3 +28,20 @@ __all__ = [
     "pynba",
 ]
 __version__ = "0.6.0.dev0"
+
+
+def compiled_modules() -> list[str]:
+    """The pynba modules running compiled code (empty under ``PYNBA_PURE_PYTHON=1``)."""
+    from ._implementation import compiled_modules
+
+    return compiled_modules()
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use only: the framework integrations (pynba.asgi,
+    # pynba.django, pynba.flask, pynba.pyramid) stay out of ``import pynba``.
+    if name == "PynbaASGIMiddleware":
+        from .asgi import PynbaASGIMiddleware
+
+        return PynbaASGIMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

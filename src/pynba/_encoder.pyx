@@ -596,9 +596,81 @@ cdef unsigned char* put_text(State* s, unsigned char* o, unsigned int key,
     return o + size
 
 
+cdef inline Py_ssize_t varint_size(uint64_t n) noexcept nogil:
+    cdef Py_ssize_t size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+cdef inline unsigned char* put_packed_key(unsigned char* o, unsigned int key,
+                                          Py_ssize_t size) noexcept nogil:
+    o = put_key(o, key)
+    return put_varint(o, <uint64_t>size)
+
+
+cdef unsigned char* put_packed_timers(State* s, unsigned char* o) noexcept nogil:
+    """Fields 10-14 in packed form (room reserved by the caller)."""
+    cdef Py_ssize_t i, j, k, last, size
+    cdef Timer* t
+    if s.ntimers == 0:
+        return o
+    size = 0
+    for i in range(s.ntimers):
+        size += varint_size(s.timers[i].hits)
+    o = put_packed_key(o, 0x52, size)
+    for i in range(s.ntimers):
+        o = put_varint(o, s.timers[i].hits)
+    o = put_packed_key(o, 0x5A, 4 * s.ntimers)
+    for i in range(s.ntimers):
+        o = put_float(o, sanitize(s.timers[i].value))
+    size = 0
+    for i in range(s.ntimers):
+        size += varint_size(<uint64_t>s.timers[i].count)
+    o = put_packed_key(o, 0x62, size)
+    for i in range(s.ntimers):
+        o = put_varint(o, <uint64_t>s.timers[i].count)
+    for k in range(2):  # 13: tag names (even slots), 14: tag values (odd slots)
+        size = 0
+        for i in range(s.ntimers):
+            t = &s.timers[i]
+            last = t.first + 2 * t.count
+            for j in range(t.first + k, last, 2):
+                size += varint_size(s.pairs[j])
+        o = put_packed_key(o, 0x6A if k == 0 else 0x72, size)
+        for i in range(s.ntimers):
+            t = &s.timers[i]
+            last = t.first + 2 * t.count
+            for j in range(t.first + k, last, 2):
+                o = put_varint(o, s.pairs[j])
+    return o
+
+
+cdef unsigned char* put_packed_tail(State* s, unsigned char* o) noexcept nogil:
+    """Fields 20-23 in packed form (room reserved by the caller)."""
+    cdef Py_ssize_t i, k, size
+    if s.nrtags:
+        for k in range(2):  # 20: tag names (even slots), 21: tag values (odd slots)
+            size = 0
+            for i in range(k, s.nrtags, 2):
+                size += varint_size(s.rtags[i])
+            o = put_packed_key(o, 0xA2 if k == 0 else 0xAA, size)
+            for i in range(k, s.nrtags, 2):
+                o = put_varint(o, s.rtags[i])
+    if s.ntimers:
+        o = put_packed_key(o, 0xB2, 4 * s.ntimers)
+        for i in range(s.ntimers):
+            o = put_float(o, sanitize(s.timers[i].utime))
+        o = put_packed_key(o, 0xBA, 4 * s.ntimers)
+        for i in range(s.ntimers):
+            o = put_float(o, sanitize(s.timers[i].stime))
+    return o
+
+
 cdef int write_request(State* s, hostname, server_name, script_name, request_count,
                        document_size, memory_peak, request_time, ru_utime, ru_stime,
-                       status, memory_footprint, schema, list keep) except -1:
+                       status, memory_footprint, schema, list keep, bint packed) except -1:
     cdef Py_ssize_t i, k, last
     cdef Timer* t
     cdef Text text
@@ -618,7 +690,8 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     cdef uint64_t code = to_uint32(status, STATUS_MAX)
     cdef uint64_t footprint = to_uint32(memory_footprint, UINT32_MAX)
     # Every fixed-size part at once: 6 bytes a varint field, 5 a float field.
-    o = reserve(s, o, 64 + s.ntimers * 28 + s.npairs * 6 + s.nrtags * 7)
+    # (the extra 32 bytes hold the keys and lengths of packed fields)
+    o = reserve(s, o, 96 + s.ntimers * 28 + s.npairs * 6 + s.nrtags * 7)
     o[0] = 0x20
     o = put_varint(o + 1, count)
     o[0] = 0x28
@@ -631,22 +704,24 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     o = put_float(o + 1, utime)
     o[0] = 0x4D
     o = put_float(o + 1, stime)
-    for i in range(s.ntimers):
+    if packed:
+        o = put_packed_timers(s, o)
+    for i in range(0 if packed else s.ntimers):
         o[0] = 0x50
         o = put_varint(o + 1, s.timers[i].hits)
-    for i in range(s.ntimers):
+    for i in range(0 if packed else s.ntimers):
         o[0] = 0x5D
         o = put_float(o + 1, sanitize(s.timers[i].value))
-    for i in range(s.ntimers):
+    for i in range(0 if packed else s.ntimers):
         o[0] = 0x60
         o = put_varint(o + 1, <uint64_t>s.timers[i].count)
-    for i in range(s.ntimers):
+    for i in range(0 if packed else s.ntimers):
         t = &s.timers[i]
         last = t.first + 2 * t.count
         for k in range(t.first, last, 2):
             o[0] = 0x68
             o = put_varint(o + 1, s.pairs[k])
-    for i in range(s.ntimers):
+    for i in range(0 if packed else s.ntimers):
         t = &s.timers[i]
         last = t.first + 2 * t.count
         for k in range(t.first + 1, last, 2):
@@ -654,7 +729,7 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
             o = put_varint(o + 1, s.pairs[k])
     for i in range(s.nwords):
         o = put_text(s, o, 0x7A, s.words[i].ptr, s.words[i].size)
-    o = reserve(s, o, 32 + s.nrtags * 7 + s.ntimers * 14)
+    o = reserve(s, o, 64 + s.nrtags * 7 + s.ntimers * 14)
     o = put_key(o, 0x80)
     o = put_varint(o, code)
     o = put_key(o, 0x88)
@@ -663,7 +738,10 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
         text_of(schema, &text, keep)
         if text.size:
             o = put_text(s, o, 0x9A, text.ptr, text.size)
-            o = reserve(s, o, s.nrtags * 7 + s.ntimers * 14)
+            o = reserve(s, o, 32 + s.nrtags * 7 + s.ntimers * 14)
+    if packed:
+        s.olen = put_packed_tail(s, o) - s.out
+        return 0
     for i in range(0, s.nrtags, 2):
         o = put_key(o, 0xA0)
         o = put_varint(o, s.rtags[i])
@@ -688,12 +766,16 @@ if _sys.byteorder != "little":
 
 def encode(hostname, server_name, script_name, request_count, document_size,
            memory_peak, request_time, ru_utime, ru_stime, status,
-           memory_footprint, schema, tags, timers):
-    """Encode one request as a Pinba datagram (classic unpacked form).
+           memory_footprint, schema, tags, timers, packed=False):
+    """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
     a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples.
     Timers with the same tag set are merged, timers without tags dropped.
+
+    Repeated fields are unpacked (one key per value, like the PHP extension)
+    unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
+    packed form (one key and length per field), which pinba2 also reads.
     """
     cdef State s
     cdef list keep = []
@@ -709,7 +791,7 @@ def encode(hostname, server_name, script_name, request_count, document_size,
             add_timer(&s, <object>items[i], keep)
         write_request(&s, hostname, server_name, script_name, request_count,
                       document_size, memory_peak, request_time, ru_utime, ru_stime,
-                      status, memory_footprint, schema, keep)
+                      status, memory_footprint, schema, keep, packed)
         return PyBytes_FromStringAndSize(<char*>s.out, s.olen)
     finally:
         state_free(&s)

@@ -108,6 +108,22 @@ def _key(field, wire_type):
     return _varint((field << 3) | wire_type)
 
 
+def _packed(out, field, payload):
+    """Appends one packed repeated field; an empty one is left out, as protobuf does."""
+    if payload:
+        out.extend(_key(field, 2))
+        out.extend(_varint(len(payload)))
+        out.extend(payload)
+
+
+def _varints(numbers):
+    return b"".join([_varint(n) for n in numbers])
+
+
+def _floats(values):
+    return b"".join([_pack_float(to_seconds(x)) for x in values])
+
+
 _K = {n: _key(n, 0) for n in (4, 5, 6, 10, 12, 13, 14, 16, 17, 20, 21)}
 _K.update({n: _key(n, 2) for n in (1, 2, 3, 15, 19)})
 _K.update({n: _key(n, 5) for n in (7, 8, 9, 11, 22, 23)})
@@ -128,12 +144,17 @@ def encode(
     schema,
     tags,
     timers,
+    packed=False,
 ):
-    """Encode one request as a Pinba datagram (classic unpacked form).
+    """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
     a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples.
     Timers with the same tag set are merged, timers without tags dropped.
+
+    Repeated fields are unpacked (one key per value, like the PHP extension)
+    unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
+    packed form (one key and length per field), which pinba2 also reads.
     """
     index = {}
     words = []
@@ -186,23 +207,30 @@ def encode(
     for field, seconds in ((7, request_time), (8, ru_utime), (9, ru_stime)):
         out += _K[field]
         out += _pack_float(to_seconds(seconds))
-    for entry in merged:
-        out += _K[10]
-        out += _varint(entry[2])
-    for entry in merged:
-        out += _K[11]
-        out += _pack_float(to_seconds(entry[1]))
-    for entry in merged:
-        out += _K[12]
-        out += _varint(len(entry[0]) // 2)
-    for entry in merged:
-        for i in entry[0][0::2]:
-            out += _K[13]
-            out += _varint(i)
-    for entry in merged:
-        for i in entry[0][1::2]:
-            out += _K[14]
-            out += _varint(i)
+    if packed:
+        _packed(out, 10, _varints([entry[2] for entry in merged]))
+        _packed(out, 11, _floats([entry[1] for entry in merged]))
+        _packed(out, 12, _varints([len(entry[0]) // 2 for entry in merged]))
+        _packed(out, 13, _varints([i for entry in merged for i in entry[0][0::2]]))
+        _packed(out, 14, _varints([i for entry in merged for i in entry[0][1::2]]))
+    else:
+        for entry in merged:
+            out += _K[10]
+            out += _varint(entry[2])
+        for entry in merged:
+            out += _K[11]
+            out += _pack_float(to_seconds(entry[1]))
+        for entry in merged:
+            out += _K[12]
+            out += _varint(len(entry[0]) // 2)
+        for entry in merged:
+            for i in entry[0][0::2]:
+                out += _K[13]
+                out += _varint(i)
+        for entry in merged:
+            for i in entry[0][1::2]:
+                out += _K[14]
+                out += _varint(i)
     for data in words:
         out += _K[15]
         out += _varint(len(data))
@@ -216,6 +244,12 @@ def encode(
         out += _K[19]
         out += _varint(len(schema))
         out += schema
+    if packed:
+        _packed(out, 20, _varints(tag_names))
+        _packed(out, 21, _varints(tag_values))
+        _packed(out, 22, _floats([entry[3] for entry in merged]))
+        _packed(out, 23, _floats([entry[4] for entry in merged]))
+        return bytes(out)
     for i in tag_names:
         out += _K[20]
         out += _varint(i)

@@ -10,6 +10,17 @@ Accepted forms, alone or several in a list or tuple:
 - ``"a:30002, b:30002"``: addresses separated by commas or spaces, as in the
   PHP extension's ``pinba.server`` setting.
 
+Each server also has a *wire* option, what it understands, written as a
+scheme before the address (in any of the forms above, including a host in a
+tuple and each item of a comma-separated string such as ``PINBA_SERVER``):
+
+- ``classic`` (the default, ``"classic://host:port"`` or no scheme): the
+  unpacked datagrams of the PHP extension, read by every Pinba server;
+- ``pinba2`` (``"pinba2://host:port"``, ``"pinba2://[::1]:30002"``): packed
+  repeated fields, and LZ4 compression for large requests when the ``lz4``
+  package is installed. Only for pinba2 servers (built with LZ4 for the
+  compression); pinba_engine drops LZ4 datagrams.
+
 Parsing never looks names up: resolution is the reporter's job.
 """
 
@@ -20,10 +31,25 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PORT", "AddressSpec", "ServerAddress", "parse_addresses"]
+__all__ = [
+    "DEFAULT_PORT",
+    "WIRE_CLASSIC",
+    "WIRE_PINBA2",
+    "WIRES",
+    "AddressSpec",
+    "ServerAddress",
+    "parse_addresses",
+]
 
 #: The port Pinba clients and servers use unless told otherwise.
 DEFAULT_PORT = 30002
+
+#: Unpacked datagrams, like the PHP extension: every Pinba server reads them.
+WIRE_CLASSIC = "classic"
+#: Packed repeated fields, LZ4-compressed when large: pinba2 servers only.
+WIRE_PINBA2 = "pinba2"
+WIRES = (WIRE_CLASSIC, WIRE_PINBA2)
+_SCHEME_SEPARATOR = "://"
 
 _SEPARATORS = re.compile(r"[\s,]+")
 _HOST_CHARACTERS = re.compile(r"[A-Za-z0-9_.-]+")
@@ -32,10 +58,16 @@ _DIGITS_AND_DOTS = re.compile(r"[0-9.]+")
 
 @dataclass(frozen=True)
 class ServerAddress:
-    """One Pinba server: a host name or IP literal (no brackets) and a port."""
+    """One Pinba server: a host name or IP literal (no brackets), a port, and
+    the wire form it understands (``"classic"`` or ``"pinba2"``)."""
 
     host: str
     port: int
+    wire: str = WIRE_CLASSIC
+
+    def __post_init__(self) -> None:
+        if self.wire not in WIRES:
+            raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {self.wire!r}")
 
     @property
     def is_ip_literal(self) -> bool:
@@ -47,9 +79,10 @@ class ServerAddress:
         return True
 
     def __str__(self) -> str:
+        scheme = "" if self.wire == WIRE_CLASSIC else self.wire + _SCHEME_SEPARATOR
         if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+            return f"{scheme}[{self.host}]:{self.port}"
+        return f"{scheme}{self.host}:{self.port}"
 
 
 _OneAddress = str | tuple[str, int] | ServerAddress
@@ -90,7 +123,29 @@ def parse_addresses(address: AddressSpec, argument: str = "address") -> tuple[Se
             )
     if not servers:
         raise ValueError(f"{argument} must name at least one server, got {address!r}")
+    wires: dict[tuple[str, int], ServerAddress] = {}
+    for server in servers:
+        seen = wires.setdefault((server.host, server.port), server)
+        if seen.wire != server.wire:
+            raise ValueError(
+                f"{argument}: {server.host!r} port {server.port} is listed both as "
+                f"{seen.wire} and as {server.wire}"
+            )
     return tuple(dict.fromkeys(servers))
+
+
+def _split_wire(text: str, argument: str) -> tuple[str, str]:
+    """``(wire, rest)`` for a text that may start with ``"classic://"`` or ``"pinba2://"``."""
+    scheme, separator, rest = text.partition(_SCHEME_SEPARATOR)
+    if not separator:
+        return WIRE_CLASSIC, text
+    wire = scheme.lower()
+    if wire not in WIRES:
+        raise ValueError(
+            f"{argument}: unknown wire {scheme!r} in {text!r} "
+            f"(use {' or '.join(wire + _SCHEME_SEPARATOR for wire in WIRES)})"
+        )
+    return wire, rest
 
 
 def _is_host_port_pair(value: object) -> bool:
@@ -109,6 +164,7 @@ def _parse_pair(pair: tuple, argument: str) -> ServerAddress:
         raise TypeError(
             f"{argument}: the host in {pair!r} must be a str, not {type(host).__name__}"
         )
+    wire, host = _split_wire(host, argument)
     if not isinstance(port, int) or isinstance(port, bool):
         raise TypeError(
             f"{argument}: the port in {pair!r} must be an int, not {type(port).__name__}"
@@ -119,28 +175,34 @@ def _parse_pair(pair: tuple, argument: str) -> ServerAddress:
         _check_ipv6(host, argument, pair)
     else:
         _check_host(host, argument, pair)
-    return ServerAddress(host, _check_port(port, argument, pair))
+    return ServerAddress(host, _check_port(port, argument, pair), wire)
 
 
-def _parse_text(text: str, argument: str) -> ServerAddress:
+def _parse_text(whole: str, argument: str) -> ServerAddress:
+    wire, text = _split_wire(whole, argument)
+    host, port = _parse_host_port(text, whole, argument)
+    return ServerAddress(host, port, wire)
+
+
+def _parse_host_port(text: str, whole: str, argument: str) -> tuple[str, int]:
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
-            raise ValueError(f"{argument}: missing ']' in {text!r}")
-        _check_ipv6(host, argument, text)
+            raise ValueError(f"{argument}: missing ']' in {whole!r}")
+        _check_ipv6(host, argument, whole)
         if not rest:
-            return ServerAddress(host, DEFAULT_PORT)
+            return host, DEFAULT_PORT
         if not rest.startswith(":"):
-            raise ValueError(f"{argument}: expected ':port' after ']' in {text!r}")
-        return ServerAddress(host, _parse_port(rest[1:], argument, text))
+            raise ValueError(f"{argument}: expected ':port' after ']' in {whole!r}")
+        return host, _parse_port(rest[1:], argument, whole)
     if text.count(":") > 1:
         # Without brackets, every colon belongs to the IPv6 address.
-        _check_ipv6(text, argument, text)
-        return ServerAddress(text, DEFAULT_PORT)
+        _check_ipv6(text, argument, whole)
+        return text, DEFAULT_PORT
     host, colon, port_text = text.partition(":")
-    _check_host(host, argument, text)
-    port = _parse_port(port_text, argument, text) if colon else DEFAULT_PORT
-    return ServerAddress(host, port)
+    _check_host(host, argument, whole)
+    port = _parse_port(port_text, argument, whole) if colon else DEFAULT_PORT
+    return host, port
 
 
 def _parse_port(text: str, argument: str, whole: object) -> int:

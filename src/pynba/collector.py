@@ -74,10 +74,34 @@ def _resident_set_size() -> int:
         return 0
 
 
+def pinboard_timers(timers: list[tuple], hostname: Any, server_name: Any) -> list[tuple]:
+    """``timers`` (as the encoder takes them) with Pinboard's host and server tags added.
+
+    The Pinboard UI shows a timer only when it carries ``__hostname`` and
+    ``__server_name``; a timer that already has one of these tags keeps its own.
+    """
+    added = (("__hostname", hostname), ("__server_name", server_name))
+    out = []
+    for tags, *measures in timers:
+        pairs = tuple(tags.items()) if isinstance(tags, Mapping) else tuple(tags)
+        names = {name for name, _ in pairs}
+        pairs += tuple(pair for pair in added if pair[0] not in names)
+        out.append((pairs, *measures))
+    return out
+
+
 class CollectorSettings:
     """What every request of one middleware or monitor shares."""
 
-    __slots__ = ("reporter", "hostname", "tags", "tag_pairs", "timer_rusage", "memory_footprint")
+    __slots__ = (
+        "reporter",
+        "hostname",
+        "tags",
+        "tag_pairs",
+        "timer_rusage",
+        "memory_footprint",
+        "pinboard",
+    )
 
     def __init__(
         self,
@@ -86,6 +110,7 @@ class CollectorSettings:
         tags: Mapping[str, Any] | None = None,
         timer_rusage: bool = False,
         memory_footprint: bool = False,
+        pinboard: bool = False,
     ) -> None:
         if hostname is not None and not isinstance(hostname, str):
             raise TypeError(f"hostname must be a str, not {type(hostname).__name__}")
@@ -103,6 +128,9 @@ class CollectorSettings:
         self.tag_pairs: TagPairs | None = pairs if len(plain) == len(self.tags) else None
         self.timer_rusage = bool(timer_rusage)
         self.memory_footprint = bool(memory_footprint)
+        #: Pinboard compatibility: every timer also carries the packet's
+        #: ``__hostname`` and ``__server_name`` tags.
+        self.pinboard = bool(pinboard)
 
 
 def _check_count(name: str, value: Any, top: int | None = None) -> int | None:
@@ -134,24 +162,27 @@ def _check_text(name: str, value: Any) -> str | bytes | None:
 
 
 class _Field:
-    """A collector attribute checked when the application assigns it."""
+    """A collector attribute checked when the application assigns it.
 
-    __slots__ = ("private", "check", "name")
+    Stored in the private attribute of the same name with a leading
+    underscore. The name is given explicitly rather than through
+    ``__set_name__``, which compiled classes do not call.
+    """
 
-    def __init__(self, check: Callable[[str, Any], Any]) -> None:
-        self.check = check
+    __slots__ = ("check", "name", "private")
 
-    def __set_name__(self, owner: type, name: str) -> None:
+    def __init__(self, name: str, check: Callable[[str, Any], Any]) -> None:
         self.name = name
-        self.private = getattr(owner, "_" + name)  # the slot's member descriptor
+        self.private = "_" + name
+        self.check = check
 
     def __get__(self, collector: Any, owner: type | None = None) -> Any:
         if collector is None:
             return self
-        return self.private.__get__(collector, owner)
+        return getattr(collector, self.private)
 
     def __set__(self, collector: Any, value: Any) -> None:
-        self.private.__set__(collector, self.check(self.name, value))
+        setattr(collector, self.private, self.check(self.name, value))
 
 
 class RequestCollector:
@@ -216,16 +247,16 @@ class RequestCollector:
 
     # -- fields the application may set (None: measured or defaulted at the end)
 
-    hostname = _Field(_check_text)
-    server_name = _Field(_check_text)
-    schema = _Field(_check_text)
-    status = _Field(lambda name, value: _check_count(name, value, STATUS_MAX))
-    document_size = _Field(_check_count)
-    memory_peak = _Field(_check_count)
-    memory_footprint = _Field(_check_count)
-    request_time = _Field(_check_seconds)
-    ru_utime = _Field(_check_seconds)
-    ru_stime = _Field(_check_seconds)
+    hostname = _Field("hostname", _check_text)
+    server_name = _Field("server_name", _check_text)
+    schema = _Field("schema", _check_text)
+    status = _Field("status", lambda name, value: _check_count(name, value, STATUS_MAX))
+    document_size = _Field("document_size", _check_count)
+    memory_peak = _Field("memory_peak", _check_count)
+    memory_footprint = _Field("memory_footprint", _check_count)
+    request_time = _Field("request_time", _check_seconds)
+    ru_utime = _Field("ru_utime", _check_seconds)
+    ru_stime = _Field("ru_stime", _check_seconds)
 
     @property
     def script_name(self) -> str | bytes | None:
@@ -240,7 +271,11 @@ class RequestCollector:
         self._script_name = _check_text("script_name", name)
 
     # The old pynba spellings.
-    scriptname = script_name
+    scriptname = property(
+        lambda self: self.script_name,
+        lambda self, name: setattr(self, "script_name", name),
+        doc="The old name of script_name.",
+    )
     servername = property(
         lambda self: self.server_name,
         lambda self, name: setattr(self, "server_name", name),
@@ -420,9 +455,13 @@ class RequestCollector:
         memory_footprint = self._memory_footprint
         if memory_footprint is None:
             memory_footprint = _resident_set_size() if settings.memory_footprint else 0
+        hostname = self._hostname or settings.hostname
+        server_name = self._server_name or ""
+        if settings.pinboard:
+            timers = pinboard_timers(timers, hostname, server_name)
         settings.reporter.report(
-            hostname=self._hostname or settings.hostname,
-            server_name=self._server_name or "",
+            hostname=hostname,
+            server_name=server_name,
             script_name=self.script_name or "",
             document_size=self._document_size or 0,
             memory_peak=usage.ru_maxrss * _MAXRSS_UNIT if memory_peak is None else memory_peak,

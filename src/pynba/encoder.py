@@ -5,8 +5,7 @@ encoder. ``IMPLEMENTATION`` tells which one was chosen: ``"compiled"`` or
 ``"pure"``.
 """
 
-import os
-
+from ._implementation import pure_python_forced
 from ._pure_encoder import FLT_MAX, FLT_MIN, STATUS_MAX, UINT32_MAX
 
 __all__ = [
@@ -22,7 +21,7 @@ __all__ = [
 #: The largest UDP payload over IPv4.
 MAX_DATAGRAM = 65507
 
-if os.environ.get("PYNBA_PURE_PYTHON", "").strip().lower() in ("", "0", "false", "no"):
+if not pure_python_forced():
     try:
         from ._encoder import encode
     except ImportError:

@@ -18,12 +18,17 @@ import threading
 import weakref
 from time import monotonic
 
-from . import encoder
-from .address import AddressSpec, ServerAddress, parse_addresses
+from . import encoder, framing
+from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 
-__all__ = ["Reporter"]
+__all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 
 logger = logging.getLogger("pynba")
+
+#: Datagrams for pinba2 servers are LZ4-compressed above this many bytes: an
+#: Ethernet MTU (1,500) less the IPv4 and UDP headers. Larger ones are
+#: fragmented by IP, and one lost fragment loses the request.
+DEFAULT_COMPRESS_ABOVE = 1472
 
 _NEVER = math.inf
 
@@ -56,7 +61,14 @@ class Reporter:
 
     ``address`` is a ``(host, port)`` tuple, ``"host:port"``, ``"[v6]:port"``,
     a bare host or IPv6 address (port 30002), a comma- or space-separated
-    string of these, or a list of any of them: every datagram goes to each.
+    string of these, or a list of any of them: every request goes to each.
+
+    Each server gets the wire form it understands (see ``pynba.address``):
+    ``"host:port"`` the classic unpacked datagram of the PHP extension;
+    ``"pinba2://host:port"`` packed repeated fields, LZ4-compressed when the
+    packed datagram is longer than ``compress_above`` bytes, compression
+    makes it shorter and the ``lz4`` package is installed. A request is
+    encoded once per wire form, whatever the number of servers.
 
     Names are looked up on first use, then again every ``resolve_interval``
     seconds; when a lookup fails the last address found is kept. Failures are
@@ -71,8 +83,15 @@ class Reporter:
         resolve_interval: float = 60.0,
         *,
         log_interval: float = 60.0,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
         self._servers = tuple(_Server(server) for server in parse_addresses(address))
+        by_wire: dict[str, list[_Server]] = {}
+        for server in self._servers:
+            by_wire.setdefault(server.address.wire, []).append(server)
+        # (wire, servers) in the order the wires first appear
+        self._wires = tuple((wire, tuple(servers)) for wire, servers in by_wire.items())
+        self.compress_above = _check_size(compress_above, "compress_above")
         self.raise_on_fail = raise_on_fail
         self.resolve_interval = _check_interval(resolve_interval, "resolve_interval")
         self.log_interval = _check_interval(log_interval, "log_interval")
@@ -81,8 +100,9 @@ class Reporter:
         #: "resolve" (the server has no address yet), "encode" (the request
         #: could not be encoded) and one per errno name of send errors
         #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports sent without their
-        #: timers); "lookup_failed" (failed name lookups, including those after
-        #: which the last address found is kept).
+        #: timers, once per wire form); "compressed" (reports sent
+        #: LZ4-compressed to pinba2 servers); "lookup_failed" (failed name
+        #: lookups, including those after which the last address found is kept).
         self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
         self._sockets: dict[int, socket.socket] = {}
         # Reporters are commonly dropped without close(): their sockets go
@@ -117,11 +137,12 @@ class Reporter:
         tags=(),
         timers=(),
     ) -> None:
-        """Encode one request and send it to every server.
+        """Encode one request and send it to every server, in its wire form.
 
         A request whose datagram would exceed ``pynba.encoder.MAX_DATAGRAM``
-        is sent without its timers (with a warning). Never raises unless
-        ``raise_on_fail`` is set.
+        (after packing and compression, for pinba2 servers) is sent without
+        its timers, with a warning. Never raises unless ``raise_on_fail`` is
+        set; then the first failure is raised once every server has been tried.
         """
         request = (
             hostname,
@@ -139,20 +160,32 @@ class Reporter:
             tags,
             timers,
         )
-        datagram = self._encode(request)
-        if datagram is not None:
-            self.send(datagram)
+        first_failure = None
+        for wire, servers in self._wires:
+            datagram = self._encode(request, wire)
+            if datagram is not None:
+                failure = self._send_to(servers, datagram)
+                if first_failure is None:
+                    first_failure = failure
+        if first_failure is not None and self.raise_on_fail:
+            raise first_failure
 
     def send(self, datagram: bytes) -> None:
-        """Send the same datagram to every server.
+        """Send the same datagram, as it is, to every server, whatever its wire form.
 
         Never raises unless ``raise_on_fail`` is set; then the first failure
         is raised once every server has been tried.
         """
+        first_failure = self._send_to(self._servers, datagram)
+        if first_failure is not None and self.raise_on_fail:
+            raise first_failure
+
+    def _send_to(self, servers: tuple[_Server, ...], datagram: bytes) -> OSError | None:
+        """Send ``datagram`` to each of ``servers``; the first failure, or None."""
         now = monotonic()
         sent = 0
         first_failure = None
-        for server in self._servers:
+        for server in servers:
             route = server.route
             if route is None or now >= server.next_lookup:
                 route, failure = self._prepare(server, now)
@@ -163,6 +196,8 @@ class Reporter:
             try:
                 route[0].sendto(datagram, route[1])
             except OSError as error:
+                if error.errno in _SOCKET_GONE:
+                    self._forget_socket(route[0])
                 self._drop(_error_kind(error), server, error)
                 if first_failure is None:
                     first_failure = error
@@ -170,8 +205,19 @@ class Reporter:
                 sent += 1
         if sent:
             self.stats["sent"] += sent
-        if first_failure is not None and self.raise_on_fail:
-            raise first_failure
+        return first_failure
+
+    def _forget_socket(self, sock: socket.socket) -> None:
+        """Drop a socket closed under the reporter: the next send makes a new one."""
+        with self._socket_lock:
+            if self._closed:
+                return  # closed on purpose: sends keep failing
+            for family, known in list(self._sockets.items()):
+                if known is sock:
+                    del self._sockets[family]
+            for server in self._servers:
+                if server.route is not None and server.route[0] is sock:
+                    server.route = None
 
     def close(self) -> None:
         """Close the sockets; later sends fail (and are counted as such)."""
@@ -191,15 +237,15 @@ class Reporter:
         servers = [str(server.address) for server in self._servers]
         return f"{type(self).__name__}({servers!r})"
 
-    def _encode(self, request: tuple) -> bytes | None:
-        """The datagram for ``request``, or None when it cannot be encoded.
-
-        Kept apart from sending so that a datagram can be made per server.
-        """
+    def _encode(self, request: tuple, wire: str) -> bytes | None:
+        """The datagram for ``request`` in the ``wire`` form, or None when it cannot be encoded."""
         try:
-            datagram = encoder.encode(*request)
+            if wire == WIRE_CLASSIC:
+                datagram, compressed = encoder.encode(*request), False
+            else:
+                datagram, compressed = self._datagram(request, wire)
             if len(datagram) > encoder.MAX_DATAGRAM:
-                datagram = self._encode_without_timers(request, len(datagram))
+                datagram, compressed = self._without_timers(request, wire, len(datagram))
         except Exception as error:
             self.stats["failed"] += 1
             self.stats["encode"] = self.stats.get("encode", 0) + 1
@@ -207,26 +253,46 @@ class Reporter:
                 raise
             self._log("encode", "cannot encode the request: %r", error, exc_info=error)
             return None
+        if compressed:
+            self.stats["compressed"] = self.stats.get("compressed", 0) + 1
         return datagram
 
-    def _encode_without_timers(self, request: tuple, full_size: int) -> bytes:
+    def _datagram(self, request: tuple, wire: str) -> tuple[bytes, bool]:
+        """``(datagram, whether it is LZ4-compressed)`` for ``request`` in the ``wire`` form."""
+        if wire == WIRE_CLASSIC:
+            return encoder.encode(*request), False
+        datagram = encoder.encode(*request, True)  # packed; positional is the cheaper call
+        size = len(datagram)
+        if (
+            size > self.compress_above
+            and size <= framing.MAX_UNCOMPRESSED
+            and framing.LZ4_AVAILABLE
+        ):
+            compressed = framing.compress(datagram)
+            if len(compressed) < size:
+                return compressed, True
+        return datagram, False
+
+    def _without_timers(self, request: tuple, wire: str, full_size: int) -> tuple[bytes, bool]:
         timers = request[-1]
         try:
             timer_count: object = len(timers)
         except TypeError:
             timer_count = "?"
-        datagram = encoder.encode(*request[:-1], ())
+        datagram, compressed = self._datagram((*request[:-1], ()), wire)
         self.stats["oversize"] += 1
         self._log(
-            "oversize",
-            "request datagram of %d bytes with %s timers exceeds %d bytes; "
+            # one warning per wire form: fan-out servers of each form lose their timers
+            "oversize" if wire == WIRE_CLASSIC else f"oversize {wire}",
+            "request datagram of %d bytes (%s) with %s timers exceeds %d bytes; "
             "sending it without timers (%d bytes)",
             full_size,
+            wire,
             timer_count,
             encoder.MAX_DATAGRAM,
             len(datagram),
         )
-        return datagram
+        return datagram, compressed
 
     def _prepare(
         self, server: _Server, now: float
@@ -339,6 +405,14 @@ def _check_interval(value: float, name: str) -> float:
     return float(value)
 
 
+def _check_size(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a number of bytes (int), not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0 bytes, got {value!r}")
+    return value
+
+
 def _close_sockets(sockets: dict[int, socket.socket]) -> None:
     while sockets:
         _, sock = sockets.popitem()
@@ -346,6 +420,11 @@ def _close_sockets(sockets: dict[int, socket.socket]) -> None:
             sock.close()
         except OSError:
             pass
+
+
+# A descriptor closed (or reused) under the reporter, e.g. by code that closes
+# every file descriptor when it daemonizes.
+_SOCKET_GONE = (errno.EBADF, errno.ENOTSOCK)
 
 
 def _error_kind(error: OSError) -> str:

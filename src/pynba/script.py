@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .collector import CollectorSettings, RequestCollector
+from .config import resolve
 from .context import DISABLED, DisabledCollector, _get, activate, deactivate
 from .reporter import Reporter
 from .timer import NoopTimer, Timer
@@ -44,23 +45,40 @@ class ScriptMonitor:
     would make one report per command line), ``servername`` and ``hostname``
     to this machine's host name. ``tags`` are sent with every job. Keyword
     options as for ``PynbaMiddleware``: ``enabled``, ``raise_on_fail``,
-    ``timer_rusage``, ``memory_footprint``.
+    ``timer_rusage``, ``memory_footprint``, ``pinboard``. ``address`` and the
+    options left unset are read from the environment (``PINBA_SERVER``,
+    ``PINBA_HOSTNAME``, ``PINBA_SERVER_NAME``, ...: see ``pynba.config``).
     """
 
     def __init__(
         self,
-        address: Any,
+        address: Any = None,
         hostname: str | None = None,
         scriptname: str | None = None,
         servername: str | None = None,
         tags: Mapping[str, Any] | None = None,
         autostart: bool = True,
         *,
-        enabled: bool = True,
-        raise_on_fail: bool = False,
-        timer_rusage: bool = False,
-        memory_footprint: bool = False,
+        enabled: bool | None = None,
+        raise_on_fail: bool | None = None,
+        timer_rusage: bool | None = None,
+        memory_footprint: bool | None = None,
+        pinboard: bool | None = None,
     ) -> None:
+        # Options left unset come from the environment (see pynba.config).
+        config = resolve(
+            address,
+            hostname=hostname,
+            server_name=servername,
+            enabled=enabled,
+            raise_on_fail=raise_on_fail,
+            timer_rusage=timer_rusage,
+            memory_footprint=memory_footprint,
+            pinboard=pinboard,
+        )
+        address, hostname, servername = config.address, config.hostname, config.server_name
+        enabled, raise_on_fail = config.enabled, config.raise_on_fail
+        timer_rusage, memory_footprint = config.timer_rusage, config.memory_footprint
         for name, value in (("scriptname", scriptname), ("servername", servername)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, not {type(value).__name__}")
@@ -73,6 +91,7 @@ class ScriptMonitor:
             tags=tags,
             timer_rusage=timer_rusage,
             memory_footprint=memory_footprint,
+            pinboard=config.pinboard,
         )
         self.scriptname: str = scriptname or program_name()
         self.servername: str = servername or self.settings.hostname

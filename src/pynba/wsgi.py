@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .collector import CollectorSettings, RequestCollector, internal_error, logger
+from .config import resolve
 from .context import DISABLED, _current, _get
 from .reporter import Reporter
 
@@ -50,25 +51,49 @@ class PynbaMiddleware:
     ``server_name`` (a fixed server name), ``hostname``, ``enabled`` (False:
     the application is called directly and ``pynba`` timers do nothing),
     ``raise_on_fail``, ``timer_rusage`` (CPU time per timer: two
-    ``getrusage`` calls per timer run) and ``memory_footprint`` (resident
-    memory at the end of each request: a file read per request).
+    ``getrusage`` calls per timer run), ``memory_footprint`` (resident
+    memory at the end of each request: a file read per request) and
+    ``pinboard`` (tag every timer with ``__hostname`` and ``__server_name``).
+    ``address`` and the options left unset are read from the environment
+    (``PINBA_SERVER``, ``PINBA_ENABLED``, ...: see ``pynba.config``).
     """
 
     def __init__(
         self,
         app: WSGIApp,
-        address: Any,
+        address: Any = None,
         *,
-        prefix: str = "",
+        prefix: str | None = None,
         tags: Mapping[str, Any] | None = None,
         script_name: Callable[[dict], str] | None = None,
         server_name: str | None = None,
         hostname: str | None = None,
-        enabled: bool = True,
-        raise_on_fail: bool = False,
-        timer_rusage: bool = False,
-        memory_footprint: bool = False,
+        enabled: bool | None = None,
+        raise_on_fail: bool | None = None,
+        timer_rusage: bool | None = None,
+        memory_footprint: bool | None = None,
+        pinboard: bool | None = None,
     ) -> None:
+        # Options left unset come from the environment (see pynba.config).
+        config = resolve(
+            address,
+            prefix=prefix,
+            server_name=server_name,
+            hostname=hostname,
+            enabled=enabled,
+            raise_on_fail=raise_on_fail,
+            timer_rusage=timer_rusage,
+            memory_footprint=memory_footprint,
+            pinboard=pinboard,
+        )
+        address, prefix, server_name, hostname = (
+            config.address,
+            config.prefix,
+            config.server_name,
+            config.hostname,
+        )
+        enabled, raise_on_fail = config.enabled, config.raise_on_fail
+        timer_rusage, memory_footprint = config.timer_rusage, config.memory_footprint
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
         if not isinstance(prefix, str):
@@ -91,6 +116,7 @@ class PynbaMiddleware:
             tags=tags,
             timer_rusage=timer_rusage,
             memory_footprint=memory_footprint,
+            pinboard=config.pinboard,
         )
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -117,10 +143,11 @@ class PynbaMiddleware:
         if self.script_name is not None:
             return self.prefix + self.script_name(environ)
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        try:
-            path = path.encode("latin-1").decode("utf-8", "replace")
-        except UnicodeEncodeError:
-            pass  # not latin-1 as PEP 3333 says: keep what the server gave
+        if not path.isascii():
+            try:
+                path = path.encode("latin-1").decode("utf-8", "replace")
+            except UnicodeEncodeError:
+                pass  # not latin-1 as PEP 3333 says: keep what the server gave
         return self.prefix + path
 
     def default_server_name(self, environ: dict) -> str:
@@ -337,7 +364,10 @@ class _ListBody:
     def __init__(self, response: _Response, result: list | tuple) -> None:
         self._response = response
         self._result = result
-        response._size += sum(map(len, result))
+        size = 0
+        for chunk in result:
+            size += len(chunk)
+        response._size += size
 
     def __iter__(self) -> Any:
         return iter(self._result)

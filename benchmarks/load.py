@@ -1,0 +1,507 @@
+"""Load: a monitored hello-world app under gunicorn, driven from another process.
+
+One gunicorn server runs both a bare and a monitored hello-world app (``/bare``
+and ``/``, the same process and workers); a load generator in a second process
+drives each path in turn on loopback (phases bare, monitored, monitored, bare,
+so that drift over the run cancels out) and counts the responses. A UDP
+listener with a large receive buffer counts the monitored requests' packets;
+the kernel's count of datagrams it dropped (``/proc/net/udp``) is reported
+separately. Prints req/s monitored and bare, their ratio (the goal is >= 0.97)
+and the packet counts, for the sync and gthread workers.
+
+Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync gthread]
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ROOT / "src"
+HELLO_APP = textwrap.dedent(
+    """
+    import os
+    import socket
+
+    from pynba import PynbaMiddleware, encode, pynba
+
+    BODY = b"Hello, world!\\n"
+    HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
+
+
+    def hello(environ, start_response):
+        start_response("200 OK", HEADERS)
+        return [BODY]
+
+
+    def timed_hello(environ, start_response):
+        with pynba.timer(group="hello", op="render"):
+            return hello(environ, start_response)
+
+
+    monitored = PynbaMiddleware(timed_hello, os.environ["PYNBA_LOAD_SERVER"])
+
+    # The floor: the bare app plus one sendto of a packet of the same size to a
+    # listener like the monitored one, i.e. the datagram's cost without pynba's.
+    host, port = os.environ["PYNBA_LOAD_FLOOR_SERVER"].rsplit(":", 1)
+    FLOOR_ADDRESS = (host, int(port))
+    FLOOR_DATAGRAM = encode(
+        "h" * len(monitored.settings.hostname), "127.0.0.1", "/", 1, 14, 50 << 20, 0.001,
+        0.001, 0.0, 200, 0, "http", (), [({"group": "hello", "op": "render"}, 1e-5, 1, 0, 0)],
+    )
+    floor_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    floor_socket.setblocking(False)
+
+
+    def floor(environ, start_response):
+        response = hello(environ, start_response)
+        floor_socket.sendto(FLOOR_DATAGRAM, FLOOR_ADDRESS)
+        return response
+
+
+    def application(environ, start_response):
+        path = environ.get("PATH_INFO")
+        if path == "/bare":
+            return hello(environ, start_response)
+        if path == "/floor":
+            return floor(environ, start_response)
+        return monitored(environ, start_response)
+    """
+)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Gunicorn:
+    """A gunicorn server on loopback running ``module:application`` from ``app_dir``."""
+
+    def __init__(
+        self,
+        app_dir: Path | str,
+        module: str,
+        *,
+        workers: int = 2,
+        worker_class: str = "sync",
+        threads: int = 4,
+        preload: bool = True,
+        config: Path | str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--chdir",
+            str(app_dir),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            worker_class,
+            "--log-level",
+            "warning",
+            "--graceful-timeout",
+            "10",
+        ]
+        if worker_class == "gthread":
+            command += ["--threads", str(threads)]
+        if preload:
+            command.append("--preload")
+        if config is not None:
+            command += ["--config", str(config)]
+        command.append(f"{module}:application")
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [str(SOURCES), str(app_dir), environment.get("PYTHONPATH", "")]
+        )
+        environment.update(env or {})
+        self.process = subprocess.Popen(
+            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.output = ""
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until the server accepts connections (and answers a request)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"gunicorn exited early:\n{self.output}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not start:\n{self.output}")
+
+    def stop(self) -> str:
+        """Stop gracefully (SIGTERM: workers finish and run their exit hooks); its output."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+        self.output = (out or "") + (err or "")
+        return self.output
+
+    def __enter__(self) -> Gunicorn:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class PacketCounter:
+    """A UDP socket with a large receive buffer and a thread counting what arrives."""
+
+    def __init__(self, keep: int = 200, buffer_bytes: int = 32 << 20) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:  # beyond net.core.rmem_max when allowed to (CAP_NET_ADMIN)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, buffer_bytes)
+        except (AttributeError, OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.address = self.sock.getsockname()
+        self.receive_buffer = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.count = 0
+        self.kept: list[bytes] = []
+        self._keep = keep
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        recv = self.sock.recv
+        while self._running:
+            try:
+                datagram = recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.count += 1
+            if len(self.kept) < self._keep:
+                self.kept.append(datagram)
+
+    def wait_for(self, expected: int, quiet: float = 1.0, timeout: float = 30.0) -> int:
+        """The count once it reaches ``expected``, or stops growing for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        last, last_change = self.count, time.monotonic()
+        while self.count < expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+            if self.count != last:
+                last, last_change = self.count, time.monotonic()
+            elif time.monotonic() - last_change > quiet:
+                break
+        return self.count
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped for this socket (full buffer), from /proc/net/udp."""
+        return udp_drops(self.address[1])
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join()
+        self.sock.close()
+
+
+def udp_drops(port: int) -> int | None:
+    """The drops column of /proc/net/udp for the loopback socket bound to ``port``."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/udp") as table:
+            for line in table:
+                columns = line.split()
+                if len(columns) > 12 and columns[1] == wanted:
+                    return int(columns[-1])
+    except OSError:
+        pass
+    return None
+
+
+# -- the load generator (run in a process of its own) -------------------------
+
+
+class _Connection:
+    __slots__ = ("sock", "buffer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+
+def drive(port: int, path: str, seconds: float, connections: int, keep_alive: bool) -> dict:
+    """Send requests on ``connections`` parallel connections for ``seconds``; counts.
+
+    Requests in flight when the time is up are completed and counted, so the
+    server answered exactly ``ok + errors`` requests.
+    """
+    version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+    request = f"GET {path} {version}\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    selector = selectors.DefaultSelector()
+    counts = {"ok": 0, "errors": 0, "connections": 0}
+
+    def open_connection() -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        counts["connections"] += 1
+        connection = _Connection(sock)
+        sock.send(request)
+        selector.register(sock, selectors.EVENT_READ, connection)
+
+    def drop(connection: _Connection) -> None:
+        selector.unregister(connection.sock)
+        connection.sock.close()
+
+    start = time.perf_counter()
+    deadline = start + seconds
+    for _ in range(connections):
+        open_connection()
+    running = connections
+    last = start
+    while running:
+        for key, _ in selector.select(timeout=5.0):
+            connection: _Connection = key.data
+            try:
+                chunk = connection.sock.recv(65536)
+            except OSError as error:
+                if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    continue
+                chunk = b""
+            connection.buffer += chunk
+            complete, closes = _response_complete(connection.buffer, eof=not chunk)
+            if complete is None:
+                continue  # wait for more bytes
+            counts["ok" if complete else "errors"] += 1
+            last = time.perf_counter()
+            connection.buffer = b""
+            if last >= deadline:
+                drop(connection)
+                running -= 1
+            elif keep_alive and not closes and chunk:
+                connection.sock.send(request)
+            else:
+                drop(connection)
+                open_connection()
+    counts["seconds"] = last - start
+    counts["rate"] = counts["ok"] / counts["seconds"] if counts["seconds"] else 0.0
+    return counts
+
+
+def _response_complete(buffer: bytes, eof: bool) -> tuple[bool | None, bool]:
+    """(True: a 200 response is complete / False: failed / None: incomplete, server closes)."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return (False if eof else None), True
+    head = buffer[:head_end].decode("latin-1").lower()
+    ok = head.startswith(("http/1.1 200", "http/1.0 200"))
+    length = None
+    closes = "connection: close" in head or head.startswith("http/1.0")
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip() == "content-length":
+            length = int(value)
+    body = len(buffer) - head_end - 4
+    if length is not None and body >= length:
+        return ok, closes
+    if eof:
+        return ok and length is None, True
+    return None, closes
+
+
+def run_driver(port: int, path: str, seconds: float, connections: int, keep_alive: bool) -> dict:
+    """``drive`` in a second process; its counts."""
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "drive",
+        "--port",
+        str(port),
+        "--path",
+        path,
+        "--seconds",
+        str(seconds),
+        "--connections",
+        str(connections),
+    ]
+    if keep_alive:
+        command.append("--keep-alive")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode:
+        raise RuntimeError(f"the load generator failed:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+# -- one measured run ------------------------------------------------------------
+
+
+def measure(
+    worker_class: str = "sync",
+    seconds: float = 3.0,
+    workers: int = 2,
+    threads: int = 4,
+    connections: int = 16,
+    keep_alive: bool = False,
+) -> dict:
+    """Drive bare and monitored hello-world for ``seconds`` each; every figure measured."""
+    counter = PacketCounter()
+    floor_counter = PacketCounter(keep=0)
+    with tempfile.TemporaryDirectory() as app_dir:
+        Path(app_dir, "hello_load_app.py").write_text(HELLO_APP)
+        server = Gunicorn(
+            app_dir,
+            "hello_load_app",
+            workers=workers,
+            worker_class=worker_class,
+            threads=threads,
+            env={
+                "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
+                "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
+                "PYNBA_STRICT": "0",
+            },
+        )
+        # Without keep-alive by default: on loopback, gunicorn's separate writes of
+        # headers and body meet delayed ACKs on kept-alive connections, which
+        # makes the rates of a run swing by tens of percent either way.
+        keep_alive = keep_alive and worker_class != "sync"  # sync closes every connection
+        try:
+            server.wait_ready()
+            # Warm up both paths (workers booted, code paths hot); not counted.
+            warm = run_driver(server.port, "/", 0.3, connections, keep_alive)
+            run_driver(server.port, "/bare", 0.3, connections, keep_alive)
+            counter.wait_for(warm["ok"] + warm["errors"], quiet=0.5)
+            counted_before = counter.count
+            phases = {"bare": [], "floor": [], "monitored": []}
+            rounds = max(1, round(seconds / 10))  # phases of about 5 s in long runs
+            paths = {"bare": "/bare", "floor": "/floor", "monitored": "/"}
+            for name in ("bare", "floor", "monitored", "monitored", "floor", "bare") * rounds:
+                path = paths[name]
+                phase = seconds / (2 * rounds)
+                phases[name].append(run_driver(server.port, path, phase, connections, keep_alive))
+        finally:
+            output = server.stop()
+    monitored_requests = sum(p["ok"] + p["errors"] for p in phases["monitored"])
+    received = counter.wait_for(counted_before + monitored_requests) - counted_before
+    drops = counter.kernel_drops()
+    kept = list(counter.kept)
+    counter.close()
+    floor_counter.close()
+    figures = {}
+    for name, runs in phases.items():
+        ok = sum(p["ok"] for p in runs)
+        elapsed = sum(p["seconds"] for p in runs)
+        figures[name] = {
+            "requests": ok,
+            "errors": sum(p["errors"] for p in runs),
+            "seconds": round(elapsed, 3),
+            "rate": ok / elapsed if elapsed else 0.0,
+        }
+    return {
+        "floor": figures["floor"],
+        "worker_class": worker_class,
+        "workers": workers,
+        "threads": threads if worker_class == "gthread" else 1,
+        "connections": connections,
+        "keep_alive": keep_alive,
+        "bare": figures["bare"],
+        "monitored": figures["monitored"],
+        "ratio": (
+            figures["monitored"]["rate"] / figures["bare"]["rate"]
+            if figures["bare"]["rate"]
+            else 0.0
+        ),
+        "ratio_to_floor": (
+            figures["monitored"]["rate"] / figures["floor"]["rate"]
+            if figures["floor"]["rate"]
+            else 0.0
+        ),
+        "monitored_requests": monitored_requests,
+        "packets_received": received,
+        "kernel_drops": drops,
+        "receive_buffer": counter.receive_buffer,
+        "sample_packets": kept,
+        "server_output": output,
+    }
+
+
+def describe(figures: dict) -> str:
+    bare, monitored = figures["bare"], figures["monitored"]
+    return (
+        f"{figures['worker_class']} x{figures['workers']}"
+        f" (threads {figures['threads']}, {figures['connections']} connections): "
+        f"bare {bare['rate']:.0f} req/s ({bare['requests']} in {bare['seconds']:.1f} s), "
+        f"monitored {monitored['rate']:.0f} req/s "
+        f"({monitored['requests']} in {monitored['seconds']:.1f} s), "
+        f"ratio {figures['ratio']:.3f} (goal >= 0.97); "
+        f"floor (bare + one sendto) {figures['floor']['rate']:.0f} req/s, "
+        f"monitored/floor {figures['ratio_to_floor']:.3f}; "
+        f"packets {figures['packets_received']}/{figures['monitored_requests']}, "
+        f"kernel drops {figures['kernel_drops']}, errors "
+        f"{bare['errors'] + monitored['errors']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    drive_parser = sub.add_parser("drive", help="the load generator (used internally)")
+    drive_parser.add_argument("--port", type=int, required=True)
+    drive_parser.add_argument("--path", default="/")
+    drive_parser.add_argument("--seconds", type=float, default=3.0)
+    drive_parser.add_argument("--connections", type=int, default=16)
+    drive_parser.add_argument("--keep-alive", action="store_true")
+    parser.add_argument("--seconds", type=float, default=30.0, help="load per app (default 30)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--worker-class", nargs="+", default=["sync", "gthread"])
+    parser.add_argument("--keep-alive", action="store_true", help="gthread: keep connections")
+    args = parser.parse_args(argv)
+    if args.command == "drive":
+        counts = drive(args.port, args.path, args.seconds, args.connections, args.keep_alive)
+        print(json.dumps(counts))
+        return 0
+    from pynba import ENCODER, compiled_modules
+
+    print(f"pynba encoder: {ENCODER}; compiled modules: {', '.join(compiled_modules()) or '-'}")
+    for worker_class in args.worker_class:
+        figures = measure(
+            worker_class,
+            args.seconds,
+            args.workers,
+            args.threads,
+            args.connections,
+            args.keep_alive,
+        )
+        print(describe(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Which implementation runs: compiled modules, or their pure-Python sources.
+
+The encoder and the per-request modules (timer, collector, wsgi, ...) are
+compiled with Cython when pynba is installed on CPython with a C compiler;
+their Python sources are the fallback. ``PYNBA_PURE_PYTHON=1`` in the
+environment makes every one of them run from its Python source.
+"""
+
+import importlib.util
+import os
+import sys
+
+#: Modules compiled from their own Python source (the encoder has a twin instead).
+COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
+
+
+def pure_python_forced() -> bool:
+    """Whether the environment asks for pure Python (``PYNBA_PURE_PYTHON``)."""
+    value = os.environ.get("PYNBA_PURE_PYTHON", "").strip().lower()
+    return value not in ("", "0", "false", "no")
+
+
+class _SourceFinder:
+    """Finds pynba's compiled modules in their Python sources instead."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != __package__ or name not in COMPILED_SOURCES:
+            return None
+        source = os.path.join(os.path.dirname(__file__), name + ".py")
+        if not os.path.exists(source):
+            return None
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def use_pure_python_sources() -> None:
+    """Import the compiled modules from their sources from now on."""
+    if not any(isinstance(finder, _SourceFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SourceFinder())
+
+
+def compiled_modules() -> list[str]:
+    """The pynba modules running compiled code."""
+    names = []
+    for name in ("_encoder", *COMPILED_SOURCES):
+        module = sys.modules.get(f"{__package__}.{name}")
+        if module is not None and not module.__file__.endswith(".py"):
+            names.append(name)
+    return names

@@ -1,0 +1,308 @@
+"""The ASGI middleware: one Pinba packet per HTTP request (ASGI 3).
+
+Lifespan and websocket connections are passed through untouched. An HTTP
+request starts when the server calls the application and ends when the
+application sends the last part of the response (the body message without
+``more_body``, or the last trailers when it announced trailers), or when
+the application returns or raises before that. What the packet carries,
+unless the application sets it through ``pynba`` during the request:
+
+- ``script_name``: ``prefix`` + ``script_name(scope)`` when that callable is
+  configured, else ``prefix`` + the template of the route that served the
+  request when the framework's router recorded it in the scope (Starlette
+  and FastAPI: ``/users/{id}``, mounts included), else ``prefix`` + the path;
+- ``server_name``: the ``Host`` header without its port, else the server's
+  address; ``schema``: the scope's ``scheme``;
+- ``status``: from ``http.response.start``; 500 when the application
+  raises or returns before completing the response, 499 when the client
+  went away first (``http.disconnect``, or a send that failed);
+- ``document_size``: the bytes of the body messages (of the file's
+  ``Content-Length`` for ``http.response.pathsend``).
+
+The request is the current one in the middleware's context, so
+``pynba.timer(...)`` works in handlers, in the tasks they start or await
+and in sync handlers the framework runs in a thread pool (which copy the
+context).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from .collector import CollectorSettings, RequestCollector, internal_error
+from .config import resolve
+from .context import DISABLED, _current
+from .reporter import Reporter
+
+__all__ = ["PynbaASGIMiddleware", "route_template"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The status reported when the client disconnected before the response ended
+#: (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST = 499
+
+
+def route_template(scope: Mapping[str, Any]) -> str | None:
+    """The template of the route that served the request, as Starlette records it.
+
+    ``scope["route"]`` is the innermost route matched; the path of the
+    mounts it sits under is the part of ``root_path`` added since the
+    application's own root (``app_root_path``). None when no route matched.
+    """
+    route = scope.get("route")
+    if route is None:
+        return None
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(template, str):
+        return None
+    root_path = scope.get("root_path", "")
+    app_root_path = scope.get("app_root_path", "")
+    mounted = root_path[len(app_root_path) :] if root_path.startswith(app_root_path) else ""
+    if mounted and hasattr(route, "routes"):
+        # The route is itself a mount (serving a sub-application): root_path
+        # already ends with its path, which the template repeats.
+        own_path = getattr(route, "path", "")
+        if own_path and mounted.endswith(own_path):
+            mounted = mounted[: -len(own_path)]
+    return mounted + template
+
+
+def _host(scope: Mapping[str, Any]) -> str:
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            host = value.decode("latin-1")
+            if not host.endswith("]") and ":" in host:  # keep "[::1]", drop ":8080"
+                host = host.rpartition(":")[0]
+            return host
+    server = scope.get("server")
+    return str(server[0]) if server else ""
+
+
+class PynbaASGIMiddleware:
+    """Monitors an ASGI application: ``PynbaASGIMiddleware(app, "127.0.0.1:30002")``.
+
+    Options as for the WSGI ``PynbaMiddleware`` (``prefix``, ``tags``,
+    ``server_name``, ``hostname``, ``enabled``, ``raise_on_fail``,
+    ``timer_rusage``, ``memory_footprint``, ``pinboard``), except that a
+    ``script_name`` callable takes the ASGI scope. With Starlette or
+    FastAPI: ``app.add_middleware(PynbaASGIMiddleware, address=...)``.
+    ``address`` and the options left unset are read from the environment
+    (``PINBA_SERVER``, ...: see ``pynba.config``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        address: Any = None,
+        *,
+        prefix: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        script_name: Callable[[Scope], str] | None = None,
+        server_name: str | None = None,
+        hostname: str | None = None,
+        enabled: bool | None = None,
+        raise_on_fail: bool | None = None,
+        timer_rusage: bool | None = None,
+        memory_footprint: bool | None = None,
+        pinboard: bool | None = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be an ASGI application, not {type(app).__name__}")
+        if script_name is not None and not callable(script_name):
+            raise TypeError("script_name must be a callable taking the ASGI scope")
+        config = resolve(
+            address,
+            prefix=prefix,
+            server_name=server_name,
+            hostname=hostname,
+            enabled=enabled,
+            raise_on_fail=raise_on_fail,
+            timer_rusage=timer_rusage,
+            memory_footprint=memory_footprint,
+            pinboard=pinboard,
+        )
+        if not isinstance(config.prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(config.prefix).__name__}")
+        if config.server_name is not None and not isinstance(config.server_name, str):
+            raise TypeError(f"server_name must be a str, not {type(config.server_name).__name__}")
+        self.app = app
+        address = config.address
+        self.reporter: Reporter = address if isinstance(address, Reporter) else Reporter(address)
+        if config.raise_on_fail:
+            self.reporter.raise_on_fail = True
+        self.enabled = bool(config.enabled)
+        self.prefix = config.prefix
+        self.script_name = script_name
+        self.server_name = config.server_name
+        self.settings = CollectorSettings(
+            self.reporter,
+            hostname=config.hostname,
+            tags=tags,
+            timer_rusage=config.timer_rusage,
+            memory_footprint=config.memory_footprint,
+            pinboard=config.pinboard,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self.enabled:
+            token = _current.set(DISABLED)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                _current.reset(token)
+            return
+        try:
+            exchange = _Exchange(self, scope, receive, send)
+        except Exception:
+            internal_error("cannot monitor the request", self.reporter.raise_on_fail)
+            await self.app(scope, receive, send)
+            return
+        token = _current.set(exchange.collector)
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except BaseException as error:
+            exchange.end(failed=True, disconnected=isinstance(error, OSError))
+            raise
+        else:
+            # Returned without completing the response: the server sends a
+            # 500 (or drops the connection) in its place.
+            exchange.end(failed=True)
+        finally:
+            _current.reset(token)
+
+    def default_script_name(self, scope: Scope) -> str:
+        """The script name reported when the application sets none."""
+        if self.script_name is not None:
+            return self.prefix + self.script_name(scope)
+        template = route_template(scope)
+        if template is not None:
+            return self.prefix + template
+        return self.prefix + scope.get("path", "")
+
+    def default_server_name(self, scope: Scope) -> str:
+        """The server name reported when the application sets none."""
+        if self.server_name is not None:
+            return self.server_name
+        return _host(scope)
+
+    def __repr__(self) -> str:
+        return f"<PynbaASGIMiddleware {self.app!r} -> {self.reporter!r}>"
+
+
+class _Exchange:
+    """One monitored HTTP request: watches the messages both ways."""
+
+    __slots__ = (
+        "_middleware",
+        "_scope",
+        "_receive",
+        "_send",
+        "collector",
+        "started",
+        "_status",
+        "_headers",
+        "_trailers",
+        "_size",
+        "_disconnected",
+        "_ended",
+    )
+
+    def __init__(self, middleware: PynbaASGIMiddleware, scope: Scope, receive: Receive, send: Send):
+        self._middleware = middleware
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self.started = False
+        self._status = 0
+        self._headers: Any = ()
+        self._trailers = False
+        self._size = 0
+        self._disconnected = False
+        self._ended = False
+        self.collector = RequestCollector(
+            middleware.settings,
+            None,
+            middleware.default_server_name(scope),
+            scope.get("scheme"),
+            self._default_script_name,
+        )
+
+    def _default_script_name(self) -> str:
+        return self._middleware.default_script_name(self._scope)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message.get("type") == "http.disconnect":
+            self._disconnected = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self._ended:
+            await self._send(message)
+            return
+        kind = message.get("type")
+        last = False
+        if kind == "http.response.start":
+            self.started = True
+            self._status = message.get("status", 0)
+            self._headers = message.get("headers") or ()
+            self._trailers = bool(message.get("trailers"))
+        elif kind == "http.response.body":
+            self._size += len(message.get("body", b""))
+            last = not message.get("more_body") and not self._trailers
+        elif kind == "http.response.trailers":
+            last = not message.get("more_trailers")
+        elif kind == "http.response.pathsend":
+            self._size += self._content_length()
+            last = True
+        try:
+            await self._send(message)
+        except OSError:
+            self._disconnected = True
+            raise
+        if last:
+            self.end(failed=False)
+
+    def end(self, failed: bool, disconnected: bool = False) -> None:
+        """The request is over: report it (once)."""
+        if self._ended:
+            return
+        self._ended = True
+        collector = self.collector
+        try:
+            if collector._status is None:
+                if self._disconnected or disconnected:
+                    collector._status = CLIENT_CLOSED_REQUEST
+                elif failed or not self.started:
+                    collector._status = 500
+                else:
+                    collector._status = _status_code(self._status)
+            if collector._document_size is None:
+                collector._document_size = self._size
+            if collector._script_name is None:
+                collector._script_name = collector._default_script_name()
+        except Exception:
+            internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
+        collector.finish()
+
+    def _content_length(self) -> int:
+        for name, value in self._headers:
+            if name.lower() == b"content-length":
+                try:
+                    return max(int(value), 0)
+                except ValueError:
+                    return 0
+        return 0
+
+
+def _status_code(status: Any) -> int:
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0

@@ -1,0 +1,35 @@
+# Declarations for compiling collector.py with Cython (see timer.pxd).
+cdef class CollectorSettings:
+    cdef dict __dict__  # attributes not declared here still work, more slowly
+    cdef public object reporter
+    cdef public object hostname
+    cdef public object tags
+    cdef public object tag_pairs
+    cdef public bint timer_rusage
+    cdef public bint memory_footprint
+    cdef public bint pinboard
+
+cdef class RequestCollector:
+    cdef dict __dict__  # attributes not declared here still work, more slowly
+    cdef public object _settings
+    cdef public object _hostname
+    cdef public object _server_name
+    cdef public object _script_name
+    cdef public object _schema
+    cdef public object _status
+    cdef public object _document_size
+    cdef public object _memory_peak
+    cdef public object _memory_footprint
+    cdef public object _request_time
+    cdef public object _ru_utime
+    cdef public object _ru_stime
+    cdef public object _tags
+    cdef public object _timers
+    cdef public object _start
+    cdef public object _cpu_start
+    cdef public bint _finished
+    cdef public object _namer
+
+    cpdef finish(self)
+    cpdef _measure_timers(self, keep_running, end)
+    cpdef _send(self, timers, end=*)

@@ -1,0 +1,177 @@
+"""Configuration: explicit arguments, then framework settings, then the environment.
+
+Every middleware and ``ScriptMonitor`` resolves its options here when it is
+constructed (never at import). An option given as an argument wins; an
+option left unset (``None``) is looked up in the framework's settings when
+there are any (Django ``settings``, Flask ``app.config``, Pyramid's
+``pinba.*`` settings), then in the environment, then takes its default:
+
+====================  ==========================  ===========================================
+option                environment variable        default
+====================  ==========================  ===========================================
+``address``           ``PINBA_SERVER``            none: required while monitoring is enabled
+``enabled``           ``PINBA_ENABLED``           ``True``
+``prefix``            ``PINBA_PREFIX``            ``""``
+``hostname``          ``PINBA_HOSTNAME``          this machine's host name
+``server_name``       ``PINBA_SERVER_NAME``       the request's ``Host`` (scripts: host name)
+``raise_on_fail``     ``PINBA_RAISE_ON_FAIL``     ``False``
+``timer_rusage``      ``PINBA_TIMER_RUSAGE``      ``False``
+``memory_footprint``  ``PINBA_MEMORY_FOOTPRINT``  ``False``
+``pinboard``          ``PINBA_PINBOARD``          ``False``
+====================  ==========================  ===========================================
+
+``PINBA_SERVER`` names one server or several separated by commas
+(``"pinba1:30002,pinba2:30002"``). Flags accept ``1/0``, ``true/false``,
+``yes/no`` and ``on/off`` (any case).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["ENVIRONMENT", "Config", "Settings", "parse_flag", "resolve"]
+
+
+class Settings(Protocol):
+    """Framework settings, looked up by environment variable name (``PINBA_SERVER``...)."""
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
+#: Each option and the environment variable (and settings key) that sets it.
+ENVIRONMENT: dict[str, str] = {
+    "address": "PINBA_SERVER",
+    "enabled": "PINBA_ENABLED",
+    "prefix": "PINBA_PREFIX",
+    "hostname": "PINBA_HOSTNAME",
+    "server_name": "PINBA_SERVER_NAME",
+    "raise_on_fail": "PINBA_RAISE_ON_FAIL",
+    "timer_rusage": "PINBA_TIMER_RUSAGE",
+    "memory_footprint": "PINBA_MEMORY_FOOTPRINT",
+    "pinboard": "PINBA_PINBOARD",
+}
+
+_TRUE = frozenset(("1", "true", "yes", "on"))
+_FALSE = frozenset(("0", "false", "no", "off", ""))
+
+
+def parse_flag(value: Any, name: str) -> bool:
+    """A boolean option from a bool, an int or a string such as ``"on"``/``"0"``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value != 0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise ValueError(f"{name} must be a flag (1/0, true/false, yes/no, on/off), got {value!r}")
+    raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _optional_text(value: Any, name: str) -> str | None:
+    return _text(value, name) or None
+
+
+def _address(value: Any, name: str) -> Any:
+    # Strings are parsed by the Reporter (which accepts comma-separated
+    # lists); settings may also hold a list or a (host, port) tuple.
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "address": _address,
+    "enabled": parse_flag,
+    "prefix": _text,
+    "hostname": _optional_text,
+    "server_name": _optional_text,
+    "raise_on_fail": parse_flag,
+    "timer_rusage": parse_flag,
+    "memory_footprint": parse_flag,
+    "pinboard": parse_flag,
+}
+
+_DEFAULTS: dict[str, Any] = {
+    "address": None,
+    "enabled": True,
+    "prefix": "",
+    "hostname": None,
+    "server_name": None,
+    "raise_on_fail": False,
+    "timer_rusage": False,
+    "memory_footprint": False,
+    "pinboard": False,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved options of one middleware or monitor."""
+
+    address: Any
+    enabled: bool
+    prefix: str
+    hostname: str | None
+    server_name: str | None
+    raise_on_fail: bool
+    timer_rusage: bool
+    memory_footprint: bool
+    pinboard: bool
+
+
+def resolve(
+    address: Any = None,
+    *,
+    settings: Settings | None = None,
+    environ: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Config:
+    """Every option: the argument unless it is None, else ``settings``, else the environment.
+
+    ``settings`` (anything with ``get()``) is looked up by environment
+    variable name (``PINBA_SERVER``, ...). ``environ`` defaults to ``os.environ``, read now. Raises
+    ValueError naming ``address`` when monitoring is enabled and no server
+    is given anywhere.
+    """
+    unknown = set(options) - set(_PARSERS)
+    if unknown:
+        raise TypeError(f"unknown option {sorted(unknown)[0]!r}")
+    if environ is None:
+        environ = os.environ
+    given = dict(options, address=address)
+    values: dict[str, Any] = {}
+    for option, parse in _PARSERS.items():
+        key = ENVIRONMENT[option]
+        value = given.get(option)
+        if value is not None:
+            values[option] = value  # explicit: checked by the constructor itself
+            continue
+        setting = None if settings is None else settings.get(key)
+        if setting is not None:
+            value = parse(setting, key)
+        elif environ.get(key) is not None:
+            value = parse(environ[key], key)
+        values[option] = _DEFAULTS[option] if value is None else value
+    config = Config(**values)
+    if config.address is None:
+        if config.enabled:
+            raise ValueError(
+                "address: no Pinba server given; pass one or set PINBA_SERVER "
+                '(e.g. "127.0.0.1:30002")'
+            )
+        # Disabled: nothing is ever sent, but a Reporter still needs a target.
+        config = Config(**dict(values, address="127.0.0.1"))
+    return config

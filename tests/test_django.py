@@ -1,0 +1,306 @@
+"""The Django middleware: with Django's test client, and served by real servers (WSGI and ASGI)."""
+
+import asyncio
+import http.client
+import socket
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+django = pytest.importorskip("django")
+
+from django.conf import settings  # noqa: E402
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=["pynba.django.PynbaMiddleware"],
+        SECRET_KEY="not secret",
+        INSTALLED_APPS=[],
+        DATABASES={},
+        LOGGING_CONFIG=None,
+        PINBA_SERVER="127.0.0.1:1",  # each test names its own listener
+    )
+    django.setup()
+
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.http import (  # noqa: E402
+    FileResponse,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.test import Client, override_settings  # noqa: E402
+from django.urls import include, path, re_path  # noqa: E402
+
+from conftest import UDPListener  # noqa: E402
+from packets import receive  # noqa: E402
+from pynba import pynba  # noqa: E402
+from pynba.django import PynbaMiddleware  # noqa: E402
+
+
+def user(request, user_id):
+    with pynba.timer(group="db", op="select"):
+        pass
+    return HttpResponse(f"user{user_id}")
+
+
+async def async_user(request, user_id):
+    with pynba.timer(group="db", op="async"):
+        await asyncio.sleep(0)
+    return JsonResponse({"id": user_id})
+
+
+def stream(request):
+    def chunks():
+        for number in range(3):
+            with pynba.timer(group="stream"):
+                pass
+            yield f"chunk{number}\n"
+
+    return StreamingHttpResponse(chunks())
+
+
+def async_stream(request):
+    async def chunks():
+        for number in range(3):
+            with pynba.timer(group="async-stream"):
+                await asyncio.sleep(0)
+            yield f"part{number}\n"
+
+    return StreamingHttpResponse(chunks())
+
+
+def download(request):
+    import io
+
+    return FileResponse(io.BytesIO(b"x" * 5000), filename="data.bin")
+
+
+def boom(request):
+    raise RuntimeError("the view failed")
+
+
+def named(request):
+    pynba.script_name = "chosen by the view"
+    return HttpResponse(status=204)
+
+
+def article(request, year):
+    return HttpResponse(year)
+
+
+urlpatterns = [
+    path("users/<int:user_id>/", user, name="user-detail"),
+    path("async/users/<int:user_id>/", async_user, name="async-user"),
+    path("stream/", stream),
+    path("async-stream/", async_stream),
+    path("download/", download),
+    path("boom/", boom),
+    path("named/", named),
+    path("blog/", include([re_path(r"^articles/(?P<year>[0-9]{4})/$", article)])),
+]
+
+
+@pytest.fixture
+def pinba(udp_listener):
+    """Django's settings pointing pynba at the test's listener."""
+    with override_settings(PINBA_SERVER=f"{udp_listener.host}:{udp_listener.port}"):
+        yield udp_listener
+
+
+def test_route_status_size_and_timers(pinba):
+    response = Client().get("/users/42/", HTTP_HOST="example.test:8000")
+    assert response.content == b"user42"
+    packet = receive(pinba)
+    assert packet.script_name == "/users/<int:user_id>/"
+    assert (packet.status, packet.document_size) == (200, len(b"user42"))
+    assert packet.server_name == "example.test"
+    assert packet.schema == "http"
+    assert packet.timer_tags() == [(("group", "db"), ("op", "select"))]
+    assert pinba.pending() == []
+
+
+def test_async_view(pinba):
+    assert Client().get("/async/users/7/").json() == {"id": 7}
+    packet = receive(pinba)
+    assert packet.script_name == "/async/users/<int:user_id>/"
+    assert packet.timer_tags() == [(("group", "db"), ("op", "async"))]
+
+
+def test_view_names_and_callables(pinba):
+    with override_settings(PINBA_SCRIPT_NAME="view", PINBA_PREFIX="site:"):
+        Client().get("/users/1/")
+        Client().get("/blog/articles/2024/")
+    assert receive(pinba).script_name == "site:user-detail"
+    assert receive(pinba).script_name == "site:" + __name__ + ".article"
+    with override_settings(PINBA_SCRIPT_NAME=lambda request: request.method + " " + request.path):
+        Client().get("/users/1/")
+    assert receive(pinba).script_name == "GET /users/1/"
+
+
+def test_included_regex_routes(pinba):
+    Client().get("/blog/articles/2024/")
+    assert receive(pinba).script_name == "/blog/articles/(?P<year>[0-9]{4})/$"
+
+
+def test_streaming_response_timed_to_its_end(pinba):
+    response = Client().get("/stream/")
+    assert b"".join(response.streaming_content) == b"chunk0\nchunk1\nchunk2\n"
+    packet = receive(pinba)
+    assert packet.script_name == "/stream/"
+    assert packet.document_size == len(b"chunk0\nchunk1\nchunk2\n")
+    assert packet.timer(group="stream").hit_count == 3
+
+
+def test_file_response(pinba):
+    response = Client().get("/download/")
+    assert len(b"".join(response.streaming_content)) == 5000
+    packet = receive(pinba)
+    assert (packet.script_name, packet.status, packet.document_size) == ("/download/", 200, 5000)
+
+
+def test_errors_and_404(pinba):
+    client = Client(raise_request_exception=False)
+    assert client.get("/boom/").status_code == 500
+    assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("/boom/", 500)
+    assert client.get("/no/such/page").status_code == 404
+    assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("/no/such/page", 404)
+    assert Client().get("/named/").status_code == 204
+    assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("chosen by the view", 204)
+
+
+def test_disabled_sends_nothing_and_timers_do_nothing(pinba):
+    with override_settings(PINBA_ENABLED=False):
+        assert Client().get("/users/3/").content == b"user3"
+        assert b"".join(Client().get("/stream/").streaming_content).count(b"chunk") == 3
+    assert pinba.pending() == []
+
+
+def test_settings_are_checked_when_the_middleware_is_built(monkeypatch):
+    monkeypatch.delenv("PINBA_SERVER", raising=False)
+    with override_settings(PINBA_SERVER=None):
+        with pytest.raises(ImproperlyConfigured, match="PINBA_SERVER"):
+            PynbaMiddleware(lambda request: None)
+    with override_settings(PINBA_SCRIPT_NAME="path"):
+        with pytest.raises(ImproperlyConfigured, match="PINBA_SCRIPT_NAME"):
+            PynbaMiddleware(lambda request: None)
+
+
+def test_environment_fallback_and_pinboard(udp_listener, monkeypatch):
+    monkeypatch.setenv("PINBA_SERVER", f"{udp_listener.host}:{udp_listener.port}")
+    monkeypatch.setenv("PINBA_PINBOARD", "yes")
+    with override_settings(PINBA_SERVER=None, PINBA_HOSTNAME="web1"):
+        Client().get("/users/5/", HTTP_HOST="shop.test")
+    packet = receive(udp_listener)
+    assert packet.hostname == "web1"
+    assert packet.timer_tags() == [
+        (("__hostname", "web1"), ("__server_name", "shop.test"), ("group", "db"), ("op", "select"))
+    ]
+
+
+# -- real servers: Django's WSGI handler under wsgiref, its ASGI handler under uvicorn
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def http_get(port, path):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def wsgi_served():
+    from django.core.wsgi import get_wsgi_application
+
+    listener = UDPListener()
+    with override_settings(PINBA_SERVER=f"{listener.host}:{listener.port}"):
+        application = get_wsgi_application()  # builds the middleware: reads the settings
+    server = make_server("127.0.0.1", 0, application, WSGIServer, QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_address[1], listener
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def asgi_served():
+    uvicorn = pytest.importorskip("uvicorn")
+    from django.core.asgi import get_asgi_application
+
+    listener = UDPListener()
+    with override_settings(PINBA_SERVER=f"{listener.host}:{listener.port}"):
+        application = get_asgi_application()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(application, log_level="critical", lifespan="off", http="h11")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1], listener
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        listener.close()
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def served(request):
+    port, listener = request.getfixturevalue(request.param + "_served")
+    listener.pending(0.05)
+    yield port, listener
+    assert listener.pending(0.05) == []
+
+
+def test_real_server_routes(served):
+    port, listener = served
+    assert http_get(port, "/users/9/") == (200, b"user9")
+    packet = receive(listener)
+    assert (packet.script_name, packet.status, packet.document_size) == (
+        "/users/<int:user_id>/",
+        200,
+        len(b"user9"),
+    )
+    assert packet.timer_tags() == [(("group", "db"), ("op", "select"))]
+    assert http_get(port, "/async/users/3/") == (200, b'{"id": 3}')
+    assert receive(listener).script_name == "/async/users/<int:user_id>/"
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume")
+def test_real_server_streaming_and_errors(served):
+    port, listener = served
+    assert http_get(port, "/async-stream/") == (200, b"part0\npart1\npart2\n")
+    packet = receive(listener)
+    assert (packet.script_name, packet.document_size) == ("/async-stream/", 18)
+    assert packet.timer(group="async-stream").hit_count == 3
+    assert http_get(port, "/stream/") == (200, b"chunk0\nchunk1\nchunk2\n")
+    packet = receive(listener)
+    assert (packet.script_name, packet.document_size) == ("/stream/", 21)
+    assert packet.timer(group="stream").hit_count == 3
+    assert http_get(port, "/download/")[1] == b"x" * 5000
+    packet = receive(listener)
+    assert (packet.script_name, packet.document_size) == ("/download/", 5000)
+    assert http_get(port, "/boom/")[0] == 500
+    assert (lambda p: (p.script_name, p.status))(receive(listener)) == ("/boom/", 500)

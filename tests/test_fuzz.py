@@ -1,0 +1,123 @@
+"""Fuzzing: random requests through both encoders, random datagrams through the decoder.
+
+Every datagram must decode with Google protobuf and pass pinba2's rules, and
+the compiled and pure encoders must agree byte for byte. The listener's
+decoder must report (a request or an error), never crash. The default
+budget is 10,000 examples per encoder; ``PYNBA_FUZZ_EXAMPLES=200000 python -m
+pytest tests/test_fuzz.py`` runs a longer fuzz.
+"""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import compiled_encoder
+from pinba2_rules import violations
+from pynba import _pure_encoder
+
+EXAMPLES = int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000"))
+DECODER_EXAMPLES = max(EXAMPLES // 5, 1)
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+compiled = compiled_encoder()
+needs_compiled = pytest.mark.skipif(compiled is None, reason="the compiled encoder is not built")
+
+# Values users hand over: text with NULs, lone surrogates and astral characters,
+# raw (possibly invalid UTF-8) bytes, numbers of every sign and size, flags, None.
+text = st.text(st.characters(codec=None, exclude_categories=()), max_size=8)
+raw = st.binary(max_size=8)
+numbers = st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=True)
+scalars = text | raw | numbers | st.booleans() | st.none()
+names = text | raw
+tag_pairs = st.lists(st.tuples(names, scalars), max_size=3)
+tags = tag_pairs | st.dictionaries(text, scalars, max_size=3)
+any_float = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**40), 2**40)
+any_uint = st.integers(min_value=-(2**64), max_value=2**64)
+timer = st.tuples(tags, any_float, st.integers(-5, 2**40), any_float, any_float)
+requests = st.tuples(
+    text | raw,  # hostname
+    text | raw,  # server_name
+    text | raw,  # script_name
+    any_uint,  # request_count
+    any_uint,  # document_size
+    any_uint,  # memory_peak
+    any_float,  # request_time
+    any_float,  # ru_utime
+    any_float,  # ru_stime
+    any_uint,  # status
+    any_uint,  # memory_footprint
+    st.none() | text | raw,  # schema
+    tags,
+    st.lists(timer, max_size=4),
+)
+
+
+def check(datagram):
+    problems = violations(datagram)
+    assert not problems, problems
+
+
+@needs_compiled
+@FUZZ
+@given(requests)
+def test_both_encoders_agree_and_every_datagram_is_valid(request):
+    datagram = _pure_encoder.encode(*request)
+    assert compiled.encode(*request) == datagram
+    check(datagram)
+
+
+@FUZZ
+@given(requests)
+def test_pure_encoder_datagrams_are_valid(request):
+    # Runs even without the compiled encoder; with it, the test above also covers this.
+    if compiled is not None and EXAMPLES <= 10_000:
+        pytest.skip("covered by the comparison with the compiled encoder")
+    check(_pure_encoder.encode(*request))
+
+
+# -- the listener's decoder ------------------------------------------------------
+
+decode = pytest.importorskip("pynba.decode", reason="pynba.decode is not available")
+listener = pytest.importorskip("pynba.listener", reason="pynba.listener is not available")
+DECODER_FUZZ = settings(FUZZ, max_examples=DECODER_EXAMPLES)
+
+
+def examine_never_crashes(datagram):
+    received = listener.examine(datagram)
+    assert (received.request is None) != (received.error is None) or received.request
+    if received.request is not None:
+        # Everything the listener prints must be computable.
+        received.request.as_dict()
+    received.as_dict()
+    try:
+        decode.read_datagram(datagram)
+    except decode.DecodeError:
+        pass
+
+
+@DECODER_FUZZ
+@given(st.binary(max_size=300))
+def test_decoder_reports_random_bytes(datagram):
+    examine_never_crashes(datagram)
+
+
+@DECODER_FUZZ
+@given(requests, st.data())
+def test_decoder_reports_truncated_and_mutated_datagrams(request, data):
+    datagram = _pure_encoder.encode(*request)
+    full = listener.examine(datagram)
+    assert full.accepted, full.problems
+    cut = data.draw(st.integers(0, len(datagram)))
+    examine_never_crashes(datagram[:cut])
+    if datagram:
+        position = data.draw(st.integers(0, len(datagram) - 1))
+        flipped = bytearray(datagram)
+        flipped[position] ^= data.draw(st.integers(1, 255))
+        examine_never_crashes(bytes(flipped))

@@ -1,0 +1,69 @@
+"""Load: a monitored hello-world app under gunicorn, driven from a second process.
+
+Every monitored request's packet must reach a listener with a large receive
+buffer. The request rates, monitored and bare in the same run, are printed,
+never asserted (the goal, monitored >= 0.97 x bare, is checked by reading the
+output of the long run: ``python -m pytest -m slow -s tests/test_load.py``, or
+``python benchmarks/load.py --seconds 30``). The default suite runs a short
+load; ``PYNBA_LOAD_SECONDS`` sets the long run's seconds per app (default 30).
+"""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from packets import Packet
+
+pytest.importorskip("gunicorn")
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gunicorn needs POSIX")
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+_spec = importlib.util.spec_from_file_location("pynba_load_benchmark", BENCHMARKS / "load.py")
+load = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(load)
+
+SHORT_SECONDS = 1.5  # per app: 3 s of load per worker class
+LONG_SECONDS = float(os.environ.get("PYNBA_LOAD_SECONDS", "30"))
+
+
+def long_runs_selected(config):
+    """Whether ``-m`` asks for the slow tests (they are skipped otherwise)."""
+    expression = config.getoption("markexpr") or ""
+    return "slow" in expression and "not slow" not in expression
+
+
+def check_run(figures, capsys):
+    with capsys.disabled():
+        print("\n" + load.describe(figures))
+    assert figures["bare"]["errors"] == 0, figures["server_output"]
+    assert figures["monitored"]["errors"] == 0, figures["server_output"]
+    assert figures["bare"]["requests"] > 0
+    assert figures["monitored"]["requests"] > 0
+    # Every request's packet arrived; the kernel's drops would say why one did not.
+    assert figures["packets_received"] == figures["monitored_requests"], (
+        f"kernel drops: {figures['kernel_drops']}"
+    )
+    assert figures["kernel_drops"] in (0, None)
+    for datagram in figures["sample_packets"]:
+        packet = Packet(datagram)
+        assert packet.script_name == "/"
+        assert packet.status == 200
+        assert packet.document_size == len(b"Hello, world!\n")
+        assert packet.timer_tags() == [(("group", "hello"), ("op", "render"))]
+    assert "Traceback" not in figures["server_output"], figures["server_output"]
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_short_load_loses_no_packet(worker_class, capsys):
+    check_run(load.measure(worker_class, SHORT_SECONDS), capsys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_long_load_loses_no_packet(worker_class, capsys, request):
+    if not long_runs_selected(request.config):
+        pytest.skip("a long run: select it with -m slow")
+    check_run(load.measure(worker_class, LONG_SECONDS), capsys)
