@@ -46,9 +46,12 @@ def extensions():
     except ImportError:
         print("pynba: Cython is not installed; using pure Python.", file=sys.stderr)
         return []
-    # The encoder has a pure-Python twin; the per-request modules are compiled
+    # The encoder and getrusage have pure-Python twins; the per-request modules are compiled
     # from their own Python sources (typed by the .pxd files beside them).
-    modules = [Extension("pynba._encoder", ["src/pynba/_encoder.pyx"])]
+    modules = [
+        Extension("pynba._encoder", ["src/pynba/_encoder.pyx"]),
+        Extension("pynba._rusage", ["src/pynba/_rusage.pyx"]),
+    ]
     modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.py"]) for name in COMPILED_SOURCES]
     return cythonize(
         modules,
@@ -83,6 +86,7 @@ setup(
             "pytest>=7",
             "hypothesis>=6",
             "webob>=1.8",
+            "lz4>=4",
             # The integrations' tests, each with a real server.
             "uvicorn>=0.23",
             "starlette>=0.35",

@@ -104,5 +104,5 @@ def test_per_request_modules_are_compiled_when_built():
     code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
     names = run_python(code, PYNBA_PURE_PYTHON="").split()
     assert names == sorted(
-        ["_encoder", "collector", "context", "reporter", "tags", "timer", "wsgi"]
+        ["_encoder", "_rusage", "collector", "context", "reporter", "tags", "timer", "wsgi"]
     )

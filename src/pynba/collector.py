@@ -30,8 +30,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .encoder import STATUS_MAX
+from .rusage import cpu_times, usage
 from .tags import TagPairs, check_tag_name, flatten_tags
-from .timer import RUSAGE_WHO, Timer, _getrusage, cpu_times
+from .timer import Timer
 
 if TYPE_CHECKING:
     from .reporter import Reporter
@@ -241,8 +242,7 @@ class RequestCollector:
         self._timers: list[Timer] = []
         self._finished = False
         self._namer = namer
-        usage = _getrusage(RUSAGE_WHO)
-        self._cpu_start = (usage.ru_utime, usage.ru_stime)
+        self._cpu_start = cpu_times()
         self._start = perf_counter()
 
     # -- fields the application may set (None: measured or defaulted at the end)
@@ -388,8 +388,7 @@ class RequestCollector:
         self._restart_clock()
 
     def _restart_clock(self) -> None:
-        usage = _getrusage(RUSAGE_WHO)
-        self._cpu_start = (usage.ru_utime, usage.ru_stime)
+        self._cpu_start = cpu_times()
         self._start = perf_counter()
 
     def _measure_timers(self, keep_running: bool, end: float | None) -> list[tuple]:
@@ -438,7 +437,7 @@ class RequestCollector:
         return out
 
     def _send(self, timers: list[tuple], end: float | None = None) -> None:
-        usage = _getrusage(RUSAGE_WHO)
+        utime, stime, maxrss = usage()
         if end is None:
             end = perf_counter()
         settings = self._settings
@@ -459,20 +458,23 @@ class RequestCollector:
         server_name = self._server_name or ""
         if settings.pinboard:
             timers = pinboard_timers(timers, hostname, server_name)
-        settings.reporter.report(
-            hostname=hostname,
-            server_name=server_name,
-            script_name=self.script_name or "",
-            document_size=self._document_size or 0,
-            memory_peak=usage.ru_maxrss * _MAXRSS_UNIT if memory_peak is None else memory_peak,
-            request_time=end - self._start if request_time is None else request_time,
-            ru_utime=usage.ru_utime - self._cpu_start[0] if ru_utime is None else ru_utime,
-            ru_stime=usage.ru_stime - self._cpu_start[1] if ru_stime is None else ru_stime,
-            status=self._status or 0,
-            memory_footprint=memory_footprint,
-            schema=self._schema,
-            tags=tags,
-            timers=timers,
+        settings.reporter.report_request(
+            (
+                hostname,
+                server_name,
+                self.script_name or "",
+                1,
+                self._document_size or 0,
+                maxrss * _MAXRSS_UNIT if memory_peak is None else memory_peak,
+                end - self._start if request_time is None else request_time,
+                utime - self._cpu_start[0] if ru_utime is None else ru_utime,
+                stime - self._cpu_start[1] if ru_stime is None else ru_stime,
+                self._status or 0,
+                memory_footprint,
+                self._schema,
+                tags,
+                timers,
+            )
         )
 
     def __repr__(self) -> str:

@@ -160,6 +160,13 @@ class Reporter:
             tags,
             timers,
         )
+        self.report_request(request)
+
+    def report_request(self, request: tuple) -> None:
+        """``report()`` with the request as the encoder's positional arguments.
+
+        The collectors' path: it saves building and binding keyword arguments.
+        """
         first_failure = None
         for wire, servers in self._wires:
             datagram = self._encode(request, wire)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import resource
 from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .rusage import cpu_times
 from .tags import TagPairs, flatten_tags
 
 if TYPE_CHECKING:
@@ -24,16 +24,6 @@ __all__ = ["NOOP_TIMER", "NoopTimer", "Timer", "cpu_times"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# CPU time of this thread where the OS can tell (a threaded server must not
-# charge one request with its neighbours' CPU), of the whole process otherwise.
-RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
-_getrusage = resource.getrusage
-
-
-def cpu_times() -> tuple[float, float]:
-    """(user, system) CPU seconds of this thread (of the process where threads can't tell)."""
-    usage = _getrusage(RUSAGE_WHO)
-    return usage.ru_utime, usage.ru_stime
 
 
 class Timer:

@@ -1,0 +1,49 @@
+# cython: language_level=3
+"""CPU time and peak memory of the calling thread, from getrusage(2) directly.
+
+The compiled twin of the pure-Python functions in ``rusage.py``: the same
+numbers (computed as Python's ``resource`` module computes them) without
+building a ``struct_rusage`` of sixteen fields on every call.
+"""
+
+from libc.errno cimport errno
+from posix.resource cimport getrusage, rusage
+
+
+cdef extern from *:
+    """
+    #include <sys/resource.h>
+    #ifdef RUSAGE_THREAD
+    #define PYNBA_RUSAGE_WHO RUSAGE_THREAD
+    #else
+    #define PYNBA_RUSAGE_WHO RUSAGE_SELF
+    #endif
+    """
+    int PYNBA_RUSAGE_WHO
+
+
+cdef inline int read_usage(rusage* usage) except -1:
+    if getrusage(PYNBA_RUSAGE_WHO, usage) != 0:
+        raise OSError(errno, "getrusage failed")
+    return 0
+
+
+def usage():
+    """(user CPU seconds, system CPU seconds, ru_maxrss) of this thread."""
+    cdef rusage ru
+    read_usage(&ru)
+    return (
+        <double>ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 0.000001,
+        <double>ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 0.000001,
+        ru.ru_maxrss,
+    )
+
+
+def cpu_times():
+    """(user CPU seconds, system CPU seconds) of this thread."""
+    cdef rusage ru
+    read_usage(&ru)
+    return (
+        <double>ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 0.000001,
+        <double>ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 0.000001,
+    )
