@@ -25,7 +25,6 @@ __all__ = ["NOOP_TIMER", "NoopTimer", "Timer", "cpu_times"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-
 class Timer:
     """A tagged duration: ``with timer:``, ``timer.start()``/``timer.stop()`` or ``@timer``.
 
