@@ -64,7 +64,7 @@ def test_sdist_installs_without_a_compiler(tmp_path):
             "install",
             "-v",
             "--no-deps",
-            "--no-build-isolation",
+            # Isolated, as a user's install: pip brings setuptools and Cython itself.
             "--target",
             str(target),
             str(sdist),

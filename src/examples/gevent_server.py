@@ -18,6 +18,7 @@ import sys  # noqa: E402
 import urllib.request  # noqa: E402
 
 import gevent  # noqa: E402
+from gevent.pool import Pool  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from pynba import PynbaMiddleware, pynba  # noqa: E402
@@ -41,7 +42,10 @@ def main(argv):
     requests = int(argv[1]) if len(argv) > 1 else 10
     app = PynbaMiddleware(application, address, tags={"app": "gevent-example"})
     app.reporter.raise_on_fail = True  # a demo should say when sending fails
-    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    # A pool, so that stop() waits for the handlers: a request ends (and its
+    # packet is sent) when the server closes the response, which can be after
+    # the client has read the whole answer.
+    server = WSGIServer(("127.0.0.1", 0), app, spawn=Pool(64), log=None)
     server.start()
 
     def fetch(number):
@@ -52,7 +56,7 @@ def main(argv):
     clients = [gevent.spawn(fetch, number) for number in range(requests)]
     gevent.joinall(clients, raise_error=True)
     print("answers:", " ".join(client.value for client in clients))
-    server.stop()
+    server.stop(timeout=10)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ cdef double FLT_MIN = 1.1754943508222875e-38
 cdef double FLT_MAX = 3.4028234663852886e38
 cdef double INF = float("inf")
 cdef uint64_t UINT32_MAX = 0xFFFFFFFF
+cdef object ONE = 1  # CPython keeps one object for each small int
 cdef uint64_t STATUS_MAX = 0xFFFFFFFE
 
 cdef enum:
@@ -285,6 +286,17 @@ cdef int rehash_words(State* s) except -1:
     return 0
 
 
+cdef inline bint same_bytes(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
+    # Tag strings are short: a loop beats a call to memcmp.
+    cdef Py_ssize_t i
+    if n > 16:
+        return memcmp(a, b, n) == 0
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
 cdef int32_t word_id(State* s, Text* text) except -1:
     """The dictionary id of these bytes, adding them when new."""
     cdef uint64_t h = hash_bytes(text.ptr, text.size)
@@ -296,7 +308,7 @@ cdef int32_t word_id(State* s, Text* text) except -1:
         if found < 0:
             break
         w = &s.words[found]
-        if w.hash == h and w.size == text.size and memcmp(w.ptr, text.ptr, text.size) == 0:
+        if w.hash == h and w.size == text.size and same_bytes(w.ptr, text.ptr, text.size):
             return found
         j = (j + 1) & s.wmask
     if s.nwords == s.cap_words:
@@ -381,11 +393,25 @@ cdef Py_ssize_t collect_tags(State* s, object tags, list keep) except -1:
             add_ref(s, n, <object>key, <object>val, keep)
             n += 1
         return n
-    if not (PyTuple_CheckExact(tags) or PyList_CheckExact(tags)):
+    if PyTuple_CheckExact(tags):  # held by the caller's timer for the whole call
+        size = PyTuple_GET_SIZE(tags)
+        for i in range(size):
+            pair = <object>PyTuple_GET_ITEM(tags, i)
+            if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:
+                add_ref(s, n, <object>PyTuple_GET_ITEM(pair, 0),
+                        <object>PyTuple_GET_ITEM(pair, 1), keep)
+            else:
+                name, value = pair
+                keep.append(name)
+                keep.append(value)
+                add_ref(s, n, name, value, keep)
+            n += 1
+        return n
+    if not PyList_CheckExact(tags):
         tags = tuple(_py_pairs(tags))
         keep.append(tags)
-    # a tuple or list: held by the caller's timer for the whole call
     seq = PySequence_Fast(tags, "tags must be a sequence of pairs")
+    keep.append(seq)
     size = PySequence_Fast_GET_SIZE(seq)
     items = PySequence_Fast_ITEMS(seq)
     for i in range(size):
@@ -458,9 +484,11 @@ cdef int add_timer(State* s, object timer, list keep) except -1:
         h = (h ^ <uint64_t>ref.value_id) * 1099511628211ULL
     h ^= <uint64_t>n
 
-    cdef uint64_t hits = to_uint32(hit_count, UINT32_MAX)
-    if hits == 0:
-        hits = 1
+    cdef uint64_t hits = 1
+    if <PyObject*>hit_count != <PyObject*>ONE:  # the common case, without a call
+        hits = to_uint32(hit_count, UINT32_MAX)
+        if hits == 0:
+            hits = 1
     cdef double t_value = to_seconds(value)
     cdef double t_utime = to_seconds(utime)
     cdef double t_stime = to_seconds(stime)
