@@ -45,6 +45,12 @@ NOT_RUN = {
     "protoc --proto_path=proto --python_out=src/pynba proto/pinba.proto": "regenerates a"
     " tracked file; test_schema.py checks it is in step with the schema",
     "python setup.py build_ext --inplace": "rebuilds the compiled modules under test",
+    "python -m pytest -m slow -s tests/test_load.py tests/test_soak.py": "the long runs"
+    " themselves (minutes); the default suite runs their short versions",
+    "PYNBA_FUZZ_EXAMPLES=200000 python -m pytest tests/test_fuzz.py": "a long fuzzing run;"
+    " the default suite runs 10,000 examples per encoder",
+    "python benchmarks/load.py --seconds 30": "a minute of load; tests/test_load.py runs"
+    " the same load generator for 3 seconds",
 }
 
 
