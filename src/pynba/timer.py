@@ -43,11 +43,11 @@ class Timer:
         data: Any = None,
     ) -> None:
         for name, value in tags.items():
-            if value.__class__ is not str or name.__class__ is not str or not name:
+            if type(value) is not str or type(name) is not str or not name:
                 self._tags = _timer_tags(tags)
                 break
         else:
-            self._tags = tags if tags.__class__ is dict and tags else _timer_tags(tags)
+            self._tags = tags if type(tags) is dict and tags else _timer_tags(tags)
         self._collector = collector
         self._start = None
         self._value = 0.0
@@ -214,9 +214,9 @@ class Timer:
 
 def _timer_tags(tags: Mapping[str, Any]) -> dict | TagPairs:
     """The tags as stored: the dict itself when it needs no flattening, else pairs."""
-    if tags.__class__ is dict:
+    if type(tags) is dict:
         for name, value in tags.items():
-            if value.__class__ is not str or name.__class__ is not str or not name:
+            if type(value) is not str or type(name) is not str or not name:
                 break
         else:
             if tags:

@@ -247,7 +247,7 @@ class _Response:
     def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
         """What the server gets instead of ``result``."""
         self._result = result
-        cls = result.__class__
+        cls = type(result)
         if cls is list or cls is tuple:
             return _ListBody(self, result)
         file_wrapper = self._environ.get("wsgi.file_wrapper")
