@@ -1,4 +1,8 @@
 # Declarations for compiling collector.py with Cython (see timer.pxd).
+cimport cython
+
+from pynba.timer cimport Timer
+
 cdef class CollectorSettings:
     cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object reporter
@@ -31,5 +35,6 @@ cdef class RequestCollector:
     cdef public object _namer
 
     cpdef finish(self)
+    @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)
     cpdef _send(self, timers, end=*)
