@@ -405,3 +405,24 @@ def test_bad_arguments(udp_listener):
         PynbaASGIMiddleware(lambda *a: None, udp_listener.address, script_name="x")
     with pytest.raises(TypeError, match="prefix"):
         PynbaASGIMiddleware(lambda *a: None, udp_listener.address, prefix=1)
+
+
+def test_timers_in_websocket_and_lifespan_code_do_nothing(udp_listener):
+    # Code shared with HTTP routes runs there too; nothing is reported.
+    ran = []
+
+    async def app(scope, receive, send):
+        with pynba.timer(group="db", op="select"):
+            ran.append(scope["type"])
+
+    async def receive():
+        return {}
+
+    async def send(message):
+        pass
+
+    monitored = PynbaASGIMiddleware(app, udp_listener.address)
+    for kind in ("websocket", "lifespan"):
+        asyncio.run(monitored({"type": kind}, receive, send))
+    assert ran == ["websocket", "lifespan"]
+    assert udp_listener.pending(0.1) == []

@@ -192,10 +192,24 @@ def test_flush_only_stopped_keeps_running_timers_for_the_next_packet(collector, 
     assert sent.hit_count == 1 and sent.value >= 0.002  # all of it, in one packet
 
 
-def test_flush_after_the_end_is_an_error(collector):
+def test_flush_and_stop_after_the_end_do_nothing(collector, udp_listener):
+    # Code running on after the response (an ASGI app after its last body
+    # message, a background task) must not fail.
+    timer = collector.timer(group="late").start()
     collector.finish()
-    with pytest.raises(RuntimeError, match="ended"):
-        collector.flush()
+    receive(udp_listener)
+    collector.flush()
+    timer.stop()
+    assert timer.hit_count == 1  # stopped once, by the end of the request
+    assert udp_listener.pending(0.05) == []
+    with pytest.raises(RuntimeError, match="not started"):
+        pynba_free_timer().stop()  # outside any request, misuse is still an error
+
+
+def pynba_free_timer():
+    from pynba.timer import Timer
+
+    return Timer({"group": "alone"})
 
 
 def test_request_time_of_a_flushed_packet_counts_from_the_previous_flush(collector, udp_listener):

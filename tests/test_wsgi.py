@@ -214,7 +214,9 @@ def test_close_is_passed_on_once_and_ends_the_request(udp_listener):
         return body
 
     response = PynbaMiddleware(app, udp_listener.address)(make_environ(), lambda *a: None)
-    assert current_collector() is not None  # still in the request
+    # Current only while the request's own code runs (the app, the body's
+    # iteration and close), not in the server's code between them.
+    assert current_collector() is None
     assert list(response) == [b"ab", b"c"]
     assert udp_listener.pending(0.05) == []  # not over before close()
     response.close()
@@ -474,3 +476,40 @@ def test_32_threads_each_see_only_their_own_timers(udp_listener):
         ident = packet.script_name.strip("/")
         assert {dict(t.tags)["owner"] for t in packet.timers} == {ident}
         assert len(packet.timers) == 4
+
+
+def test_requests_interleaved_in_one_thread_keep_their_own_timers(udp_listener):
+    # Single-threaded event-loop servers (bjoern, meinheld) call the next
+    # application before the previous streamed body is done.
+    def app(environ, start_response):
+        page = environ["PATH_INFO"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def body():
+            with pynba.timer(group="render", page=page):
+                yield page.encode()
+            with pynba.timer(group="cleanup", page=page):
+                yield b"."
+
+        with pynba.timer(group="handler", page=page):
+            pass
+        return body()
+
+    monitored = PynbaMiddleware(app, udp_listener.address)
+    bodies = []
+    for page in ("/one", "/two"):
+        environ = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = page
+        bodies.append(monitored(environ, lambda status, headers, exc_info=None: None))
+    assert current_collector() is None
+    for body in bodies:
+        assert b"".join(body) in (b"/one.", b"/two.")
+        body.close()
+    assert current_collector() is None
+    packets = {packet.script_name: packet for packet in receive_all(udp_listener, 2)}
+    for page in ("/one", "/two"):
+        tags = sorted(packets[page].timer_tags())
+        assert tags == [
+            (("group", group), ("page", page)) for group in ("cleanup", "handler", "render")
+        ]

@@ -150,10 +150,9 @@ class PynbaASGIMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if not self.enabled:
+        if scope["type"] != "http" or not self.enabled:
+            # Not reported (websocket, lifespan), or monitoring is off: code
+            # shared with HTTP routes may still use pynba.timer(...).
             token = _current.set(DISABLED)
             try:
                 await self.app(scope, receive, send)

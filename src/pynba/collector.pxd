@@ -4,7 +4,6 @@ cimport cython
 from pynba.timer cimport Timer
 
 cdef class CollectorSettings:
-    cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object reporter
     cdef public object hostname
     cdef public object tags
@@ -14,7 +13,6 @@ cdef class CollectorSettings:
     cdef public bint pinboard
 
 cdef class RequestCollector:
-    cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object _settings
     cdef public object _hostname
     cdef public object _server_name

@@ -374,10 +374,12 @@ class RequestCollector:
         Sent timers leave the request (a sent timer started again rejoins
         it). A running timer sends the time it has run so far and goes on
         from zero, unless ``only_stopped`` is set: then it is left out and
-        keeps running for a later packet.
+        keeps running for a later packet. After the request has ended (its
+        packet sent) there is nothing left to send: it does nothing.
         """
         if self._finished:
-            raise RuntimeError("the request has ended; nothing to flush")
+            logger.debug("pynba: flush() after the request ended; nothing to send")
+            return
         try:
             end = perf_counter()
             self._send(self._measure_timers(keep_running=only_stopped, end=end), end)

@@ -1,7 +1,8 @@
 # Declarations for compiling timer.py with Cython: Timer becomes an extension
-# type with C-level attributes. timer.py stays the pure-Python source.
+# type with C-level attributes. timer.py stays the pure-Python source. Each
+# class declares exactly the attributes its __slots__ names (and no __dict__),
+# so that the compiled class accepts what the pure one accepts, no more.
 cdef class Timer:
-    cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object _collector
     cdef public object _tags
     cdef public object _start

@@ -72,9 +72,17 @@ class Timer:
         return self
 
     def stop(self) -> Timer:
-        """Stop measuring and add the time since start(); RuntimeError if not running."""
+        """Stop measuring and add the time since start(); RuntimeError if not running.
+
+        A timer that its request's end already stopped (and sent) may be
+        stopped again: code that runs on after the response, such as an ASGI
+        application after its last body message, must not fail.
+        """
         start = self._start
         if start is None:
+            collector = self._collector
+            if collector is not None and collector._finished:
+                return self
             raise RuntimeError(f"{self!r} is not started")
         self._value += perf_counter() - start
         self._hits += 1

@@ -14,13 +14,11 @@ cdef class PynbaMiddleware:
     cpdef default_server_name(self, environ)
 
 cdef class _Response:
-    cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object _middleware
     cdef public object _environ
     cdef public object _start_response
     cdef public object _write
     cdef public object _collector
-    cdef public object _token
     cdef public object _status
     cdef public object _headers
     cdef public object _result
@@ -35,11 +33,9 @@ cdef class _Response:
     cpdef _finish(self, from_file=*)
 
 cdef class _StreamBody:
-    cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object _response
     cdef public object _iterator
 
 cdef class _ListBody:
-    cdef dict __dict__  # attributes not declared here still work, more slowly
     cdef public object _response
     cdef public object _result

@@ -131,11 +131,18 @@ class PynbaMiddleware:
         except Exception:
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
             return self.app(environ, start_response)
+        # The request is current only while its own code runs (here, and in
+        # the body's iteration and close below): a server may interleave
+        # requests in one thread, calling the next application before the
+        # previous body is done.
+        token = _current.set(response._collector)
         try:
             result = self.app(environ, response.start_response)
         except BaseException:
             response.abort()
             raise
+        finally:
+            _current.reset(token)
         return response.wrap(result)
 
     def default_script_name(self, environ: dict) -> str:
@@ -197,7 +204,6 @@ class _Response:
         "_start_response",
         "_write",
         "_collector",
-        "_token",
         "_status",
         "_headers",
         "_result",
@@ -221,14 +227,13 @@ class _Response:
         self._failed = False
         self._closed = False
         self._file_close = None
-        self._collector = collector = RequestCollector(
+        self._collector = RequestCollector(
             middleware.settings,
             None,
             middleware.default_server_name(environ),
             environ.get("wsgi.url_scheme"),
             self._default_script_name,
         )
-        self._token = _current.set(collector)
 
     def _default_script_name(self) -> str:
         return self._middleware.default_script_name(self._environ)
@@ -279,6 +284,7 @@ class _Response:
         if self._closed:
             return
         self._closed = True
+        token = _current.set(self._collector)
         try:
             close = self._file_close
             if close is None:
@@ -289,12 +295,12 @@ class _Response:
             self._failed = True
             raise
         finally:
+            _current.reset(token)
             self._finish(from_file=self._file_close is not None)
 
     def _finish(self, from_file: bool = False) -> None:
         collector = self._collector
         try:
-            _reset(self._token)
             if self._failed:
                 collector._status = 500
             elif collector._status is None:
@@ -317,13 +323,6 @@ class _Response:
         return 0
 
 
-def _reset(token: Any) -> None:
-    try:
-        _current.reset(token)
-    except (ValueError, RuntimeError):
-        logger.debug("pynba: request context not restored", exc_info=True)
-
-
 class _StreamBody:
     """A response body the server iterates; counts the bytes it takes."""
 
@@ -334,14 +333,18 @@ class _StreamBody:
         self._iterator = None
 
     def __iter__(self) -> _StreamBody:
+        token = _current.set(self._response._collector)
         try:
             self._iterator = iter(self._response._result)
         except BaseException:
             self._response._failed = True
             raise
+        finally:
+            _current.reset(token)
         return self
 
     def __next__(self) -> bytes:
+        token = _current.set(self._response._collector)
         try:
             chunk = next(self._iterator)
         except StopIteration:
@@ -349,6 +352,8 @@ class _StreamBody:
         except BaseException:
             self._response._failed = True
             raise
+        finally:
+            _current.reset(token)
         self._response._size += len(chunk)
         return chunk
 
