@@ -222,7 +222,7 @@ def test_request_time_of_a_flushed_packet_counts_from_the_previous_flush(collect
 
 def test_internal_errors_are_logged_not_raised(collector, udp_listener, monkeypatch, caplog):
     monkeypatch.delenv("PYNBA_STRICT")
-    collector._tags = {"x": object()}  # slipped past the checks
+    collector._start = None  # state corrupted: the packet cannot be made
     with caplog.at_level(logging.ERROR, logger="pynba"):
         collector.finish()
     assert "cannot report the request" in caplog.text
@@ -244,3 +244,20 @@ def test_a_packet_too_big_for_udp_still_reports_the_request(collector, udp_liste
     packet = receive(udp_listener)
     assert packet.script_name == "/home" and packet.timers == []
     assert collector.reporter.stats["oversize"] == 1
+
+
+def test_a_failing_tag_callable_leaves_out_only_that_tag(udp_listener, monkeypatch, caplog):
+    from pynba.collector import CollectorSettings, RequestCollector
+    from pynba.reporter import Reporter
+
+    monkeypatch.delenv("PYNBA_STRICT", raising=False)
+
+    def release():
+        raise LookupError("no release file")
+
+    with Reporter(udp_listener.address) as reporter:
+        settings = CollectorSettings(reporter, tags={"app": "shop", "release": release})
+        RequestCollector(settings, "/r").finish()
+    packet = receive(udp_listener)
+    assert (packet.script_name, dict(packet.tags)) == ("/r", {"app": "shop"})
+    assert "release" in caplog.text

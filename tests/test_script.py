@@ -187,3 +187,24 @@ def test_program_name_never_includes_arguments(monkeypatch, argv, expected):
     monkeypatch.setattr("sys.argv", argv)
     name = program_name()
     assert name == expected if expected else name.startswith("python")
+
+
+def test_what_one_job_sets_does_not_carry_over_to_the_next(udp_listener):
+    monitor = ScriptMonitor(udp_listener.address, scriptname="worker", tags={"app": "jobs"})
+    monitor.collector.script_name = "resize"
+    monitor.collector.set_tag("priority", "high")
+    monitor.send()
+    monitor.send()
+    first, second = receive(udp_listener), receive(udp_listener)
+    assert (first.script_name, dict(first.tags)) == ("resize", {"app": "jobs", "priority": "high"})
+    assert (second.script_name, dict(second.tags)) == ("worker", {"app": "jobs"})
+    monitor.close()
+
+
+def test_close_leaves_a_shared_reporter_open(udp_listener):
+    from pynba.reporter import Reporter
+
+    with Reporter(udp_listener.address) as shared:
+        ScriptMonitor(shared, autostart=False).close()
+        shared.send(b"\x0a\x00")
+        assert udp_listener.receive() == b"\x0a\x00"

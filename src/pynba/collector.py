@@ -444,9 +444,9 @@ class RequestCollector:
             end = perf_counter()
         settings = self._settings
         if self._tags is not None:
-            tags = flatten_tags(self._tags)
+            tags = self._request_tags(self._tags)
         elif settings.tag_pairs is None:
-            tags = flatten_tags(settings.tags)
+            tags = self._request_tags(settings.tags)
         else:
             tags = settings.tag_pairs
         request_time = self._request_time
@@ -478,6 +478,20 @@ class RequestCollector:
                 timers,
             )
         )
+
+    def _request_tags(self, tags: Mapping[str, Any]) -> TagPairs:
+        """The request tags flattened; a tag whose callable fails is left out."""
+        try:
+            return flatten_tags(tags)
+        except Exception:
+            pass
+        pairs: list = []
+        for name, value in tags.items():
+            try:
+                pairs.extend(flatten_tags({name: value}))
+            except Exception:
+                internal_error(f"request tag {name!r} failed; sent without it", self._raise_on_fail)
+        return tuple(pairs)
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else "running"

@@ -82,7 +82,8 @@ class ScriptMonitor:
         for name, value in (("scriptname", scriptname), ("servername", servername)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-        self.reporter: Reporter = address if isinstance(address, Reporter) else Reporter(address)
+        self._own_reporter = not isinstance(address, Reporter)
+        self.reporter: Reporter = Reporter(address) if self._own_reporter else address
         if raise_on_fail:
             self.reporter.raise_on_fail = True
         self.settings = CollectorSettings(
@@ -164,8 +165,20 @@ class ScriptMonitor:
         collector.stop_timers()
         collector.flush()
         own_job = DISABLED if not self.enabled else self._collector
-        if collector is own_job and not self.autostart:
-            self._stop()
+        if collector is own_job:
+            if collector is self._collector:
+                self._forget_job(collector)
+            if not self.autostart:
+                self._stop()
+
+    def _forget_job(self, collector: RequestCollector) -> None:
+        # The monitor's own collector serves job after job: what one job set
+        # (its name, tags...) must not carry over to the next.
+        collector._tags = None
+        collector._script_name = self.scriptname
+        collector._server_name = self.servername
+        collector._hostname = self.settings.hostname
+        collector._schema = None
 
     def flush(self, only_stopped: bool = False) -> None:
         """Send what the running job measured so far (see ``RequestCollector.flush``)."""
@@ -178,10 +191,14 @@ class ScriptMonitor:
             deactivate(token)
 
     def close(self) -> None:
-        """Stop monitoring here (nothing more is sent) and close the reporter."""
+        """Stop monitoring here (nothing more is sent) and close the reporter.
+
+        A ``Reporter`` given as ``address`` is shared: it is left open.
+        """
         if self._running:
             self._stop()
-        self.reporter.close()
+        if self._own_reporter:
+            self.reporter.close()
 
     # -- one job per block ----------------------------------------------------
 
