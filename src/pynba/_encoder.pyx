@@ -393,27 +393,13 @@ cdef Py_ssize_t collect_tags(State* s, object tags, list keep) except -1:
             add_ref(s, n, <object>key, <object>val, keep)
             n += 1
         return n
-    if PyTuple_CheckExact(tags):  # held by the caller's timer for the whole call
-        size = PyTuple_GET_SIZE(tags)
-        for i in range(size):
-            pair = <object>PyTuple_GET_ITEM(tags, i)
-            if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:
-                add_ref(s, n, <object>PyTuple_GET_ITEM(pair, 0),
-                        <object>PyTuple_GET_ITEM(pair, 1), keep)
-            else:
-                name, value = pair
-                keep.append(name)
-                keep.append(value)
-                add_ref(s, n, name, value, keep)
-            n += 1
-        return n
-    if not PyList_CheckExact(tags):
+    if not PyTuple_CheckExact(tags):
+        # A copy: a list could change under us while str() runs Python code.
         tags = tuple(_py_pairs(tags))
         keep.append(tags)
-    seq = PySequence_Fast(tags, "tags must be a sequence of pairs")
-    keep.append(seq)
-    size = PySequence_Fast_GET_SIZE(seq)
-    items = PySequence_Fast_ITEMS(seq)
+    # A tuple: held by the caller's timer, or by keep, for the whole call.
+    size = PySequence_Fast_GET_SIZE(tags)
+    items = PySequence_Fast_ITEMS(tags)
     for i in range(size):
         pair = <object>items[i]
         if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:

@@ -8,6 +8,7 @@ building a ``struct_rusage`` of sixteen fields on every call.
 
 from libc.errno cimport errno
 from posix.resource cimport getrusage, rusage
+from posix.time cimport timeval
 
 
 cdef extern from *:
@@ -22,6 +23,10 @@ cdef extern from *:
     int PYNBA_RUSAGE_WHO
 
 
+cdef inline double seconds(timeval t) noexcept:
+    return <double>t.tv_sec + t.tv_usec * 0.000001  # as Python's resource module
+
+
 cdef inline int read_usage(rusage* usage) except -1:
     if getrusage(PYNBA_RUSAGE_WHO, usage) != 0:
         raise OSError(errno, "getrusage failed")
@@ -32,18 +37,11 @@ def usage():
     """(user CPU seconds, system CPU seconds, ru_maxrss) of this thread."""
     cdef rusage ru
     read_usage(&ru)
-    return (
-        <double>ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 0.000001,
-        <double>ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 0.000001,
-        ru.ru_maxrss,
-    )
+    return seconds(ru.ru_utime), seconds(ru.ru_stime), ru.ru_maxrss
 
 
 def cpu_times():
     """(user CPU seconds, system CPU seconds) of this thread."""
     cdef rusage ru
     read_usage(&ru)
-    return (
-        <double>ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 0.000001,
-        <double>ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 0.000001,
-    )
+    return seconds(ru.ru_utime), seconds(ru.ru_stime)
