@@ -13,6 +13,7 @@ import pytest
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields, violations
 from pynba import _pure_encoder
+from pynba.encoder import ARGUMENTS
 from pynba.pinba_pb2 import Request
 
 FLT_MIN = 1.1754943508222875e-38  # 2**-126
@@ -21,22 +22,6 @@ UINT32_MAX = 2**32 - 1
 NAN = float("nan")
 INF = float("inf")
 
-ARGUMENTS = (
-    "hostname",
-    "server_name",
-    "script_name",
-    "request_count",
-    "document_size",
-    "memory_peak",
-    "request_time",
-    "ru_utime",
-    "ru_stime",
-    "status",
-    "memory_footprint",
-    "schema",
-    "tags",
-    "timers",
-)
 DEFAULTS = {
     "hostname": "web1",
     "server_name": "example.com",

@@ -13,13 +13,8 @@ import pytest
 from pinba2_rules import assert_valid
 from pynba import config, decode, encoder, framing
 from pynba.address import WIRE_CLASSIC, WIRE_PINBA2, ServerAddress, parse_addresses
+from pynba.encoder import ARGUMENTS
 from pynba.reporter import DEFAULT_COMPRESS_ABOVE, Reporter
-
-ARGUMENTS = (
-    "hostname", "server_name", "script_name", "request_count", "document_size",
-    "memory_peak", "request_time", "ru_utime", "ru_stime", "status",
-    "memory_footprint", "schema", "tags", "timers",
-)  # fmt: skip
 
 BASE = {
     "hostname": "web-1",

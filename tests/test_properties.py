@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields
 from pynba import _pure_encoder
+from pynba.encoder import ARGUMENTS
 from pynba.pinba_pb2 import Request
 
 FLT_MIN = 2.0**-126
@@ -29,23 +30,6 @@ PROPERTY = settings(
     max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-ARGUMENTS = (
-    "hostname",
-    "server_name",
-    "script_name",
-    "request_count",
-    "document_size",
-    "memory_peak",
-    "request_time",
-    "ru_utime",
-    "ru_stime",
-    "status",
-    "memory_footprint",
-    "schema",
-    "tags",
-    "timers",
 )
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from .collector import CollectorSettings, RequestCollector, internal_error
+from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
 from .reporter import Reporter
@@ -132,22 +132,12 @@ class PynbaASGIMiddleware:
         if config.server_name is not None and not isinstance(config.server_name, str):
             raise TypeError(f"server_name must be a str, not {type(config.server_name).__name__}")
         self.app = app
-        address = config.address
-        self.reporter: Reporter = address if isinstance(address, Reporter) else Reporter(address)
-        if config.raise_on_fail:
-            self.reporter.raise_on_fail = True
+        self.settings = settings_for(config, tags)
+        self.reporter: Reporter = self.settings.reporter
         self.enabled = bool(config.enabled)
         self.prefix = config.prefix
         self.script_name = script_name
         self.server_name = config.server_name
-        self.settings = CollectorSettings(
-            self.reporter,
-            hostname=config.hostname,
-            tags=tags,
-            timer_rusage=config.timer_rusage,
-            memory_footprint=config.memory_footprint,
-            pinboard=config.pinboard,
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.enabled:

@@ -30,14 +30,21 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .encoder import STATUS_MAX
+from .reporter import Reporter
 from .rusage import cpu_times, usage
 from .tags import TagPairs, check_tag_name, flatten_tags
 from .timer import Timer
 
 if TYPE_CHECKING:
-    from .reporter import Reporter
+    from .config import Config
 
-__all__ = ["CollectorSettings", "RequestCollector", "default_hostname", "internal_error"]
+__all__ = [
+    "CollectorSettings",
+    "RequestCollector",
+    "default_hostname",
+    "internal_error",
+    "settings_for",
+]
 
 logger = logging.getLogger("pynba")
 
@@ -132,6 +139,26 @@ class CollectorSettings:
         #: Pinboard compatibility: every timer also carries the packet's
         #: ``__hostname`` and ``__server_name`` tags.
         self.pinboard = bool(pinboard)
+
+
+def settings_for(config: Config, tags: Mapping[str, Any] | None = None) -> CollectorSettings:
+    """The settings of a middleware or monitor configured by ``config`` (see ``pynba.config``).
+
+    ``config.address`` names the servers of a reporter of its own, or is a
+    ``Reporter`` to share; ``raise_on_fail`` switches that reporter's on.
+    """
+    address = config.address
+    reporter = address if isinstance(address, Reporter) else Reporter(address)
+    if config.raise_on_fail:
+        reporter.raise_on_fail = True
+    return CollectorSettings(
+        reporter,
+        hostname=config.hostname,
+        tags=tags,
+        timer_rusage=config.timer_rusage,
+        memory_footprint=config.memory_footprint,
+        pinboard=config.pinboard,
+    )
 
 
 def _check_count(name: str, value: Any, top: int | None = None) -> int | None:

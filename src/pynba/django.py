@@ -35,7 +35,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .collector import CollectorSettings, RequestCollector, internal_error
+from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
 from .reporter import Reporter
@@ -82,22 +82,12 @@ class PynbaMiddleware:
                 'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
                 f"not {script_name!r}"
             )
-        address = config.address
-        self.reporter: Reporter = address if isinstance(address, Reporter) else Reporter(address)
-        if config.raise_on_fail:
-            self.reporter.raise_on_fail = True
+        self.settings = settings_for(config, getattr(django_settings, "PINBA_TAGS", None))
+        self.reporter: Reporter = self.settings.reporter
         self.enabled = config.enabled
         self.prefix = config.prefix
         self.server_name = config.server_name
         self.script_name = script_name
-        self.settings = CollectorSettings(
-            self.reporter,
-            hostname=config.hostname,
-            tags=getattr(django_settings, "PINBA_TAGS", None),
-            timer_rusage=config.timer_rusage,
-            memory_footprint=config.memory_footprint,
-            pinboard=config.pinboard,
-        )
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:

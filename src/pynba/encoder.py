@@ -9,6 +9,7 @@ from ._implementation import pure_python_forced
 from ._pure_encoder import FLT_MAX, FLT_MIN, STATUS_MAX, UINT32_MAX
 
 __all__ = [
+    "ARGUMENTS",
     "FLT_MAX",
     "FLT_MIN",
     "IMPLEMENTATION",
@@ -17,6 +18,24 @@ __all__ = [
     "UINT32_MAX",
     "encode",
 ]
+
+#: The names of ``encode``'s arguments, in order.
+ARGUMENTS = (
+    "hostname",
+    "server_name",
+    "script_name",
+    "request_count",
+    "document_size",
+    "memory_peak",
+    "request_time",
+    "ru_utime",
+    "ru_stime",
+    "status",
+    "memory_footprint",
+    "schema",
+    "tags",
+    "timers",
+)
 
 #: The largest UDP payload over IPv4.
 MAX_DATAGRAM = 65507

@@ -25,25 +25,11 @@ from typing import Any
 from flask import Flask, request, request_started
 
 from .config import resolve
-from .wsgi import PynbaMiddleware
+from .wsgi import ROUTE_KEY, PynbaMiddleware, route_or_path
 
 __all__ = ["Pynba", "init_app"]
 
-_ROUTE_KEY = "pynba.route"
 _SCRIPT_NAMES = ("rule", "endpoint")
-
-
-def _path(environ: dict) -> str:
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    try:
-        return path.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return path
-
-
-def _route_or_path(environ: dict) -> str:
-    route = environ.get(_ROUTE_KEY)
-    return _path(environ) if route is None else route
 
 
 class Pynba:
@@ -84,7 +70,7 @@ class Pynba:
             config.address,
             prefix=config.prefix,
             tags=self.tags,
-            script_name=_route_or_path,
+            script_name=route_or_path,
             server_name=config.server_name,
             hostname=config.hostname,
             enabled=config.enabled,
@@ -105,7 +91,7 @@ class Pynba:
         rule = request.url_rule
         if rule is not None:
             name = rule.rule if self.script_name == "rule" else rule.endpoint
-            request.environ[_ROUTE_KEY] = name
+            request.environ[ROUTE_KEY] = name
 
 
 def init_app(app: Flask, address: Any = None, **options: Any) -> PynbaMiddleware:

@@ -25,11 +25,10 @@ from typing import Any
 from pyramid.interfaces import IBeforeTraversal
 
 from .config import resolve
-from .wsgi import PynbaMiddleware
+from .wsgi import ROUTE_KEY, PynbaMiddleware, route_or_path
 
 __all__ = ["monitor"]
 
-_ROUTE_KEY = "pynba.route"
 _SCRIPT_NAMES = ("pattern", "name")
 
 
@@ -41,19 +40,6 @@ class _PyramidSettings:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._settings.get("pinba." + key[len("PINBA_") :].lower(), default)
-
-
-def _path(environ: dict) -> str:
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    try:
-        return path.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return path
-
-
-def _route_or_path(environ: dict) -> str:
-    route = environ.get(_ROUTE_KEY)
-    return _path(environ) if route is None else route
 
 
 def monitor(
@@ -89,7 +75,7 @@ def monitor(
             request = event.request
             route = request.__dict__.get("matched_route")
             if route is not None:
-                request.environ[_ROUTE_KEY] = getattr(route, attribute)
+                request.environ[ROUTE_KEY] = getattr(route, attribute)
 
         registry.registerHandler(record_route, (IBeforeTraversal,))
     return PynbaMiddleware(
@@ -97,7 +83,7 @@ def monitor(
         config.address,
         prefix=config.prefix,
         tags=tags,
-        script_name=_route_or_path,
+        script_name=route_or_path,
         server_name=config.server_name,
         hostname=config.hostname,
         enabled=config.enabled,

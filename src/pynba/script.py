@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .collector import CollectorSettings, RequestCollector
+from .collector import RequestCollector, settings_for
 from .config import resolve
 from .context import DISABLED, DisabledCollector, _get, activate, deactivate
 from .reporter import Reporter
@@ -76,28 +76,17 @@ class ScriptMonitor:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        address, hostname, servername = config.address, config.hostname, config.server_name
-        enabled, raise_on_fail = config.enabled, config.raise_on_fail
-        timer_rusage, memory_footprint = config.timer_rusage, config.memory_footprint
+        servername = config.server_name
         for name, value in (("scriptname", scriptname), ("servername", servername)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-        self._own_reporter = not isinstance(address, Reporter)
-        self.reporter: Reporter = Reporter(address) if self._own_reporter else address
-        if raise_on_fail:
-            self.reporter.raise_on_fail = True
-        self.settings = CollectorSettings(
-            self.reporter,
-            hostname=hostname,
-            tags=tags,
-            timer_rusage=timer_rusage,
-            memory_footprint=memory_footprint,
-            pinboard=config.pinboard,
-        )
+        self._own_reporter = not isinstance(config.address, Reporter)
+        self.settings = settings_for(config, tags)
+        self.reporter: Reporter = self.settings.reporter
         self.scriptname: str = scriptname or program_name()
         self.servername: str = servername or self.settings.hostname
         self.autostart = bool(autostart)
-        self.enabled = bool(enabled)
+        self.enabled = bool(config.enabled)
         self._collector: RequestCollector | None = None
         self._running = False
         self._token = None

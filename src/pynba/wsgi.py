@@ -31,7 +31,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .collector import CollectorSettings, RequestCollector, internal_error, logger
+from .collector import RequestCollector, internal_error, logger, settings_for
 from .config import resolve
 from .context import DISABLED, _current, _get
 from .reporter import Reporter
@@ -86,14 +86,7 @@ class PynbaMiddleware:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        address, prefix, server_name, hostname = (
-            config.address,
-            config.prefix,
-            config.server_name,
-            config.hostname,
-        )
-        enabled, raise_on_fail = config.enabled, config.raise_on_fail
-        timer_rusage, memory_footprint = config.timer_rusage, config.memory_footprint
+        prefix, server_name = config.prefix, config.server_name
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
         if not isinstance(prefix, str):
@@ -103,21 +96,12 @@ class PynbaMiddleware:
         if server_name is not None and not isinstance(server_name, str):
             raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
         self.app = app
-        self.reporter: Reporter = address if isinstance(address, Reporter) else Reporter(address)
-        if raise_on_fail:
-            self.reporter.raise_on_fail = True
-        self.enabled = bool(enabled)
+        self.settings = settings_for(config, tags)
+        self.reporter: Reporter = self.settings.reporter
+        self.enabled = bool(config.enabled)
         self.prefix = prefix
         self.script_name = script_name
         self.server_name = server_name
-        self.settings = CollectorSettings(
-            self.reporter,
-            hostname=hostname,
-            tags=tags,
-            timer_rusage=timer_rusage,
-            memory_footprint=memory_footprint,
-            pinboard=config.pinboard,
-        )
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
@@ -149,13 +133,7 @@ class PynbaMiddleware:
         """The script name reported when the application sets none."""
         if self.script_name is not None:
             return self.prefix + self.script_name(environ)
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        if not path.isascii():
-            try:
-                path = path.encode("latin-1").decode("utf-8", "replace")
-            except UnicodeEncodeError:
-                pass  # not latin-1 as PEP 3333 says: keep what the server gave
-        return self.prefix + path
+        return self.prefix + request_path(environ)
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
@@ -186,6 +164,27 @@ def monitor(address: Any, **config: Any) -> Callable[[WSGIApp], PynbaMiddleware]
         return middleware
 
     return decorate
+
+
+#: Where framework integrations leave the matched route template in environ.
+ROUTE_KEY = "pynba.route"
+
+
+def request_path(environ: dict) -> str:
+    """``SCRIPT_NAME`` + ``PATH_INFO`` decoded as UTF-8 (PEP 3333 hands them over as latin-1)."""
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    if not path.isascii():
+        try:
+            path = path.encode("latin-1").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            pass  # not latin-1 as PEP 3333 says: keep what the server gave
+    return path
+
+
+def route_or_path(environ: dict) -> str:
+    """The route template an integration recorded (``ROUTE_KEY``), else the request path."""
+    route = environ.get(ROUTE_KEY)
+    return request_path(environ) if route is None else route
 
 
 def _parse_status(status: Any) -> int:
