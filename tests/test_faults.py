@@ -180,8 +180,8 @@ def test_resolver_failing_after_success_keeps_the_last_address(
 
 @pytest.mark.parametrize("raise_on_fail", [False, True])
 def test_icmp_port_unreachable_is_harmless(raise_on_fail, caplog, reporters, udp_listener):
-    # The closed port answers every datagram with ICMP port-unreachable; an
-    # unconnected socket must not turn those into errors on later sends.
+    # The closed port answers every datagram with ICMP port-unreachable; the
+    # ECONNREFUSED this causes on the next send must not become an error.
     reporter = reporters(
         [("127.0.0.1", closed_port()), udp_listener.address], raise_on_fail=raise_on_fail
     )

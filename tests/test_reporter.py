@@ -404,10 +404,10 @@ def test_unresolvable_server_does_not_stop_the_others(udp_listener, reporter_fac
 def test_closed_port_neither_raises_nor_disturbs_other_servers(
     udp_listener, reporter_factory, raise_on_fail
 ):
-    # The closed port answers with ICMP port-unreachable; the sockets are not
-    # connected, so the kernel does not turn that into an error on any later
-    # send: nothing is observable to the application, with or without
-    # raise_on_fail, and the live server gets every packet.
+    # The closed port answers with ICMP port-unreachable, which the kernel
+    # reports as ECONNREFUSED on the next send of the connected socket: that
+    # datagram is sent again, so nothing is observable to the application,
+    # with or without raise_on_fail, and the live server gets every packet.
     closed_port = free_then_closed_port()
     reporter = reporter_factory(
         [("127.0.0.1", closed_port), udp_listener.address], raise_on_fail=raise_on_fail

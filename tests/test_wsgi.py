@@ -1,6 +1,7 @@
 """The WSGI middleware, served by real servers (wsgiref, werkzeug), reporting over real UDP."""
 
 import contextvars
+import gc
 import http.client
 import logging
 import sys
@@ -513,3 +514,30 @@ def test_requests_interleaved_in_one_thread_keep_their_own_timers(udp_listener):
         assert tags == [
             (("group", group), ("page", page)) for group in ("cleanup", "handler", "render")
         ]
+
+
+@pytest.mark.parametrize("body", ["list", "stream"])
+def test_a_finished_request_leaves_nothing_for_the_garbage_collector(udp_listener, body):
+    # Every object of a request is freed by reference counting when it ends:
+    # a reference cycle per request would make the cycle collector run (and
+    # cost) in proportion to the traffic.
+    def app(environ, start_response):
+        with pynba.timer(group="db"):
+            pass
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"] if body == "list" else iter([b"hel", b"lo"])
+
+    middleware = PynbaMiddleware(app, udp_listener.address)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            response = middleware(make_environ(), lambda *a: None)
+            assert b"".join(response) == b"hello"
+            response.close()
+        del response
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable == 0
+    assert len(receive_all(udp_listener, 50)) == 50

@@ -1,10 +1,11 @@
 # Declarations for compiling collector.py with Cython (see timer.pxd).
 cimport cython
 
-from pynba.timer cimport Timer
+from pynba.reporter cimport Reporter
+from pynba.timer cimport Timer, new_timer
 
 cdef class CollectorSettings:
-    cdef public object reporter
+    cdef public Reporter reporter
     cdef public object hostname
     cdef public object tags
     cdef public object tag_pairs
@@ -13,7 +14,7 @@ cdef class CollectorSettings:
     cdef public bint pinboard
 
 cdef class RequestCollector:
-    cdef public object _settings
+    cdef public CollectorSettings _settings
     cdef public object _hostname
     cdef public object _server_name
     cdef public object _script_name
@@ -26,12 +27,13 @@ cdef class RequestCollector:
     cdef public object _ru_utime
     cdef public object _ru_stime
     cdef public object _tags
-    cdef public object _timers
+    cdef public list _timers
     cdef public object _start
     cdef public object _cpu_start
     cdef public bint _finished
     cdef public object _namer
 
+    cpdef _timer(self, tags)
     cpdef finish(self)
     @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)

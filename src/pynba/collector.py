@@ -33,7 +33,7 @@ from .encoder import STATUS_MAX
 from .reporter import Reporter
 from .rusage import cpu_times, usage
 from .tags import TagPairs, check_tag_name, flatten_tags
-from .timer import Timer
+from .timer import Timer, new_timer
 
 if TYPE_CHECKING:
     from .config import Config
@@ -365,10 +365,10 @@ class RequestCollector:
 
     def timer(self, **tags: Any) -> Timer:
         """A new timer of this request, not started, with these tags."""
-        return Timer(tags, self, self._settings.timer_rusage)
+        return new_timer(tags, self, self._settings.timer_rusage)
 
     def _timer(self, tags: dict[str, Any]) -> Timer:
-        return Timer(tags, self, self._settings.timer_rusage)
+        return new_timer(tags, self, self._settings.timer_rusage)
 
     @property
     def timers(self) -> tuple[Timer, ...]:
@@ -389,11 +389,16 @@ class RequestCollector:
             return
         self._finished = True
         try:
+            if self._script_name is None and self._namer is not None:
+                self._script_name = self._default_script_name()
             self._send(self._measure_timers(keep_running=False, end=None))
         except Exception:
             internal_error("cannot report the request", self._raise_on_fail)
         finally:
             self._timers = []
+            # A namer usually refers to the request that holds this collector:
+            # dropping it leaves no reference cycle for the garbage collector.
+            self._namer = None
 
     def flush(self, only_stopped: bool = False) -> None:
         """Send what was measured so far as a packet of its own, then start afresh.
@@ -428,38 +433,25 @@ class RequestCollector:
             start = timer._start
             if start is not None:
                 if end is None:  # the request ends: stop it
-                    timer.stop()
+                    timer._end(perf_counter())
                 elif keep_running:
                     kept.append(timer)
                     continue
                 else:  # send the part measured so far; it goes on from zero
                     now = perf_counter()
-                    timer._value += now - start
-                    timer._hits += 1
+                    timer._end(now)
                     timer._start = now
+                    if timer._rusage:
+                        timer._utime_start, timer._stime_start = cpu_times()
                     kept.append(timer)
-                    if timer._cpu is not None:
-                        timer._add_cpu()
-                        timer._cpu[2:] = cpu_times()
             hits = timer._hits
             if not hits:
                 kept.append(timer)  # created but never run: it may still run
                 continue
-            cpu = timer._cpu
-            out.append(
-                (
-                    timer._tags,
-                    timer._value,
-                    hits,
-                    0.0 if cpu is None else cpu[0],
-                    0.0 if cpu is None else cpu[1],
-                )
-            )
+            out.append((timer._tags, timer._value, hits, timer._utime, timer._stime))
             if end is not None:  # a flush: the timer starts afresh
-                timer._value = 0.0
+                timer._value = timer._utime = timer._stime = 0.0
                 timer._hits = 0
-                if cpu is not None:
-                    cpu[0] = cpu[1] = 0.0
                 if start is None:
                     timer._detached = True
         self._timers = kept
@@ -483,6 +475,9 @@ class RequestCollector:
         memory_footprint = self._memory_footprint
         if memory_footprint is None:
             memory_footprint = _resident_set_size() if settings.memory_footprint else 0
+        script_name = self._script_name
+        if script_name is None:
+            script_name = self.script_name
         hostname = self._hostname or settings.hostname
         server_name = self._server_name or ""
         if settings.pinboard:
@@ -491,7 +486,7 @@ class RequestCollector:
             (
                 hostname,
                 server_name,
-                self.script_name or "",
+                script_name or "",
                 1,
                 self._document_size or 0,
                 maxrss * _MAXRSS_UNIT if memory_peak is None else memory_peak,

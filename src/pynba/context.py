@@ -20,7 +20,7 @@ from typing import Any, TypeVar, Union
 
 from .collector import RequestCollector
 from .tags import check_tag_name, flatten_tags
-from .timer import NOOP_TIMER, NoopTimer, Timer, _decorate
+from .timer import NOOP_TIMER, NoopTimer, Timer, _decorate, new_timer
 
 __all__ = [
     "DISABLED",
@@ -62,6 +62,14 @@ def deactivate(token: Token) -> None:
         logger.debug("pynba: request context not restored", exc_info=True)
 
 
+def _timer_of(collector: Collector, tags: dict[str, Any]) -> Timer | NoopTimer:
+    """A new timer of ``collector`` with ``tags`` (a request's or a disabled one)."""
+    if type(collector) is RequestCollector:
+        request = collector
+        return new_timer(tags, request, request._settings.timer_rusage)
+    return collector._timer(tags)
+
+
 _OUTSIDE = (
     "pynba: no monitored request in this context. Wrap the WSGI application in "
     "PynbaMiddleware (or @monitor), or run the code inside a ScriptMonitor job."
@@ -85,7 +93,7 @@ class PynbaProxy:
         collector = _get()
         if collector is None:
             return UnboundTimer(tags)
-        return collector._timer(tags)
+        return _timer_of(collector, tags)
 
     @property
     def collector(self) -> Collector | None:
@@ -140,7 +148,7 @@ class UnboundTimer:
         collector = _get()
         if collector is None:
             return NOOP_TIMER
-        timer = collector._timer(self._tags)
+        timer = _timer_of(collector, self._tags)
         if self.data is not None:
             timer.data = self.data
         return timer

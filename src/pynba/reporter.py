@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from time import monotonic
 
 from . import encoder, framing
@@ -51,9 +52,9 @@ class _Server:
         self.next_lookup = -_NEVER  # looked up on first send
         self.lookup_error: OSError | None = None
         self.lookup_lock = threading.Lock()
-        # (socket, sockaddr). Both pairs are replaced as a whole so that a
-        # sender never mixes a socket of one family with an address of the other.
-        self.route: tuple[socket.socket, tuple] | None = None
+        # (socket connected to sockaddr, sockaddr, the socket's send), replaced
+        # as a whole.
+        self.route: tuple[socket.socket, tuple, Callable] | None = None
 
 
 class Reporter:
@@ -104,7 +105,8 @@ class Reporter:
         #: LZ4-compressed to pinba2 servers); "lookup_failed" (failed name
         #: lookups, including those after which the last address found is kept).
         self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
-        self._sockets: dict[int, socket.socket] = {}
+        # One socket per server, connected to its address.
+        self._sockets: dict[ServerAddress, socket.socket] = {}
         # Reporters are commonly dropped without close(): their sockets go
         # quietly with them rather than warn.
         weakref.finalize(self, _close_sockets, self._sockets)
@@ -201,27 +203,46 @@ class Reporter:
                         first_failure = failure
                     continue
             try:
-                route[0].sendto(datagram, route[1])
+                route[2](datagram)
             except OSError as error:
-                if error.errno in _SOCKET_GONE:
-                    self._forget_socket(route[0])
-                self._drop(_error_kind(error), server, error)
-                if first_failure is None:
-                    first_failure = error
+                failure = self._send_again(server, route[0], datagram, error)
+                if failure is None:
+                    sent += 1
+                elif first_failure is None:
+                    first_failure = failure
             else:
                 sent += 1
         if sent:
             self.stats["sent"] += sent
         return first_failure
 
+    def _send_again(
+        self, server: _Server, sock: socket.socket, datagram: bytes, error: OSError
+    ) -> OSError | None:
+        """Handle a failed send: None once the datagram went after all, else the error."""
+        if error.errno == errno.ECONNREFUSED:
+            # A connected UDP socket reports an ICMP port-unreachable answering
+            # an earlier datagram (the server was down) on the next send, which
+            # it fails. That consumes the error: this datagram can go now.
+            try:
+                sock.send(datagram)
+            except OSError as again:
+                error = again
+            else:
+                return None
+        if error.errno in _SOCKET_GONE:
+            self._forget_socket(sock)
+        self._drop(_error_kind(error), server, error)
+        return error
+
     def _forget_socket(self, sock: socket.socket) -> None:
         """Drop a socket closed under the reporter: the next send makes a new one."""
         with self._socket_lock:
             if self._closed:
                 return  # closed on purpose: sends keep failing
-            for family, known in list(self._sockets.items()):
+            for key, known in list(self._sockets.items()):
                 if known is sock:
-                    del self._sockets[family]
+                    del self._sockets[key]
             for server in self._servers:
                 if server.route is not None and server.route[0] is sock:
                     server.route = None
@@ -303,7 +324,7 @@ class Reporter:
 
     def _prepare(
         self, server: _Server, now: float
-    ) -> tuple[tuple[socket.socket, tuple] | None, OSError | None]:
+    ) -> tuple[tuple[socket.socket, tuple, Callable] | None, OSError | None]:
         """Look ``server`` up when due and give it a socket: (route, None) or (None, error)."""
         if now >= server.next_lookup or server.resolved is None:
             # Also taken when the server has no address yet, to wait for a
@@ -315,8 +336,12 @@ class Reporter:
         if resolved is None:
             self._drop("resolve", server, server.lookup_error)
             return None, _fresh(server.lookup_error)
+        route = server.route
+        if route is not None and route[1] == resolved[1]:
+            return route, None  # looked up again, found the same address
         try:
-            route = (self._socket_for(resolved[0]), resolved[1])
+            sock = self._connect(server.address, resolved)
+            route = (sock, resolved[1], sock.send)
         except OSError as error:
             self._drop(_error_kind(error), server, error)
             return None, error
@@ -357,20 +382,25 @@ class Reporter:
         server.resolved = (family, sockaddr)
         server.lookup_error = None
 
-    def _socket_for(self, family: int) -> socket.socket:
-        sock = self._sockets.get(family)
-        if sock is not None:
-            return sock
+    def _connect(self, address: ServerAddress, resolved: tuple[int, tuple]) -> socket.socket:
+        """The socket of ``address``, connected to its ``resolved`` (family, sockaddr).
+
+        Connected, a send neither parses an address nor looks up a route: it
+        is the cheapest way to the kernel. A later lookup that finds another
+        address connects the same socket again.
+        """
+        family, sockaddr = resolved
         with self._socket_lock:
-            sock = self._sockets.get(family)
-            if sock is None:
-                if self._closed:
-                    raise OSError(errno.EBADF, "the reporter is closed")
-                # Unconnected on purpose: a connected UDP socket reports an
-                # earlier ICMP port-unreachable as an error on a later send.
+            if self._closed:
+                raise OSError(errno.EBADF, "the reporter is closed")
+            sock = self._sockets.get(address)
+            if sock is None or sock.family != family:
+                if sock is not None:
+                    _close_quietly(sock)
                 sock = socket.socket(family, socket.SOCK_DGRAM)
                 sock.setblocking(False)
-                self._sockets[family] = sock
+                self._sockets[address] = sock
+            sock.connect(sockaddr)
             return sock
 
     def _drop(self, kind: str, server: _Server, error: OSError | None) -> None:
@@ -420,13 +450,16 @@ def _check_size(value: int, name: str) -> int:
     return value
 
 
-def _close_sockets(sockets: dict[int, socket.socket]) -> None:
+def _close_sockets(sockets: dict[ServerAddress, socket.socket]) -> None:
     while sockets:
-        _, sock = sockets.popitem()
-        try:
-            sock.close()
-        except OSError:
-            pass
+        _close_quietly(sockets.popitem()[1])
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 # A descriptor closed (or reused) under the reporter, e.g. by code that closes

@@ -2,12 +2,29 @@
 # type with C-level attributes. timer.py stays the pure-Python source. Each
 # class declares exactly the attributes its __slots__ names (and no __dict__),
 # so that the compiled class accepts what the pure one accepts, no more.
+cimport cython
+
+
 cdef class Timer:
     cdef public object _collector
     cdef public object _tags
     cdef public object _start
     cdef public double _value
     cdef public object _hits
-    cdef public object _cpu
+    cdef public bint _rusage
+    cdef public double _utime
+    cdef public double _stime
+    cdef public double _utime_start
+    cdef public double _stime_start
     cdef public bint _detached
     cdef public object data
+
+    cpdef _begin(self)
+    cpdef _end(self, double now)
+    cpdef _rejoin(self)
+    cpdef _add_cpu(self)
+
+@cython.locals(plain=dict)
+cpdef _timer_tags(tags)
+cpdef Timer _init_timer(Timer timer, tags, bint rusage)
+cpdef Timer new_timer(tags, collector, bint rusage)

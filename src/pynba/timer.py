@@ -33,7 +33,20 @@ class Timer:
     while the timer runs, it is stopped first.
     """
 
-    __slots__ = ("_collector", "_tags", "_start", "_value", "_hits", "_cpu", "_detached", "data")
+    __slots__ = (
+        "_collector",
+        "_tags",
+        "_start",
+        "_value",
+        "_hits",
+        "_rusage",
+        "_utime",
+        "_stime",
+        "_utime_start",
+        "_stime_start",
+        "_detached",
+        "data",
+    )
 
     def __init__(
         self,
@@ -42,20 +55,10 @@ class Timer:
         cpu: bool = False,
         data: Any = None,
     ) -> None:
-        for name, value in tags.items():
-            if type(value) is not str or type(name) is not str or not name:
-                self._tags = _timer_tags(tags)
-                break
-        else:
-            self._tags = tags if type(tags) is dict and tags else _timer_tags(tags)
-        self._collector = collector
-        self._start = None
-        self._value = 0.0
-        self._hits = 0
-        self._cpu = [0.0, 0.0, 0.0, 0.0] if cpu else None
-        self._detached = False  # sent by a flush(): rejoins the request when started
+        _init_timer(self, _timer_tags(tags), cpu)
         self.data = data
         if collector is not None:
+            self._collector = collector
             collector._timers.append(self)
 
     # -- measuring ---------------------------------------------------------
@@ -64,11 +67,7 @@ class Timer:
         """Start measuring; RuntimeError if the timer is already running."""
         if self._start is not None:
             raise RuntimeError(f"{self!r} is already started")
-        if self._detached:
-            self._rejoin()
-        if self._cpu is not None:
-            self._cpu[2:] = cpu_times()
-        self._start = perf_counter()
+        self._begin()
         return self
 
     def stop(self) -> Timer:
@@ -78,36 +77,37 @@ class Timer:
         stopped again: code that runs on after the response, such as an ASGI
         application after its last body message, must not fail.
         """
-        start = self._start
-        if start is None:
+        if self._start is None:
             collector = self._collector
             if collector is not None and collector._finished:
                 return self
             raise RuntimeError(f"{self!r} is not started")
-        self._value += perf_counter() - start
-        self._hits += 1
-        self._start = None
-        if self._cpu is not None:
-            self._add_cpu()
+        self._end(perf_counter())
         return self
 
     def __enter__(self) -> Timer:
         if self._start is None:
-            if self._detached:
-                self._rejoin()
-            if self._cpu is not None:
-                self._cpu[2:] = cpu_times()
-            self._start = perf_counter()
+            self._begin()
         return self
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        start = self._start
-        if start is not None:
-            self._value += perf_counter() - start
-            self._hits += 1
-            self._start = None
-            if self._cpu is not None:
-                self._add_cpu()
+        if self._start is not None:
+            self._end(perf_counter())
+
+    def _begin(self) -> None:
+        if self._detached:
+            self._rejoin()
+        if self._rusage:
+            self._utime_start, self._stime_start = cpu_times()
+        self._start = perf_counter()
+
+    def _end(self, now: float) -> None:
+        """Add the run that ends at ``now`` (a perf_counter() reading)."""
+        self._value += now - self._start
+        self._hits += 1
+        self._start = None
+        if self._rusage:
+            self._add_cpu()
 
     def _rejoin(self) -> None:
         self._detached = False
@@ -116,10 +116,9 @@ class Timer:
             collector._timers.append(self)
 
     def _add_cpu(self) -> None:
-        cpu = self._cpu
         utime, stime = cpu_times()
-        cpu[0] += utime - cpu[2]
-        cpu[1] += stime - cpu[3]
+        self._utime += utime - self._utime_start
+        self._stime += stime - self._stime_start
 
     def add(self, value: float, hit_count: int = 1) -> Timer:
         """Add a duration measured elsewhere (seconds) and ``hit_count`` hits."""
@@ -148,16 +147,11 @@ class Timer:
 
     def clone(self) -> Timer:
         """A new, stopped timer with the same tags and data, in the same request."""
-        twin = Timer.__new__(Timer)
-        twin._tags = self._tags
-        twin._collector = collector = self._collector
-        twin._start = None
-        twin._value = 0.0
-        twin._hits = 0
-        twin._cpu = None if self._cpu is None else [0.0, 0.0, 0.0, 0.0]
-        twin._detached = False
+        twin = _init_timer(Timer.__new__(Timer), self._tags, self._rusage)
         twin.data = self.data
+        collector = self._collector
         if collector is not None:
+            twin._collector = collector
             collector._timers.append(twin)
         return twin
 
@@ -208,12 +202,12 @@ class Timer:
     @property
     def ru_utime(self) -> float:
         """User CPU seconds measured (0.0 unless per-timer CPU is on)."""
-        return 0.0 if self._cpu is None else self._cpu[0]
+        return self._utime
 
     @property
     def ru_stime(self) -> float:
         """System CPU seconds measured (0.0 unless per-timer CPU is on)."""
-        return 0.0 if self._cpu is None else self._cpu[1]
+        return self._stime
 
     def __repr__(self) -> str:
         state = "started" if self._start is not None else "stopped"
@@ -222,17 +216,39 @@ class Timer:
 
 def _timer_tags(tags: Mapping[str, Any]) -> dict | TagPairs:
     """The tags as stored: the dict itself when it needs no flattening, else pairs."""
-    if type(tags) is dict:
-        for name, value in tags.items():
+    if type(tags) is dict and tags:
+        plain = tags
+        for name, value in plain.items():
             if type(value) is not str or type(name) is not str or not name:
                 break
         else:
-            if tags:
-                return tags
+            return tags
     pairs = flatten_tags(tags)
     if not pairs:
         raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
     return pairs
+
+
+def _init_timer(timer: Timer, tags: dict | TagPairs, rusage: bool) -> Timer:
+    """``timer`` (new, not initialised) set up stopped and empty, with ``tags`` as stored."""
+    timer._tags = tags
+    timer._collector = None
+    timer._start = None
+    timer._value = 0.0
+    timer._hits = 0
+    timer._rusage = rusage
+    timer._utime = timer._stime = timer._utime_start = timer._stime_start = 0.0
+    timer._detached = False  # sent by a flush(): rejoins the request when started
+    timer.data = None
+    return timer
+
+
+def new_timer(tags: dict, collector: RequestCollector, rusage: bool) -> Timer:
+    """A timer of ``collector`` with ``tags`` (checked), the way ``pynba.timer(...)`` makes it."""
+    timer = _init_timer(Timer.__new__(Timer), _timer_tags(tags), rusage)
+    timer._collector = collector
+    collector._timers.append(timer)
+    return timer
 
 
 def _decorate(func: F, new_timer: Callable[[], Any]) -> F:

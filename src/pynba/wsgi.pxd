@@ -1,4 +1,17 @@
 # Declarations for compiling wsgi.py with Cython (see timer.pxd).
+cimport cython
+
+from pynba.collector cimport CollectorSettings, RequestCollector
+
+cdef dict _STATUS_CODES
+cdef Py_ssize_t _STATUS_CODES_MAX
+cdef tuple _PLAIN_BODIES
+
+@cython.locals(plain=dict)
+cdef _lookup(environ, key, default=*)
+cpdef request_path(environ)
+cpdef int _parse_status(status) except? -1
+
 cdef class PynbaMiddleware:
     cdef dict __dict__  # monitor() copies the application's name and docstring
     cdef object __weakref__
@@ -8,34 +21,32 @@ cdef class PynbaMiddleware:
     cdef public object prefix
     cdef public object script_name
     cdef public object server_name
-    cdef public object settings
+    cdef public CollectorSettings settings
 
     cpdef default_script_name(self, environ)
     cpdef default_server_name(self, environ)
 
 cdef class _Response:
-    cdef public object _middleware
+    cdef public PynbaMiddleware _middleware
     cdef public object _environ
     cdef public object _start_response
     cdef public object _write
-    cdef public object _collector
+    cdef public RequestCollector _collector
     cdef public object _status
     cdef public object _headers
     cdef public object _result
     cdef public object _iterator
-    cdef public object _size
+    cdef public Py_ssize_t _size
     cdef public bint _failed
     cdef public bint _closed
     cdef public object _file_close
 
+    cpdef _default_script_name(self)
+    cpdef bint _raise_on_fail(self)
     cpdef wrap(self, result)
     cpdef close(self)
-    cpdef _finish(self, from_file=*)
+    cpdef _finish(self, bint from_file=*)
 
 cdef class _StreamBody:
-    cdef public object _response
+    cdef public _Response _response
     cdef public object _iterator
-
-cdef class _ListBody:
-    cdef public object _response
-    cdef public object _result

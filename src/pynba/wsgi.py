@@ -139,12 +139,12 @@ class PynbaMiddleware:
         """The server name reported when the application sets none."""
         if self.server_name is not None:
             return self.server_name
-        host = environ.get("HTTP_HOST")
+        host = _lookup(environ, "HTTP_HOST")
         if host:
-            if not host.endswith("]") and ":" in host:  # keep "[::1]", drop ":8080"
+            if ":" in host and not host.endswith("]"):  # keep "[::1]", drop ":8080"
                 host = host.rpartition(":")[0]
             return host
-        return environ.get("SERVER_NAME", "")
+        return _lookup(environ, "SERVER_NAME", "")
 
     def __repr__(self) -> str:
         return f"<PynbaMiddleware {self.app!r} -> {self.reporter!r}>"
@@ -170,9 +170,20 @@ def monitor(address: Any, **config: Any) -> Callable[[WSGIApp], PynbaMiddleware]
 ROUTE_KEY = "pynba.route"
 
 
+def _lookup(environ: Any, key: str, default: Any = None) -> Any:
+    """``environ.get(key, default)``; compiled, quicker for the plain dict PEP 3333 prescribes."""
+    if type(environ) is dict:
+        plain = environ
+        return plain.get(key, default)
+    return environ.get(key, default)
+
+
 def request_path(environ: dict) -> str:
     """``SCRIPT_NAME`` + ``PATH_INFO`` decoded as UTF-8 (PEP 3333 hands them over as latin-1)."""
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    path = _lookup(environ, "PATH_INFO", "")
+    script_name = _lookup(environ, "SCRIPT_NAME", "")
+    if script_name:
+        path = script_name + path
     if not path.isascii():
         try:
             path = path.encode("latin-1").decode("utf-8", "replace")
@@ -183,19 +194,39 @@ def request_path(environ: dict) -> str:
 
 def route_or_path(environ: dict) -> str:
     """The route template an integration recorded (``ROUTE_KEY``), else the request path."""
-    route = environ.get(ROUTE_KEY)
+    route = _lookup(environ, ROUTE_KEY)
     return request_path(environ) if route is None else route
 
 
+# Applications send few distinct status lines: each is parsed once.
+_STATUS_CODES: dict[str, int] = {}
+_STATUS_CODES_MAX = 256
+
+
 def _parse_status(status: Any) -> int:
+    if type(status) is str:
+        code = _STATUS_CODES.get(status)
+        if code is not None:
+            return code
     try:
-        return int(status[:3])
+        code = int(status[:3])
     except (TypeError, ValueError):
         return 0
+    if type(status) is str and len(_STATUS_CODES) < _STATUS_CODES_MAX:
+        _STATUS_CODES[status] = code
+    return code
+
+
+#: Response bodies counted at once, with no close() of their own.
+_PLAIN_BODIES = (list, tuple)
 
 
 class _Response:
-    """One monitored request: wraps start_response and the response body."""
+    """One monitored request: wraps start_response and the response body.
+
+    A list or tuple body is counted at once and stood in for by this object
+    (which the server iterates and closes); other bodies by a ``_StreamBody``.
+    """
 
     __slots__ = (
         "_middleware",
@@ -230,12 +261,19 @@ class _Response:
             middleware.settings,
             None,
             middleware.default_server_name(environ),
-            environ.get("wsgi.url_scheme"),
+            _lookup(environ, "wsgi.url_scheme"),
             self._default_script_name,
         )
 
     def _default_script_name(self) -> str:
-        return self._middleware.default_script_name(self._environ)
+        try:
+            return self._middleware.default_script_name(self._environ)
+        except Exception:
+            internal_error("script_name failed; reporting an empty name", self._raise_on_fail())
+            return ""
+
+    def _raise_on_fail(self) -> bool:
+        return bool(getattr(self._middleware.reporter, "raise_on_fail", False))
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
         write = self._start_response(status, headers, exc_info)
@@ -252,13 +290,26 @@ class _Response:
         """What the server gets instead of ``result``."""
         self._result = result
         cls = type(result)
-        if cls is list or cls is tuple:
-            return _ListBody(self, result)
-        file_wrapper = self._environ.get("wsgi.file_wrapper")
+        if cls in _PLAIN_BODIES:
+            # Counted at once; the server iterates the list itself, and this
+            # object stands in for it only to add close().
+            size = 0
+            for chunk in result:
+                size += len(chunk)
+            self._size += size
+            return self
+        file_wrapper = _lookup(self._environ, "wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(file_wrapper, type):
             if isinstance(result, file_wrapper):
                 return self._wrap_file(result)
         return _StreamBody(self)
+
+    def __iter__(self) -> Any:
+        return iter(self._result)
+
+    def __len__(self) -> int:
+        # Servers set Content-Length for a single-chunk body from len().
+        return len(self._result)
 
     def _wrap_file(self, result: Any) -> Any:
         # Handed back as is so that the server recognises it and may use
@@ -283,6 +334,9 @@ class _Response:
         if self._closed:
             return
         self._closed = True
+        if self._file_close is None and type(self._result) in _PLAIN_BODIES:
+            self._finish()  # nothing of the application's to run: no context switch
+            return
         token = _current.set(self._collector)
         try:
             close = self._file_close
@@ -307,9 +361,9 @@ class _Response:
             if collector._document_size is None:
                 collector._document_size = self._content_length() if from_file else self._size
             if collector._script_name is None:
-                collector._script_name = collector._default_script_name()
+                collector._script_name = self._default_script_name()
         except Exception:
-            internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
+            internal_error("cannot finish the request", self._raise_on_fail())
         collector.finish()
 
     def _content_length(self) -> int:
@@ -355,30 +409,6 @@ class _StreamBody:
             _current.reset(token)
         self._response._size += len(chunk)
         return chunk
-
-    def close(self) -> None:
-        self._response.close()
-
-
-class _ListBody:
-    """A list or tuple response body: counted at once, iterated directly."""
-
-    __slots__ = ("_response", "_result")
-
-    def __init__(self, response: _Response, result: list | tuple) -> None:
-        self._response = response
-        self._result = result
-        size = 0
-        for chunk in result:
-            size += len(chunk)
-        response._size += size
-
-    def __iter__(self) -> Any:
-        return iter(self._result)
-
-    def __len__(self) -> int:
-        # Servers set Content-Length for a single-chunk body from len().
-        return len(self._result)
 
     def close(self) -> None:
         self._response.close()

@@ -1,0 +1,8 @@
+# Declarations for compiling context.py with Cython (see timer.pxd).
+cimport cython
+
+from pynba.collector cimport RequestCollector
+from pynba.timer cimport new_timer
+
+@cython.locals(request=RequestCollector)
+cdef _timer_of(collector, tags)
