@@ -4,15 +4,18 @@ The floor is what any Pinba client pays per request: 2 x perf_counter +
 2 x getrusage + 1 sendto of the request's datagram, measured here in the same
 process. Overhead is (monitored app) - (bare app), both called the way a WSGI
 server calls them (call, iterate, close), reporting to a loopback UDP socket
-that a thread keeps drained. Also: the cost of ``with pynba.timer(...)`` and
+that another process keeps drained. Also: the cost of ``with pynba.timer(...)`` and
 of disabled monitoring. Run: python benchmarks/bench_request.py [--quick]
 """
 
 import argparse
+import atexit
 import contextvars
+import os
 import resource
 import socket
-import threading
+import subprocess
+import sys
 import timeit
 from time import perf_counter
 
@@ -63,25 +66,44 @@ def bare_app_with_loop(environ, start_response):
     return BODY
 
 
+_DRAIN = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+sock.bind(("127.0.0.1", 0))
+print(sock.getsockname()[1], flush=True)
+recv = sock.recv
+while True:
+    recv(70000)
+"""
+
+
 class DrainedSocket:
-    """A loopback UDP socket a thread keeps empty."""
+    """A loopback UDP socket that another process keeps empty.
+
+    A process rather than a thread: a draining thread would contend for this
+    process's GIL on every datagram, adding noise to every measurement.
+    """
 
     def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.address = self.sock.getsockname()
-        self.received = 0
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _DRAIN], stdout=subprocess.PIPE, text=True
+        )
+        self.address = ("127.0.0.1", int(self.process.stdout.readline()))
+        atexit.register(self.process.kill)
+        pin_apart(self.process.pid)
 
-    def _drain(self):
-        recv = self.sock.recv
-        while True:
-            try:
-                recv(70000)
-            except OSError:
-                return
-            self.received += 1
+
+def pin_apart(other_pid):
+    """Run this process and ``other_pid`` on different CPUs, when there are several.
+
+    Left to the scheduler, the two sometimes share a CPU and every datagram
+    then costs a context switch: the figures would swing from run to run.
+    """
+    cpus = sorted(getattr(os, "sched_getaffinity", lambda pid: ())(0))
+    if len(cpus) >= 2:
+        os.sched_setaffinity(0, {cpus[0]})
+        os.sched_setaffinity(other_pid, set(cpus[1:]))
 
 
 def serve(app):
