@@ -12,6 +12,7 @@ import pytest
 
 from pinba2_rules import assert_valid
 from pynba import config, decode, encoder, framing
+from pynba import reporter as reporter_module
 from pynba.address import WIRE_CLASSIC, WIRE_PINBA2, ServerAddress, parse_addresses
 from pynba.encoder import ARGUMENTS
 from pynba.reporter import DEFAULT_COMPRESS_ABOVE, Reporter
@@ -253,7 +254,7 @@ def test_a_request_is_encoded_once_per_wire_form(
         calls.append(bool(args[14]) if len(args) > 14 else kwargs.get("packed", False))
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(encoder, "encode", counting_encode)
+    monkeypatch.setattr(reporter_module, "encode", counting_encode)
     reporter = reporter_factory([pinba2(listeners[0]), classic(listeners[1]),
                                  pinba2(listeners[2]), classic(listeners[3])])  # fmt: skip
     reporter.report(**SMALL)

@@ -33,8 +33,11 @@ cdef class RequestCollector:
     cdef public bint _finished
     cdef public object _namer
 
+    cpdef _setup(self, settings, script_name, server_name, schema, namer)
     cpdef _timer(self, tags)
     cpdef finish(self)
     @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)
     cpdef _send(self, timers, end=*)
+
+cpdef RequestCollector new_collector(settings, server_name, schema, namer)

@@ -19,8 +19,9 @@ import weakref
 from collections.abc import Callable
 from time import monotonic
 
-from . import encoder, framing
+from . import framing
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
+from .encoder import MAX_DATAGRAM, encode
 
 __all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 
@@ -269,10 +270,10 @@ class Reporter:
         """The datagram for ``request`` in the ``wire`` form, or None when it cannot be encoded."""
         try:
             if wire == WIRE_CLASSIC:
-                datagram, compressed = encoder.encode(*request), False
+                datagram, compressed = encode(*request), False
             else:
                 datagram, compressed = self._datagram(request, wire)
-            if len(datagram) > encoder.MAX_DATAGRAM:
+            if len(datagram) > MAX_DATAGRAM:
                 datagram, compressed = self._without_timers(request, wire, len(datagram))
         except Exception as error:
             self.stats["failed"] += 1
@@ -288,8 +289,8 @@ class Reporter:
     def _datagram(self, request: tuple, wire: str) -> tuple[bytes, bool]:
         """``(datagram, whether it is LZ4-compressed)`` for ``request`` in the ``wire`` form."""
         if wire == WIRE_CLASSIC:
-            return encoder.encode(*request), False
-        datagram = encoder.encode(*request, True)  # packed; positional is the cheaper call
+            return encode(*request), False
+        datagram = encode(*request, True)  # packed; positional is the cheaper call
         size = len(datagram)
         if (
             size > self.compress_above
@@ -317,7 +318,7 @@ class Reporter:
             full_size,
             wire,
             timer_count,
-            encoder.MAX_DATAGRAM,
+            MAX_DATAGRAM,
             len(datagram),
         )
         return datagram, compressed

@@ -1,7 +1,7 @@
 # Declarations for compiling wsgi.py with Cython (see timer.pxd).
 cimport cython
 
-from pynba.collector cimport CollectorSettings, RequestCollector
+from pynba.collector cimport CollectorSettings, RequestCollector, new_collector
 
 cdef dict _STATUS_CODES
 cdef Py_ssize_t _STATUS_CODES_MAX

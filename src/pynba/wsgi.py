@@ -31,7 +31,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .collector import RequestCollector, internal_error, logger, settings_for
+from .collector import internal_error, logger, new_collector, settings_for
 from .config import resolve
 from .context import DISABLED, _current, _get
 from .reporter import Reporter
@@ -121,7 +121,7 @@ class PynbaMiddleware:
         # previous body is done.
         token = _current.set(response._collector)
         try:
-            result = self.app(environ, response.start_response)
+            result = self.app(environ, response)
         except BaseException:
             response.abort()
             raise
@@ -222,7 +222,7 @@ _PLAIN_BODIES = (list, tuple)
 
 
 class _Response:
-    """One monitored request: wraps start_response and the response body.
+    """One monitored request: the application's start_response, and its response body.
 
     A list or tuple body is counted at once and stood in for by this object
     (which the server iterates and closes); other bodies by a ``_StreamBody``.
@@ -257,9 +257,8 @@ class _Response:
         self._failed = False
         self._closed = False
         self._file_close = None
-        self._collector = RequestCollector(
+        self._collector = new_collector(
             middleware.settings,
-            None,
             middleware.default_server_name(environ),
             _lookup(environ, "wsgi.url_scheme"),
             self._default_script_name,
@@ -275,7 +274,8 @@ class _Response:
     def _raise_on_fail(self) -> bool:
         return bool(getattr(self._middleware.reporter, "raise_on_fail", False))
 
-    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+    def __call__(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+        """The application's ``start_response``: the server's, noting the status."""
         write = self._start_response(status, headers, exc_info)
         self._status = status
         self._headers = headers
