@@ -577,6 +577,48 @@ def test_last_good_address_is_kept_when_a_lookup_fails(
     assert "still sending to" in warnings[0].getMessage()
 
 
+def _listener_on(host, family, port):
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        pytest.skip(f"cannot listen on {host} port {port}: {error}")
+    sock.settimeout(5)
+    return sock
+
+
+@pytest.mark.parametrize("moved_to", ["127.0.0.2", "::1"])
+def test_a_name_that_moves_is_followed(udp_listener, reporter_factory, monkeypatch, moved_to):
+    # Each server's socket is connected to the address its lookup found; a
+    # later lookup that finds another one (of the same family or not) moves
+    # the datagrams there. The resolver is replaced: it can't be made to
+    # move a name on demand otherwise.
+    family = socket.AF_INET6 if ":" in moved_to else socket.AF_INET
+    new_home = _listener_on(moved_to, family, udp_listener.port)
+    answers = [(socket.AF_INET, ("127.0.0.1", udp_listener.port))]
+
+    def moving_getaddrinfo(host, port, *args, **kwargs):
+        answer_family, sockaddr = answers[-1]
+        return [(answer_family, socket.SOCK_DGRAM, 17, "", sockaddr)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", moving_getaddrinfo)
+    reporter = reporter_factory(f"pinba.example:{udp_listener.port}", resolve_interval=0)
+    try:
+        reporter.report(**REQUEST)
+        assert udp_listener.receive() == encoded(**REQUEST)
+        sockaddr = (moved_to, udp_listener.port) + ((0, 0) if family == socket.AF_INET6 else ())
+        answers.append((family, sockaddr))
+        for _ in range(3):
+            reporter.report(**REQUEST)
+        assert [new_home.recv(70000) for _ in range(3)] == [encoded(**REQUEST)] * 3
+        assert udp_listener.pending(0.05) == []
+        assert reporter.stats == {"sent": 4, "failed": 0, "oversize": 0}
+        assert len(reporter._sockets) == 1  # one server, one socket
+    finally:
+        new_home.close()
+
+
 def test_a_name_that_resolves_later_is_used(
     udp_listener, reporter_factory, getaddrinfo_calls, monkeypatch
 ):
