@@ -13,7 +13,7 @@ import pytest
 
 from packets import Packet, make_collector
 from pynba import PynbaMiddleware, ScriptMonitor, monitor, pynba
-from pynba.collector import CollectorSettings
+from pynba.collector import CollectorSettings, RequestCollector
 from pynba.reporter import Reporter
 
 NASTY_TEXT = [
@@ -224,4 +224,8 @@ def test_collector_settings_refuse_bad_types(udp_listener):
         CollectorSettings(reporter, hostname=b"h")
     with pytest.raises(TypeError, match="tags"):
         CollectorSettings(reporter, tags="a=b")
+    with pytest.raises(TypeError, match="reporter must be a Reporter"):
+        CollectorSettings(udp_listener.address)
+    with pytest.raises(TypeError, match="settings must be a CollectorSettings"):
+        RequestCollector(reporter)
     reporter.close()

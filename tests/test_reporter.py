@@ -619,6 +619,42 @@ def test_a_name_that_moves_is_followed(udp_listener, reporter_factory, monkeypat
         new_home.close()
 
 
+def test_a_moved_server_gets_datagrams_from_a_source_address_fit_for_it(
+    udp_listener, reporter_factory, monkeypatch
+):
+    # A UDP socket keeps the source address chosen when it was first
+    # connected: a server that moves from a remote address to this host must
+    # get a new socket, not the old one connected again.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed, never answered
+        remote_source = probe.getsockname()[0]
+    except OSError:
+        pytest.skip("no route to a remote address here")
+    finally:
+        probe.close()
+    if remote_source.startswith("127."):
+        pytest.skip("remote addresses are reached from a loopback address here")
+    listener = _listener_on("127.0.0.1", socket.AF_INET, 0)
+    port = listener.getsockname()[1]
+    answers = [("192.0.2.1", port)]
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda *args, **kwargs: [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", answers[-1])],
+    )
+    reporter = reporter_factory(f"pinba.example:{port}", resolve_interval=0)
+    try:
+        reporter.report(**REQUEST)  # to the remote address: lost, as expected
+        answers.append(("127.0.0.1", port))
+        reporter.report(**REQUEST)
+        data, (source, _) = listener.recvfrom(70000)
+        assert data == encoded(**REQUEST)
+        assert source == "127.0.0.1"
+    finally:
+        listener.close()
+
+
 def test_a_name_that_resolves_later_is_used(
     udp_listener, reporter_factory, getaddrinfo_calls, monkeypatch
 ):

@@ -120,6 +120,8 @@ class CollectorSettings:
         memory_footprint: bool = False,
         pinboard: bool = False,
     ) -> None:
+        if not isinstance(reporter, Reporter):
+            raise TypeError(f"reporter must be a Reporter, not {type(reporter).__name__}")
         if hostname is not None and not isinstance(hostname, str):
             raise TypeError(f"hostname must be a str, not {type(hostname).__name__}")
         if tags is not None and not isinstance(tags, Mapping):
@@ -279,6 +281,8 @@ class RequestCollector:
         schema: str | None,
         namer: Callable[[], str] | None,
     ) -> None:
+        if not isinstance(settings, CollectorSettings):
+            raise TypeError(f"settings must be a CollectorSettings, not {type(settings).__name__}")
         self._settings = settings
         self._hostname = settings.hostname
         self._server_name = server_name
@@ -415,8 +419,6 @@ class RequestCollector:
             return
         self._finished = True
         try:
-            if self._script_name is None and self._namer is not None:
-                self._script_name = self._default_script_name()
             self._send(self._measure_timers(keep_running=False, end=None))
         except Exception:
             internal_error("cannot report the request", self._raise_on_fail)
@@ -506,7 +508,9 @@ class RequestCollector:
             memory_footprint = _resident_set_size() if settings.memory_footprint else 0
         script_name = self._script_name
         if script_name is None:
-            script_name = self.script_name
+            script_name = self.script_name  # the default, from the namer
+            if self._finished:
+                self._script_name = script_name  # the namer goes with the request
         hostname = self._hostname or settings.hostname
         server_name = self._server_name or ""
         if settings.pinboard:

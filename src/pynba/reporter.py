@@ -107,7 +107,7 @@ class Reporter:
         #: lookups, including those after which the last address found is kept).
         self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
         # One socket per server, connected to its address.
-        self._sockets: dict[ServerAddress, socket.socket] = {}
+        self._sockets: dict[_Server, socket.socket] = {}
         # Reporters are commonly dropped without close(): their sockets go
         # quietly with them rather than warn.
         weakref.finalize(self, _close_sockets, self._sockets)
@@ -221,23 +221,35 @@ class Reporter:
         self, server: _Server, sock: socket.socket, datagram: bytes, error: OSError
     ) -> OSError | None:
         """Handle a failed send: None once the datagram went after all, else the error."""
-        if error.errno == errno.ECONNREFUSED:
-            # A connected UDP socket reports an ICMP port-unreachable answering
-            # an earlier datagram (the server was down) on the next send, which
-            # it fails. That consumes the error: this datagram can go now.
+        if error.errno in _ICMP_REPORTED:
+            # An ICMP error answering an earlier datagram (the server down, a
+            # firewall rejecting it) is reported by the next send on a
+            # connected socket, which sends nothing: that consumed the error,
+            # and this datagram can go now.
             try:
                 sock.send(datagram)
             except OSError as again:
                 error = again
             else:
                 return None
-        if error.errno in _SOCKET_GONE:
-            self._forget_socket(sock)
+        if error.errno not in _DATAGRAM_ERRORS:
+            # The socket was closed (under the reporter, or replaced after the
+            # server moved) or its route went away (the host's own address
+            # changed): the next send starts afresh with a new socket.
+            self._retire_socket(sock, close=error.errno not in _SOCKET_GONE)
+            route = server.route
+            if route is not None and route[0] is not sock:
+                try:
+                    route[2](datagram)  # on the socket that replaced it
+                except OSError as again:
+                    error = again
+                else:
+                    return None
         self._drop(_error_kind(error), server, error)
         return error
 
-    def _forget_socket(self, sock: socket.socket) -> None:
-        """Drop a socket closed under the reporter: the next send makes a new one."""
+    def _retire_socket(self, sock: socket.socket, close: bool) -> None:
+        """Stop using ``sock``: the next send to its server makes a new one."""
         with self._socket_lock:
             if self._closed:
                 return  # closed on purpose: sends keep failing
@@ -247,6 +259,8 @@ class Reporter:
             for server in self._servers:
                 if server.route is not None and server.route[0] is sock:
                     server.route = None
+        if close:
+            _close_quietly(sock)
 
     def close(self) -> None:
         """Close the sockets; later sends fail (and are counted as such)."""
@@ -341,13 +355,10 @@ class Reporter:
         if route is not None and route[1] == resolved[1]:
             return route, None  # looked up again, found the same address
         try:
-            sock = self._connect(server.address, resolved)
-            route = (sock, resolved[1], sock.send)
+            return self._connect(server, resolved), None
         except OSError as error:
             self._drop(_error_kind(error), server, error)
             return None, error
-        server.route = route
-        return route, None
 
     def _look_up(self, server: _Server, now: float) -> None:
         # Claim the next slot first so that concurrent senders keep using the
@@ -383,26 +394,30 @@ class Reporter:
         server.resolved = (family, sockaddr)
         server.lookup_error = None
 
-    def _connect(self, address: ServerAddress, resolved: tuple[int, tuple]) -> socket.socket:
-        """The socket of ``address``, connected to its ``resolved`` (family, sockaddr).
+    def _connect(self, server: _Server, resolved: tuple[int, tuple]) -> tuple:
+        """``server``'s route: a new socket connected to its ``resolved`` (family, sockaddr).
 
         Connected, a send neither parses an address nor looks up a route: it
-        is the cheapest way to the kernel. A later lookup that finds another
-        address connects the same socket again.
+        is the cheapest way to the kernel. The socket the server had before
+        (a lookup found another address) is closed: connecting it again would
+        keep the source address chosen for the old one.
         """
         family, sockaddr = resolved
         with self._socket_lock:
             if self._closed:
                 raise OSError(errno.EBADF, "the reporter is closed")
-            sock = self._sockets.get(address)
-            if sock is None or sock.family != family:
-                if sock is not None:
-                    _close_quietly(sock)
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-                self._sockets[address] = sock
+            route = server.route
+            if route is not None and route[1] == sockaddr:
+                return route  # another thread has just connected it
+            old = self._sockets.pop(server, None)
+            if old is not None:
+                _close_quietly(old)  # a sender still holding it gets EBADF and retries
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            self._sockets[server] = sock
+            sock.setblocking(False)
             sock.connect(sockaddr)
-            return sock
+            route = server.route = (sock, sockaddr, sock.send)
+            return route
 
     def _drop(self, kind: str, server: _Server, error: OSError | None) -> None:
         """Count (and unless raising, log) a datagram not sent to ``server``."""
@@ -451,7 +466,7 @@ def _check_size(value: int, name: str) -> int:
     return value
 
 
-def _close_sockets(sockets: dict[ServerAddress, socket.socket]) -> None:
+def _close_sockets(sockets: dict[_Server, socket.socket]) -> None:
     while sockets:
         _close_quietly(sockets.popitem()[1])
 
@@ -464,8 +479,27 @@ def _close_quietly(sock: socket.socket) -> None:
 
 
 # A descriptor closed (or reused) under the reporter, e.g. by code that closes
-# every file descriptor when it daemonizes.
+# every file descriptor when it daemonizes: not to be closed again.
 _SOCKET_GONE = (errno.EBADF, errno.ENOTSOCK)
+
+# What a connected UDP socket reports on the send after an ICMP error that
+# answered an earlier datagram: port or host unreachable, administratively
+# prohibited (EACCES over IPv6), protocol unavailable.
+_ICMP_REPORTED = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNREFUSED",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "EHOSTDOWN",
+        "EACCES",
+        "ENOPROTOOPT",
+    )
+    if hasattr(errno, name)
+)
+
+# Errors about the datagram itself, or a full buffer: the socket is fine.
+_DATAGRAM_ERRORS = frozenset((errno.EMSGSIZE, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS))
 
 
 def _error_kind(error: OSError) -> str:

@@ -121,7 +121,7 @@ class PynbaMiddleware:
         # previous body is done.
         token = _current.set(response._collector)
         try:
-            result = self.app(environ, response)
+            result = self.app(environ, response.start_response)
         except BaseException:
             response.abort()
             raise
@@ -222,7 +222,7 @@ _PLAIN_BODIES = (list, tuple)
 
 
 class _Response:
-    """One monitored request: the application's start_response, and its response body.
+    """One monitored request: wraps start_response and the response body.
 
     A list or tuple body is counted at once and stood in for by this object
     (which the server iterates and closes); other bodies by a ``_StreamBody``.
@@ -274,7 +274,7 @@ class _Response:
     def _raise_on_fail(self) -> bool:
         return bool(getattr(self._middleware.reporter, "raise_on_fail", False))
 
-    def __call__(self, status: str, headers: list, exc_info: Any = None) -> Callable:
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
         """The application's ``start_response``: the server's, noting the status."""
         write = self._start_response(status, headers, exc_info)
         self._status = status
