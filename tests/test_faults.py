@@ -11,6 +11,7 @@ is logged per kind of failure per interval, and the counters are right.
 """
 
 import errno
+import gc
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -280,6 +282,42 @@ def test_reporter_recovers_from_a_socket_closed_under_it(caplog, reporters, udp_
     run_requests(app, caplog, count=3)
     # Losing the request that found the socket closed is fine; not every later one.
     assert len(udp_listener.pending(timeout=0.2)) >= 2, reporter.stats
+
+
+def test_a_descriptor_number_reused_by_a_file_is_left_alone(
+    caplog, reporters, udp_listener, tmp_path
+):
+    # A daemonizing library closes every descriptor (behind the socket
+    # objects' backs) and opens its log file, which gets the socket's number.
+    # The reporter's next send fails with ENOTSOCK; it must then forget its
+    # socket without closing that number, which is the log file's now.
+    reporter = reporters(udp_listener.address)
+    app = PynbaMiddleware(hello, reporter)
+    run_requests(app, caplog, count=1)
+    Packet(udp_listener.receive())
+    (sock,) = reporter._sockets.values()
+    number = sock.fileno()
+    os.close(number)
+    log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115
+    try:
+        if log.fileno() != number:
+            pytest.skip("the file did not get the socket's descriptor number")
+        old_socket = weakref.ref(sock)
+        del sock
+        errors, _ = run_requests(app, caplog, count=3)
+        gc.collect()
+        # Freed, or (when something such as a logged traceback still holds
+        # it) let go of its number: either way it will not close the file.
+        assert old_socket() is None or old_socket().fileno() == -1
+        assert errors == [None] * 3
+        assert reporter.stats.get("ENOTSOCK") == 1, reporter.stats
+        log.write("still open\n")
+        log.flush()  # raises OSError (EBADF) if the reporter closed the number
+        os.fstat(number)
+        assert (tmp_path / "daemon.log").read_text() == "still open\n"
+        assert len(udp_listener.pending(timeout=0.2)) == 2  # a new socket for the later ones
+    finally:
+        log.close()
 
 
 # -- one warning per kind per interval ----------------------------------------------------

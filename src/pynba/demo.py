@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -170,25 +169,43 @@ def _get(url: str) -> int:
 def drive(base_url: str, requests: int, duration: float | None = None, clients: int = 4) -> Counter:
     """Send ``requests`` requests (fewer if ``duration`` seconds pass); statuses seen."""
     deadline = None if duration is None else time.monotonic() + duration
+    paths = iter(_paths(requests))
+    lock = threading.Lock()
     stopping = threading.Event()
     statuses: Counter = Counter()
+    failures: list[BaseException] = []
 
-    def one(path: str) -> int | None:
-        if stopping.is_set() or (deadline is not None and time.monotonic() > deadline):
-            return None
-        return _get(base_url + path)
-
-    pool = ThreadPoolExecutor(clients)
-    try:
-        for status in pool.map(one, _paths(requests)):
-            if status is not None:
+    def client() -> None:
+        while not stopping.is_set():
+            with lock:
+                path = next(paths, None)
+            if path is None or (deadline is not None and time.monotonic() > deadline):
+                return
+            try:
+                status = _get(base_url + path)
+            except Exception as error:
+                if not stopping.is_set():  # not the server going away on Ctrl-C
+                    failures.append(error)
+                    stopping.set()
+                return
+            with lock:
                 statuses[status] += 1
+
+    # Daemon threads rather than an executor: Ctrl-C can land while the main
+    # thread holds one of an executor's locks, and its workers then hang the
+    # interpreter's exit, which joins them.
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)
     except BaseException:
-        # Ctrl-C: the requests not sent yet are not waited for.
-        stopping.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+        stopping.set()  # Ctrl-C: the requests not sent yet are not sent
         raise
-    pool.shutdown()
+    if failures:
+        raise failures[0]
     return statuses
 
 

@@ -232,11 +232,11 @@ class Reporter:
                 error = again
             else:
                 return None
-        if error.errno not in _DATAGRAM_ERRORS:
+        if error.errno in _REPLACE_SOCKET:
             # The socket was closed (under the reporter, or replaced after the
-            # server moved) or its route went away (the host's own address
-            # changed): the next send starts afresh with a new socket.
-            self._retire_socket(sock, close=error.errno not in _SOCKET_GONE)
+            # server moved) or the address it sends from is gone (the host's
+            # own address changed): the next send starts afresh with a new one.
+            self._retire_socket(sock, gone=error.errno in _SOCKET_GONE)
             route = server.route
             if route is not None and route[0] is not sock:
                 try:
@@ -248,8 +248,12 @@ class Reporter:
         self._drop(_error_kind(error), server, error)
         return error
 
-    def _retire_socket(self, sock: socket.socket, close: bool) -> None:
-        """Stop using ``sock``: the next send to its server makes a new one."""
+    def _retire_socket(self, sock: socket.socket, gone: bool) -> None:
+        """Stop using ``sock``: the next send to its server makes a new one.
+
+        A socket whose descriptor is ``gone`` (closed under the reporter) is
+        detached, not closed: its number may belong to another file by now.
+        """
         with self._socket_lock:
             if self._closed:
                 return  # closed on purpose: sends keep failing
@@ -259,7 +263,9 @@ class Reporter:
             for server in self._servers:
                 if server.route is not None and server.route[0] is sock:
                     server.route = None
-        if close:
+        if gone:
+            sock.detach()
+        else:
             _close_quietly(sock)
 
     def close(self) -> None:
@@ -355,7 +361,7 @@ class Reporter:
         if route is not None and route[1] == resolved[1]:
             return route, None  # looked up again, found the same address
         try:
-            return self._connect(server, resolved), None
+            return self._connect(server), None
         except OSError as error:
             self._drop(_error_kind(error), server, error)
             return None, error
@@ -394,30 +400,35 @@ class Reporter:
         server.resolved = (family, sockaddr)
         server.lookup_error = None
 
-    def _connect(self, server: _Server, resolved: tuple[int, tuple]) -> tuple:
-        """``server``'s route: a new socket connected to its ``resolved`` (family, sockaddr).
+    def _connect(self, server: _Server) -> tuple:
+        """``server``'s route: a new socket connected to the address last found for it.
 
         Connected, a send neither parses an address nor looks up a route: it
         is the cheapest way to the kernel. The socket the server had before
-        (a lookup found another address) is closed: connecting it again would
-        keep the source address chosen for the old one.
+        (a lookup found another address) is closed once the new one is
+        connected: connecting it again would keep the source address chosen
+        for the old address.
         """
-        family, sockaddr = resolved
         with self._socket_lock:
             if self._closed:
                 raise OSError(errno.EBADF, "the reporter is closed")
+            family, sockaddr = server.resolved  # read here: a lookup may have just moved it
             route = server.route
             if route is not None and route[1] == sockaddr:
                 return route  # another thread has just connected it
-            old = self._sockets.pop(server, None)
-            if old is not None:
-                _close_quietly(old)  # a sender still holding it gets EBADF and retries
             sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.connect(sockaddr)
+            except OSError:
+                sock.close()
+                raise
+            old = self._sockets.pop(server, None)
             self._sockets[server] = sock
-            sock.setblocking(False)
-            sock.connect(sockaddr)
             route = server.route = (sock, sockaddr, sock.send)
-            return route
+        if old is not None:
+            _close_quietly(old)  # a sender still holding it gets EBADF and retries
+        return route
 
     def _drop(self, kind: str, server: _Server, error: OSError | None) -> None:
         """Count (and unless raising, log) a datagram not sent to ``server``."""
@@ -498,8 +509,11 @@ _ICMP_REPORTED = frozenset(
     if hasattr(errno, name)
 )
 
-# Errors about the datagram itself, or a full buffer: the socket is fine.
-_DATAGRAM_ERRORS = frozenset((errno.EMSGSIZE, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS))
+# Errors a new socket cures: the descriptor is gone, or the source address
+# the socket was given when connected no longer belongs to this host. (Not
+# errors that would come back on every new socket, which would make one per
+# request.)
+_REPLACE_SOCKET = frozenset((*_SOCKET_GONE, errno.EADDRNOTAVAIL))
 
 
 def _error_kind(error: OSError) -> str:
