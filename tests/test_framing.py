@@ -243,6 +243,30 @@ def test_fan_out_sends_each_server_its_form(udp_listener_factory, reporter_facto
     assert "pinba2://" in repr(reporter)
 
 
+def test_an_encoding_failure_is_raised_after_every_server_was_tried(
+    udp_listener_factory, reporter_factory, monkeypatch
+):
+    # The one fault injected here: no real request encodes in one wire form
+    # and fails in the other.
+    classic_listener, pinba2_listener = udp_listener_factory(), udp_listener_factory()
+    real_encode = encoder.encode
+
+    def classic_fails(*args, **kwargs):
+        if not (args[14] if len(args) > 14 else kwargs.get("packed", False)):
+            raise ValueError("cannot encode this one")
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(reporter_module, "encode", classic_fails)
+    reporter = reporter_factory(
+        [classic(classic_listener), pinba2(pinba2_listener)], raise_on_fail=True
+    )
+    with pytest.raises(ValueError, match="cannot encode this one"):
+        reporter.report(**SMALL)
+    assert decode.read_datagram(pinba2_listener.receive()).script_name == SMALL["script_name"]
+    assert classic_listener.pending(timeout=0.05) == []
+    assert reporter.stats == {"sent": 1, "failed": 1, "oversize": 0, "encode": 1}
+
+
 def test_a_request_is_encoded_once_per_wire_form(
     udp_listener_factory, reporter_factory, monkeypatch
 ):

@@ -173,10 +173,12 @@ class Reporter:
         first_failure = None
         for wire, servers in self._wires:
             datagram = self._encode(request, wire)
-            if datagram is not None:
+            if isinstance(datagram, Exception):  # cannot be encoded: counted and logged
+                failure = datagram
+            else:
                 failure = self._send_to(servers, datagram)
-                if first_failure is None:
-                    first_failure = failure
+            if first_failure is None:
+                first_failure = failure
         if first_failure is not None and self.raise_on_fail:
             raise first_failure
 
@@ -286,8 +288,8 @@ class Reporter:
         servers = [str(server.address) for server in self._servers]
         return f"{type(self).__name__}({servers!r})"
 
-    def _encode(self, request: tuple, wire: str) -> bytes | None:
-        """The datagram for ``request`` in the ``wire`` form, or None when it cannot be encoded."""
+    def _encode(self, request: tuple, wire: str) -> bytes | Exception:
+        """The datagram for ``request`` in the ``wire`` form, or why it cannot be encoded."""
         try:
             if wire == WIRE_CLASSIC:
                 datagram, compressed = encode(*request), False
@@ -298,10 +300,9 @@ class Reporter:
         except Exception as error:
             self.stats["failed"] += 1
             self.stats["encode"] = self.stats.get("encode", 0) + 1
-            if self.raise_on_fail:
-                raise
-            self._log("encode", "cannot encode the request: %r", error, exc_info=error)
-            return None
+            if not self.raise_on_fail:  # else raised once every server has been tried
+                self._log("encode", "cannot encode the request: %r", error, exc_info=error)
+            return error
         if compressed:
             self.stats["compressed"] = self.stats.get("compressed", 0) + 1
         return datagram
