@@ -127,10 +127,6 @@ class PynbaASGIMiddleware:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        if not isinstance(config.prefix, str):
-            raise TypeError(f"prefix must be a str, not {type(config.prefix).__name__}")
-        if config.server_name is not None and not isinstance(config.server_name, str):
-            raise TypeError(f"server_name must be a str, not {type(config.server_name).__name__}")
         self.app = app
         self.settings = settings_for(config, tags)
         self.reporter: Reporter = self.settings.reporter
@@ -277,8 +273,6 @@ class _Exchange:
                     collector._status = _status_code(self._status)
             if collector._document_size is None:
                 collector._document_size = self._size
-            if collector._script_name is None:
-                collector._script_name = collector._default_script_name()
         except Exception:
             internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
         collector.finish()

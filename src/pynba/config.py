@@ -104,6 +104,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "pinboard": parse_flag,
 }
 
+_TEXT_OPTIONS = frozenset(("prefix", "hostname", "server_name"))
+
 _DEFAULTS: dict[str, Any] = {
     "address": None,
     "enabled": True,
@@ -131,6 +133,10 @@ class Config:
     memory_footprint: bool
     pinboard: bool
 
+    def options(self) -> dict[str, Any]:
+        """Every option but ``address``, as keyword arguments of a middleware."""
+        return {name: getattr(self, name) for name in ENVIRONMENT if name != "address"}
+
 
 def resolve(
     address: Any = None,
@@ -157,7 +163,9 @@ def resolve(
         key = ENVIRONMENT[option]
         value = given.get(option)
         if value is not None:
-            values[option] = value  # explicit: checked by the constructor itself
+            if option in _TEXT_OPTIONS:
+                _text(value, option)
+            values[option] = value  # explicit: others are checked where they are used
             continue
         setting = None if settings is None else settings.get(key)
         if setting is not None:

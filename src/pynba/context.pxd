@@ -2,7 +2,6 @@
 cimport cython
 
 from pynba.collector cimport RequestCollector
-from pynba.timer cimport new_timer
 
 @cython.locals(request=RequestCollector)
 cdef _timer_of(collector, tags)

@@ -149,14 +149,6 @@ class PynbaMiddleware:
             return
         if collector._status is None:
             collector._status = 500
-        self._finish(collector)
-
-    def _finish(self, collector: RequestCollector) -> None:
-        try:
-            if collector._script_name is None:
-                collector._script_name = collector._default_script_name()
-        except Exception:
-            internal_error("cannot finish the request", self.reporter.raise_on_fail)
         collector.finish()
 
     def _watch(self, collector: Any, response: Any) -> Any:
@@ -168,7 +160,7 @@ class PynbaMiddleware:
                 if collector is not DISABLED:
                     if collector._document_size is None:
                         collector._document_size = len(response.content)
-                    self._finish(collector)
+                    collector.finish()
                 return response
             if getattr(response, "file_to_stream", None) is None:
                 content = response.streaming_content
@@ -235,7 +227,7 @@ class PynbaMiddleware:
             return
         if collector._document_size is None:
             collector._document_size = size
-        self._finish(collector)
+        collector.finish()
 
     def _finish_on_close(self, collector: RequestCollector, response: Any) -> None:
         # The server closes the response when it is done with it, also when
@@ -250,7 +242,7 @@ class PynbaMiddleware:
                 if not collector.finished:
                     if collector._document_size is None:
                         collector._document_size = _content_length(response)
-                    self._finish(collector)
+                    collector.finish()
 
         response.close = close_and_report
 

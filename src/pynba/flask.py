@@ -68,16 +68,9 @@ class Pynba:
         middleware = PynbaMiddleware(
             app.wsgi_app,
             config.address,
-            prefix=config.prefix,
             tags=self.tags,
             script_name=route_or_path,
-            server_name=config.server_name,
-            hostname=config.hostname,
-            enabled=config.enabled,
-            raise_on_fail=config.raise_on_fail,
-            timer_rusage=config.timer_rusage,
-            memory_footprint=config.memory_footprint,
-            pinboard=config.pinboard,
+            **config.options(),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         request_started.connect(self._record_route, app, weak=False)

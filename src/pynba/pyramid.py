@@ -79,16 +79,5 @@ def monitor(
 
         registry.registerHandler(record_route, (IBeforeTraversal,))
     return PynbaMiddleware(
-        app,
-        config.address,
-        prefix=config.prefix,
-        tags=tags,
-        script_name=route_or_path,
-        server_name=config.server_name,
-        hostname=config.hostname,
-        enabled=config.enabled,
-        raise_on_fail=config.raise_on_fail,
-        timer_rusage=config.timer_rusage,
-        memory_footprint=config.memory_footprint,
-        pinboard=config.pinboard,
+        app, config.address, tags=tags, script_name=route_or_path, **config.options()
     )

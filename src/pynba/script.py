@@ -65,6 +65,9 @@ class ScriptMonitor:
         memory_footprint: bool | None = None,
         pinboard: bool | None = None,
     ) -> None:
+        for name, value in (("scriptname", scriptname), ("servername", servername)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
         # Options left unset come from the environment (see pynba.config).
         config = resolve(
             address,
@@ -77,9 +80,6 @@ class ScriptMonitor:
             pinboard=pinboard,
         )
         servername = config.server_name
-        for name, value in (("scriptname", scriptname), ("servername", servername)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
         self._own_reporter = not isinstance(config.address, Reporter)
         self.settings = settings_for(config, tags)
         self.reporter: Reporter = self.settings.reporter

@@ -42,7 +42,6 @@ cdef class _Response:
     cdef public object _file_close
 
     cpdef _default_script_name(self)
-    cpdef bint _raise_on_fail(self)
     cpdef wrap(self, result)
     cpdef close(self)
     cpdef _finish(self, bint from_file=*)

@@ -89,12 +89,8 @@ class PynbaMiddleware:
         prefix, server_name = config.prefix, config.server_name
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if script_name is not None and not callable(script_name):
             raise TypeError("script_name must be a callable taking the WSGI environ")
-        if server_name is not None and not isinstance(server_name, str):
-            raise TypeError(f"server_name must be a str, not {type(server_name).__name__}")
         self.app = app
         self.settings = settings_for(config, tags)
         self.reporter: Reporter = self.settings.reporter
@@ -265,14 +261,7 @@ class _Response:
         )
 
     def _default_script_name(self) -> str:
-        try:
-            return self._middleware.default_script_name(self._environ)
-        except Exception:
-            internal_error("script_name failed; reporting an empty name", self._raise_on_fail())
-            return ""
-
-    def _raise_on_fail(self) -> bool:
-        return bool(getattr(self._middleware.reporter, "raise_on_fail", False))
+        return self._middleware.default_script_name(self._environ)
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
         """The application's ``start_response``: the server's, noting the status."""
@@ -360,10 +349,8 @@ class _Response:
                 collector._status = _parse_status(self._status)
             if collector._document_size is None:
                 collector._document_size = self._content_length() if from_file else self._size
-            if collector._script_name is None:
-                collector._script_name = self._default_script_name()
         except Exception:
-            internal_error("cannot finish the request", self._raise_on_fail())
+            internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
         collector.finish()
 
     def _content_length(self) -> int:
