@@ -180,6 +180,23 @@ def test_tags_read_as_pairs_and_can_be_replaced(collector):
         timer.tags = {}
 
 
+def test_any_tag_name_is_a_keyword_even_self(collector, udp_listener):
+    from pynba import pynba
+    from pynba.context import activate, deactivate
+
+    token = activate(collector)
+    try:
+        with pynba.timer(self="proxy"), collector.timer(self="collector"):
+            pass
+    finally:
+        deactivate(token)
+    collector.finish()
+    assert receive(udp_listener).timer_tags() == [
+        (("self", "collector"),),
+        (("self", "proxy"),),
+    ]
+
+
 def test_callable_tags_are_called_when_the_timer_is_created(collector):
     calls = []
     collector.timer(group=lambda: calls.append(1) or "g")

@@ -3,7 +3,8 @@
 
 The compiled twin of the pure-Python functions in ``rusage.py``: the same
 numbers (computed as Python's ``resource`` module computes them) without
-building a ``struct_rusage`` of sixteen fields on every call.
+building a ``struct_rusage`` of sixteen fields on every call. Compiled
+modules that ``cimport`` it (see ``_rusage.pxd``) call these as C functions.
 """
 
 from libc.errno cimport errno
@@ -33,14 +34,14 @@ cdef inline int read_usage(rusage* usage) except -1:
     return 0
 
 
-def usage():
+cpdef (double, double, long) usage() except *:
     """(user CPU seconds, system CPU seconds, ru_maxrss) of this thread."""
     cdef rusage ru
     read_usage(&ru)
     return seconds(ru.ru_utime), seconds(ru.ru_stime), ru.ru_maxrss
 
 
-def cpu_times():
+cpdef (double, double) cpu_times() except *:
     """(user CPU seconds, system CPU seconds) of this thread."""
     cdef rusage ru
     read_usage(&ru)

@@ -1,5 +1,7 @@
 # Declarations for compiling collector.py with Cython (see timer.pxd).
 cimport cython
+cimport cpython.time as time  # compiled, time.perf_counter() is a C call
+cimport pynba._rusage as rusage  # and rusage.cpu_times() (see _rusage.pxd)
 
 from pynba.reporter cimport Reporter
 from pynba.timer cimport Timer, new_timer
@@ -35,6 +37,7 @@ cdef class RequestCollector:
 
     cpdef _setup(self, settings, script_name, server_name, schema, namer)
     cpdef _timer(self, tags)
+    cpdef _default_script_name(self)
     cpdef finish(self)
     @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)

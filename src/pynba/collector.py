@@ -24,14 +24,14 @@ import math
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
-from time import perf_counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from . import rusage
 from .encoder import STATUS_MAX
 from .reporter import Reporter
-from .rusage import cpu_times, usage
 from .tags import TagPairs, check_tag_name, flatten_tags
 from .timer import Timer, new_timer
 
@@ -299,8 +299,8 @@ class RequestCollector:
         self._timers: list[Timer] = []
         self._finished = False
         self._namer = namer
-        self._cpu_start = cpu_times()
-        self._start = perf_counter()
+        self._cpu_start = rusage.cpu_times()
+        self._start = time.perf_counter()
 
     # -- fields the application may set (None: measured or defaulted at the end)
 
@@ -393,12 +393,14 @@ class RequestCollector:
 
     # -- timers --------------------------------------------------------------
 
-    def timer(self, **tags: Any) -> Timer:
+    def timer(self, /, **tags: Any) -> Timer:
         """A new timer of this request, not started, with these tags."""
-        return new_timer(tags, self, self._settings.timer_rusage)
+        return self._timer(tags)
 
     def _timer(self, tags: dict[str, Any]) -> Timer:
-        return new_timer(tags, self, self._settings.timer_rusage)
+        timer = new_timer(tags, self, self._settings.timer_rusage)
+        self._timers.append(timer)
+        return timer
 
     @property
     def timers(self) -> tuple[Timer, ...]:
@@ -408,7 +410,7 @@ class RequestCollector:
     def stop_timers(self) -> None:
         """Stop every running timer."""
         for timer in self._timers:
-            if timer._start is not None:
+            if timer._running:
                 timer.stop()
 
     # -- sending -------------------------------------------------------------
@@ -441,7 +443,7 @@ class RequestCollector:
             logger.debug("pynba: flush() after the request ended; nothing to send")
             return
         try:
-            end = perf_counter()
+            end = time.perf_counter()
             self._send(self._measure_timers(keep_running=only_stopped, end=end), end)
         except Exception:
             internal_error("cannot flush the request", self._raise_on_fail)
@@ -450,27 +452,28 @@ class RequestCollector:
         self._restart_clock()
 
     def _restart_clock(self) -> None:
-        self._cpu_start = cpu_times()
-        self._start = perf_counter()
+        self._cpu_start = rusage.cpu_times()
+        self._start = time.perf_counter()
 
     def _measure_timers(self, keep_running: bool, end: float | None) -> list[tuple]:
         """The timers as the encoder takes them; sent ones leave the request."""
         out = []
         kept = []
         for timer in self._timers:
-            start = timer._start
-            if start is not None:
+            running = timer._running
+            if running:
                 if end is None:  # the request ends: stop it
-                    timer._end(perf_counter())
+                    timer._end(time.perf_counter())
                 elif keep_running:
                     kept.append(timer)
                     continue
                 else:  # send the part measured so far; it goes on from zero
-                    now = perf_counter()
+                    now = time.perf_counter()
                     timer._end(now)
+                    timer._running = True
                     timer._start = now
                     if timer._rusage:
-                        timer._utime_start, timer._stime_start = cpu_times()
+                        timer._utime_start, timer._stime_start = rusage.cpu_times()
                     kept.append(timer)
             hits = timer._hits
             if not hits:
@@ -483,15 +486,15 @@ class RequestCollector:
             if end is not None:  # a flush: the timer starts afresh
                 timer._value = timer._utime = timer._stime = 0.0
                 timer._hits = 0
-                if start is None:
+                if not running:
                     timer._detached = True
         self._timers = kept
         return out
 
     def _send(self, timers: list[tuple], end: float | None = None) -> None:
-        utime, stime, maxrss = usage()
+        utime, stime, maxrss = rusage.usage()
         if end is None:
-            end = perf_counter()
+            end = time.perf_counter()
         settings = self._settings
         if self._tags is not None:
             tags = self._request_tags(self._tags)
@@ -507,8 +510,8 @@ class RequestCollector:
         if memory_footprint is None:
             memory_footprint = _resident_set_size() if settings.memory_footprint else 0
         script_name = self._script_name
-        if script_name is None:
-            script_name = self.script_name  # the default, from the namer
+        if script_name is None and self._namer is not None:
+            script_name = self._default_script_name()
             if self._finished:
                 self._script_name = script_name  # the namer goes with the request
         hostname = self._hostname or settings.hostname

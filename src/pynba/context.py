@@ -88,7 +88,7 @@ class PynbaProxy:
 
     __slots__ = ()
 
-    def timer(self, **tags: Any) -> Timer | NoopTimer | UnboundTimer:
+    def timer(self, /, **tags: Any) -> Timer | NoopTimer | UnboundTimer:
         """A new timer of the current request, not started (see ``Timer``)."""
         collector = _get()
         if collector is None:
@@ -188,7 +188,7 @@ class DisabledCollector:
         " memory_peak memory_footprint request_time ru_utime ru_stime tags".split()
     )
 
-    def timer(self, **tags: Any) -> NoopTimer:
+    def timer(self, /, **tags: Any) -> NoopTimer:
         return NOOP_TIMER
 
     def _timer(self, tags: dict[str, Any]) -> NoopTimer:

@@ -139,7 +139,7 @@ class ScriptMonitor:
         self._running = True
         self._token = activate(collector)
 
-    def timer(self, **tags: Any) -> Timer | NoopTimer:
+    def timer(self, /, **tags: Any) -> Timer | NoopTimer:
         """A new timer of the running job, not started."""
         return self._require()._timer(tags)
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import time
 from collections.abc import Callable, Mapping
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .rusage import cpu_times
+from . import rusage
 from .tags import TagPairs, flatten_tags
 
 if TYPE_CHECKING:
     from .collector import RequestCollector
 
-__all__ = ["NOOP_TIMER", "NoopTimer", "Timer", "cpu_times"]
+__all__ = ["NOOP_TIMER", "NoopTimer", "Timer"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +36,7 @@ class Timer:
     __slots__ = (
         "_collector",
         "_tags",
+        "_running",
         "_start",
         "_value",
         "_hits",
@@ -65,7 +66,7 @@ class Timer:
 
     def start(self) -> Timer:
         """Start measuring; RuntimeError if the timer is already running."""
-        if self._start is not None:
+        if self._running:
             raise RuntimeError(f"{self!r} is already started")
         self._begin()
         return self
@@ -77,35 +78,45 @@ class Timer:
         stopped again: code that runs on after the response, such as an ASGI
         application after its last body message, must not fail.
         """
-        if self._start is None:
+        if not self._running:
             collector = self._collector
             if collector is not None and collector._finished:
                 return self
             raise RuntimeError(f"{self!r} is not started")
-        self._end(perf_counter())
+        self._end(time.perf_counter())
         return self
 
     def __enter__(self) -> Timer:
-        if self._start is None:
-            self._begin()
+        if not self._running:
+            if self._detached or self._rusage:
+                self._begin()
+            else:  # the common case, inline
+                self._running = True
+                self._start = time.perf_counter()
         return self
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if self._start is not None:
-            self._end(perf_counter())
+        if self._running:
+            if self._rusage:
+                self._end(time.perf_counter())
+            else:  # the common case, inline
+                self._value += time.perf_counter() - self._start
+                self._hits += 1
+                self._running = False
 
     def _begin(self) -> None:
         if self._detached:
             self._rejoin()
         if self._rusage:
-            self._utime_start, self._stime_start = cpu_times()
-        self._start = perf_counter()
+            self._utime_start, self._stime_start = rusage.cpu_times()
+        self._running = True
+        self._start = time.perf_counter()
 
     def _end(self, now: float) -> None:
         """Add the run that ends at ``now`` (a perf_counter() reading)."""
         self._value += now - self._start
         self._hits += 1
-        self._start = None
+        self._running = False
         if self._rusage:
             self._add_cpu()
 
@@ -116,7 +127,7 @@ class Timer:
             collector._timers.append(self)
 
     def _add_cpu(self) -> None:
-        utime, stime = cpu_times()
+        utime, stime = rusage.cpu_times()
         self._utime += utime - self._utime_start
         self._stime += stime - self._stime_start
 
@@ -184,15 +195,14 @@ class Timer:
     @property
     def started(self) -> bool:
         """Whether the timer is running."""
-        return self._start is not None
+        return self._running
 
     @property
     def elapsed(self) -> float:
         """Seconds measured so far, including the current run."""
-        start = self._start
-        if start is None:
+        if not self._running:
             return self._value
-        return self._value + (perf_counter() - start)
+        return self._value + (time.perf_counter() - self._start)
 
     @property
     def hit_count(self) -> int:
@@ -210,45 +220,49 @@ class Timer:
         return self._stime
 
     def __repr__(self) -> str:
-        state = "started" if self._start is not None else "stopped"
+        state = "started" if self._running else "stopped"
         return f"<Timer {dict(self.tags)!r} {state} elapsed={self.elapsed:.6f}s>"
 
 
 def _timer_tags(tags: Mapping[str, Any]) -> dict | TagPairs:
     """The tags as stored: the dict itself when it needs no flattening, else pairs."""
-    if type(tags) is dict and tags:
+    if type(tags) is dict:
         plain = tags
-        for name, value in plain.items():
-            if type(value) is not str or type(name) is not str or not name:
-                break
-        else:
-            return tags
+        if plain:
+            for name, value in plain.items():
+                if type(value) is not str or type(name) is not str or not name:
+                    break
+            else:
+                return plain
     pairs = flatten_tags(tags)
     if not pairs:
         raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
     return pairs
 
 
-def _init_timer(timer: Timer, tags: dict | TagPairs, rusage: bool) -> Timer:
+def _init_timer(
+    timer: Timer, tags: dict | TagPairs, cpu: bool, collector: RequestCollector | None = None
+) -> Timer:
     """``timer`` (new, not initialised) set up stopped and empty, with ``tags`` as stored."""
     timer._tags = tags
-    timer._collector = None
-    timer._start = None
+    timer._collector = collector
+    timer._running = False
+    timer._start = 0.0
     timer._value = 0.0
     timer._hits = 0
-    timer._rusage = rusage
+    timer._rusage = cpu
     timer._utime = timer._stime = timer._utime_start = timer._stime_start = 0.0
     timer._detached = False  # sent by a flush(): rejoins the request when started
     timer.data = None
     return timer
 
 
-def new_timer(tags: dict, collector: RequestCollector, rusage: bool) -> Timer:
-    """A timer of ``collector`` with ``tags`` (checked), the way ``pynba.timer(...)`` makes it."""
-    timer = _init_timer(Timer.__new__(Timer), _timer_tags(tags), rusage)
-    timer._collector = collector
-    collector._timers.append(timer)
-    return timer
+def new_timer(tags: dict, collector: RequestCollector, cpu: bool) -> Timer:
+    """A timer for ``collector`` with ``tags`` (checked), as ``pynba.timer(...)`` makes it.
+
+    The caller adds it to the collector's timers.
+    """
+    return _init_timer(Timer.__new__(Timer), _timer_tags(tags), cpu, collector)
 
 
 def _decorate(func: F, new_timer: Callable[[], Any]) -> F:
