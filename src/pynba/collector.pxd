@@ -31,7 +31,8 @@ cdef class RequestCollector:
     cdef public object _tags
     cdef public list _timers
     cdef public object _start
-    cdef public object _cpu_start
+    cdef public double _utime_start
+    cdef public double _stime_start
     cdef public bint _finished
     cdef public object _namer
 

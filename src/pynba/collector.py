@@ -255,7 +255,8 @@ class RequestCollector:
         "_tags",
         "_timers",
         "_start",
-        "_cpu_start",
+        "_utime_start",
+        "_stime_start",
         "_finished",
         "_namer",
     )
@@ -299,7 +300,7 @@ class RequestCollector:
         self._timers: list[Timer] = []
         self._finished = False
         self._namer = namer
-        self._cpu_start = rusage.cpu_times()
+        self._utime_start, self._stime_start = rusage.cpu_times()
         self._start = time.perf_counter()
 
     # -- fields the application may set (None: measured or defaulted at the end)
@@ -452,11 +453,13 @@ class RequestCollector:
         self._restart_clock()
 
     def _restart_clock(self) -> None:
-        self._cpu_start = rusage.cpu_times()
+        self._utime_start, self._stime_start = rusage.cpu_times()
         self._start = time.perf_counter()
 
     def _measure_timers(self, keep_running: bool, end: float | None) -> list[tuple]:
         """The timers as the encoder takes them; sent ones leave the request."""
+        if not self._timers:
+            return []
         out = []
         kept = []
         for timer in self._timers:
@@ -527,8 +530,8 @@ class RequestCollector:
                 self._document_size or 0,
                 maxrss * _MAXRSS_UNIT if memory_peak is None else memory_peak,
                 end - self._start if request_time is None else request_time,
-                utime - self._cpu_start[0] if ru_utime is None else ru_utime,
-                stime - self._cpu_start[1] if ru_stime is None else ru_stime,
+                utime - self._utime_start if ru_utime is None else ru_utime,
+                stime - self._stime_start if ru_stime is None else ru_stime,
                 self._status or 0,
                 memory_footprint,
                 self._schema,

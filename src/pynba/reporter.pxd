@@ -1,5 +1,6 @@
 # Declarations for compiling reporter.py with Cython (see timer.pxd).
 cimport cython
+cimport cpython.time as time  # compiled, time.monotonic() is a C call
 
 cdef class _Server:
     cdef public object address

@@ -15,9 +15,9 @@ import math
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
-from time import monotonic
 
 from . import framing
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
@@ -194,7 +194,7 @@ class Reporter:
 
     def _send_to(self, servers: tuple[_Server, ...], datagram: bytes) -> OSError | None:
         """Send ``datagram`` to each of ``servers``; the first failure, or None."""
-        now = monotonic()
+        now = time.monotonic()
         sent = 0
         first_failure = None
         for server in servers:
@@ -441,7 +441,7 @@ class Reporter:
 
     def _log(self, kind: str, message: str, *args: object, exc_info: object = None) -> None:
         """Log a warning unless one of the same kind was logged within log_interval."""
-        now = monotonic()
+        now = time.monotonic()
         last = self._last_logged.get(kind)
         if last is not None and now - last < self.log_interval:
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
