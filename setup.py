@@ -12,25 +12,48 @@ HERE = Path(__file__).parent
 COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
 
 
+#: Compiled modules that cimport one another (and ``_rusage``): each needs the others.
+LINKED = {f"pynba.{name}" for name in ("_rusage", *COMPILED_SOURCES)}
+
+
 class OptionalBuildExt(build_ext):
-    """Builds the encoder when it can; says so and goes on when it can't."""
+    """Builds the compiled modules when it can; says so and goes on when it can't.
+
+    The per-request modules cimport one another and ``_rusage``, so one that
+    cannot be built leaves none of them: each would fail to import without
+    the others. Their Python sources run instead.
+    """
 
     def run(self):
+        self._linked_failed = False
         try:
             super().run()
         except Exception as error:  # no compiler, no Python headers, ...
             self._fall_back(error)
+        if self._linked_failed:
+            self._drop_per_request_modules()
 
     def build_extension(self, ext):
+        if ext.name in LINKED and self._linked_failed:
+            return
         try:
             super().build_extension(ext)
         except Exception as error:
+            if ext.name in LINKED:
+                self._linked_failed = True
             self._fall_back(error)
+
+    def _drop_per_request_modules(self):
+        # Also those built earlier: a stale one would import, and fail, first.
+        for name in COMPILED_SOURCES:
+            path = self.get_ext_fullpath(f"pynba.{name}")
+            if os.path.exists(path):
+                os.remove(path)
 
     def _fall_back(self, error):
         message = (
-            f"pynba: building the compiled encoder failed ({error}); "
-            "installing pure Python instead."
+            f"pynba: building a compiled module failed ({error}); "
+            "installing its pure Python instead."
         )
         print(message, file=sys.stderr)
         self.warn(message)

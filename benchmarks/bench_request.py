@@ -213,7 +213,8 @@ def main():
           f"{floor_timers:.2f} us with 10 timers")  # fmt: skip
     print(f"bare app served: {bare:.2f} us (with the timers' loop: {bare_loop:.2f} us)")
     readings = 20 * one_cpu_reading / floor_timers
-    print(f"one CPU reading (a getrusage, made at each start and stop with per-timer CPU): "
+    print(f"one CPU reading called from Python (a getrusage; per-timer CPU makes one at "
+          f"each start and stop, from C): "
           f"{one_cpu_reading:.2f} us; the 20 of 10 timers: {readings:.2f} x floor")  # fmt: skip
     print()
     print(f"{'case':<52} {'us/request':>10}  {'ratio':>14}  {'target':>9}  ok")

@@ -1,6 +1,7 @@
 """Encoder selection and installing without a C compiler."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -75,7 +76,7 @@ def test_sdist_installs_without_a_compiler(tmp_path):
         timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    assert "installing pure Python instead" in install.stdout + install.stderr
+    assert "installing its pure Python instead" in install.stdout + install.stderr
     assert not list(target.glob("pynba/_encoder*.so"))
     code = (
         "import pynba; "
@@ -106,3 +107,37 @@ def test_per_request_modules_are_compiled_when_built():
     assert names == sorted(
         ["_encoder", "_rusage", "collector", "context", "reporter", "tags", "timer", "wsgi"]
     )
+
+
+def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path):
+    """They cimport one another and _rusage: kept without it, they could not be imported."""
+    pytest.importorskip("Cython")
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    for name in ("setup.py", "pyproject.toml", "README.rst", "MANIFEST.in"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(
+        ROOT / "src" / "pynba",
+        tmp_path / "src" / "pynba",
+        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
+    )
+    rusage = tmp_path / "src" / "pynba" / "_rusage.pyx"
+    # Valid Cython whose C does not compile: the failure a platform could bring.
+    rusage.write_text(
+        rusage.read_text() + '\n\ncdef extern from *:\n    """\n#error not here\n    """\n'
+    )
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build", "--build-lib", "lib"],
+        cwd=tmp_path,
+        env={**os.environ, "PYNBA_NO_EXTENSION": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert "installing its pure Python instead" in build.stderr
+    built = sorted(path.name.split(".")[0] for path in (tmp_path / "lib" / "pynba").glob("*.so"))
+    assert built == ["_encoder"]
+    code = "import pynba, pynba.wsgi; print(' '.join(pynba.compiled_modules()))"
+    out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
+    assert out == "_encoder"

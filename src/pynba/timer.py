@@ -15,12 +15,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import rusage
+from .rusage import cpu_times  # re-exported, as before
 from .tags import TagPairs, flatten_tags
 
 if TYPE_CHECKING:
     from .collector import RequestCollector
 
-__all__ = ["NOOP_TIMER", "NoopTimer", "Timer"]
+__all__ = ["NOOP_TIMER", "NoopTimer", "Timer", "cpu_times"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
