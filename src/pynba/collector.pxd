@@ -38,7 +38,7 @@ cdef class RequestCollector:
 
     cpdef _setup(self, settings, script_name, server_name, schema, namer)
     cpdef _timer(self, tags)
-    cpdef _default_script_name(self)
+    cpdef _resolved_script_name(self)
     cpdef finish(self)
     @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)

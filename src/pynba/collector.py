@@ -319,10 +319,7 @@ class RequestCollector:
     @property
     def script_name(self) -> str | bytes | None:
         """What the report groups by; defaults to the request path or program name."""
-        name = self._script_name
-        if name is None and self._namer is not None:
-            return self._default_script_name()
-        return name
+        return self._resolved_script_name()
 
     @script_name.setter
     def script_name(self, name: str | bytes | None) -> None:
@@ -340,12 +337,16 @@ class RequestCollector:
         doc="The old name of server_name.",
     )
 
-    def _default_script_name(self) -> str:
-        try:
-            return self._namer()  # type: ignore[misc]
-        except Exception:
-            internal_error("script_name failed; reporting an empty name", self._raise_on_fail)
-            return ""
+    def _resolved_script_name(self) -> str | bytes | None:
+        """The name set, else the namer's default ("" when the namer fails), else None."""
+        name = self._script_name
+        if name is None and self._namer is not None:
+            try:
+                name = self._namer()
+            except Exception:
+                internal_error("script_name failed; reporting an empty name", self._raise_on_fail)
+                name = ""
+        return name
 
     @property
     def _raise_on_fail(self) -> bool:
@@ -512,11 +513,9 @@ class RequestCollector:
         memory_footprint = self._memory_footprint
         if memory_footprint is None:
             memory_footprint = _resident_set_size() if settings.memory_footprint else 0
-        script_name = self._script_name
-        if script_name is None and self._namer is not None:
-            script_name = self._default_script_name()
-            if self._finished:
-                self._script_name = script_name  # the namer goes with the request
+        script_name = self._resolved_script_name()
+        if self._finished:
+            self._script_name = script_name  # the namer goes with the request
         hostname = self._hostname or settings.hostname
         server_name = self._server_name or ""
         if settings.pinboard:

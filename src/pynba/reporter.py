@@ -358,9 +358,6 @@ class Reporter:
         if resolved is None:
             self._drop("resolve", server, server.lookup_error)
             return None, _fresh(server.lookup_error)
-        route = server.route
-        if route is not None and route[1] == resolved[1]:
-            return route, None  # looked up again, found the same address
         try:
             return self._connect(server), None
         except OSError as error:
@@ -402,7 +399,7 @@ class Reporter:
         server.lookup_error = None
 
     def _connect(self, server: _Server) -> tuple:
-        """``server``'s route: a new socket connected to the address last found for it.
+        """``server``'s route to the address last found for it: a new connected socket if it moved.
 
         Connected, a send neither parses an address nor looks up a route: it
         is the cheapest way to the kernel. The socket the server had before
@@ -416,7 +413,9 @@ class Reporter:
             family, sockaddr = server.resolved  # read here: a lookup may have just moved it
             route = server.route
             if route is not None and route[1] == sockaddr:
-                return route  # another thread has just connected it
+                # Looked up again and found the same address, or another
+                # thread has just connected it.
+                return route
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)

@@ -80,9 +80,9 @@ class ScriptMonitor:
             pinboard=pinboard,
         )
         servername = config.server_name
-        self._own_reporter = not isinstance(config.address, Reporter)
         self.settings = settings_for(config, tags)
         self.reporter: Reporter = self.settings.reporter
+        self._own_reporter = self.reporter is not config.address
         self.scriptname: str = scriptname or program_name()
         self.servername: str = servername or self.settings.hostname
         self.autostart = bool(autostart)

@@ -57,10 +57,9 @@ class Timer:
         cpu: bool = False,
         data: Any = None,
     ) -> None:
-        _init_timer(self, _timer_tags(tags), cpu)
+        _init_timer(self, _timer_tags(tags), cpu, collector)
         self.data = data
         if collector is not None:
-            self._collector = collector
             collector._timers.append(self)
 
     # -- measuring ---------------------------------------------------------
@@ -89,21 +88,12 @@ class Timer:
 
     def __enter__(self) -> Timer:
         if not self._running:
-            if self._detached or self._rusage:
-                self._begin()
-            else:  # the common case, inline
-                self._running = True
-                self._start = time.perf_counter()
+            self._begin()
         return self
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         if self._running:
-            if self._rusage:
-                self._end(time.perf_counter())
-            else:  # the common case, inline
-                self._value += time.perf_counter() - self._start
-                self._hits += 1
-                self._running = False
+            self._end(time.perf_counter())
 
     def _begin(self) -> None:
         if self._detached:
@@ -159,11 +149,10 @@ class Timer:
 
     def clone(self) -> Timer:
         """A new, stopped timer with the same tags and data, in the same request."""
-        twin = _init_timer(Timer.__new__(Timer), self._tags, self._rusage)
-        twin.data = self.data
         collector = self._collector
+        twin = _init_timer(Timer.__new__(Timer), self._tags, self._rusage, collector)
+        twin.data = self.data
         if collector is not None:
-            twin._collector = collector
             collector._timers.append(twin)
         return twin
 
