@@ -13,7 +13,7 @@ COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
 
 
 #: Compiled modules that cimport one another (and ``_rusage``): each needs the others.
-LINKED = {f"pynba.{name}" for name in ("_rusage", *COMPILED_SOURCES)}
+LINKED = {f"pynba.{name}" for name in ("_rusage", *COMPILED_SOURCES, "_timer_call")}
 
 
 class OptionalBuildExt(build_ext):
@@ -45,8 +45,8 @@ class OptionalBuildExt(build_ext):
 
     def _drop_per_request_modules(self):
         # Also those built earlier: a stale one would import, and fail, first.
-        for name in COMPILED_SOURCES:
-            path = self.get_ext_fullpath(f"pynba.{name}")
+        for name in LINKED:
+            path = self.get_ext_fullpath(name)
             if os.path.exists(path):
                 os.remove(path)
 
@@ -76,6 +76,7 @@ def extensions():
         Extension("pynba._rusage", ["src/pynba/_rusage.pyx"]),
     ]
     modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.py"]) for name in COMPILED_SOURCES]
+    modules.append(Extension("pynba._timer_call", ["src/pynba/_timer_call.pyx"]))
     return cythonize(
         modules,
         compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True},

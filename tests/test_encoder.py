@@ -370,6 +370,40 @@ def test_identical_tag_sets_merge_at_the_first_position(encode):
     ]
 
 
+def test_timer_tags_as_names_and_values_encode_as_pairs(encode):
+    by_names = [
+        (("db", "select"), 0.25, 1, 0.125, 0.0, ("group", "op")),
+        (["cache"], 0.5, 2, 0.0, 0.0, ["group"]),
+        (("select", "db"), 0.5, 3, 0.25, 0.5, ("op", "group")),
+        ((), 8.0, 1, 0.0, 0.0, ()),  # no tags: dropped, as any tagless timer
+    ]
+    as_pairs = [
+        timer({name: value for name, value in zip(names, values, strict=True)}, *measures)
+        for values, *measures, names in by_names
+    ]
+    assert make(encode, timers=by_names) == make(encode, timers=as_pairs)
+    message = roundtrip(encode, timers=[*by_names, timer([("group", "db"), ("op", "select")])])
+    assert timers(message)[0] == (
+        [(b"group", b"db"), (b"op", b"select")],
+        f32(0.751),
+        5,
+        0.375,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (("db",), 0.25, 1, 0.0, 0.0, ("group", "op")),
+        (("db", "select"), 0.25, 1, 0.0, 0.0, ("group",)),
+    ],
+)
+def test_timer_tag_names_and_values_must_pair_up(encode, bad):
+    with pytest.raises(ValueError, match="differ in number"):
+        encode(*(DEFAULTS[name] for name in ARGUMENTS[:-1]), [bad])
+
+
 def test_equal_tags_given_as_text_bytes_or_numbers_merge(encode):
     message = roundtrip(
         encode,

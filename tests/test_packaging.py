@@ -105,11 +105,22 @@ def test_per_request_modules_are_compiled_when_built():
     code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
     names = run_python(code, PYNBA_PURE_PYTHON="").split()
     assert names == sorted(
-        ["_encoder", "_rusage", "collector", "context", "reporter", "tags", "timer", "wsgi"]
+        [
+            "_encoder",
+            "_rusage",
+            "_timer_call",
+            "collector",
+            "context",
+            "reporter",
+            "tags",
+            "timer",
+            "wsgi",
+        ]
     )
 
 
-def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path):
+@pytest.mark.parametrize("broken", ["_rusage", "_timer_call"])  # built before them, after them
+def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path, broken):
     """They cimport one another and _rusage: kept without it, they could not be imported."""
     pytest.importorskip("Cython")
     if shutil.which(os.environ.get("CC", "cc")) is None:
@@ -121,10 +132,10 @@ def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_pa
         tmp_path / "src" / "pynba",
         ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
     )
-    rusage = tmp_path / "src" / "pynba" / "_rusage.pyx"
+    source = tmp_path / "src" / "pynba" / f"{broken}.pyx"
     # Valid Cython whose C does not compile: the failure a platform could bring.
-    rusage.write_text(
-        rusage.read_text() + '\n\ncdef extern from *:\n    """\n#error not here\n    """\n'
+    source.write_text(
+        source.read_text() + '\n\ncdef extern from *:\n    """\n#error not here\n    """\n'
     )
     build = subprocess.run(
         [sys.executable, "setup.py", "build", "--build-lib", "lib"],

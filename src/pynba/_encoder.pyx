@@ -23,6 +23,7 @@ from pynba._pure_encoder import to_bytes as _py_to_bytes
 from pynba._pure_encoder import to_seconds as _py_to_seconds
 from pynba._pure_encoder import to_uint32 as _py_to_uint32
 from pynba._pure_encoder import _pairs as _py_pairs
+from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
@@ -413,6 +414,23 @@ cdef Py_ssize_t collect_tags(State* s, object tags, list keep) except -1:
     return n
 
 
+cdef Py_ssize_t collect_keyword_tags(State* s, object names, object values, list keep) except -1:
+    """Reads one timer's tags given as names and values into ``s.refs``; returns how many."""
+    cdef Py_ssize_t n, i
+    if not (PyTuple_CheckExact(names) and PyTuple_CheckExact(values)):
+        # Copies, held by keep: a list could change under us while str() runs.
+        names = tuple(names)
+        values = tuple(values)
+        keep.append(names)
+        keep.append(values)
+    n = PyTuple_GET_SIZE(names)
+    if PyTuple_GET_SIZE(values) != n:
+        raise ValueError(_KEYWORD_MISMATCH)
+    for i in range(n):
+        add_ref(s, i, <object>PyTuple_GET_ITEM(names, i), <object>PyTuple_GET_ITEM(values, i), keep)
+    return n
+
+
 cdef void sort_refs(TagRef* refs, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef TagRef tmp
@@ -435,17 +453,28 @@ cdef void sort_refs(TagRef* refs, Py_ssize_t n) noexcept nogil:
 
 
 cdef int add_timer(State* s, object timer, list keep) except -1:
-    cdef object tags, value, hit_count, utime, stime
-    if PyTuple_CheckExact(timer) and PyTuple_GET_SIZE(timer) == 5:
+    cdef object tags, value, hit_count, utime, stime, names = None
+    cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
+    if size == 5 or size == 6:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
         value = <object>PyTuple_GET_ITEM(timer, 1)
         hit_count = <object>PyTuple_GET_ITEM(timer, 2)
         utime = <object>PyTuple_GET_ITEM(timer, 3)
         stime = <object>PyTuple_GET_ITEM(timer, 4)
+        if size == 6:
+            names = <object>PyTuple_GET_ITEM(timer, 5)
     else:
-        tags, value, hit_count, utime, stime = timer
-        keep.append((tags, value, hit_count, utime, stime))
-    cdef Py_ssize_t n = collect_tags(s, tags, keep)
+        timer = tuple(timer)
+        keep.append(timer)
+        if len(timer) == 6:
+            tags, value, hit_count, utime, stime, names = timer
+        else:
+            tags, value, hit_count, utime, stime = timer
+    cdef Py_ssize_t n
+    if names is None:
+        n = collect_tags(s, tags, keep)
+    else:
+        n = collect_keyword_tags(s, names, tags, keep)
     if n == 0:
         return 0
     cdef Py_ssize_t i
@@ -784,8 +813,11 @@ def encode(hostname, server_name, script_name, request_count, document_size,
     """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples.
-    Timers with the same tag set are merged, timers without tags dropped.
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, or
+    of ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
+    tags are the ``names`` paired with the ``values`` (two sequences of the
+    same length). Timers with the same tag set are merged, timers without
+    tags dropped.
 
     Repeated fields are unpacked (one key per value, like the PHP extension)
     unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2

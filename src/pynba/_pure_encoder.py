@@ -104,6 +104,17 @@ def _pairs(tags):
     return tags
 
 
+KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
+
+
+def _keyword_pairs(names, values):
+    """The pairs of a timer whose tags come as names and values."""
+    names, values = tuple(names), tuple(values)
+    if len(names) != len(values):
+        raise ValueError(KEYWORD_MISMATCH)
+    return zip(names, values, strict=True)
+
+
 def _key(field, wire_type):
     return _varint((field << 3) | wire_type)
 
@@ -149,8 +160,11 @@ def encode(
     """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples.
-    Timers with the same tag set are merged, timers without tags dropped.
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, or
+    of ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
+    tags are the ``names`` paired with the ``values`` (two sequences of the
+    same length). Timers with the same tag set are merged, timers without
+    tags dropped.
 
     Repeated fields are unpacked (one key per value, like the PHP extension)
     unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
@@ -174,7 +188,11 @@ def encode(
 
     slots = {}  # tag-set key -> position in merged
     merged = []  # [key, value, hit_count, ru_utime, ru_stime]
-    for timer_tags, value, hit_count, t_utime, t_stime in timers:
+    for timer in timers:
+        timer_tags, value, hit_count, t_utime, t_stime, *names = timer
+        if names:
+            (names,) = names
+            timer_tags = _keyword_pairs(names, timer_tags)
         pairs = sorted((to_bytes(n), to_bytes(v)) for n, v in _pairs(timer_tags))
         if not pairs:
             continue

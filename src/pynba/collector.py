@@ -91,7 +91,10 @@ def pinboard_timers(timers: list[tuple], hostname: Any, server_name: Any) -> lis
     added = (("__hostname", hostname), ("__server_name", server_name))
     out = []
     for tags, *measures in timers:
-        pairs = tuple(tags.items()) if isinstance(tags, Mapping) else tuple(tags)
+        if len(measures) == 5:  # keyword tags: values, ..., names
+            pairs = tuple(zip(measures.pop(), tags, strict=True))
+        else:
+            pairs = tuple(tags.items()) if isinstance(tags, Mapping) else tuple(tags)
         names = {name for name, _ in pairs}
         pairs += tuple(pair for pair in added if pair[0] not in names)
         out.append((pairs, *measures))
@@ -483,10 +486,15 @@ class RequestCollector:
             if not hits:
                 kept.append(timer)  # created but never run: it may still run
                 continue
+            names = timer._names
             if timer._rusage:
-                out.append((timer._tags, timer._value, hits, timer._utime, timer._stime))
+                utime, stime = timer._utime, timer._stime
             else:  # constant zeros: compiled, no float objects to make
-                out.append((timer._tags, timer._value, hits, 0.0, 0.0))
+                utime = stime = 0.0
+            if names is None:
+                out.append((timer._tags, timer._value, hits, utime, stime))
+            else:  # keyword tags: the encoder pairs the names with the values
+                out.append((timer._tags, timer._value, hits, utime, stime, names))
             if end is not None:  # a flush: the timer starts afresh
                 timer._value = timer._utime = timer._stime = 0.0
                 timer._hits = 0

@@ -18,6 +18,7 @@ from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import Any, TypeVar, Union
 
+from ._implementation import pure_python_forced
 from .collector import RequestCollector
 from .tags import check_tag_name, flatten_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, _decorate
@@ -83,17 +84,31 @@ def _require() -> Collector:
     return collector
 
 
+def _timer(**tags: Any) -> Timer | NoopTimer | UnboundTimer:
+    """A new timer of the current request, not started (see ``Timer``)."""
+    collector = _get()
+    if collector is None:
+        return UnboundTimer(tags)
+    return _timer_of(collector, tags)
+
+
+# Compiled, pynba.timer(...) is a C function that makes no dict of the tags.
+_proxy_timer = _timer
+if not pure_python_forced():
+    try:
+        from ._timer_call import keyword_timer
+    except ImportError:
+        pass
+    else:
+        _proxy_timer = keyword_timer(_current, _timer)
+
+
 class PynbaProxy:
     """Reaches the current request's collector (see ``RequestCollector``)."""
 
     __slots__ = ()
 
-    def timer(self, /, **tags: Any) -> Timer | NoopTimer | UnboundTimer:
-        """A new timer of the current request, not started (see ``Timer``)."""
-        collector = _get()
-        if collector is None:
-            return UnboundTimer(tags)
-        return _timer_of(collector, tags)
+    timer = staticmethod(_proxy_timer)
 
     @property
     def collector(self) -> Collector | None:

@@ -7,10 +7,10 @@ cimport cpython.time as time  # compiled, time.perf_counter() is a C call
 cimport pynba._rusage as rusage  # and rusage.cpu_times() (see _rusage.pxd)
 
 
-@cython.freelist(32)  # a request's timers are made and freed by the dozen
 cdef class Timer:
     cdef public object _collector
     cdef public object _tags
+    cdef public object _names
     cdef public bint _running
     cdef public double _start
     cdef public double _value
@@ -30,5 +30,5 @@ cdef class Timer:
 
 @cython.locals(plain=dict)
 cpdef _timer_tags(tags)
-cpdef Timer _init_timer(Timer timer, tags, bint cpu, collector=*)
+cpdef Timer _init_timer(Timer timer, tags, names, bint cpu, collector=*)
 cpdef Timer new_timer(tags, collector, bint cpu)

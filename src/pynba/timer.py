@@ -37,6 +37,7 @@ class Timer:
     __slots__ = (
         "_collector",
         "_tags",
+        "_names",
         "_running",
         "_start",
         "_value",
@@ -57,7 +58,7 @@ class Timer:
         cpu: bool = False,
         data: Any = None,
     ) -> None:
-        _init_timer(self, _timer_tags(tags), cpu, collector)
+        _init_timer(self, _timer_tags(tags), None, cpu, collector)
         self.data = data
         if collector is not None:
             collector._timers.append(self)
@@ -150,7 +151,7 @@ class Timer:
     def clone(self) -> Timer:
         """A new, stopped timer with the same tags and data, in the same request."""
         collector = self._collector
-        twin = _init_timer(Timer.__new__(Timer), self._tags, self._rusage, collector)
+        twin = _init_timer(Timer.__new__(Timer), self._tags, self._names, self._rusage, collector)
         twin.data = self.data
         if collector is not None:
             collector._timers.append(twin)
@@ -176,11 +177,14 @@ class Timer:
         Assign a mapping to replace them (checked and flattened at once).
         """
         tags = self._tags
+        if self._names is not None:
+            return tuple(zip(self._names, tags, strict=True))
         return tuple(tags.items()) if isinstance(tags, dict) else tags
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any]) -> None:
         self._tags = _timer_tags(tags)
+        self._names = None
 
     @property
     def started(self) -> bool:
@@ -231,10 +235,20 @@ def _timer_tags(tags: Mapping[str, Any]) -> dict | TagPairs:
 
 
 def _init_timer(
-    timer: Timer, tags: dict | TagPairs, cpu: bool, collector: RequestCollector | None = None
+    timer: Timer,
+    tags: dict | TagPairs | tuple[str, ...],
+    names: tuple[str, ...] | None,
+    cpu: bool,
+    collector: RequestCollector | None = None,
 ) -> Timer:
-    """``timer`` (new, not initialised) set up stopped and empty, with ``tags`` as stored."""
+    """``timer`` (new, not initialised) set up stopped and empty, with ``tags`` as stored.
+
+    With ``names``, ``tags`` are the values of these names (non-empty names,
+    str values): the keywords of a ``pynba.timer(...)`` call as they came,
+    with no dict made (see ``_timer_call.pyx``).
+    """
     timer._tags = tags
+    timer._names = names
     timer._collector = collector
     timer._running = False
     timer._start = 0.0
@@ -252,7 +266,7 @@ def new_timer(tags: dict, collector: RequestCollector, cpu: bool) -> Timer:
 
     The caller adds it to the collector's timers.
     """
-    return _init_timer(Timer.__new__(Timer), _timer_tags(tags), cpu, collector)
+    return _init_timer(Timer.__new__(Timer), _timer_tags(tags), None, cpu, collector)
 
 
 def _decorate(func: F, new_timer: Callable[[], Any]) -> F:
