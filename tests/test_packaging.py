@@ -53,7 +53,10 @@ def test_sdist_installs_without_a_compiler(tmp_path):
     (sdist,) = (tmp_path / "dist").glob("pynba-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
-    for needed in ("src/pynba/_encoder.pyx", "proto/pinba.proto", "tests/conftest.py"):
+    package = ROOT / "src" / "pynba"
+    build_sources = [f"src/pynba/{path.name}" for path in sorted(package.glob("*.p[yx][xd]"))]
+    assert "src/pynba/_encoder.pyx" in build_sources
+    for needed in (*build_sources, "src/pynba/py.typed", "proto/pinba.proto", "tests/conftest.py"):
         assert any(name.endswith(needed) for name in names), needed
 
     target = tmp_path / "site"
