@@ -288,7 +288,7 @@ class RequestCollector:
         if not isinstance(settings, CollectorSettings):
             raise TypeError(f"settings must be a CollectorSettings, not {type(settings).__name__}")
         self._settings = settings
-        self._hostname = settings.hostname
+        self._hostname = self._settings.hostname  # compiled: a typed read
         self._server_name = server_name
         self._script_name = script_name
         self._schema = schema

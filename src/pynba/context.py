@@ -40,7 +40,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 Collector = Union[RequestCollector, "DisabledCollector"]
 
 _current: ContextVar[Collector | None] = ContextVar("pynba_collector", default=None)
+# Bound once: compiled callers call them without looking the methods up per request.
 _get = _current.get
+_set = _current.set
+_reset = _current.reset
 
 
 def current_collector() -> Collector | None:
@@ -50,13 +53,13 @@ def current_collector() -> Collector | None:
 
 def activate(collector: Collector) -> Token:
     """Make ``collector`` the current one; give the token to deactivate()."""
-    return _current.set(collector)
+    return _set(collector)
 
 
 def deactivate(token: Token) -> None:
     """Restore the collector that was current before activate() returned ``token``."""
     try:
-        _current.reset(token)
+        _reset(token)
     except (ValueError, RuntimeError):
         # Reset from another context (a server that closes the response
         # elsewhere) or twice: the other context keeps its own value.

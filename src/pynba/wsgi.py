@@ -33,7 +33,7 @@ from typing import Any
 
 from .collector import internal_error, logger, new_collector, settings_for
 from .config import resolve
-from .context import DISABLED, _current, _get
+from .context import DISABLED, _get, _reset, _set
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware", "monitor"]
@@ -104,7 +104,7 @@ class PynbaMiddleware:
             if _get() is None:
                 # Left in place on purpose: the response may be iterated after
                 # this returns, and its timers must still find "disabled".
-                _current.set(DISABLED)
+                _set(DISABLED)
             return self.app(environ, start_response)
         try:
             response = _Response(self, environ, start_response)
@@ -115,14 +115,14 @@ class PynbaMiddleware:
         # the body's iteration and close below): a server may interleave
         # requests in one thread, calling the next application before the
         # previous body is done.
-        token = _current.set(response._collector)
+        token = _set(response._collector)
         try:
             result = self.app(environ, response.start_response)
         except BaseException:
             response.abort()
             raise
         finally:
-            _current.reset(token)
+            _reset(token)
         return response.wrap(result)
 
     def default_script_name(self, environ: dict) -> str:
@@ -253,9 +253,10 @@ class _Response:
         self._failed = False
         self._closed = False
         self._file_close = None
+        # self._middleware, not the argument: compiled, its attributes are typed.
         self._collector = new_collector(
-            middleware.settings,
-            middleware.default_server_name(environ),
+            self._middleware.settings,
+            self._middleware.default_server_name(environ),
             _lookup(environ, "wsgi.url_scheme"),
             self._default_script_name,
         )
@@ -326,7 +327,7 @@ class _Response:
         if self._file_close is None and type(self._result) in _PLAIN_BODIES:
             self._finish()  # nothing of the application's to run: no context switch
             return
-        token = _current.set(self._collector)
+        token = _set(self._collector)
         try:
             close = self._file_close
             if close is None:
@@ -337,7 +338,7 @@ class _Response:
             self._failed = True
             raise
         finally:
-            _current.reset(token)
+            _reset(token)
             self._finish(from_file=self._file_close is not None)
 
     def _finish(self, from_file: bool = False) -> None:
@@ -373,18 +374,18 @@ class _StreamBody:
         self._iterator = None
 
     def __iter__(self) -> _StreamBody:
-        token = _current.set(self._response._collector)
+        token = _set(self._response._collector)
         try:
             self._iterator = iter(self._response._result)
         except BaseException:
             self._response._failed = True
             raise
         finally:
-            _current.reset(token)
+            _reset(token)
         return self
 
     def __next__(self) -> bytes:
-        token = _current.set(self._response._collector)
+        token = _set(self._response._collector)
         try:
             chunk = next(self._iterator)
         except StopIteration:
@@ -393,7 +394,7 @@ class _StreamBody:
             self._response._failed = True
             raise
         finally:
-            _current.reset(token)
+            _reset(token)
         self._response._size += len(chunk)
         return chunk
 
