@@ -1,6 +1,10 @@
 """The compiled getrusage twin reads what Python's resource module reads."""
 
+import os
 import resource
+import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -46,3 +50,36 @@ def test_cpu_time_is_the_calling_threads_own():
     spent = sum(rusage.cpu_times()) - sum(start)
     # The other thread burned CPU; this one only waited.
     assert spent < 0.05
+
+
+def getrusage_calls(code):
+    """How many getrusage system calls ``code`` makes, counted by ``perf stat``."""
+    perf = shutil.which("perf")
+    if perf is None:
+        pytest.skip("perf is not installed")
+    run = subprocess.run(
+        [perf, "stat", "-x,", "-e", "syscalls:sys_enter_getrusage", sys.executable, "-c", code],
+        env={**os.environ, "PYNBA_PURE_PYTHON": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    count = run.stderr.strip().splitlines()[-1].split(",")[0]
+    if not count.isdigit():  # "<not supported>": no tracepoints for this user or kernel
+        pytest.skip(f"perf cannot count system calls here: {count}")
+    return int(count)
+
+
+def test_readings_less_than_a_microsecond_apart_share_one_system_call():
+    if _rusage is None or rusage.RUSAGE_WHO == resource.RUSAGE_SELF:
+        pytest.skip("only the compiled per-thread readings are shared")
+    setup = "from pynba._rusage import cpu_times\nimport time\n"
+    base = getrusage_calls(setup)
+    # Back-to-back readings: at most one system call for each two (the second
+    # of a pair is always well within the microsecond).
+    paired = getrusage_calls(setup + "for _ in range(2000):\n    cpu_times(); cpu_times()\n")
+    assert 0 < paired - base <= 2000
+    # A reading a millisecond after the last one makes its own call.
+    spaced = "for _ in range(200):\n    time.sleep(0.001)\n    cpu_times()\n"
+    assert getrusage_calls(setup + spaced) - base == 200

@@ -15,13 +15,38 @@ from posix.time cimport timeval
 cdef extern from *:
     """
     #include <sys/resource.h>
+    #include <time.h>
     #ifdef RUSAGE_THREAD
     #define PYNBA_RUSAGE_WHO RUSAGE_THREAD
+    #define PYNBA_SHARE_READINGS 1
     #else
     #define PYNBA_RUSAGE_WHO RUSAGE_SELF
+    #define PYNBA_SHARE_READINGS 0
     #endif
+
+    /* This thread's last CPU reading, and when it was asked for (CLOCK_MONOTONIC ns). */
+    static __thread long long pynba_reading_ns = -1000000000LL;
+    static __thread double pynba_reading_user, pynba_reading_system;
+
+    static long long pynba_monotonic_ns(void) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    }
     """
     int PYNBA_RUSAGE_WHO
+    bint PYNBA_SHARE_READINGS
+    long long pynba_reading_ns
+    double pynba_reading_user, pynba_reading_system
+    long long pynba_monotonic_ns() noexcept nogil
+
+# ru_utime and ru_stime count microseconds, and a thread cannot use more CPU
+# than the time that passes: a reading asked for less than a microsecond after
+# the last one would give the same numbers (to that microsecond), so it reuses
+# them instead of making a system call. Back-to-back and nested timers make
+# such pairs (one stops, the next starts). Only for per-thread readings: a
+# process's threads together can use more CPU than the time that passes.
+cdef long long SHARED_READING_NS = 1000
 
 
 cdef inline double seconds(timeval t) noexcept:
@@ -43,6 +68,16 @@ cpdef (double, double, long) usage() except *:
 
 cpdef (double, double) cpu_times() except *:
     """(user CPU seconds, system CPU seconds) of this thread."""
+    global pynba_reading_ns, pynba_reading_user, pynba_reading_system
     cdef rusage ru
+    cdef long long asked = 0
+    if PYNBA_SHARE_READINGS:
+        asked = pynba_monotonic_ns()
+        if asked - pynba_reading_ns < SHARED_READING_NS:
+            return pynba_reading_user, pynba_reading_system
     read_usage(&ru)
+    if PYNBA_SHARE_READINGS:
+        pynba_reading_ns = asked
+        pynba_reading_user = seconds(ru.ru_utime)
+        pynba_reading_system = seconds(ru.ru_stime)
     return seconds(ru.ru_utime), seconds(ru.ru_stime)

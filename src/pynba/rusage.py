@@ -2,8 +2,9 @@
 
 ``RUSAGE_THREAD`` where the OS has it (a threaded server must not charge one
 request with its neighbours' CPU), ``RUSAGE_SELF`` otherwise. The compiled
-twin (``_rusage.pyx``) calls getrusage(2) directly; ``PYNBA_PURE_PYTHON=1``
-forces these pure-Python versions.
+twin (``_rusage.pyx``) calls getrusage(2) directly, once for per-thread CPU
+readings less than a microsecond apart; ``PYNBA_PURE_PYTHON=1`` forces these
+pure-Python versions.
 """
 
 import resource
