@@ -12,8 +12,11 @@ HERE = Path(__file__).parent
 COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
 
 
+#: Compiled-only modules between timers and the rest (see their docstrings).
+TIMER_GLUE = ("_timer_call", "_timer_fields")
+
 #: Compiled modules that cimport one another (and ``_rusage``): each needs the others.
-LINKED = {f"pynba.{name}" for name in ("_rusage", *COMPILED_SOURCES, "_timer_call")}
+LINKED = {f"pynba.{name}" for name in ("_rusage", *COMPILED_SOURCES, *TIMER_GLUE)}
 
 
 class OptionalBuildExt(build_ext):
@@ -76,7 +79,7 @@ def extensions():
         Extension("pynba._rusage", ["src/pynba/_rusage.pyx"]),
     ]
     modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.py"]) for name in COMPILED_SOURCES]
-    modules.append(Extension("pynba._timer_call", ["src/pynba/_timer_call.pyx"]))
+    modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.pyx"]) for name in TIMER_GLUE]
     return cythonize(
         modules,
         compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True},

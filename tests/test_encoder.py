@@ -392,6 +392,26 @@ def test_timer_tags_as_names_and_values_encode_as_pairs(encode):
     )
 
 
+def test_timers_given_as_timer_objects_encode_as_what_they_measured(encode):
+    from pynba.timer import NOOP_TIMER, Timer
+
+    select = Timer({"op": "select", "group": "db"}).add(0.25, hit_count=2)
+    cache = Timer([("group", "cache"), ("group", "redis")]).add(0.5)
+    running = Timer({"group": "running"}).add(1.0).start()
+    as_tuples = [
+        (select.tags, 0.25, 2, 0.0, 0.0),
+        (cache.tags, 0.5, 1, 0.0, 0.0),
+        (select.tags, 0.125, 1, 0.0, 0.0),
+    ]
+    mixed = [select, cache, as_tuples[2], NOOP_TIMER]  # the no-op timer has no tags
+    assert make(encode, timers=mixed) == make(encode, timers=as_tuples)
+    message = roundtrip(encode, timers=[running])
+    running.stop()
+    ((tags, value, hits, _, _),) = timers(message)
+    assert (tags, hits) == ([(b"group", b"running")], 1)
+    assert 1.0 <= value <= f32(running.elapsed)  # the current run counts, as in .elapsed
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -105,13 +105,19 @@ def test_per_request_modules_are_compiled_when_built():
 
     if compiled_encoder() is None:
         pytest.skip("the compiled modules are not built")
-    code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
+    # The encoder looks for _timer_fields when it first meets a Timer.
+    code = (
+        "import pynba, pynba.wsgi; from pynba.timer import Timer;"
+        " pynba.encode('h', 's', '/', 1, 0, 0, 0.1, 0, 0, 200, 0, None, {}, [Timer({'a': 'b'})]);"
+        " print(' '.join(sorted(pynba.compiled_modules())))"
+    )
     names = run_python(code, PYNBA_PURE_PYTHON="").split()
     assert names == sorted(
         [
             "_encoder",
             "_rusage",
             "_timer_call",
+            "_timer_fields",
             "collector",
             "context",
             "reporter",

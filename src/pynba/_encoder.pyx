@@ -13,17 +13,21 @@ from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.list cimport PyList_CheckExact
 from cpython.long cimport PyLong_CheckExact
 from cpython.object cimport PyObject
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memchr, memcmp, memcpy, memset
 
+from pynba._timer_fields cimport ReadTimerFields, TimerFields
+
 from pynba._pure_encoder import to_bytes as _py_to_bytes
 from pynba._pure_encoder import to_seconds as _py_to_seconds
 from pynba._pure_encoder import to_uint32 as _py_to_uint32
 from pynba._pure_encoder import _pairs as _py_pairs
 from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
+from pynba._pure_encoder import timer_tuple as _py_timer_tuple
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
@@ -452,8 +456,27 @@ cdef void sort_refs(TagRef* refs, Py_ssize_t n) noexcept nogil:
             j -= 1
 
 
+cdef ReadTimerFields read_timer_fields = NULL
+cdef bint timer_fields_sought = False
+
+
+cdef int seek_timer_fields() except -1:
+    """Finds the compiled timer module's field reader, if it is there to use."""
+    global read_timer_fields, timer_fields_sought
+    timer_fields_sought = True
+    try:
+        from pynba._timer_fields import READ_TIMER_FIELDS
+        read_timer_fields = <ReadTimerFields>PyCapsule_GetPointer(
+            READ_TIMER_FIELDS, b"pynba._timer_fields.READ_TIMER_FIELDS"
+        )
+    except Exception:  # not built, or the timer module runs from source
+        read_timer_fields = NULL
+    return 0
+
+
 cdef int add_timer(State* s, object timer, list keep) except -1:
     cdef object tags, value, hit_count, utime, stime, names = None
+    cdef TimerFields fields
     cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
     if size == 5 or size == 6:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
@@ -464,12 +487,35 @@ cdef int add_timer(State* s, object timer, list keep) except -1:
         if size == 6:
             names = <object>PyTuple_GET_ITEM(timer, 5)
     else:
-        timer = tuple(timer)
+        if not timer_fields_sought:
+            seek_timer_fields()
+        if read_timer_fields != NULL and read_timer_fields(timer, &fields):
+            # A compiled Timer: its fields as they are, no objects made. The
+            # numbers are read before its tags, whose str() may run Python code.
+            return add_timer_fields(
+                s,
+                <object>fields.tags,
+                None if fields.names == NULL else <object>fields.names,
+                sanitize(fields.value),
+                <object>fields.hits,
+                sanitize(fields.utime),
+                sanitize(fields.stime),
+                keep,
+            )
+        timer = _py_timer_tuple(timer)
         keep.append(timer)
         if len(timer) == 6:
             tags, value, hit_count, utime, stime, names = timer
         else:
             tags, value, hit_count, utime, stime = timer
+    return add_timer_fields(
+        s, tags, names, to_seconds(value), hit_count, to_seconds(utime), to_seconds(stime), keep
+    )
+
+
+cdef int add_timer_fields(State* s, object tags, object names, double t_value, object hit_count,
+                          double t_utime, double t_stime, list keep) except -1:
+    """Adds one timer, merged with an earlier one of the same tag set."""
     cdef Py_ssize_t n
     if names is None:
         n = collect_tags(s, tags, keep)
@@ -504,9 +550,6 @@ cdef int add_timer(State* s, object timer, list keep) except -1:
         hits = to_uint32(hit_count, UINT32_MAX)
         if hits == 0:
             hits = 1
-    cdef double t_value = to_seconds(value)
-    cdef double t_utime = to_seconds(utime)
-    cdef double t_stime = to_seconds(stime)
 
     cdef Py_ssize_t j = h & s.tmask
     cdef int32_t found
@@ -813,11 +856,12 @@ def encode(hostname, server_name, script_name, request_count, document_size,
     """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, or
-    of ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, of
+    ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
     tags are the ``names`` paired with the ``values`` (two sequences of the
-    same length). Timers with the same tag set are merged, timers without
-    tags dropped.
+    same length), or of pynba Timers (read as their ``tags``, ``elapsed``,
+    ``hit_count``, ``ru_utime`` and ``ru_stime``). Timers with the same tag
+    set are merged, timers without tags dropped.
 
     Repeated fields are unpacked (one key per value, like the PHP extension)
     unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2

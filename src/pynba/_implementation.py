@@ -42,7 +42,7 @@ def use_pure_python_sources() -> None:
 def compiled_modules() -> list[str]:
     """The pynba modules running compiled code."""
     names = []
-    for name in ("_encoder", "_rusage", *COMPILED_SOURCES, "_timer_call"):
+    for name in ("_encoder", "_rusage", *COMPILED_SOURCES, "_timer_call", "_timer_fields"):
         module = sys.modules.get(f"{__package__}.{name}")
         if module is not None and not module.__file__.endswith(".py"):
             names.append(name)

@@ -107,6 +107,13 @@ def _pairs(tags):
 KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
 
 
+def timer_tuple(timer):
+    """``timer`` as a tuple: as given, or a Timer's measurements."""
+    if hasattr(timer, "hit_count"):  # a Timer (pynba.timer.Timer or alike)
+        return (timer.tags, timer.elapsed, timer.hit_count, timer.ru_utime, timer.ru_stime)
+    return tuple(timer)
+
+
 def _keyword_pairs(names, values):
     """The pairs of a timer whose tags come as names and values."""
     names, values = tuple(names), tuple(values)
@@ -160,11 +167,12 @@ def encode(
     """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, or
-    of ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, of
+    ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
     tags are the ``names`` paired with the ``values`` (two sequences of the
-    same length). Timers with the same tag set are merged, timers without
-    tags dropped.
+    same length), or of pynba Timers (read as their ``tags``, ``elapsed``,
+    ``hit_count``, ``ru_utime`` and ``ru_stime``). Timers with the same tag
+    set are merged, timers without tags dropped.
 
     Repeated fields are unpacked (one key per value, like the PHP extension)
     unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
@@ -189,7 +197,7 @@ def encode(
     slots = {}  # tag-set key -> position in merged
     merged = []  # [key, value, hit_count, ru_utime, ru_stime]
     for timer in timers:
-        timer_tags, value, hit_count, t_utime, t_stime, *names = timer
+        timer_tags, value, hit_count, t_utime, t_stime, *names = timer_tuple(timer)
         if names:
             (names,) = names
             timer_tags = _keyword_pairs(names, timer_tags)

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import rusage
+from ._pure_encoder import timer_tuple
 from .encoder import STATUS_MAX
 from .reporter import Reporter
 from .tags import TagPairs, check_tag_name, flatten_tags
@@ -82,7 +83,7 @@ def _resident_set_size() -> int:
         return 0
 
 
-def pinboard_timers(timers: list[tuple], hostname: Any, server_name: Any) -> list[tuple]:
+def pinboard_timers(timers: list, hostname: Any, server_name: Any) -> list[tuple]:
     """``timers`` (as the encoder takes them) with Pinboard's host and server tags added.
 
     The Pinboard UI shows a timer only when it carries ``__hostname`` and
@@ -90,7 +91,8 @@ def pinboard_timers(timers: list[tuple], hostname: Any, server_name: Any) -> lis
     """
     added = (("__hostname", hostname), ("__server_name", server_name))
     out = []
-    for tags, *measures in timers:
+    for timer in timers:
+        tags, *measures = timer_tuple(timer)
         if len(measures) == 5:  # keyword tags: values, ..., names
             pairs = tuple(zip(measures.pop(), tags, strict=True))
         else:
@@ -460,8 +462,12 @@ class RequestCollector:
         self._utime_start, self._stime_start = rusage.cpu_times()
         self._start = time.perf_counter()
 
-    def _measure_timers(self, keep_running: bool, end: float | None) -> list[tuple]:
-        """The timers as the encoder takes them; sent ones leave the request."""
+    def _measure_timers(self, keep_running: bool, end: float | None) -> list:
+        """The timers as the encoder takes them; sent ones leave the request.
+
+        At the request's end (``end`` None) these are the Timers themselves;
+        a flush sends what they measured so far, as tuples, and resets them.
+        """
         if not self._timers:
             return []
         out = []
@@ -486,6 +492,9 @@ class RequestCollector:
             if not hits:
                 kept.append(timer)  # created but never run: it may still run
                 continue
+            if end is None:  # the request ends: the encoder reads the timer itself
+                out.append(timer)
+                continue
             names = timer._names
             if timer._rusage:
                 utime, stime = timer._utime, timer._stime
@@ -495,15 +504,15 @@ class RequestCollector:
                 out.append((timer._tags, timer._value, hits, utime, stime))
             else:  # keyword tags: the encoder pairs the names with the values
                 out.append((timer._tags, timer._value, hits, utime, stime, names))
-            if end is not None:  # a flush: the timer starts afresh
-                timer._value = timer._utime = timer._stime = 0.0
-                timer._hits = 0
-                if not running:
-                    timer._detached = True
+            # A flush: what was measured goes, and the timer starts afresh.
+            timer._value = timer._utime = timer._stime = 0.0
+            timer._hits = 0
+            if not running:
+                timer._detached = True
         self._timers = kept
         return out
 
-    def _send(self, timers: list[tuple], end: float | None = None) -> None:
+    def _send(self, timers: list, end: float | None = None) -> None:
         utime, stime, maxrss = rusage.usage()
         if end is None:
             end = time.perf_counter()

@@ -1,0 +1,16 @@
+# What the encoder reads of a compiled Timer, through the function that
+# ``_timer_fields.pyx`` hands out in a capsule (the encoder does not cimport
+# the timer module, so that it builds and imports without it).
+from cpython.object cimport PyObject
+
+
+cdef struct TimerFields:
+    PyObject* tags  # borrowed from the timer, as are names and hits
+    PyObject* names  # NULL unless tags are the values of these names
+    PyObject* hits
+    double value
+    double utime
+    double stime
+
+# 1 and ``fields`` filled when ``timer`` is a compiled Timer, else 0.
+ctypedef int (*ReadTimerFields)(object timer, TimerFields* fields) except -1
