@@ -4,6 +4,7 @@ Every test runs against both encoders (the ``encode`` fixture); every datagram
 made here must pass ``pinba2_rules.assert_valid``.
 """
 
+import collections
 import math
 import random
 import struct
@@ -410,6 +411,43 @@ def test_timers_given_as_timer_objects_encode_as_what_they_measured(encode):
     ((tags, value, hits, _, _),) = timers(message)
     assert (tags, hits) == ([(b"group", b"running")], 1)
     assert 1.0 <= value <= f32(running.elapsed)  # the current run counts, as in .elapsed
+
+
+def test_a_timer_whose_tags_change_while_encoding_sends_the_tags_read(encode):
+    from pynba.timer import Timer
+
+    class Rewrites(int):
+        """A tag value whose str() replaces another timer's tags, and reuses memory."""
+
+        def __str__(self):
+            first.tags = {"group": "replaced"}
+            junk = ["Q" * 40 + str(i) for i in range(20000)]  # noqa: F841
+            return "1"
+
+    value = "".join(["db-", "unique-value"])  # held only by the timer's tags
+    first = Timer({"group": value}).add(0.5)
+    del value
+    second = Timer([("x", Rewrites(1))]).add(0.25)
+    assert timers(roundtrip(encode, timers=[first, second])) == [
+        ([(b"group", b"db-unique-value")], 0.5, 1, 0.0, 0.0),
+        ([(b"x", b"1")], 0.25, 1, 0.0, 0.0),
+    ]
+
+
+def test_timers_as_named_tuples_lists_and_six_tuples_without_names(encode):
+    named = collections.namedtuple("Measured", "tags value hit_count ru_utime ru_stime")
+    expected = make(encode, timers=[timer({"group": "db"}, 0.5, 2), timer({"group": "x"})])
+    as_named = [named({"group": "db"}, 0.5, 2, 0.0, 0.0), [{"group": "x"}, 0.001, 1, 0.0, 0.0]]
+    assert make(encode, timers=as_named) == expected
+    six = [({"group": "db"}, 0.5, 2, 0.0, 0.0, None), ({"group": "x"}, 0.001, 1, 0.0, 0.0, None)]
+    assert make(encode, timers=six) == expected
+
+
+@pytest.mark.parametrize("size", [4, 7])
+def test_timers_of_other_sizes_are_refused(encode, size):
+    bad = ({"group": "db"}, 0.5, 1, 0.0, 0.0, ("group",), "extra")[:size]
+    with pytest.raises(ValueError, match=f"a timer is .*, not {size} items"):
+        encode(*(DEFAULTS[name] for name in ARGUMENTS[:-1]), [bad])
 
 
 @pytest.mark.parametrize(

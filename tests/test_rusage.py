@@ -52,6 +52,9 @@ def test_cpu_time_is_the_calling_threads_own():
     assert spent < 0.05
 
 
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rusage.__file__)))
+
+
 def getrusage_calls(code):
     """How many getrusage system calls ``code`` makes, counted by ``perf stat``."""
     perf = shutil.which("perf")
@@ -59,7 +62,8 @@ def getrusage_calls(code):
         pytest.skip("perf is not installed")
     run = subprocess.run(
         [perf, "stat", "-x,", "-e", "syscalls:sys_enter_getrusage", sys.executable, "-c", code],
-        env={**os.environ, "PYNBA_PURE_PYTHON": ""},
+        # The pynba under test, wherever it is installed from.
+        env={**os.environ, "PYNBA_PURE_PYTHON": "", "PYTHONPATH": PACKAGE_ROOT},
         capture_output=True,
         text=True,
         timeout=60,

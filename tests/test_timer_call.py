@@ -5,6 +5,7 @@ come (names and values, no dict); every other call goes on to the Python
 function. These tests hold both to what the collector's own timer() does.
 """
 
+import ctypes
 import sys
 import time
 
@@ -66,6 +67,19 @@ def test_positional_arguments_are_refused_as_by_python(collector):
         pynba.timer("db")
     with pytest.raises(TypeError, match="positional"):
         pynba.timer("db", group="db")
+
+
+def test_an_empty_tuple_of_keyword_names_is_no_tags(collector):
+    # CPython passes no names tuple when there are no keywords; C callers may
+    # pass an empty one.
+    vectorcall = getattr(ctypes.pythonapi, "PyObject_Vectorcall", None)
+    if vectorcall is None:
+        pytest.skip("PyObject_Vectorcall is not exported by this Python")
+    vectorcall.restype = ctypes.py_object
+    vectorcall.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_size_t, ctypes.py_object]
+    with pytest.raises(ValueError, match="at least one tag"):
+        vectorcall(pynba.timer, None, 0, ())
+    assert collector.timers == ()
 
 
 def test_proxy_timers_are_the_request_s_and_sent_with_it(collector, udp_listener):

@@ -491,23 +491,29 @@ cdef int add_timer(State* s, object timer, list keep) except -1:
             seek_timer_fields()
         if read_timer_fields != NULL and read_timer_fields(timer, &fields):
             # A compiled Timer: its fields as they are, no objects made. The
-            # numbers are read before its tags, whose str() may run Python code.
+            # numbers are read before its tags, whose str() may run Python
+            # code; that code may replace the tags, so keep holds them (the
+            # dictionary borrows their bytes until the datagram is written).
+            tags = <object>fields.tags
+            keep.append(tags)
+            if fields.names != NULL:
+                names = <object>fields.names
+                keep.append(names)
             return add_timer_fields(
                 s,
-                <object>fields.tags,
-                None if fields.names == NULL else <object>fields.names,
+                tags,
+                names,
                 sanitize(fields.value),
                 <object>fields.hits,
                 sanitize(fields.utime),
                 sanitize(fields.stime),
                 keep,
             )
-        timer = _py_timer_tuple(timer)
+        timer = _py_timer_tuple(timer)  # 5 items, or 6 with tag names
         keep.append(timer)
+        tags, value, hit_count, utime, stime = timer[:5]
         if len(timer) == 6:
-            tags, value, hit_count, utime, stime, names = timer
-        else:
-            tags, value, hit_count, utime, stime = timer
+            names = timer[5]
     return add_timer_fields(
         s, tags, names, to_seconds(value), hit_count, to_seconds(utime), to_seconds(stime), keep
     )

@@ -105,13 +105,19 @@ def _pairs(tags):
 
 
 KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
+TIMER_SHAPE = "a timer is (tags, value, hit_count, ru_utime, ru_stime) or a Timer"
 
 
 def timer_tuple(timer):
-    """``timer`` as a tuple: as given, or a Timer's measurements."""
-    if hasattr(timer, "hit_count"):  # a Timer (pynba.timer.Timer or alike)
+    """``timer`` as a tuple of 5 items, or 6 with tag names: as given, or a Timer's measurements."""
+    if not isinstance(timer, (tuple, list)) and hasattr(timer, "elapsed"):  # a Timer
         return (timer.tags, timer.elapsed, timer.hit_count, timer.ru_utime, timer.ru_stime)
-    return tuple(timer)
+    timer = tuple(timer)
+    if len(timer) == 6 and timer[5] is None:  # no tag names: tags as usual
+        return timer[:5]
+    if len(timer) not in (5, 6):
+        raise ValueError(f"{TIMER_SHAPE}, not {len(timer)} items")
+    return timer
 
 
 def _keyword_pairs(names, values):
@@ -199,8 +205,7 @@ def encode(
     for timer in timers:
         timer_tags, value, hit_count, t_utime, t_stime, *names = timer_tuple(timer)
         if names:
-            (names,) = names
-            timer_tags = _keyword_pairs(names, timer_tags)
+            timer_tags = _keyword_pairs(names[0], timer_tags)
         pairs = sorted((to_bytes(n), to_bytes(v)) for n, v in _pairs(timer_tags))
         if not pairs:
             continue

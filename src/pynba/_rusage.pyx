@@ -42,8 +42,8 @@ cdef extern from *:
 
 # ru_utime and ru_stime count microseconds, and a thread cannot use more CPU
 # than the time that passes: a reading asked for less than a microsecond after
-# the last one would give the same numbers (to that microsecond), so it reuses
-# them instead of making a system call. Back-to-back and nested timers make
+# the last one could differ from it by one tick at most, so it reuses it
+# instead of making a system call. Back-to-back and nested timers make
 # such pairs (one stops, the next starts). Only for per-thread readings: a
 # process's threads together can use more CPU than the time that passes.
 cdef long long SHARED_READING_NS = 1000

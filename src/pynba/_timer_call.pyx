@@ -7,7 +7,7 @@ that is usually a constant of the calling code, and keeps both as the new
 timer's tags (see ``timer._init_timer``). It does so only in the common case,
 keyword tags with non-empty names and str values inside a request; every
 other call goes on, unchanged, to the pure-Python function it stands in for
-(``context._timer``), so results and errors are that function's.
+(``context.timer``), so results and errors are that function's.
 """
 
 from cpython.object cimport PyObject
@@ -49,7 +49,7 @@ cdef object call_timer(_Call call, PyObject** args, Py_ssize_t nargs, PyObject* 
     cdef RequestCollector request
     cdef tuple names, values
     cdef object value, collector
-    if nargs == 0 and kwnames is not NULL:
+    if nargs == 0 and kwnames is not NULL and PyTuple_GET_SIZE(<tuple>kwnames) > 0:
         names = <tuple>kwnames
         n = PyTuple_GET_SIZE(names)
         for i in range(n):
@@ -88,4 +88,4 @@ TIMER_METHOD.ml_doc = (
 
 def keyword_timer(var, fallback):
     """``fallback`` (a function of ``**tags``) as a C function, for the collector in ``var``."""
-    return PyCFunction_NewEx(&TIMER_METHOD, _Call(var, fallback), None)
+    return PyCFunction_NewEx(&TIMER_METHOD, _Call(var, fallback), fallback.__module__)

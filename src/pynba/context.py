@@ -87,7 +87,7 @@ def _require() -> Collector:
     return collector
 
 
-def _timer(**tags: Any) -> Timer | NoopTimer | UnboundTimer:
+def timer(**tags: Any) -> Timer | NoopTimer | UnboundTimer:
     """A new timer of the current request, not started (see ``Timer``)."""
     collector = _get()
     if collector is None:
@@ -96,14 +96,14 @@ def _timer(**tags: Any) -> Timer | NoopTimer | UnboundTimer:
 
 
 # Compiled, pynba.timer(...) is a C function that makes no dict of the tags.
-_proxy_timer = _timer
+_proxy_timer = timer
 if not pure_python_forced():
     try:
         from ._timer_call import keyword_timer
     except ImportError:
         pass
     else:
-        _proxy_timer = keyword_timer(_current, _timer)
+        _proxy_timer = keyword_timer(_current, timer)
 
 
 class PynbaProxy:

@@ -169,6 +169,8 @@ class Reporter:
         """``report()`` with the request as the encoder's positional arguments.
 
         The collectors' path: it saves building and binding keyword arguments.
+        Its timers may be the request's Timers themselves, read as they stand
+        when encoded: an override must encode them before it returns.
         """
         first_failure = None
         for wire, servers in self._wires:
