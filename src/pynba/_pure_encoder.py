@@ -203,7 +203,9 @@ def encode(
     slots = {}  # tag-set key -> position in merged
     merged = []  # [key, value, hit_count, ru_utime, ru_stime]
     for timer in timers:
-        timer_tags, value, hit_count, t_utime, t_stime, *names = timer_tuple(timer)
+        if type(timer) is not tuple or len(timer) != 5:
+            timer = timer_tuple(timer)
+        timer_tags, value, hit_count, t_utime, t_stime, *names = timer
         if names:
             timer_tags = _keyword_pairs(names[0], timer_tags)
         pairs = sorted((to_bytes(n), to_bytes(v)) for n, v in _pairs(timer_tags))
