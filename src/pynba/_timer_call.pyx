@@ -52,7 +52,7 @@ cdef object call_timer(_Call call, PyObject** args, Py_ssize_t nargs, PyObject* 
     if nargs == 0 and kwnames is not NULL and PyTuple_GET_SIZE(<tuple>kwnames) > 0:
         names = <tuple>kwnames
         n = PyTuple_GET_SIZE(names)
-        for i in range(n):
+        for i in range(n):  # str values and non-empty names: else, the Python function
             if not PyUnicode_CheckExact(<object>args[i]):
                 break
             if PyUnicode_GET_LENGTH(<object>PyTuple_GET_ITEM(names, i)) == 0:
