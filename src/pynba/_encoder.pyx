@@ -28,6 +28,7 @@ from pynba._pure_encoder import to_uint32 as _py_to_uint32
 from pynba._pure_encoder import _pairs as _py_pairs
 from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
 from pynba._pure_encoder import timer_tuple as _py_timer_tuple
+from pynba._pure_encoder import encode as _py_encode
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
@@ -859,20 +860,7 @@ if _sys.byteorder != "little":
 def encode(hostname, server_name, script_name, request_count, document_size,
            memory_peak, request_time, ru_utime, ru_stime, status,
            memory_footprint, schema, tags, timers, packed=False):
-    """Encode one request as a Pinba datagram.
-
-    ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, of
-    ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
-    tags are the ``names`` paired with the ``values`` (two sequences of the
-    same length), or of pynba Timers (read as their ``tags``, ``elapsed``,
-    ``hit_count``, ``ru_utime`` and ``ru_stime``). Timers with the same tag
-    set are merged, timers without tags dropped.
-
-    Repeated fields are unpacked (one key per value, like the PHP extension)
-    unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
-    packed form (one key and length per field), which pinba2 also reads.
-    """
+    # The docstring is the pure twin's: see the end of this module.
     cdef State s
     cdef list keep = []
     cdef Py_ssize_t i, n
@@ -891,3 +879,6 @@ def encode(hostname, server_name, script_name, request_count, document_size,
         return PyBytes_FromStringAndSize(<char*>s.out, s.olen)
     finally:
         state_free(&s)
+
+
+encode.__doc__ = _py_encode.__doc__  # the twins share a signature, and one text

@@ -120,7 +120,7 @@ def timer_tuple(timer):
     return timer
 
 
-def _keyword_pairs(names, values):
+def keyword_pairs(names, values):
     """The pairs of a timer whose tags come as names and values."""
     names, values = tuple(names), tuple(values)
     if len(names) != len(values):
@@ -207,7 +207,7 @@ def encode(
             timer = timer_tuple(timer)
         timer_tags, value, hit_count, t_utime, t_stime, *names = timer
         if names:
-            timer_tags = _keyword_pairs(names[0], timer_tags)
+            timer_tags = keyword_pairs(names[0], timer_tags)
         pairs = sorted((to_bytes(n), to_bytes(v)) for n, v in _pairs(timer_tags))
         if not pairs:
             continue

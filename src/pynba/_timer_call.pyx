@@ -4,7 +4,7 @@
 A Python function that takes ``**tags`` builds a dict on every call. This one
 is called the vectorcall way: it gets the values, and a tuple of the names
 that is usually a constant of the calling code, and keeps both as the new
-timer's tags (see ``timer._init_timer``). It does so only in the common case,
+timer's tags (see ``timer.new_timer``). It does so only in the common case,
 keyword tags with non-empty names and str values inside a request; every
 other call goes on, unchanged, to the pure-Python function it stands in for
 (``context.timer``), so results and errors are that function's.
@@ -16,7 +16,6 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTu
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH
 
 from pynba.collector cimport RequestCollector
-from pynba.timer cimport Timer, _init_timer
 
 
 cdef extern from "Python.h":
@@ -69,11 +68,7 @@ cdef object call_timer(_Call call, PyObject** args, Py_ssize_t nargs, PyObject* 
                         value = <object>args[i]
                         Py_INCREF(value)  # PyTuple_SET_ITEM takes a reference
                         PyTuple_SET_ITEM(values, i, value)
-                    timer = _init_timer(
-                        Timer.__new__(Timer), values, names, request._settings.timer_rusage, request
-                    )
-                    request._timers.append(timer)
-                    return timer
+                    return request._timer(values, names)
     return PyObject_Vectorcall(call.fallback, args, nargs, kwnames)
 
 

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from . import rusage
-from ._pure_encoder import timer_tuple
+from ._pure_encoder import keyword_pairs, timer_tuple
 from .encoder import STATUS_MAX
 from .reporter import Reporter
 from .tags import TagPairs, check_tag_name, flatten_tags
@@ -94,7 +94,7 @@ def pinboard_timers(timers: list, hostname: Any, server_name: Any) -> list[tuple
     for timer in timers:
         tags, *measures = timer_tuple(timer)
         if len(measures) == 5:  # keyword tags: values, ..., names
-            pairs = tuple(zip(measures.pop(), tags, strict=True))
+            pairs = tuple(keyword_pairs(measures.pop(), tags))
         else:
             pairs = tuple(tags.items()) if isinstance(tags, Mapping) else tuple(tags)
         names = {name for name, _ in pairs}
@@ -404,8 +404,9 @@ class RequestCollector:
         """A new timer of this request, not started, with these tags."""
         return self._timer(tags)
 
-    def _timer(self, tags: dict[str, Any]) -> Timer:
-        timer = new_timer(tags, self, self._settings.timer_rusage)
+    def _timer(self, tags: Any, names: tuple[str, ...] | None = None) -> Timer:
+        """A new timer of this request (see ``new_timer`` for ``names``)."""
+        timer = new_timer(tags, self, self._settings.timer_rusage, names)
         self._timers.append(timer)
         return timer
 
@@ -495,15 +496,10 @@ class RequestCollector:
             if end is None:  # the request ends: the encoder reads the timer itself
                 out.append(timer)
                 continue
-            names = timer._names
-            if timer._rusage:
-                utime, stime = timer._utime, timer._stime
-            else:  # constant zeros: compiled, no float objects to make
-                utime = stime = 0.0
-            if names is None:
-                out.append((timer._tags, timer._value, hits, utime, stime))
-            else:  # keyword tags: the encoder pairs the names with the values
-                out.append((timer._tags, timer._value, hits, utime, stime, names))
+            measured = (timer._tags, timer._value, hits, timer._utime, timer._stime)
+            if timer._names is not None:  # keyword tags: the encoder pairs names and values
+                measured += (timer._names,)
+            out.append(measured)
             # A flush: what was measured goes, and the timer starts afresh.
             timer._value = timer._utime = timer._stime = 0.0
             timer._hits = 0

@@ -31,4 +31,4 @@ cdef class Timer:
 @cython.locals(plain=dict)
 cpdef _timer_tags(tags)
 cpdef Timer _init_timer(Timer timer, tags, names, bint cpu, collector=*)
-cpdef Timer new_timer(tags, collector, bint cpu)
+cpdef Timer new_timer(tags, collector, bint cpu, names=*)

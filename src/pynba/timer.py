@@ -261,12 +261,17 @@ def _init_timer(
     return timer
 
 
-def new_timer(tags: dict, collector: RequestCollector, cpu: bool) -> Timer:
+def new_timer(
+    tags: Any, collector: RequestCollector, cpu: bool, names: tuple[str, ...] | None = None
+) -> Timer:
     """A timer for ``collector`` with ``tags`` (checked), as ``pynba.timer(...)`` makes it.
 
-    The caller adds it to the collector's timers.
+    With ``names``, ``tags`` are their values, already checked (see
+    ``_init_timer``). The caller adds the timer to the collector's timers.
     """
-    return _init_timer(Timer.__new__(Timer), _timer_tags(tags), None, cpu, collector)
+    if names is None:
+        tags = _timer_tags(tags)
+    return _init_timer(Timer.__new__(Timer), tags, names, cpu, collector)
 
 
 def _decorate(func: F, new_timer: Callable[[], Any]) -> F:

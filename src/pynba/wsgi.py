@@ -86,7 +86,6 @@ class PynbaMiddleware:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        prefix, server_name = config.prefix, config.server_name
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
         if script_name is not None and not callable(script_name):
@@ -95,9 +94,9 @@ class PynbaMiddleware:
         self.settings = settings_for(config, tags)
         self.reporter: Reporter = self.settings.reporter
         self.enabled = bool(config.enabled)
-        self.prefix = prefix
+        self.prefix = config.prefix
         self.script_name = script_name
-        self.server_name = server_name
+        self.server_name = config.server_name
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
