@@ -35,9 +35,7 @@ def clean_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_defaults_and_missing_server():
-    with pytest.raises(ValueError, match="address.*PINBA_SERVER"):
-        resolve()
+def test_defaults():
     config = resolve("127.0.0.1:30002")
     assert (config.enabled, config.prefix, config.hostname, config.server_name) == (
         True,
@@ -46,6 +44,28 @@ def test_defaults_and_missing_server():
         None,
     )
     assert not (config.raise_on_fail or config.timer_rusage or config.pinboard)
+
+
+def test_no_server_anywhere_turns_monitoring_off_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr("pynba.config._warned_no_server", False)
+    with caplog.at_level("WARNING", logger="pynba"):
+        config = resolve()
+        assert not config.enabled
+        middleware = PynbaMiddleware(hello)
+        assert not middleware.enabled
+        assert call(middleware) == b"hello"
+        monitor = ScriptMonitor()
+        with pynba.timer(group="db"):
+            pass
+        monitor.send()
+        monitor.close()
+    warnings = [r.getMessage() for r in caplog.records if "no Pinba server" in r.getMessage()]
+    assert len(warnings) == 1 and "PINBA_SERVER" in warnings[0] and "off" in warnings[0]
+
+
+def test_a_malformed_address_still_fails_at_startup_naming_it():
+    with pytest.raises(ValueError, match="nope:port"):
+        PynbaMiddleware(hello, "nope:port")
 
 
 def test_environment_is_read_when_resolving(monkeypatch):

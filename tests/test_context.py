@@ -17,7 +17,8 @@ def collector(udp_listener):
     return make_collector(udp_listener)
 
 
-def test_outside_a_request_the_proxy_raises_a_clear_error():
+def test_outside_a_request_strict_mode_raises_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PYNBA_STRICT", "1")
     assert current_collector() is None
     assert pynba.collector is None and not pynba.active
     with pytest.raises(RuntimeError, match="no monitored request"):
@@ -93,10 +94,11 @@ def test_a_timer_decorator_applied_at_import_time_times_calls_in_requests(collec
     assert packet.timer(group="decorated", kind="async").hit_count == 1
 
 
-def test_a_timer_made_outside_a_request_can_only_decorate():
+def test_a_timer_made_outside_a_request_can_only_decorate_in_strict_mode(monkeypatch):
+    monkeypatch.setenv("PYNBA_STRICT", "1")
     timer = pynba.timer(group="x")
     assert isinstance(timer, UnboundTimer)
-    for use in (timer.start, timer.stop, timer.clone, timer.__enter__, lambda: timer.elapsed):
+    for use in (timer.start, timer.stop, timer.clone, timer.__enter__, lambda: timer.add(1.0)):
         with pytest.raises(RuntimeError, match="only decorate"):
             use()
     with pytest.raises(RuntimeError):

@@ -183,8 +183,10 @@ def test_disabled_sends_nothing_and_timers_do_nothing(pinba):
 
 def test_settings_are_checked_when_the_middleware_is_built(monkeypatch):
     monkeypatch.delenv("PINBA_SERVER", raising=False)
-    with override_settings(PINBA_SERVER=None):
-        with pytest.raises(ImproperlyConfigured, match="PINBA_SERVER"):
+    with override_settings(PINBA_SERVER=None):  # no server: monitoring off, runserver still starts
+        assert not PynbaMiddleware(lambda request: None).enabled
+    with override_settings(PINBA_SERVER="bad:port"):
+        with pytest.raises(ImproperlyConfigured, match="bad:port"):
             PynbaMiddleware(lambda request: None)
     with override_settings(PINBA_SCRIPT_NAME="path"):
         with pytest.raises(ImproperlyConfigured, match="PINBA_SCRIPT_NAME"):

@@ -218,11 +218,9 @@ class _Exchange:
             None,
             middleware.default_server_name(scope),
             scope.get("scheme"),
-            self._default_script_name,
+            middleware.default_script_name,
+            scope,
         )
-
-    def _default_script_name(self) -> str:
-        return self._middleware.default_script_name(self._scope)
 
     async def receive(self) -> Message:
         message = await self._receive()

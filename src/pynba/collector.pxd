@@ -34,14 +34,18 @@ cdef class RequestCollector:
     cdef public double _utime_start
     cdef public double _stime_start
     cdef public bint _finished
+    cdef public bint _skipped
     cdef public object _namer
+    cdef public object _source
 
-    cpdef _setup(self, settings, script_name, server_name, schema, namer)
+    cpdef _setup(self, settings, script_name, server_name, schema, namer, source)
     cpdef _timer(self, tags, names=*)
+    cpdef add_timer(self, timer)
     cpdef _resolved_script_name(self)
-    cpdef finish(self)
+    cpdef end_response(self)
+    cpdef finish(self, status=*, document_size=*)
     @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)
     cpdef _send(self, timers, end=*)
 
-cpdef RequestCollector new_collector(settings, server_name, schema, namer)
+cpdef RequestCollector new_collector(settings, server_name, schema, namer, source=*)

@@ -34,7 +34,8 @@ from ._pure_encoder import keyword_pairs, timer_tuple
 from .encoder import STATUS_MAX
 from .reporter import Reporter
 from .tags import TagPairs, check_tag_name, flatten_tags
-from .timer import Timer, new_timer
+from .strict import is_strict
+from .timer import NOOP_TIMER, NoopTimer, Timer, new_timer
 
 if TYPE_CHECKING:
     from .config import Config
@@ -70,7 +71,7 @@ def internal_error(message: str, raise_on_fail: bool) -> None:
     ``PYNBA_STRICT=1`` (meant for pynba's own tests and for development).
     Call it from an ``except`` block.
     """
-    if raise_on_fail or os.environ.get("PYNBA_STRICT") == "1":
+    if raise_on_fail or is_strict():
         raise
     logger.exception("pynba: %s", message)
 
@@ -172,15 +173,16 @@ def new_collector(
     settings: CollectorSettings,
     server_name: str | None,
     schema: str | None,
-    namer: Callable[[], str] | None,
+    namer: Callable[[Any], str] | None,
+    source: Any = None,
 ) -> RequestCollector:
-    """``RequestCollector(settings, None, server_name, schema, namer)``, made the quick way.
+    """``RequestCollector(settings, None, server_name, schema, namer, source)``, made quickly.
 
     The middleware makes one per request; compiled, this spares the call
     the generic construction and its argument parsing.
     """
     collector = RequestCollector.__new__(RequestCollector)
-    collector._setup(settings, None, server_name, schema, namer)
+    collector._setup(settings, None, server_name, schema, namer, source)
     return collector
 
 
@@ -263,11 +265,10 @@ class RequestCollector:
         "_utime_start",
         "_stime_start",
         "_finished",
+        "_skipped",
         "_namer",
+        "_source",
     )
-
-    #: Monitoring is on (the disabled stand-in says False).
-    enabled = True
 
     def __init__(
         self,
@@ -275,9 +276,17 @@ class RequestCollector:
         script_name: str | None = None,
         server_name: str | None = None,
         schema: str | None = None,
-        namer: Callable[[], str] | None = None,
+        namer: Callable[[Any], str] | None = None,
+        source: Any = None,
     ) -> None:
-        self._setup(settings, script_name, server_name, schema, namer)
+        """``namer(source)`` gives the script name when none is set (called once, at the end).
+
+        The request's own object (environ, scope...) goes in ``source``
+        rather than in a closure: then the collector and whatever holds it
+        make no reference cycle, and a response dropped unclosed is freed
+        (and reported) at once.
+        """
+        self._setup(settings, script_name, server_name, schema, namer, source)
 
     def _setup(
         self,
@@ -285,7 +294,8 @@ class RequestCollector:
         script_name: str | None,
         server_name: str | None,
         schema: str | None,
-        namer: Callable[[], str] | None,
+        namer: Callable[[Any], str] | None,
+        source: Any,
     ) -> None:
         if not isinstance(settings, CollectorSettings):
             raise TypeError(f"settings must be a CollectorSettings, not {type(settings).__name__}")
@@ -304,7 +314,9 @@ class RequestCollector:
         self._tags = None
         self._timers: list[Timer] = []
         self._finished = False
+        self._skipped = False
         self._namer = namer
+        self._source = source
         self._utime_start, self._stime_start = rusage.cpu_times()
         self._start = time.perf_counter()
 
@@ -347,7 +359,7 @@ class RequestCollector:
         name = self._script_name
         if name is None and self._namer is not None:
             try:
-                name = self._namer()
+                name = self._namer(self._source)
             except Exception:
                 internal_error("script_name failed; reporting an empty name", self._raise_on_fail)
                 name = ""
@@ -366,6 +378,19 @@ class RequestCollector:
     def finished(self) -> bool:
         """Whether the request has ended (its packet was sent)."""
         return self._finished
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this request's packet will be sent.
+
+        Set it to False during the request to skip the request (a favicon, a
+        health check): nothing is sent for it, and True again to send it after all.
+        """
+        return not self._skipped
+
+    @enabled.setter
+    def enabled(self, enabled: bool) -> None:
+        self._skipped = not enabled
 
     # -- request tags --------------------------------------------------------
 
@@ -400,15 +425,39 @@ class RequestCollector:
 
     # -- timers --------------------------------------------------------------
 
-    def timer(self, /, **tags: Any) -> Timer:
-        """A new timer of this request, not started, with these tags."""
+    def timer(self, /, **tags: Any) -> Timer | NoopTimer:
+        """A new timer of this request, not started, with these tags.
+
+        After the request has ended, a timer that does nothing (see ``add_timer``).
+        """
         return self._timer(tags)
 
-    def _timer(self, tags: Any, names: tuple[str, ...] | None = None) -> Timer:
+    def _timer(self, tags: Any, names: tuple[str, ...] | None = None) -> Timer | NoopTimer:
         """A new timer of this request (see ``new_timer`` for ``names``)."""
+        if self._finished:
+            return self._too_late(tags)
         timer = new_timer(tags, self, self._settings.timer_rusage, names)
         self._timers.append(timer)
         return timer
+
+    def add_timer(self, timer: Timer) -> Timer | NoopTimer:
+        """Make ``timer`` (of this request) one the next packet carries.
+
+        Once the request has ended, nothing more can be sent for it: the
+        timer is not kept, and the ``NOOP_TIMER`` is returned in its place,
+        so that work that outlives its request (a task it started) neither
+        piles timers up nor fails.
+        """
+        if self._finished:
+            return self._too_late(timer.tags)
+        self._timers.append(timer)
+        return timer
+
+    def _too_late(self, tags: Any) -> NoopTimer:
+        if is_strict():
+            raise RuntimeError(f"pynba: a timer {tags!r} made after its request ended")
+        logger.debug("pynba: a timer %r made after its request ended does nothing", tags)
+        return NOOP_TIMER
 
     @property
     def timers(self) -> tuple[Timer, ...]:
@@ -423,20 +472,50 @@ class RequestCollector:
 
     # -- sending -------------------------------------------------------------
 
-    def finish(self) -> None:
-        """End the request: stop running timers and send the packet. Once only."""
+    def end_response(self) -> None:
+        """The response is complete: fix ``request_time`` and the CPU times now.
+
+        The packet still waits for ``finish()``, so that it carries the
+        timers of work that goes on after the response in the same
+        application call (an ASGI application's background tasks).
+        Measures the application set itself are kept.
+        """
+        if self._finished:
+            return
+        utime, stime = rusage.cpu_times()
+        if self._request_time is None:
+            self._request_time = time.perf_counter() - self._start
+        if self._ru_utime is None:
+            self._ru_utime = max(utime - self._utime_start, 0.0)
+        if self._ru_stime is None:
+            self._ru_stime = max(stime - self._stime_start, 0.0)
+
+    def finish(self, status: int | None = None, document_size: int | None = None) -> None:
+        """End the request: stop running timers and send the packet. Once only.
+
+        ``status`` and ``document_size`` are what the integration measured:
+        sent unless the application set its own. Nothing is sent when the
+        application set ``enabled`` to False.
+        """
         if self._finished:
             return
         self._finished = True
         try:
-            self._send(self._measure_timers(keep_running=False, end=None))
+            # Measured, not written by the application: the encoder clamps them.
+            if self._status is None:
+                self._status = status
+            if self._document_size is None:
+                self._document_size = document_size
+            timers = self._measure_timers(keep_running=False, end=None)
+            if not self._skipped:
+                self._send(timers)
         except Exception:
             internal_error("cannot report the request", self._raise_on_fail)
         finally:
             self._timers = []
-            # A namer usually refers to the request that holds this collector:
-            # dropping it leaves no reference cycle for the garbage collector.
+            # The request's own object can go now.
             self._namer = None
+            self._source = None
 
     def flush(self, only_stopped: bool = False) -> None:
         """Send what was measured so far as a packet of its own, then start afresh.
@@ -452,7 +531,9 @@ class RequestCollector:
             return
         try:
             end = time.perf_counter()
-            self._send(self._measure_timers(keep_running=only_stopped, end=end), end)
+            timers = self._measure_timers(keep_running=only_stopped, end=end)
+            if not self._skipped:
+                self._send(timers, end)
         except Exception:
             internal_error("cannot flush the request", self._raise_on_fail)
         self._status = self._request_time = self._ru_utime = self._ru_stime = None

@@ -9,7 +9,7 @@ there are any (Django ``settings``, Flask ``app.config``, Pyramid's
 ====================  ==========================  ===========================================
 option                environment variable        default
 ====================  ==========================  ===========================================
-``address``           ``PINBA_SERVER``            none: required while monitoring is enabled
+``address``           ``PINBA_SERVER``            none: monitoring is off (one warning)
 ``enabled``           ``PINBA_ENABLED``           ``True``
 ``prefix``            ``PINBA_PREFIX``            ``""``
 ``hostname``          ``PINBA_HOSTNAME``          this machine's host name
@@ -27,12 +27,15 @@ option                environment variable        default
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = ["ENVIRONMENT", "Config", "Settings", "parse_flag", "resolve"]
+
+logger = logging.getLogger("pynba")
 
 
 class Settings(Protocol):
@@ -148,9 +151,10 @@ def resolve(
     """Every option: the argument unless it is None, else ``settings``, else the environment.
 
     ``settings`` (anything with ``get()``) is looked up by environment
-    variable name (``PINBA_SERVER``, ...). ``environ`` defaults to ``os.environ``, read now. Raises
-    ValueError naming ``address`` when monitoring is enabled and no server
-    is given anywhere.
+    variable name (``PINBA_SERVER``, ...). ``environ`` defaults to ``os.environ``, read now.
+    When monitoring is enabled and no server is given anywhere, monitoring is
+    turned off, with a warning (once per process): as an error tracker without
+    its DSN, an application must start and run without a Pinba server.
     """
     unknown = set(options) - set(_PARSERS)
     if unknown:
@@ -173,13 +177,22 @@ def resolve(
         elif environ.get(key) is not None:
             value = parse(environ[key], key)
         values[option] = _DEFAULTS[option] if value is None else value
-    config = Config(**values)
-    if config.address is None:
-        if config.enabled:
-            raise ValueError(
-                "address: no Pinba server given; pass one or set PINBA_SERVER "
-                '(e.g. "127.0.0.1:30002")'
-            )
+    if values["address"] is None:
+        if values["enabled"]:
+            _warn_no_server()
         # Disabled: nothing is ever sent, but a Reporter still needs a target.
-        config = Config(**dict(values, address="127.0.0.1"))
-    return config
+        values.update(address="127.0.0.1", enabled=False)
+    return Config(**values)
+
+
+_warned_no_server = False
+
+
+def _warn_no_server() -> None:
+    global _warned_no_server
+    if not _warned_no_server:
+        _warned_no_server = True
+        logger.warning(
+            "pynba: no Pinba server configured (pass an address or set PINBA_SERVER, "
+            'e.g. "127.0.0.1:30002"); monitoring is off'
+        )

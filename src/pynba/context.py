@@ -4,10 +4,15 @@ The current collector lives in a ``contextvars.ContextVar``: each thread,
 asyncio task and gevent greenlet sees its own request. ``from pynba import
 pynba`` gives a proxy to it: ``pynba.timer(...)``, ``pynba.script_name =
 ...``, ``pynba.document_size = ...`` act on the request being served.
-Outside a request, using the proxy raises ``RuntimeError``, except that a
-timer created there works as a decorator: ``@pynba.timer(...)`` applied at
-import time times each call made during a request (and does nothing for
-calls made outside one).
+
+Outside a monitored request (a cron script sharing the web application's
+code, a thread the request did not hand its context to, an application
+deployed without the middleware) the proxy does nothing: timers measure
+nothing, writes are ignored, reads give None, and ``pynba.active`` is False.
+A timer made there still works as a decorator: ``@pynba.timer(...)``
+applied at import time times each call made during a request. With
+``PYNBA_STRICT=1`` (see ``pynba.strict``) using the proxy outside a request
+raises ``RuntimeError`` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, TypeVar, Union
 
 from ._implementation import pure_python_forced
 from .collector import RequestCollector
+from .strict import is_strict
 from .tags import check_tag_name, flatten_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, _decorate
 
@@ -80,10 +86,14 @@ _OUTSIDE = (
 )
 
 
-def _require() -> Collector:
+def _current_or_outside(use: str) -> Collector:
+    """The current collector; outside a request, the one that does nothing (strict: raises)."""
     collector = _get()
     if collector is None:
-        raise RuntimeError(_OUTSIDE)
+        if is_strict():
+            raise RuntimeError(_OUTSIDE)
+        logger.debug("pynba: %s outside a monitored request: ignored", use)
+        return OUTSIDE
     return collector
 
 
@@ -125,13 +135,13 @@ class PynbaProxy:
         return collector is not None and collector.enabled
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(_require(), name)
+        return getattr(_current_or_outside(name), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(_require(), name, value)
+        setattr(_current_or_outside(name), name, value)
 
     def __delattr__(self, name: str) -> None:
-        delattr(_require(), name)
+        delattr(_current_or_outside(name), name)
 
     def __dir__(self) -> list[str]:
         return sorted(set(dir(type(self))) | set(dir(RequestCollector)))
@@ -141,10 +151,12 @@ class PynbaProxy:
 
 
 class UnboundTimer:
-    """A timer made outside any request: usable as a decorator only.
+    """A timer made outside any request: it times the calls of what it decorates.
 
     Each call of the decorated function is timed by a new timer of the
     request current at call time; outside a request the call is not timed.
+    Used any other way (``with``, ``start()``...) it does nothing, as every
+    timer outside a request (strict mode: ``RuntimeError``).
     """
 
     __slots__ = ("_tags", "data")
@@ -171,13 +183,44 @@ class UnboundTimer:
             timer.data = self.data
         return timer
 
-    def _outside(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(
-            _OUTSIDE + " A timer made outside a request can only decorate a function."
-        )
+    def _outside(self, use: str) -> None:
+        if is_strict():
+            raise RuntimeError(
+                _OUTSIDE + " A timer made outside a request can only decorate a function."
+            )
+        logger.debug("pynba: timer %s() outside a monitored request: ignored", use)
 
-    start = stop = add = clone = delete = __enter__ = __exit__ = _outside
-    elapsed = started = hit_count = property(_outside)
+    def start(self) -> UnboundTimer:
+        self._outside("start")
+        return self
+
+    def stop(self) -> UnboundTimer:
+        self._outside("stop")
+        return self
+
+    def add(self, value: float, hit_count: int = 1) -> UnboundTimer:
+        self._outside("add")
+        return self
+
+    def clone(self) -> UnboundTimer:
+        self._outside("clone")
+        return self
+
+    def delete(self) -> None:
+        self._outside("delete")
+
+    def __enter__(self) -> UnboundTimer:
+        self._outside("__enter__")
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        pass
+
+    started = False
+    elapsed = 0.0
+    hit_count = 0
+    ru_utime = 0.0
+    ru_stime = 0.0
 
     @property
     def tags(self) -> tuple:
@@ -188,7 +231,11 @@ class UnboundTimer:
 
 
 class DisabledCollector:
-    """What the proxy reaches when monitoring is disabled: it accepts everything, does nothing."""
+    """What the proxy reaches when monitoring is off, or outside a request: it does nothing.
+
+    Every field reads None and every write of one is ignored; its timers
+    are the ``NOOP_TIMER``.
+    """
 
     __slots__ = ()
 
@@ -203,13 +250,16 @@ class DisabledCollector:
 
     _FIELDS = frozenset(
         "hostname server_name script_name scriptname servername schema status document_size"
-        " memory_peak memory_footprint request_time ru_utime ru_stime tags".split()
+        " memory_peak memory_footprint request_time ru_utime ru_stime tags enabled".split()
     )
 
     def timer(self, /, **tags: Any) -> NoopTimer:
         return NOOP_TIMER
 
     def _timer(self, tags: dict[str, Any]) -> NoopTimer:
+        return NOOP_TIMER
+
+    def add_timer(self, timer: Any) -> NoopTimer:
         return NOOP_TIMER
 
     def set_tag(self, name: str, value: Any) -> None:
@@ -224,7 +274,10 @@ class DisabledCollector:
     def flush(self, only_stopped: bool = False) -> None:
         pass
 
-    def finish(self) -> None:
+    def end_response(self) -> None:
+        pass
+
+    def finish(self, status: int | None = None, document_size: int | None = None) -> None:
         pass
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -237,6 +290,8 @@ class DisabledCollector:
 
 #: The collector of every request while monitoring is disabled.
 DISABLED = DisabledCollector()
+#: What the proxy acts on outside any request.
+OUTSIDE = DisabledCollector()
 
 #: The proxy to the current request: ``from pynba import pynba``.
 pynba = PynbaProxy()

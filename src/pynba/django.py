@@ -74,15 +74,15 @@ class PynbaMiddleware:
             markcoroutinefunction(self)
         try:
             config = resolve(settings=_DjangoSettings())
+            script_name = getattr(django_settings, "PINBA_SCRIPT_NAME", "route")
+            if not callable(script_name) and script_name not in _SCRIPT_NAMES:
+                raise ValueError(
+                    'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
+                    f"not {script_name!r}"
+                )
+            self.settings = settings_for(config, getattr(django_settings, "PINBA_TAGS", None))
         except (TypeError, ValueError) as error:
             raise ImproperlyConfigured(f"pynba: {error}") from error
-        script_name = getattr(django_settings, "PINBA_SCRIPT_NAME", "route")
-        if not callable(script_name) and script_name not in _SCRIPT_NAMES:
-            raise ImproperlyConfigured(
-                'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
-                f"not {script_name!r}"
-            )
-        self.settings = settings_for(config, getattr(django_settings, "PINBA_TAGS", None))
         self.reporter: Reporter = self.settings.reporter
         self.enabled = config.enabled
         self.prefix = config.prefix
@@ -138,7 +138,8 @@ class PynbaMiddleware:
                 None,
                 self.server_name if self.server_name is not None else _host(meta),
                 request.scheme,
-                lambda: self.default_script_name(request),
+                self.default_script_name,
+                request,
             )
         except Exception:
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)

@@ -60,8 +60,8 @@ class Timer:
     ) -> None:
         _init_timer(self, _timer_tags(tags), None, cpu, collector)
         self.data = data
-        if collector is not None:
-            collector._timers.append(self)
+        if collector is not None and collector.add_timer(self) is not self:
+            self._collector = None  # its request has ended: measured here, never sent
 
     # -- measuring ---------------------------------------------------------
 
@@ -81,7 +81,7 @@ class Timer:
         """
         if not self._running:
             collector = self._collector
-            if collector is not None and collector._finished:
+            if collector is not None and collector.finished:
                 return self
             raise RuntimeError(f"{self!r} is not started")
         self._end(time.perf_counter())
@@ -115,8 +115,8 @@ class Timer:
     def _rejoin(self) -> None:
         self._detached = False
         collector = self._collector
-        if collector is not None:
-            collector._timers.append(self)
+        if collector is not None and collector.add_timer(self) is not self:
+            self._collector = None  # its request has ended: measured here, never sent
 
     def _add_cpu(self) -> None:
         utime, stime = rusage.cpu_times()
@@ -148,13 +148,16 @@ class Timer:
 
     # -- managing ----------------------------------------------------------
 
-    def clone(self) -> Timer:
-        """A new, stopped timer with the same tags and data, in the same request."""
+    def clone(self) -> Timer | NoopTimer:
+        """A new, stopped timer with the same tags and data, in the same request.
+
+        Once the request has ended, the ``NOOP_TIMER``: nothing more is sent for it.
+        """
         collector = self._collector
         twin = _init_timer(Timer.__new__(Timer), self._tags, self._names, self._rusage, collector)
         twin.data = self.data
         if collector is not None:
-            collector._timers.append(twin)
+            return collector.add_timer(twin)
         return twin
 
     def delete(self) -> None:

@@ -41,7 +41,6 @@ cdef class _Response:
     cdef public bint _closed
     cdef public object _file_close
 
-    cpdef _default_script_name(self)
     cpdef wrap(self, result)
     cpdef close(self)
     cpdef _finish(self, bint from_file=*)

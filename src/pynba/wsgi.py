@@ -257,11 +257,9 @@ class _Response:
             self._middleware.settings,
             self._middleware.default_server_name(environ),
             _lookup(environ, "wsgi.url_scheme"),
-            self._default_script_name,
+            self._middleware.default_script_name,
+            environ,
         )
-
-    def _default_script_name(self) -> str:
-        return self._middleware.default_script_name(self._environ)
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
         """The application's ``start_response``: the server's, noting the status."""
