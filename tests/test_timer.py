@@ -101,6 +101,68 @@ def test_the_decorator_on_async_def_times_the_awaited_call(collector):
     assert clones[0].hit_count == 1 and clones[0].elapsed >= 0.01
 
 
+def _clones(collector, timer):
+    return [t for t in collector.timers if t is not timer]
+
+
+def test_the_decorator_on_a_generator_function_times_the_whole_iteration(collector):
+    timer = collector.timer(group="rows")
+
+    @timer
+    def rows():
+        for i in range(3):
+            time.sleep(0.005)
+            yield i
+        return "end"
+
+    iterator = rows()
+    assert _clones(collector, timer) == []  # nothing timed by creating it
+    assert list(iterator) == [0, 1, 2]
+    (clone,) = _clones(collector, timer)
+    assert clone.hit_count == 1 and clone.elapsed >= 0.015 and not clone.started
+
+    def delegate():
+        return (yield from rows())
+
+    generator = delegate()
+    assert next(generator) == 0
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(generator)
+    assert stop.value.value == "end"  # the generator's return value goes through
+
+
+def test_the_decorator_on_an_async_generator_function_times_the_whole_iteration(collector):
+    timer = collector.timer(group="stream")
+
+    @timer
+    async def chunks():
+        for i in range(3):
+            await asyncio.sleep(0.005)
+            yield i
+
+    async def consume():
+        return [chunk async for chunk in chunks()]
+
+    assert asyncio.run(consume()) == [0, 1, 2]
+    (clone,) = _clones(collector, timer)
+    assert clone.hit_count == 1 and clone.elapsed >= 0.015 and not clone.started
+
+
+def test_the_decorator_on_an_object_with_async_call_times_the_await(collector):
+    timer = collector.timer(group="handler")
+
+    class Handler:
+        async def __call__(self, delay):
+            await asyncio.sleep(delay)
+            return delay
+
+    handler = timer(Handler())
+    assert asyncio.run(handler(0.01)) == 0.01
+    (clone,) = _clones(collector, timer)
+    assert clone.hit_count == 1 and clone.elapsed >= 0.01 and not clone.started
+
+
 def test_the_decorator_refuses_non_callables(collector):
     with pytest.raises(TypeError, match="decorates a function"):
         collector.timer(group="x")(42)

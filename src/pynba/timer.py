@@ -142,7 +142,8 @@ class Timer:
     def __call__(self, func: F) -> F:
         """Decorate ``func``: each call is timed by a fresh clone of this timer.
 
-        On an ``async def`` function the awaited call is timed.
+        On an ``async def`` function the awaited call is timed; on a
+        generator or async generator function, the whole iteration.
         """
         return _decorate(func, self.clone)
 
@@ -278,10 +279,36 @@ def new_timer(
 
 
 def _decorate(func: F, new_timer: Callable[[], Any]) -> F:
-    """``func`` wrapped so that each call runs inside ``new_timer()``."""
+    """``func`` wrapped so that each call runs inside ``new_timer()``.
+
+    What is timed is the work the call stands for: the awaited call of a
+    coroutine function (or of an object whose ``__call__`` is one), the
+    whole iteration of what a generator or async generator function returns.
+    """
     if not callable(func):
         raise TypeError(f"a timer decorates a function, not {type(func).__name__}")
-    if inspect.iscoroutinefunction(func):
+    if inspect.isgeneratorfunction(func):
+
+        def timed_generator(*args: Any, **kwargs: Any) -> Any:
+            with new_timer():
+                return (yield from func(*args, **kwargs))
+
+        return functools.wraps(func)(timed_generator)  # type: ignore[return-value]
+    if inspect.isasyncgenfunction(func):
+
+        async def timed_async_generator(*args: Any, **kwargs: Any) -> Any:
+            with new_timer():
+                iterator = func(*args, **kwargs)
+                try:
+                    async for item in iterator:
+                        yield item
+                finally:
+                    await iterator.aclose()
+
+        return functools.wraps(func)(timed_async_generator)  # type: ignore[return-value]
+    if inspect.iscoroutinefunction(func) or (
+        not inspect.isroutine(func) and inspect.iscoroutinefunction(type(func).__call__)
+    ):
 
         async def timed_coroutine(*args: Any, **kwargs: Any) -> Any:
             with new_timer():
