@@ -100,9 +100,7 @@ def test_a_thread_the_request_did_not_hand_its_context_to_is_outside(lenient, ud
     assert errors == [] and packet.timers == [] and packet.tags == []
 
 
-def test_timers_made_after_the_request_ended_do_nothing_and_pile_nothing_up(
-    lenient, udp_listener
-):
+def test_timers_made_after_the_request_ended_do_nothing_and_pile_nothing_up(lenient, udp_listener):
     collector = make_collector(udp_listener)
     token = activate(collector)
     kept = collector.timer(group="kept")

@@ -33,8 +33,8 @@ from . import rusage
 from ._pure_encoder import keyword_pairs, timer_tuple
 from .encoder import STATUS_MAX
 from .reporter import Reporter
-from .tags import TagPairs, check_tag_name, flatten_tags
 from .strict import is_strict
+from .tags import TagPairs, check_tag_name, flatten_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, new_timer
 
 if TYPE_CHECKING:
