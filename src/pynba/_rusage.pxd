@@ -5,3 +5,15 @@
 
 cpdef (double, double, long) usage() except *
 cpdef (double, double) cpu_times() except *
+
+cdef class ThreadCPU:
+    cdef public long running
+    cdef public double user, system, last_user, last_system
+
+    cdef void _advance(self, double user, double system) noexcept
+    cpdef (double, double) begin(self) except *
+    cpdef (double, double, long) progress(self) except *
+    cpdef (double, double, long) end(self) except *
+    cpdef leave(self)
+
+cpdef ThreadCPU thread_cpu()

@@ -7,6 +7,7 @@ building a ``struct_rusage`` of sixteen fields on every call. Compiled
 modules that ``cimport`` it (see ``_rusage.pxd``) call these as C functions.
 """
 
+from cpython.object cimport PyObject
 from libc.errno cimport errno
 from posix.resource cimport getrusage, rusage
 from posix.time cimport timeval
@@ -81,3 +82,71 @@ cpdef (double, double) cpu_times() except *:
         pynba_reading_user = seconds(ru.ru_utime)
         pynba_reading_system = seconds(ru.ru_stime)
     return seconds(ru.ru_utime), seconds(ru.ru_stime)
+
+
+cdef class ThreadCPU:
+    """One thread's CPU, shared out between the requests running on it (see ``rusage.py``)."""
+
+    def __init__(self):
+        self.running = 0
+        self.user = self.system = 0.0
+        self.last_user = self.last_system = 0.0
+
+    cdef void _advance(self, double user, double system) noexcept:
+        if self.running > 0:
+            self.user += (user - self.last_user) / self.running
+            self.system += (system - self.last_system) / self.running
+        self.last_user = user
+        self.last_system = system
+
+    cpdef (double, double) begin(self) except *:
+        """A request starts on this thread: the sums it will count from."""
+        cdef double user, system
+        user, system = cpu_times()
+        self._advance(user, system)
+        self.running += 1
+        return self.user, self.system
+
+    cpdef (double, double, long) progress(self) except *:
+        """(user sum, system sum, ru_maxrss) now, for a request that goes on."""
+        cdef rusage ru
+        read_usage(&ru)
+        self._advance(seconds(ru.ru_utime), seconds(ru.ru_stime))
+        return self.user, self.system, ru.ru_maxrss
+
+    cpdef (double, double, long) end(self) except *:
+        """A request that began on this thread ends here: ``progress()``, then one less running."""
+        cdef rusage ru
+        read_usage(&ru)
+        self._advance(seconds(ru.ru_utime), seconds(ru.ru_stime))
+        if self.running > 0:
+            self.running -= 1
+        return self.user, self.system, ru.ru_maxrss
+
+    cpdef leave(self):
+        """A request that began on this thread ends elsewhere, or never: one less running."""
+        if self.running > 0:
+            self.running -= 1
+
+
+cdef extern from "Python.h":
+    PyObject* PyThreadState_GetDict()
+    PyObject* PyDict_GetItemWithError(object, object) except? NULL
+
+# Kept in the thread state's own dict: it goes with its thread.
+cdef str THREAD_KEY = "pynba.rusage.ThreadCPU"
+
+
+cpdef ThreadCPU thread_cpu():
+    """This thread's ``ThreadCPU``."""
+    cdef PyObject* state = PyThreadState_GetDict()
+    cdef PyObject* found
+    cdef ThreadCPU cpu
+    if state == NULL:  # cannot happen with the GIL held; stay correct anyway
+        return ThreadCPU()
+    found = PyDict_GetItemWithError(<object>state, THREAD_KEY)
+    if found != NULL:
+        return <ThreadCPU><object>found
+    cpu = ThreadCPU()
+    (<dict>state)[THREAD_KEY] = cpu
+    return cpu

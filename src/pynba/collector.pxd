@@ -31,6 +31,7 @@ cdef class RequestCollector:
     cdef public object _tags
     cdef public list _timers
     cdef public object _start
+    cdef public rusage.ThreadCPU _cpu
     cdef public double _utime_start
     cdef public double _stime_start
     cdef public bint _finished
@@ -47,5 +48,7 @@ cdef class RequestCollector:
     @cython.locals(timer=Timer)
     cpdef _measure_timers(self, keep_running, end)
     cpdef _send(self, timers, end=*)
+    cpdef (double, double, long) _cpu_reading(self, bint ending) except *
+    cpdef _stop_running(self)
 
 cpdef RequestCollector new_collector(settings, server_name, schema, namer, source=*)

@@ -8,8 +8,9 @@ end:
 
 - ``request_time``: wall-clock seconds since the start (``time.perf_counter``);
 - ``ru_utime``/``ru_stime``: CPU seconds of the current thread
-  (``RUSAGE_THREAD``) where the OS has it, of the process otherwise. Under
-  asyncio every task of the loop's thread is counted, not just this request;
+  (``RUSAGE_THREAD``) where the OS has it, of the process otherwise, shared
+  out between the requests running on the thread at the same time (asyncio
+  tasks, gevent greenlets: see ``pynba.rusage.ThreadCPU``);
 - ``memory_peak``: the process's peak resident set size (``ru_maxrss``, from
   the same ``getrusage`` call), in bytes;
 - ``memory_footprint``: 0, unless ``memory_footprint=True`` was configured:
@@ -262,6 +263,7 @@ class RequestCollector:
         "_tags",
         "_timers",
         "_start",
+        "_cpu",
         "_utime_start",
         "_stime_start",
         "_finished",
@@ -317,7 +319,9 @@ class RequestCollector:
         self._skipped = False
         self._namer = namer
         self._source = source
-        self._utime_start, self._stime_start = rusage.cpu_times()
+        cpu = rusage.thread_cpu()
+        self._cpu = cpu
+        self._utime_start, self._stime_start = cpu.begin()
         self._start = time.perf_counter()
 
     # -- fields the application may set (None: measured or defaulted at the end)
@@ -482,7 +486,7 @@ class RequestCollector:
         """
         if self._finished:
             return
-        utime, stime = rusage.cpu_times()
+        utime, stime, _ = self._cpu_reading(False)
         if self._request_time is None:
             self._request_time = time.perf_counter() - self._start
         if self._ru_utime is None:
@@ -512,6 +516,7 @@ class RequestCollector:
         except Exception:
             internal_error("cannot report the request", self._raise_on_fail)
         finally:
+            self._stop_running()  # when not sent (skipped, failed)
             self._timers = []
             # The request's own object can go now.
             self._namer = None
@@ -541,8 +546,37 @@ class RequestCollector:
         self._restart_clock()
 
     def _restart_clock(self) -> None:
-        self._utime_start, self._stime_start = rusage.cpu_times()
+        self._utime_start, self._stime_start, _ = self._cpu_reading(False)
         self._start = time.perf_counter()
+
+    def _cpu_reading(self, ending: bool) -> tuple[float, float, int]:
+        """This request's share of its thread's CPU so far (see ``ThreadCPU``), and ru_maxrss.
+
+        ``ending``: the request stops running on its thread. A request read
+        on another thread than it began on (a server that closes responses
+        elsewhere) moves there: the CPU of the thread it left cannot be read
+        from here, so it counts from now on.
+        """
+        cpu = rusage.thread_cpu()
+        if cpu is not self._cpu:
+            self._stop_running()
+            self._cpu = cpu
+            self._utime_start, self._stime_start = cpu.begin()
+        if ending:
+            self._cpu = None
+            return cpu.end()
+        return cpu.progress()
+
+    def _stop_running(self) -> None:
+        """No longer running on the thread it began on (once only)."""
+        cpu = self._cpu
+        if cpu is not None:
+            self._cpu = None
+            cpu.leave()
+
+    def __del__(self) -> None:
+        # A request dropped unfinished must not go on sharing its thread's CPU.
+        self._stop_running()
 
     def _measure_timers(self, keep_running: bool, end: float | None) -> list:
         """The timers as the encoder takes them; sent ones leave the request.
@@ -590,7 +624,7 @@ class RequestCollector:
         return out
 
     def _send(self, timers: list, end: float | None = None) -> None:
-        utime, stime, maxrss = rusage.usage()
+        utime, stime, maxrss = self._cpu_reading(self._finished)
         if end is None:
             end = time.perf_counter()
         settings = self._settings

@@ -5,13 +5,22 @@ request with its neighbours' CPU), ``RUSAGE_SELF`` otherwise. The compiled
 twin (``_rusage.pyx``) calls getrusage(2) directly, once for per-thread CPU
 readings less than a microsecond apart; ``PYNBA_PURE_PYTHON=1`` forces these
 pure-Python versions.
+
+Requests that run at the same time on one thread (asyncio tasks, gevent
+greenlets) share its CPU: ``ThreadCPU`` splits what the thread uses between
+the requests running on it, evenly over each stretch of time between two
+readings, so that the CPU reported by all requests adds up to what the
+thread used while serving them (and a request that has the thread to
+itself gets all of it, as before).
 """
 
+import _thread
 import resource
+import sys
 
 from ._implementation import pure_python_forced
 
-__all__ = ["RUSAGE_WHO", "cpu_times", "usage"]
+__all__ = ["RUSAGE_WHO", "ThreadCPU", "cpu_times", "thread_cpu", "usage"]
 
 RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 _getrusage = resource.getrusage
@@ -29,10 +38,83 @@ def _cpu_times() -> tuple[float, float]:
     return result.ru_utime, result.ru_stime
 
 
+class ThreadCPU:
+    """One thread's CPU, shared out between the requests running on it.
+
+    ``user`` and ``system`` are running sums of CPU seconds per request: each
+    reading adds the CPU used since the last one divided by the number of
+    requests then running. A request's CPU is how much they grew between its
+    ``begin()`` and its ``end()``.
+    """
+
+    __slots__ = ("running", "user", "system", "last_user", "last_system")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.user = self.system = 0.0
+        self.last_user = self.last_system = 0.0
+
+    def _advance(self, user: float, system: float) -> None:
+        if self.running > 0:
+            self.user += (user - self.last_user) / self.running
+            self.system += (system - self.last_system) / self.running
+        self.last_user = user
+        self.last_system = system
+
+    def begin(self) -> tuple[float, float]:
+        """A request starts on this thread: the sums it will count from."""
+        user, system = cpu_times()
+        self._advance(user, system)
+        self.running += 1
+        return self.user, self.system
+
+    def progress(self) -> tuple[float, float, int]:
+        """(user sum, system sum, ru_maxrss) now, for a request that goes on."""
+        user, system, maxrss = usage()
+        self._advance(user, system)
+        return self.user, self.system, maxrss
+
+    def end(self) -> tuple[float, float, int]:
+        """A request that began on this thread ends here: ``progress()``, then one less running."""
+        user, system, maxrss = usage()
+        self._advance(user, system)
+        if self.running > 0:
+            self.running -= 1
+        return self.user, self.system, maxrss
+
+    def leave(self) -> None:
+        """A request that began on this thread ends elsewhere, or never: one less running."""
+        if self.running > 0:
+            self.running -= 1
+
+
+def _os_thread_local() -> type:
+    # gevent's monkey-patching makes threading.local (and _thread._local)
+    # per greenlet; the CPU is the OS thread's, shared by its greenlets.
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        original: type = monkey.get_original("_thread", "_local")
+        return original
+    return _thread._local
+
+
+_threads = _os_thread_local()()
+
+
+def _thread_cpu() -> ThreadCPU:
+    """This thread's ``ThreadCPU``."""
+    try:
+        return _threads.cpu
+    except AttributeError:
+        cpu = _threads.cpu = ThreadCPU()
+        return cpu
+
+
 usage = _usage
 cpu_times = _cpu_times
+thread_cpu = _thread_cpu
 if not pure_python_forced():
     try:
-        from ._rusage import cpu_times, usage
+        from ._rusage import ThreadCPU, cpu_times, thread_cpu, usage  # type: ignore[assignment]
     except ImportError:
         pass
