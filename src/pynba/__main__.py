@@ -12,14 +12,14 @@ Ctrl-C), 1 on an error, 2 on a usage error, 130 when Ctrl-C interrupts the demo.
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import shutil
 import sys
 import time
 from collections.abc import Callable
 
 from . import __version__, encoder
-from .display import describe
+from .display import describe, json_line
 from .listener import DEFAULT_PORT, Listener, PortInUseError
 from .report import Report
 from .reporter import Reporter
@@ -86,7 +86,7 @@ def listen(args: argparse.Namespace) -> int:
                 continue
             bounds.seen += 1
             if args.json:
-                print(json.dumps(received.as_dict(), ensure_ascii=False), flush=True)
+                print(json_line(received.as_dict()), flush=True)
             else:
                 print(describe(received, bounds.seen), end="\n\n", flush=True)
     return EXIT_OK
@@ -229,8 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_what_stdout_cannot_encode() -> None:
+    # A name in a script the output encoding lacks (ASCII, Latin-1) must not
+    # stop a listener with UnicodeEncodeError: print it as \\xNN instead.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _escape_what_stdout_cannot_encode()
     try:
         return args.run(args)
     except PortInUseError as error:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from time import monotonic
 
 from .decode import PinbaRequest
+from .display import pairs, printable
 from .listener import Received
 
 __all__ = ["Report", "percentile"]
@@ -101,8 +102,9 @@ class Report:
         for name, stats in ranked:
             times = sorted(stats.times)
             statuses = " ".join(f"{code}:{n}" for code, n in sorted(stats.statuses.items()))
+            label = _fit(printable(name), 28)
             lines.append(
-                f"{_fit(name, 28):<28} {stats.requests:>8} {stats.requests / elapsed:>8.1f}"
+                f"{label:<28} {stats.requests:>8} {stats.requests / elapsed:>8.1f}"
                 f" {_ms(stats.time_total / stats.requests):>9} {_ms(percentile(times, 0.5)):>9}"
                 f" {_ms(percentile(times, 0.95)):>9} {_ms(percentile(times, 0.99)):>9}"
                 f" {_ms(stats.cpu_total / stats.requests):>10}  {statuses}"
@@ -111,15 +113,14 @@ class Report:
             lines += ["", f"{'timer tags':<48} {'hits':>8} {'total ms':>10} {'mean ms':>9}"]
             ranked_timers = sorted(self.timers.items(), key=lambda item: -item[1].total)
             for tags, stats in ranked_timers:
-                label = " ".join(f"{name}={value}" for name, value in tags)
                 lines.append(
-                    f"{_fit(label, 48):<48} {stats.hits:>8} {_ms(stats.total):>10}"
+                    f"{_fit(pairs(tags), 48):<48} {stats.hits:>8} {_ms(stats.total):>10}"
                     f" {_ms(stats.total / stats.hits if stats.hits else 0.0):>9}"
                 )
         if self.drop_reasons:
             lines += ["", "dropped because:"]
             for reason, count in self.drop_reasons.most_common(5):
-                lines.append(f"  {count} x {reason}")
+                lines.append(f"  {count} x {printable(reason)}")
         if width is not None:
             lines = [_fit(line, width) for line in lines]
         return "\n".join(lines)
