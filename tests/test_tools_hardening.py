@@ -1,4 +1,5 @@
-"""``pynba listen`` and ``pynba top`` facing hostile datagrams: control characters."""
+"""``pynba listen`` and ``pynba top`` facing hostile datagrams: control characters,
+and floods of distinct names."""
 
 import json
 import os
@@ -12,7 +13,8 @@ import pytest
 from pynba import Reporter
 from pynba.decode import PinbaRequest
 from pynba.display import describe, json_line, printable
-from pynba.listener import Received
+from pynba.listener import Received, examine
+from pynba.pinba_pb2 import Request
 from pynba.report import Report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +168,122 @@ def test_one_escaping_rule_for_text_and_json():
     rendered = report.render()
     assert f"{ESCAPED[0]}={ESCAPED[0]}"[:47] + "…" in rendered
     assert not any(not c.isprintable() for c in rendered.replace("\n", ""))
+
+
+# -- a bounded number of rows in pynba top -------------------------------------------
+
+
+def named(name, seconds=0.25, count=1, timers=()):
+    return PinbaRequest(
+        script_name=name,
+        request_time=seconds,
+        request_count=count,
+        ru_utime=0.01,
+        status=200,
+        timer_hit_count=[1] * len(timers),
+        timer_value=[0.5] * len(timers),
+        timer_tag_count=[1] * len(timers),
+        timer_tag_name=[0] * len(timers),
+        timer_tag_value=list(range(1, len(timers) + 1)),
+        dictionary=["op", *timers],
+    )
+
+
+def test_report_keeps_at_most_max_rows_and_folds_the_rest():
+    report = Report(max_rows=100)
+    for i in range(5000):
+        report.add_request(named(f"/page/{i}", timers=(f"t{i}",)))
+    for i in range(50):  # names that have a row keep it
+        report.add_request(named(f"/page/{i}", seconds=0.5))
+    assert len(report.scripts.rows) == 100 and len(report.timers.rows) == 100
+    assert report.scripts.rows["/page/7"].requests == 2
+    assert "/page/100" not in report.scripts.rows
+    other = report.scripts.other
+    assert other.requests == 4900
+    assert report.requests == 5050
+    assert sum(s.requests for s in report.scripts.rows.values()) + other.requests == 5050
+    assert math_close(other.time_total, 4900 * 0.25)
+    assert math_close(report.timers.other.total, 4900 * 0.5) and report.timers.other.hits == 4900
+    assert abs(report.scripts.folded - 4900) <= 0.02 * 4900
+    assert abs(report.timers.folded - 4900) <= 0.02 * 4900
+    rendered = report.render(now=report.started + 10)
+    lines = rendered.splitlines()
+    assert lines[0].startswith(
+        f"5050 requests in 10.0 s from 100 scripts + ~{report.scripts.folded}"
+    )
+    (row,) = [line for line in lines if line.startswith("(other: ~") and "names)" in line]
+    assert row.startswith(f"(other: ~{report.scripts.folded} names)")
+    assert row.split()[3:5] == ["4900", "490.0"]
+    (row,) = [line for line in lines if line.startswith("(other: ~") and "tag sets)" in line]
+    assert row.split()[4:6] == ["4900", "2450000.00"]
+    assert len(lines) < 2 * 100 + 20
+
+
+def test_folded_names_are_counted_once_each():
+    report = Report(max_rows=1)
+    for _ in range(3):
+        for name in ("/a", "/b", "/c", "/d"):
+            report.add_request(named(name))
+    assert list(report.scripts.rows) == ["/a"]
+    assert report.scripts.other.requests == 9 and report.scripts.folded == 3
+
+
+def test_a_flood_of_names_stays_at_the_default_cap():
+    report = Report()
+    assert report.scripts.limit == 10_000
+    for i in range(60_000):
+        report.add_request(named(f"/n/{i}"))
+    assert len(report.scripts.rows) == 10_000
+    assert report.scripts.other.requests == 50_000 and report.requests == 60_000
+    assert abs(report.scripts.folded - 50_000) <= 0.02 * 50_000
+    assert len(report.render().splitlines()) < 10_020
+
+
+def test_drop_reasons_are_bounded_too():
+    report = Report(max_rows=10)
+    for index in range(1, 101):  # each past the one-word dictionary
+        message = Request(
+            hostname="h", server_name="s", script_name="/", request_count=1, document_size=0,
+            memory_peak=0, request_time=0.1, ru_utime=0, ru_stime=0, tag_name=[index],
+            tag_value=[index], dictionary=["a"],
+        )  # fmt: skip
+        report.add(examine(message.SerializeToString()))
+    assert report.dropped == 100
+    assert len(report.drop_reasons) <= 11 and sum(report.drop_reasons.values()) >= 100
+
+
+def test_max_rows_must_be_positive():
+    with pytest.raises(ValueError, match="max_rows"):
+        Report(max_rows=0)
+
+
+def math_close(a, b):
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1)
+
+
+def test_top_max_rows_option(command):
+    top = command("top", "--count", "12", "--max-rows", "3")
+    with Reporter(top.address, raise_on_fail=True) as reporter:
+        for i in range(10):
+            reporter.report(hostname="h", server_name="s", script_name=f"/s{i}", request_time=0.1)
+        reporter.report(hostname="h", server_name="s", script_name="/s0", request_time=0.1)
+        reporter.report(hostname="h", server_name="s", script_name="/s9", request_time=0.1)
+    code, out, err = top.finish()
+    assert code == 0, err
+    lines = out.decode().splitlines()
+    assert lines[0].startswith("12 requests in ") and "from 3 scripts + ~7 more" in lines[0]
+    rows = [line for line in lines if line.startswith("/s")]
+    assert sorted(row.split()[0] for row in rows) == ["/s0", "/s1", "/s2"]
+    (other,) = [line for line in lines if line.startswith("(other")]
+    assert other.startswith("(other: ~7 names)") and other.split()[3] == "8"
+
+
+def test_top_rejects_a_bad_max_rows():
+    done = subprocess.run(
+        [sys.executable, "-m", "pynba", "top", "--max-rows", "0"],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "argument --max-rows: must be > 0, got 0" in done.stderr

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from . import __version__, encoder
 from .display import describe, json_line
 from .listener import DEFAULT_PORT, Listener, PortInUseError
-from .report import Report
+from .report import DEFAULT_MAX_ROWS, Report
 from .reporter import Reporter
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -94,7 +94,7 @@ def listen(args: argparse.Namespace) -> int:
 
 def top(args: argparse.Namespace) -> int:
     bounds = _Bounds(args.count, args.duration)
-    report = Report()
+    report = Report(max_rows=args.max_rows)
     live = sys.stdout.isatty()
 
     def draw() -> None:
@@ -202,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="SECONDS",
         help="refresh period on a terminal (default 1)",
+    )
+    top_parser.add_argument(
+        "--max-rows",
+        type=_positive(int),
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"keep at most N scripts and N timer tag sets; the names past them are counted "
+        f"together as (other) (default {DEFAULT_MAX_ROWS})",
     )
     top_parser.set_defaults(run=top)
 
