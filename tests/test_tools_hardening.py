@@ -1,13 +1,16 @@
 """``pynba listen`` and ``pynba top`` facing hostile datagrams: control characters,
-and floods of distinct names."""
+floods of distinct names, and LZ4 frames they cannot read."""
 
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import lz4.block
 import pytest
 
 from pynba import Reporter
@@ -287,3 +290,125 @@ def test_top_rejects_a_bad_max_rows():
         timeout=60,
     )
     assert done.returncode == 2 and "argument --max-rows: must be > 0, got 0" in done.stderr
+
+
+# -- LZ4 frames without the lz4 package ---------------------------------------------
+
+WITHOUT_LZ4 = (
+    "import sys\n"
+    "sys.modules['lz4'] = None  # as if the optional extra were not installed\n"
+    "sys.modules['lz4.block'] = None\n"
+    "from pynba import framing\n"
+    "assert not framing.LZ4_AVAILABLE\n"
+    "from pynba.__main__ import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def compressed(payload):
+    return struct.pack(">HH", 0x1001, len(payload)) + lz4.block.compress(payload, store_size=False)
+
+
+def valid_payload(script_name="/lz4"):
+    return Request(
+        hostname="h", server_name="s", script_name=script_name, request_count=1,
+        document_size=0, memory_peak=0, request_time=0.1, ru_utime=0, ru_stime=0, status=200,
+    ).SerializeToString()  # fmt: skip
+
+
+def send_raw(address, datagram):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(datagram, address)
+
+
+UNREADABLE = "compressed (LZ4): cannot read it without the lz4 package (pip install 'pynba[lz4]')"
+
+
+def test_listen_without_lz4_says_it_cannot_read_compressed_datagrams(command):
+    listener = command("listen", "--count", "2", prelude=WITHOUT_LZ4)
+    send_raw(listener.address, compressed(valid_payload()))
+    send_raw(listener.address, bytes((0x10, 0x03, 0, 4)) + b"abcd")  # unknown flag: dropped
+    code, out, err = listener.finish()
+    assert code == 0, err
+    first, second = out.decode().strip().split("\n\n")
+    head = first.splitlines()[0]
+    assert head.endswith(f", v1+lz4: {UNREADABLE}"), head
+    assert "DROPPED" not in first and "drop:" not in first
+    assert "DROPPED by a Pinba server" in second.splitlines()[0]
+
+
+def test_listen_json_without_lz4(command):
+    listener = command("listen", "--json", "--count", "1", prelude=WITHOUT_LZ4)
+    send_raw(listener.address, compressed(valid_payload()))
+    code, out, err = listener.finish()
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["unreadable"] == UNREADABLE
+    assert record["framing"] == "v1+lz4"
+    assert record["accepted"] is False and record["drop_reasons"] == []
+
+
+def test_top_without_lz4_counts_compressed_datagrams_apart(command):
+    top = command("top", "--count", "3", prelude=WITHOUT_LZ4)
+    send_raw(top.address, compressed(valid_payload()))
+    send_raw(top.address, compressed(valid_payload()))
+    send_raw(top.address, b"\x0a\x01h")
+    code, out, err = top.finish()
+    assert code == 0, err
+    text = out.decode()
+    assert "3 datagrams, 1 a Pinba server would drop, 2 not read" in text.splitlines()[0]
+    assert f"  2 x {UNREADABLE}" in text
+
+
+def test_with_lz4_compressed_datagrams_are_read(command):
+    listener = command("listen", "--json", "--count", "1")
+    send_raw(listener.address, compressed(valid_payload()))
+    code, out, err = listener.finish()
+    record = json.loads(out)
+    assert record["accepted"] is True and record["unreadable"] is None
+    assert record["request"]["script_name"] == "/lz4"
+
+
+def test_unreadable_datagram_as_examined():
+    received = examine(compressed(valid_payload()))
+    assert received.unreadable is None and received.accepted
+    bad = examine(bytes((0x10, 0x01, 0, 4)) + b"\xff\xff\xff")
+    assert bad.unreadable is None and bad.drop_reasons  # a payload that does not decompress
+
+
+CHECK_WITHOUT_LZ4 = (
+    "import sys\n"
+    "sys.modules['lz4'] = None\n"
+    "sys.modules['lz4.block'] = None\n"
+    "from pynba import decode, validate\n"
+    "datagram = bytes.fromhex(sys.argv[1])\n"
+    "try:\n"
+    "    decode.unframe(datagram)\n"
+    "except decode.UnreadableError as error:\n"
+    "    print('unreadable', error.framing)\n"
+    "except decode.DecodeError as error:\n"
+    "    print('malformed', error)\n"
+    "print([(problem.reason, problem.drops) for problem in validate.check(datagram)])\n"
+)
+
+
+def check_without_lz4(datagram):
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_WITHOUT_LZ4, datagram.hex()],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_validate_without_lz4_cannot_check_compressed_datagrams():
+    unread, problems = check_without_lz4(compressed(valid_payload()))
+    assert unread == "unreadable v1+lz4"
+    assert problems == repr([(f"cannot check the request: {UNREADABLE}", False)])
+    # A frame pinba2 drops whatever is installed is still dropped.
+    malformed, problems = check_without_lz4(bytes((0x10, 0x03, 0, 4)) + b"abcd")
+    assert malformed == "malformed v1 datagram with unknown flags 0x003"
+    assert ", True)]" in problems

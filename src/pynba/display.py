@@ -113,7 +113,10 @@ def describe(received: Received, number: int | None = None) -> str:
     if received.sender:
         origin = f" from {received.sender[0]}:{received.sender[1]}"
     framing = f", {received.framing}" if received.framing not in (None, "v0") else ""
-    verdict = "accepted" if received.accepted else "DROPPED by a Pinba server"
+    if received.unreadable:
+        verdict = received.unreadable
+    else:
+        verdict = "accepted" if received.accepted else "DROPPED by a Pinba server"
     head = f"#{number} " if number is not None else ""
     lines = [f"{head}{len(received.datagram)} bytes{origin}{framing}: {verdict}"]
     for reason in received.drop_reasons:

@@ -138,10 +138,15 @@ class Report:
         self.received = 0
         self.dropped = 0
         self.drop_reasons: Counter = Counter()
+        #: Datagrams pynba could not read (no verdict), by why.
+        self.unread: Counter = Counter()
 
     def add(self, received: Received) -> None:
-        """Count one datagram: its request, or why a server would drop it."""
+        """Count one datagram: its request, why a server would drop it, or why it is unread."""
         self.received += 1
+        if received.unreadable:
+            self.unread[received.unreadable] += 1
+            return
         if not received.accepted or received.request is None:
             self.dropped += 1
             for reason in received.drop_reasons or [received.error or "undecodable"]:
@@ -181,9 +186,10 @@ class Report:
         elapsed = max((monotonic() if now is None else now) - self.started, 1e-9)
         scripts, timers = self.scripts, self.timers
         more = f" + ~{scripts.folded} more in (other)" if scripts.other is not None else ""
+        unread = f", {sum(self.unread.values())} not read" if self.unread else ""
         lines = [
             f"{self.requests} requests in {elapsed:.1f} s from {len(scripts)} scripts{more}; "
-            f"{self.received} datagrams, {self.dropped} a Pinba server would drop",
+            f"{self.received} datagrams, {self.dropped} a Pinba server would drop{unread}",
             "",
             f"{'script_name':<28} {'requests':>8} {'req/s':>8} {'mean ms':>9} {'p50 ms':>9}"
             f" {'p95 ms':>9} {'p99 ms':>9} {'cpu ms/req':>10}  status",
@@ -204,6 +210,10 @@ class Report:
             lines += ["", "dropped because:"]
             for reason, count in self.drop_reasons.most_common(5):
                 lines.append(f"  {count} x {printable(reason)}")
+        if self.unread:
+            lines += ["", "not read:"]
+            for reason, count in self.unread.most_common():
+                lines.append(f"  {count} x {reason}")
         if width is not None:
             lines = [_fit(line, width) for line in lines]
         return "\n".join(lines)
