@@ -264,7 +264,7 @@ def test_commands_need_no_third_party_package():
         "from pynba.__main__ import main\n"
         "from pynba.listener import examine\n"
         "received = examine(bytes.fromhex('10010010') + b'x' * 8)\n"
-        "print(received.drop_reasons)\n"
+        "print(received.unreadable, received.drop_reasons)\n"
         "sys.exit(main(['demo', '--requests', '40']))\n"
     )
     done = subprocess.run(
@@ -275,7 +275,9 @@ def test_commands_need_no_third_party_package():
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "lz4 package is not installed" in done.stdout.splitlines()[0]
+    assert done.stdout.splitlines()[0] == (
+        "compressed (LZ4): cannot read it without the lz4 package (pip install 'pynba[lz4]') []"
+    )
     assert "40 packets received, 0 a Pinba server would drop" in done.stdout
 
 

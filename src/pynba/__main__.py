@@ -12,16 +12,16 @@ Ctrl-C), 1 on an error, 2 on a usage error, 130 when Ctrl-C interrupts the demo.
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import shutil
 import sys
 import time
 from collections.abc import Callable
 
 from . import __version__, encoder
-from .display import describe
+from .display import describe, json_line
 from .listener import DEFAULT_PORT, Listener, PortInUseError
-from .report import Report
+from .report import DEFAULT_MAX_ROWS, Report
 from .reporter import Reporter
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -86,7 +86,7 @@ def listen(args: argparse.Namespace) -> int:
                 continue
             bounds.seen += 1
             if args.json:
-                print(json.dumps(received.as_dict(), ensure_ascii=False), flush=True)
+                print(json_line(received.as_dict()), flush=True)
             else:
                 print(describe(received, bounds.seen), end="\n\n", flush=True)
     return EXIT_OK
@@ -94,7 +94,7 @@ def listen(args: argparse.Namespace) -> int:
 
 def top(args: argparse.Namespace) -> int:
     bounds = _Bounds(args.count, args.duration)
-    report = Report()
+    report = Report(max_rows=args.max_rows)
     live = sys.stdout.isatty()
 
     def draw() -> None:
@@ -203,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="refresh period on a terminal (default 1)",
     )
+    top_parser.add_argument(
+        "--max-rows",
+        type=_positive(int),
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"keep at most N scripts and N timer tag sets; the names past them are counted "
+        f"together as (other) (default {DEFAULT_MAX_ROWS})",
+    )
     top_parser.set_defaults(run=top)
 
     demo_parser = commands.add_parser(
@@ -229,8 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_what_stdout_cannot_encode() -> None:
+    # A name in a script the output encoding lacks (ASCII, Latin-1) must not
+    # stop a listener with UnicodeEncodeError: print it as \\xNN instead.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _escape_what_stdout_cannot_encode()
     try:
         return args.run(args)
     except PortInUseError as error:

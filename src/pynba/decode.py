@@ -20,6 +20,7 @@ __all__ = [
     "FIELD_NAMES",
     "PinbaRequest",
     "PinbaTimer",
+    "UnreadableError",
     "decode_request",
     "iter_fields",
     "read_datagram",
@@ -65,6 +66,18 @@ _MAX_VARINT_SHIFT = 63
 
 class DecodeError(ValueError):
     """The bytes are not a Pinba request a server could read."""
+
+
+class UnreadableError(DecodeError):
+    """A datagram pynba cannot read here, through no fault of the datagram.
+
+    An LZ4-compressed (v1) one when the ``lz4`` package is not installed: a
+    pinba2 server built with LZ4 may well accept it. ``framing`` tells which.
+    """
+
+    def __init__(self, reason: str, framing: str) -> None:
+        super().__init__(reason)
+        self.framing = framing
 
 
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -330,19 +343,27 @@ def unframe(datagram: bytes) -> tuple[bytes, str]:
     pinba2 reads the first byte's high nibble: 0 is a bare message (v0), 1 a
     4-byte header before the payload, whose flag bit 0 means LZ4 block
     compression (see ``pynba.framing``; reading it needs the ``lz4`` package).
-    Anything else is dropped.
+    Anything else is dropped. Without the ``lz4`` package, a compressed
+    datagram raises ``UnreadableError``: it cannot be read, which is not a
+    reason for a server to drop it.
     """
     data = bytes(datagram)
     if not data:
         raise DecodeError("empty datagram")
     if data[0] >> 4 == 0:
         return data, "v0"
+    compressed = len(data) >= framing.HEADER_SIZE and data[1] & framing.FLAG_LZ4
+    kind = "v1+lz4" if compressed else "v1"
     try:
         payload = framing.unframe(data)
+    except framing.LZ4UnavailableError:
+        raise UnreadableError(
+            "compressed (LZ4): cannot read it without the lz4 package (pip install 'pynba[lz4]')",
+            kind,
+        ) from None
     except framing.FramingError as error:
         raise DecodeError(str(error)) from None
-    compressed = len(data) >= framing.HEADER_SIZE and data[1] & framing.FLAG_LZ4
-    return payload, "v1+lz4" if compressed else "v1"
+    return payload, kind
 
 
 def read_datagram(datagram: bytes) -> PinbaRequest:

@@ -22,6 +22,7 @@ __all__ = [
     "LZ4_AVAILABLE",
     "MAX_UNCOMPRESSED",
     "FramingError",
+    "LZ4UnavailableError",
     "compress",
     "unframe",
 ]
@@ -46,6 +47,10 @@ class FramingError(ValueError):
     """A datagram that is neither a classic request nor a readable v1 frame."""
 
 
+class LZ4UnavailableError(FramingError):
+    """A well-framed LZ4 datagram, unreadable here because the ``lz4`` package is missing."""
+
+
 def compress(request: bytes) -> bytes:
     """The v1 datagram carrying ``request`` (an encoded Pinba request) LZ4-compressed.
 
@@ -68,7 +73,8 @@ def unframe(datagram: bytes) -> bytes:
 
     A classic datagram is returned as it is. Raises ``FramingError`` for an
     unknown version or flag, a truncated header, a payload that does not
-    decompress, or an LZ4 datagram when the ``lz4`` package is not installed.
+    decompress, or (``LZ4UnavailableError``) an LZ4 datagram when the ``lz4``
+    package is not installed.
     """
     data = bytes(datagram)
     if not data or data[0] >> 4 == 0:
@@ -85,7 +91,7 @@ def unframe(datagram: bytes) -> bytes:
     if not flags & FLAG_LZ4:
         return payload
     if _lz4_block is None:
-        raise FramingError("LZ4 datagram, but the lz4 package is not installed")
+        raise LZ4UnavailableError("LZ4 datagram, but the lz4 package is not installed")
     try:
         return _lz4_block.decompress(payload, uncompressed_size=MAX_UNCOMPRESSED + 1)
     except Exception as error:  # lz4.block.LZ4BlockError and the like

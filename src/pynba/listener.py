@@ -2,7 +2,9 @@
 
 ``Listener(host, port)`` binds a socket; ``receive()`` returns each datagram
 ``examine()``-d: decoded (``request``), or why it could not be (``error``),
-and every problem a Pinba server would drop it for (``drop_reasons``).
+and every problem a Pinba server would drop it for (``drop_reasons``); or,
+when pynba cannot read it at all (LZ4 without the ``lz4`` package), why
+(``unreadable``), with no verdict.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
-from .decode import DecodeError, PinbaRequest, decode_request, unframe
+from .decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
 from .validate import Problem, check
 
 __all__ = ["DEFAULT_PORT", "Listener", "PortInUseError", "Received", "examine"]
@@ -32,6 +34,8 @@ class Received:
     request: PinbaRequest | None = None
     error: str | None = None
     problems: list[Problem] = field(default_factory=list)
+    #: Why pynba cannot read the datagram (a server might): then there is no verdict.
+    unreadable: str | None = None
 
     @property
     def drop_reasons(self) -> list[str]:
@@ -45,6 +49,7 @@ class Received:
 
     @property
     def accepted(self) -> bool:
+        """Decoded, and a Pinba server would accept it."""
         return self.request is not None and not self.drop_reasons
 
     def as_dict(self) -> dict:
@@ -54,6 +59,7 @@ class Received:
             "size": len(self.datagram),
             "framing": self.framing,
             "accepted": self.accepted,
+            "unreadable": self.unreadable,
             "drop_reasons": self.drop_reasons,
             "warnings": self.warnings,
             "error": self.error,
@@ -65,16 +71,19 @@ def examine(datagram: bytes, sender: tuple | None = None) -> Received:
     """Decode ``datagram`` and check it against pinba2's rules; never raises."""
     received = Received(bytes(datagram), sender)
     try:
-        received.problems = check(received.datagram)
-    except Exception as error:  # a checker bug must not stop a listener
-        received.problems = [Problem(f"cannot check the datagram: {error!r}")]
-    try:
         payload, received.framing = unframe(received.datagram)
         received.request = decode_request(payload)
+    except UnreadableError as error:
+        received.unreadable, received.framing = str(error), error.framing
+        return received  # what a server would make of it cannot be told
     except DecodeError as error:
         received.error = str(error)
     except Exception as error:
         received.error = f"cannot decode the datagram: {error!r}"
+    try:
+        received.problems = check(received.datagram)
+    except Exception as error:  # a checker bug must not stop a listener
+        received.problems = [Problem(f"cannot check the datagram: {error!r}")]
     if received.error and not received.drop_reasons:
         received.problems.append(Problem(received.error))
     return received

@@ -5,7 +5,8 @@ server drops the whole packet for (``drops=True``: malformed protobuf, a
 missing field, NaN or subnormal floats, negative timer values, timer arrays
 that disagree, a dictionary index out of range, which crashes pinba2...), and
 those it survives but that a client should not send (``drops=False``: fields
-out of order, a NUL byte cut by the server's C strings, ignored fields).
+out of order, a NUL byte cut by the server's C strings, ignored fields; an
+LZ4 datagram that cannot be checked because the ``lz4`` package is missing).
 ``drop_reasons(datagram)`` keeps only the first kind. Floats are checked on
 their raw float32 bit patterns, so NaN and subnormal patterns are caught
 whatever Python makes of them.
@@ -27,6 +28,7 @@ from .decode import (
     UINT32S,
     VARINT,
     DecodeError,
+    UnreadableError,
     iter_fields,
     unframe,
     unpack_floats,
@@ -79,6 +81,8 @@ def check(datagram: bytes, packed_ok: bool = True) -> list[Problem]:
         return [Problem("empty datagram")]
     try:
         payload, framing = unframe(data)
+    except UnreadableError as error:
+        return [Problem(f"cannot check the request: {error}", drops=False)]
     except DecodeError as error:
         if data[0] >> 4 == 1:
             return [
