@@ -30,6 +30,8 @@ cdef class RequestCollector:
     cdef public object _ru_stime
     cdef public object _tags
     cdef public list _timers
+    cdef public object _merged
+    cdef public Py_ssize_t _merge_at
     cdef public object _start
     cdef public rusage.ThreadCPU _cpu
     cdef public double _utime_start
@@ -42,6 +44,9 @@ cdef class RequestCollector:
     cpdef _setup(self, settings, script_name, server_name, schema, namer, source)
     cpdef _timer(self, tags, names=*)
     cpdef add_timer(self, timer)
+    @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t)
+    cpdef _merge_timers(self)
+    cpdef list _merged_timers(self)
     cpdef _resolved_script_name(self)
     cpdef end_response(self)
     cpdef finish(self, status=*, document_size=*)

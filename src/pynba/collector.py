@@ -51,6 +51,13 @@ __all__ = [
 
 logger = logging.getLogger("pynba")
 
+#: A request holding this many timers merges its stopped ones by tag set,
+#: so that a job making a million timers holds a bounded number of objects.
+MERGE_TIMERS_AT = 1000
+#: The tag sets a request keeps merged timers of; timers with yet other tag
+#: sets are dropped from it, counted in ``reporter.stats["timers_dropped"]``.
+MAX_TAG_SETS = 10_000
+
 # ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 _STATM = "/proc/self/statm"
@@ -262,6 +269,8 @@ class RequestCollector:
         "_ru_stime",
         "_tags",
         "_timers",
+        "_merged",
+        "_merge_at",
         "_start",
         "_cpu",
         "_utime_start",
@@ -315,6 +324,8 @@ class RequestCollector:
         self._ru_stime = None
         self._tags = None
         self._timers: list[Timer] = []
+        self._merged: dict[tuple, list] | None = None
+        self._merge_at = MERGE_TIMERS_AT
         self._finished = False
         self._skipped = False
         self._namer = namer
@@ -442,6 +453,8 @@ class RequestCollector:
             return self._too_late(tags)
         timer = new_timer(tags, self, self._settings.timer_rusage, names)
         self._timers.append(timer)
+        if len(self._timers) >= self._merge_at:
+            self._merge_timers()
         return timer
 
     def add_timer(self, timer: Timer) -> Timer | NoopTimer:
@@ -455,6 +468,8 @@ class RequestCollector:
         if self._finished:
             return self._too_late(timer.tags)
         self._timers.append(timer)
+        if len(self._timers) >= self._merge_at:
+            self._merge_timers()
         return timer
 
     def _too_late(self, tags: Any) -> NoopTimer:
@@ -465,8 +480,66 @@ class RequestCollector:
 
     @property
     def timers(self) -> tuple[Timer, ...]:
-        """The timers that the next packet will carry (and those not started yet)."""
+        """The timers that the next packet will carry (and those not started yet).
+
+        Once a request holds ``MERGE_TIMERS_AT`` timers, the stopped ones are
+        merged by tag set and leave this tuple (see ``_merge_timers``).
+        """
         return tuple(self._timers)
+
+    def _merge_timers(self) -> None:
+        """Fold the stopped timers into totals per tag set, sent with the next packet.
+
+        A folded timer leaves the request as a flushed one does: its
+        measurements go to the totals, and started again it rejoins the
+        request. Running timers stay; when they are most of what the request
+        holds, merging waits for twice as many timers next time.
+        """
+        merged = self._merged
+        if merged is None:
+            merged = self._merged = {}
+        kept = []
+        dropped = 0
+        for timer in self._timers:
+            if timer._running:
+                kept.append(timer)
+                continue
+            hits = timer._hits
+            if hits:
+                tags = timer._tags
+                key = (timer._names, tuple(tags.items()) if type(tags) is dict else tags)
+                total = merged.get(key)
+                if total is not None:
+                    total[1] += timer._value
+                    total[2] += hits
+                    total[3] += timer._utime
+                    total[4] += timer._stime
+                elif len(merged) < MAX_TAG_SETS:
+                    merged[key] = [tags, timer._value, hits, timer._utime, timer._stime]
+                else:
+                    dropped += 1
+                timer._value = timer._utime = timer._stime = 0.0
+                timer._hits = 0
+            timer._detached = True
+        self._timers = kept
+        if len(kept) * 2 >= self._merge_at:
+            self._merge_at *= 2
+        if dropped:
+            self._settings.reporter.count("timers_dropped", dropped)
+
+    def _merged_timers(self) -> list[tuple]:
+        """The merged totals as the encoder takes them; the request keeps none."""
+        merged = self._merged
+        self._merged = None
+        if not merged:
+            return []
+        out = []
+        for (names, _), (tags, value, hits, utime, stime) in merged.items():
+            if names is None:
+                out.append((tags, value, hits, utime, stime))
+            else:
+                out.append((tags, value, hits, utime, stime, names))
+        return out
 
     def stop_timers(self) -> None:
         """Stop every running timer."""
@@ -583,7 +656,11 @@ class RequestCollector:
 
         At the request's end (``end`` None) these are the Timers themselves;
         a flush sends what they measured so far, as tuples, and resets them.
+        The totals of merged timers go too, as tuples.
         """
+        if self._merged is not None:
+            merged = self._merged_timers()
+            return merged + self._measure_timers(keep_running, end)
         if not self._timers:
             return []
         out = []

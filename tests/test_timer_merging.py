@@ -1,0 +1,107 @@
+"""A request's memory stays bounded: many timers are merged by tag set as they come."""
+
+import gc
+
+import pytest
+
+from packets import make_collector, receive
+from pynba import Timer, collector as collector_module, pynba
+from pynba.context import activate, deactivate
+
+
+def live_timers():
+    gc.collect()
+    return sum(type(o) is Timer for o in gc.get_objects())
+
+
+def test_a_hundred_thousand_timers_of_one_tag_set_hold_a_bounded_number_of_objects(
+    udp_listener,
+):
+    collector = make_collector(udp_listener)
+    before = live_timers()
+    token = activate(collector)
+    try:
+        for _ in range(100_000):
+            with pynba.timer(group="db", op="select"):
+                pass
+        # The dict and pair forms of tags merge too.
+        for _ in range(3000):
+            collector.timer(**{"group": "db", "op": "insert", "table": 7}).start().stop()
+        held = live_timers() - before
+    finally:
+        deactivate(token)
+    assert held <= collector_module.MERGE_TIMERS_AT
+    collector.finish()
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="select").hit_count == 100_000
+    assert packet.timer(group="db", op="insert", table=7).hit_count == 3000
+    assert len(packet.timers) == 2
+
+
+def test_a_merged_timer_started_again_rejoins_its_request(udp_listener):
+    collector = make_collector(udp_listener)
+    first = collector.timer(group="kept")
+    with first:
+        pass
+    for _ in range(collector_module.MERGE_TIMERS_AT):
+        collector.timer(group="filler").start().stop()
+    assert first not in collector.timers  # merged: its measurements moved to the totals
+    assert first.hit_count == 0
+    with first:
+        pass
+    assert first in collector.timers
+    collector.finish()
+    packet = receive(udp_listener)
+    assert packet.timer(group="kept").hit_count == 2
+    assert packet.timer(group="filler").hit_count == collector_module.MERGE_TIMERS_AT
+
+
+def test_running_timers_are_never_merged(udp_listener):
+    collector = make_collector(udp_listener)
+    running = [collector.timer(group="open", n=str(i)).start() for i in range(1500)]
+    for timer in running:
+        assert timer in collector.timers and timer.started
+    for timer in running:
+        timer.stop()
+    collector.finish()
+    packet = receive(udp_listener)
+    assert len(packet.timers) == 1500
+    assert all(t.hit_count == 1 for t in packet.timers)
+
+
+def test_tag_sets_beyond_the_limit_are_dropped_and_counted(udp_listener, monkeypatch):
+    monkeypatch.setattr(collector_module, "MAX_TAG_SETS", 50)
+    monkeypatch.setattr(collector_module, "MERGE_TIMERS_AT", 100)
+    collector = make_collector(udp_listener)
+    for i in range(1000):
+        collector.timer(group="distinct", n=str(i)).start().stop()
+    collector.finish()
+    packet = receive(udp_listener)
+    stats = collector.reporter.stats
+    assert stats["timers_dropped"] > 0
+    assert len(packet.timers) + stats["timers_dropped"] == 1000
+    assert len(packet.timers) < 1000
+
+
+def test_a_flush_sends_the_merged_totals_and_starts_afresh(udp_listener):
+    collector = make_collector(udp_listener)
+    for _ in range(2 * collector_module.MERGE_TIMERS_AT):
+        collector.timer(group="batch").start().stop()
+    collector.flush()
+    assert receive(udp_listener).timer(group="batch").hit_count == (
+        2 * collector_module.MERGE_TIMERS_AT
+    )
+    collector.timer(group="batch").start().stop()
+    collector.finish()
+    assert receive(udp_listener).timer(group="batch").hit_count == 1
+
+
+@pytest.mark.parametrize("per_timer_cpu", [False, True])
+def test_merged_totals_keep_values_and_cpu(udp_listener, per_timer_cpu):
+    collector = make_collector(udp_listener, timer_rusage=per_timer_cpu)
+    for _ in range(collector_module.MERGE_TIMERS_AT + 10):
+        collector.timer(group="sum").add(0.001)
+    collector.finish()
+    timer = receive(udp_listener).timer(group="sum")
+    assert timer.hit_count == collector_module.MERGE_TIMERS_AT + 10
+    assert timer.value == pytest.approx(0.001 * (collector_module.MERGE_TIMERS_AT + 10))
