@@ -104,7 +104,8 @@ class Reporter:
         #: could not be encoded) and one per errno name of send errors
         #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports too large for a
         #: datagram, sent degraded: without their timers, once per wire form),
-        #: of which "oversize_tags" (sent without their request tags too);
+        #: of which "oversize_tags" (the last step: without their request tags
+        #: too, names cut to fit);
         #: "compressed" (reports sent LZ4-compressed to pinba2 servers);
         #: "lookup_failed" (failed name lookups, including those after which
         #: the last address found is kept). Other modules add theirs with count().

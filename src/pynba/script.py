@@ -45,7 +45,7 @@ logger = logging.getLogger("pynba")
 #: The status of a job whose block raised (as the WSGI middleware reports a failed request).
 _FAILED_STATUS = 500
 
-# What a job that send() began has measured or been given, when untouched.
+# The fields of a job that stay None until the application sets or measures them.
 _UNSET_FIELDS = (
     "schema",
     "status",
