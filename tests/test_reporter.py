@@ -515,7 +515,7 @@ def test_oversize_request_is_sent_without_timers(udp_listener, caplog, reporter_
     assert len(warnings) == 1
     text = warnings[0].getMessage()
     assert str(full_size) in text
-    assert "3000 timers" in text
+    assert f"sent without its 3000 timers ({len(data)} bytes)" in text
     assert reporter.stats == {"sent": 1, "failed": 0, "oversize": 1}
 
 
@@ -528,19 +528,47 @@ def test_oversize_is_not_a_failure_even_when_raising(udp_listener, reporter_fact
 
 
 @pytest.mark.parametrize("raise_on_fail", [False, True])
-def test_request_too_big_even_without_timers_is_dropped(
-    udp_listener, reporter_factory, raise_on_fail
+def test_request_too_big_even_without_timers_is_sent_without_its_tags(
+    udp_listener, caplog, reporter_factory, raise_on_fail
 ):
     request = {**REQUEST, "tags": {"blob": "b" * (encoder.MAX_DATAGRAM + 100)}}
     reporter = reporter_factory(udp_listener.address, raise_on_fail=raise_on_fail)
-    if raise_on_fail:
-        with pytest.raises(OSError) as raised:
-            reporter.report(**request)
-        assert raised.value.errno == errno.EMSGSIZE
-    else:
+    with caplog.at_level(logging.WARNING, logger="pynba"):
         reporter.report(**request)
-    assert reporter.stats == {"sent": 0, "failed": 1, "oversize": 1, "EMSGSIZE": 1}
-    assert udp_listener.pending() == []
+    data = udp_listener.receive()
+    assert data == encoded(**{**request, "timers": (), "tags": ()})
+    message = decode(data)
+    assert (message.script_name, message.status, request_tags(message)) == ("/checkout", 200, {})
+    assert reporter.stats == {"sent": 1, "failed": 0, "oversize": 1, "oversize_tags": 1}
+    [warning] = pynba_warnings(caplog)
+    assert "sent without its 1 timer and 1 request tag (" in warning.getMessage()
+
+
+def test_count_adds_to_a_counter_of_its_own(reporter_factory):
+    reporter = reporter_factory("127.0.0.1:1")
+    reporter.count("unclosed")
+    reporter.count("unclosed", 3)
+    reporter.count("sent", 0)
+    assert reporter.stats == {"sent": 0, "failed": 0, "oversize": 0, "unclosed": 4}
+    assert type(reporter.stats) is dict
+
+
+@pytest.mark.parametrize(
+    "args, error, named",
+    [
+        ((1,), TypeError, "kind"),
+        ((b"unclosed",), TypeError, "kind"),
+        (("unclosed", 1.0), TypeError, "n must"),
+        (("unclosed", True), TypeError, "n must"),
+        (("unclosed", "1"), TypeError, "n must"),
+        (("unclosed", -1), ValueError, "n must"),
+    ],
+)
+def test_count_refuses_bad_input_naming_the_argument(reporter_factory, args, error, named):
+    reporter = reporter_factory("127.0.0.1:1")
+    with pytest.raises(error, match=named):
+        reporter.count(*args)
+    assert reporter.stats == {"sent": 0, "failed": 0, "oversize": 0}
 
 
 # -- resolution ----------------------------------------------------------------

@@ -26,6 +26,7 @@ cdef class Reporter:
     cdef public object _last_logged
     cdef public object _suppressed
 
+    cpdef count(self, kind, n=*)
     cpdef report_request(self, request)
     cpdef _encode(self, request, wire)
     @cython.locals(server=_Server, route=tuple, now=double, sent=Py_ssize_t)

@@ -17,9 +17,10 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 
 from . import framing
+from ._pure_encoder import to_bytes
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .encoder import MAX_DATAGRAM, encode
 
@@ -101,10 +102,13 @@ class Reporter:
         #: "failed" (datagrams or reports dropped), split by cause into
         #: "resolve" (the server has no address yet), "encode" (the request
         #: could not be encoded) and one per errno name of send errors
-        #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports sent without their
-        #: timers, once per wire form); "compressed" (reports sent
-        #: LZ4-compressed to pinba2 servers); "lookup_failed" (failed name
-        #: lookups, including those after which the last address found is kept).
+        #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports too large for a
+        #: datagram, sent degraded: without their timers, once per wire form),
+        #: of which "oversize_tags" (the last step: without their request tags
+        #: too, names cut to fit);
+        #: "compressed" (reports sent LZ4-compressed to pinba2 servers);
+        #: "lookup_failed" (failed name lookups, including those after which
+        #: the last address found is kept). Other modules add theirs with count().
         self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
         # One socket per server, connected to its address.
         self._sockets: dict[_Server, socket.socket] = {}
@@ -116,6 +120,17 @@ class Reporter:
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         _live_reporters.add(self)
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``stats[kind]``, which starts at 0."""
+        if not isinstance(kind, str):
+            raise TypeError(f"kind must be a str, not {type(kind).__name__}")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        stats = self.stats
+        stats[kind] = stats.get(kind, 0) + n
 
     @property
     def servers(self) -> tuple[ServerAddress, ...]:
@@ -144,7 +159,8 @@ class Reporter:
 
         A request whose datagram would exceed ``pynba.encoder.MAX_DATAGRAM``
         (after packing and compression, for pinba2 servers) is sent without
-        its timers, with a warning. Never raises unless ``raise_on_fail`` is
+        its timers, else also without its request tags, with a warning: never
+        lost for its size. Never raises unless ``raise_on_fail`` is
         set; then the first failure is raised once every server has been tried.
         """
         request = (
@@ -298,15 +314,15 @@ class Reporter:
             else:
                 datagram, compressed = self._datagram(request, wire)
             if len(datagram) > MAX_DATAGRAM:
-                datagram, compressed = self._without_timers(request, wire, len(datagram))
+                datagram, compressed = self._degraded(request, wire, len(datagram))
         except Exception as error:
-            self.stats["failed"] += 1
-            self.stats["encode"] = self.stats.get("encode", 0) + 1
+            self.count("failed")
+            self.count("encode")
             if not self.raise_on_fail:  # else raised once every server has been tried
                 self._log("encode", "cannot encode the request: %r", error, exc_info=error)
             return error
         if compressed:
-            self.stats["compressed"] = self.stats.get("compressed", 0) + 1
+            self.count("compressed")
         return datagram
 
     def _datagram(self, request: tuple, wire: str) -> tuple[bytes, bool]:
@@ -325,23 +341,43 @@ class Reporter:
                 return compressed, True
         return datagram, False
 
-    def _without_timers(self, request: tuple, wire: str, full_size: int) -> tuple[bytes, bool]:
-        timers = request[-1]
-        try:
-            timer_count: object = len(timers)
-        except TypeError:
-            timer_count = "?"
-        datagram, compressed = self._datagram((*request[:-1], ()), wire)
-        self.stats["oversize"] += 1
+    def _degraded(self, request: tuple, wire: str, full_size: int) -> tuple[bytes, bool]:
+        """``request``, too large for a datagram, made to fit: ``(datagram, compressed)``.
+
+        Sent without its timers; if still too large, without its request tags
+        too, and its names (host, server, script, schema) cut to
+        ``_NAME_LIMIT`` bytes each: the fields pinba2 requires always fit.
+        """
+        timers, tags = request[13], request[12]
+        timer_count = _length(timers)
+        lost = []
+        kind = "oversize"
+        datagram = b""
+        compressed = False
+        names_cut = False
+        if timer_count != 0:  # without timers, a request of none would be the same size
+            lost.append(_several(timer_count, "timer"))
+            datagram, compressed = self._datagram((*request[:13], ()), wire)
+        if timer_count == 0 or len(datagram) > MAX_DATAGRAM:
+            kind = "oversize_tags"
+            tag_count = _length(tags)
+            if tag_count != 0:
+                lost.append(_several(tag_count, "request tag"))
+            bare, names_cut = _bare(request)
+            datagram, compressed = self._datagram(bare, wire)
+            self.count(kind)
+        self.count("oversize")
+        done = ["without its " + " and ".join(lost)] if lost else []
+        if names_cut:
+            done.append(f"with its names cut to {_NAME_LIMIT} bytes")
         self._log(
-            # one warning per wire form: fan-out servers of each form lose their timers
-            "oversize" if wire == WIRE_CLASSIC else f"oversize {wire}",
-            "request datagram of %d bytes (%s) with %s timers exceeds %d bytes; "
-            "sending it without timers (%d bytes)",
+            # one warning per wire form and step: fan-out servers of each form get the same
+            kind if wire == WIRE_CLASSIC else f"{kind} {wire}",
+            "request datagram of %d bytes (%s) exceeds %d bytes; sent %s (%d bytes)",
             full_size,
             wire,
-            timer_count,
             MAX_DATAGRAM,
+            ", ".join(done),
             len(datagram),
         )
         return datagram, compressed
@@ -386,7 +422,7 @@ class Reporter:
         except (OSError, UnicodeError, IndexError) as error:
             if not isinstance(error, OSError):
                 error = socket.gaierror(socket.EAI_NONAME, f"{type(error).__name__}: {error}")
-            self.stats["lookup_failed"] = self.stats.get("lookup_failed", 0) + 1
+            self.count("lookup_failed")
             server.lookup_error = error
             if server.resolved is not None:
                 self._log(
@@ -434,9 +470,8 @@ class Reporter:
 
     def _drop(self, kind: str, server: _Server, error: OSError | None) -> None:
         """Count (and unless raising, log) a datagram not sent to ``server``."""
-        stats = self.stats
-        stats["failed"] += 1
-        stats[kind] = stats.get(kind, 0) + 1
+        self.count("failed")
+        self.count(kind)
         if not self.raise_on_fail:
             self._log(kind, "cannot send to %s: %s; datagram dropped", server.address, error)
 
@@ -477,6 +512,41 @@ def _check_size(value: int, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0 bytes, got {value!r}")
     return value
+
+
+#: The last step of the oversize rule cuts each name (host, server, script,
+#: schema) to this many bytes: all four and the numbers fit in one datagram.
+_NAME_LIMIT = 8192
+
+
+def _bare(request: tuple) -> tuple[tuple, bool]:
+    """``request`` without its timers and request tags, its names cut to ``_NAME_LIMIT`` bytes.
+
+    Also says whether a name was cut.
+    """
+    fields = list(request[:12])
+    cut = False
+    for index in (0, 1, 2, 11):  # hostname, server_name, script_name, schema
+        name = fields[index]
+        if name is None:
+            continue
+        data = to_bytes(name)
+        if len(data) > _NAME_LIMIT:
+            end = _NAME_LIMIT
+            while end and data[end] & 0xC0 == 0x80:  # not inside a UTF-8 character
+                end -= 1
+            fields[index] = data[:end]
+            cut = True
+    return (*fields, (), ()), cut
+
+
+def _length(items: object) -> int | str:
+    """How many ``items`` there are, or "?" for an iterator."""
+    return len(items) if isinstance(items, Sized) else "?"
+
+
+def _several(count: int | str, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _close_sockets(sockets: dict[_Server, socket.socket]) -> None:

@@ -11,23 +11,51 @@ Two ways to cut the work into jobs:
 
 While a job runs, ``pynba.timer(...)`` in the code it calls (in the same
 thread or task) reports into it.
+
+No job is lost when the monitor ends: ``close()``, the end of a ``with
+ScriptMonitor(...) as monitor:`` block, the interpreter's exit or the
+collection of a monitor never closed reports the running job, then closes the
+monitor. A block (``with`` the monitor, or ``job()``) that raises reports its
+job with status 500, as the WSGI middleware does a failed request; a clean
+``sys.exit()`` (code 0 or None) does not count as a failure. At exit or
+collection there is no exception to see: the job goes with the status it has.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import Token
 from typing import Any
 
-from .collector import RequestCollector, settings_for
+from .collector import CollectorSettings, RequestCollector, settings_for
 from .config import resolve
 from .context import DISABLED, DisabledCollector, _get, activate, deactivate
 from .reporter import Reporter
-from .timer import NoopTimer, Timer
+from .timer import NOOP_TIMER, NoopTimer, Timer
 
 __all__ = ["ScriptMonitor", "program_name"]
+
+logger = logging.getLogger("pynba")
+
+#: The status of a job whose block raised (as the WSGI middleware reports a failed request).
+_FAILED_STATUS = 500
+
+# The fields of a job that stay None until the application sets or measures them.
+_UNSET_FIELDS = (
+    "schema",
+    "status",
+    "document_size",
+    "memory_peak",
+    "memory_footprint",
+    "request_time",
+    "ru_utime",
+    "ru_stime",
+)
 
 
 def program_name() -> str:
@@ -36,6 +64,158 @@ def program_name() -> str:
     if argv0 in ("", "-c", "-m", "-"):
         return os.path.basename(sys.executable) or "python"
     return os.path.basename(argv0.rstrip("/\\")) or argv0
+
+
+def _failed(error: BaseException | None) -> bool:
+    """Whether ``error``, ending a job's block, means the job failed.
+
+    Any exception does, except a clean ``sys.exit()`` (code 0 or None) and
+    ``GeneratorExit`` (the block was abandoned, not failed).
+    """
+    if error is None or isinstance(error, GeneratorExit):
+        return False
+    if isinstance(error, SystemExit):
+        return error.code not in (None, 0)
+    return True
+
+
+class _OwnJob:
+    """A monitor's own job (``start()`` ... ``send()``), and the monitor's end.
+
+    Kept apart from the monitor and holding no reference to it, so that
+    ``weakref.finalize`` can end it at the interpreter's exit or when the
+    monitor is collected.
+    """
+
+    __slots__ = (
+        "settings",
+        "scriptname",
+        "servername",
+        "enabled",
+        "own_reporter",
+        "collector",
+        "running",
+        "token",
+        "pid",
+        "began_by_send",
+        "closed",
+    )
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        scriptname: str,
+        servername: str,
+        enabled: bool,
+        own_reporter: bool,
+    ) -> None:
+        self.settings = settings
+        self.scriptname = scriptname
+        self.servername = servername
+        self.enabled = enabled
+        self.own_reporter = own_reporter
+        self.collector: RequestCollector | None = None  # made by the first start()
+        self.running = False
+        self.token: Token | None = None
+        self.pid = os.getpid()
+        self.began_by_send = False
+        self.closed = False
+
+    def current(self) -> RequestCollector | DisabledCollector | None:
+        """The job's collector while it runs, else None."""
+        if not self.running:
+            return None
+        return self.collector if self.enabled else DISABLED
+
+    def start(self) -> None:
+        if not self.enabled:
+            collector: Any = DISABLED
+        elif self.collector is None:
+            collector = self.collector = RequestCollector(
+                self.settings, self.scriptname, self.servername
+            )
+        else:
+            collector = self.collector
+            collector._restart_clock()
+        self.running = True
+        self.began_by_send = False
+        self.pid = os.getpid()
+        self.token = activate(collector)
+
+    def sent(self, autostart: bool) -> None:
+        """send() has sent the job: the next one runs on (``autostart``), or none."""
+        if self.collector is not None:
+            self._forget(self.collector)
+        if autostart:
+            self.began_by_send = True
+            self.pid = os.getpid()
+        else:
+            self.stop()
+
+    def _forget(self, collector: RequestCollector) -> None:
+        # The monitor's own collector serves job after job: what one job set
+        # (its name, tags...) must not carry over to the next.
+        collector._tags = None
+        collector._script_name = self.scriptname
+        collector._server_name = self.servername
+        collector._hostname = self.settings.hostname
+        collector._schema = None
+
+    def stop(self) -> None:
+        self.running = False
+        token, self.token = self.token, None
+        if token is not None:
+            deactivate(token)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Report the running job (status 500 if ``error`` failed it) and close: once only."""
+        if self.closed:
+            return
+        self.closed = True
+        collector = self.collector if self.running else None
+        try:
+            self.stop()
+            if collector is not None and self._worth_reporting(collector, error):
+                if _failed(error):
+                    collector.status = _FAILED_STATUS
+                collector.finish()
+        finally:
+            if self.own_reporter:
+                self.settings.reporter.close()
+
+    def end_unattended(self) -> None:
+        """``end()`` at the interpreter's exit or the monitor's collection: never raises.
+
+        It may run in any thread: the context that made the job current keeps
+        it (a finished job, which sends nothing more). A forked child leaves a
+        job begun by its parent to the parent.
+        """
+        if self.closed:
+            return
+        self.token = None
+        if self.pid != os.getpid():
+            self.running = False
+        try:
+            self.end()
+        except Exception:
+            logger.exception("pynba: cannot report the script's last job")
+
+    def _worth_reporting(self, collector: RequestCollector, error: BaseException | None) -> bool:
+        # A script that ends with send() has sent its job: the next one, begun
+        # by send() and left untouched, is no job of its own.
+        return _failed(error) or not self.began_by_send or not self._untouched(collector)
+
+    def _untouched(self, collector: RequestCollector) -> bool:
+        """Whether no timer ran in the job and nothing was set on it."""
+        settings = self.settings
+        return (
+            not any(timer.started or timer.hit_count for timer in collector.timers)
+            and collector.script_name == self.scriptname
+            and collector.server_name == self.servername
+            and collector.hostname == settings.hostname
+            and collector.tags == settings.tags
+            and all(getattr(collector, name) is None for name in _UNSET_FIELDS)
+        )
 
 
 class ScriptMonitor:
@@ -48,6 +228,11 @@ class ScriptMonitor:
     ``timer_rusage``, ``memory_footprint``, ``pinboard``. ``address`` and the
     options left unset are read from the environment (``PINBA_SERVER``,
     ``PINBA_HOSTNAME``, ``PINBA_SERVER_NAME``, ...: see ``pynba.config``).
+
+    ``with ScriptMonitor(...) as monitor:`` closes it when the block ends,
+    reporting the running job (status 500 if the block raised). A monitor
+    never closed reports its running job when it is collected or at the
+    interpreter's exit.
     """
 
     def __init__(
@@ -79,19 +264,23 @@ class ScriptMonitor:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        servername = config.server_name
         self.settings = settings_for(config, tags)
         self.reporter: Reporter = self.settings.reporter
-        self._own_reporter = self.reporter is not config.address
         self.scriptname: str = scriptname or program_name()
-        self.servername: str = servername or self.settings.hostname
+        self.servername: str = config.server_name or self.settings.hostname
         self.autostart = bool(autostart)
-        self.enabled = bool(config.enabled)
-        self._collector: RequestCollector | None = None
-        self._running = False
-        self._token = None
+        self._job = _OwnJob(
+            self.settings,
+            self.scriptname,
+            self.servername,
+            enabled=bool(config.enabled),
+            own_reporter=self.reporter is not config.address,
+        )
+        # Called once: by close(), at the interpreter's exit, or when the
+        # monitor is collected; it holds the job, not the monitor.
+        self._finalizer = weakref.finalize(self, self._job.end_unattended)
         if self.autostart:
-            self.start()
+            self._job.start()
 
     @property
     def hostname(self) -> str:
@@ -103,19 +292,32 @@ class ScriptMonitor:
         return self.settings.tags
 
     @property
+    def enabled(self) -> bool:
+        """Whether jobs are reported (else they run unmeasured)."""
+        return self._job.enabled
+
+    @property
+    def closed(self) -> bool:
+        """Whether the monitor was closed: it measures and sends nothing more."""
+        return self._job.closed
+
+    @property
     def collector(self) -> RequestCollector | DisabledCollector | None:
         """The job running here: this context's ``job()``, else the monitor's own job."""
+        if self._job.closed:
+            return None
         current = _get()
         if current is not None and self._owns(current):
             return current
-        if not self.enabled:
-            return DISABLED if self._running else None
-        return self._collector if self._running else None
+        return self._job.current()
 
     def _owns(self, collector: Any) -> bool:
         return getattr(collector, "_settings", None) is self.settings
 
-    def _require(self) -> RequestCollector | DisabledCollector:
+    def _require(self) -> RequestCollector | DisabledCollector | None:
+        """The job running here; None once closed; RuntimeError when none runs."""
+        if self._job.closed:
+            return None
         collector = self.collector
         if collector is None:
             raise RuntimeError("no job is running: call start() first (autostart is off)")
@@ -125,23 +327,18 @@ class ScriptMonitor:
 
     def start(self) -> None:
         """Start a job; RuntimeError if one is running (send() it first)."""
-        if self._running:
+        if self._job.closed:
+            return
+        if self._job.running:
             raise RuntimeError("a job is already running: send() it first")
-        if not self.enabled:
-            collector: Any = DISABLED
-        elif self._collector is None:
-            collector = self._collector = RequestCollector(
-                self.settings, self.scriptname, self.servername
-            )
-        else:
-            collector = self._collector
-            collector._restart_clock()
-        self._running = True
-        self._token = activate(collector)
+        self._job.start()
 
     def timer(self, /, **tags: Any) -> Timer | NoopTimer:
         """A new timer of the running job, not started."""
-        return self._require()._timer(tags)
+        collector = self._require()
+        if collector is None:
+            return NOOP_TIMER
+        return collector._timer(tags)
 
     def send(self) -> None:
         """End the running job: stop its timers and send its packet.
@@ -151,43 +348,38 @@ class ScriptMonitor:
         Inside ``job()``, sends what that job measured so far.
         """
         collector = self._require()
+        if collector is None:
+            return
         collector.stop_timers()
         collector.flush()
-        own_job = DISABLED if not self.enabled else self._collector
-        if collector is own_job:
-            if collector is self._collector:
-                self._forget_job(collector)
-            if not self.autostart:
-                self._stop()
-
-    def _forget_job(self, collector: RequestCollector) -> None:
-        # The monitor's own collector serves job after job: what one job set
-        # (its name, tags...) must not carry over to the next.
-        collector._tags = None
-        collector._script_name = self.scriptname
-        collector._server_name = self.servername
-        collector._hostname = self.settings.hostname
-        collector._schema = None
+        if collector is self._job.current():
+            self._job.sent(self.autostart)
 
     def flush(self, only_stopped: bool = False) -> None:
         """Send what the running job measured so far (see ``RequestCollector.flush``)."""
-        self._require().flush(only_stopped)
-
-    def _stop(self) -> None:
-        self._running = False
-        token, self._token = self._token, None
-        if token is not None:
-            deactivate(token)
+        collector = self._require()
+        if collector is not None:
+            collector.flush(only_stopped)
 
     def close(self) -> None:
-        """Stop monitoring here (nothing more is sent) and close the reporter.
+        """Report the running job, stop monitoring here and close the reporter.
 
-        A ``Reporter`` given as ``address`` is shared: it is left open.
+        A ``Reporter`` given as ``address`` is shared: it is left open. With
+        ``autostart``, the job that ``send()`` began is not reported when
+        nothing ran in it (no timer, nothing set): a script that ends with
+        ``send()`` sends that one packet. Closing again does nothing; once
+        closed, the monitor's methods do nothing (``timer()`` gives a timer
+        that measures nothing, ``job()`` a disabled job).
         """
-        if self._running:
-            self._stop()
-        if self._own_reporter:
-            self.reporter.close()
+        self._finalizer.detach()
+        self._job.end()
+
+    def __enter__(self) -> ScriptMonitor:
+        return self
+
+    def __exit__(self, exc_type: object, error: BaseException | None, traceback: object) -> None:
+        self._finalizer.detach()
+        self._job.end(error)
 
     # -- one job per block ----------------------------------------------------
 
@@ -195,8 +387,11 @@ class ScriptMonitor:
     def job(
         self, script_name: str | None = None, tags: Mapping[str, Any] | None = None
     ) -> Iterator[RequestCollector | DisabledCollector]:
-        """Measure the block as one job (named ``script_name``), sent when it ends."""
-        if not self.enabled:
+        """Measure the block as one job (named ``script_name``), sent when it ends.
+
+        A block that raises reports its job with status 500.
+        """
+        if not self._job.enabled or self._job.closed:
             token = activate(DISABLED)
             try:
                 yield DISABLED
@@ -214,6 +409,10 @@ class ScriptMonitor:
         token = activate(collector)
         try:
             yield collector
+        except BaseException as error:
+            if _failed(error):
+                collector.status = _FAILED_STATUS
+            raise
         finally:
             deactivate(token)
             collector.finish()
