@@ -216,3 +216,22 @@ def test_a_request_that_ends_on_another_thread_counts_from_there(udp_listener):
     thread.join()
     assert begun_on.running == running - 1
     assert cpu_of(receive(udp_listener)) < 0.01
+
+
+def test_a_script_monitor_between_jobs_does_not_share_the_thread(udp_listener):
+    from pynba import ScriptMonitor
+
+    monitor = ScriptMonitor(udp_listener.address, autostart=False)
+    monitor.start()
+    busy(0.01)
+    monitor.send()  # its job ends; none runs until start()
+    collector = make_collector(udp_listener, script_name="alone")
+    busy(0.02)
+    collector.finish()
+    monitor_packet, alone = receive_all(udp_listener, 2)
+    assert cpu_of(monitor_packet) >= 0.009
+    assert cpu_of(alone) >= 0.018
+    monitor.start()
+    busy(0.01)
+    monitor.close()
+    assert cpu_of(receive(udp_listener)) >= 0.009

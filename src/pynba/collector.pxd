@@ -55,5 +55,6 @@ cdef class RequestCollector:
     cpdef _send(self, timers, end=*)
     cpdef (double, double, long) _cpu_reading(self, bint ending) except *
     cpdef _stop_running(self)
+    cpdef suspend(self)
 
 cpdef RequestCollector new_collector(settings, server_name, schema, namer, source=*)

@@ -640,6 +640,13 @@ class RequestCollector:
             return cpu.end()
         return cpu.progress()
 
+    def suspend(self) -> None:
+        """The request stops running for now: its thread's CPU is no longer shared with it.
+
+        Measuring goes on from the next reading (a flush, or a restarted job).
+        """
+        self._stop_running()
+
     def _stop_running(self) -> None:
         """No longer running on the thread it began on (once only)."""
         cpu = self._cpu

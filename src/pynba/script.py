@@ -163,6 +163,8 @@ class _OwnJob:
 
     def stop(self) -> None:
         self.running = False
+        if self.collector is not None:
+            self.collector.suspend()  # not running: no share of the thread's CPU
         token, self.token = self.token, None
         if token is not None:
             deactivate(token)
@@ -174,14 +176,16 @@ class _OwnJob:
         self.closed = True
         collector = self.collector if self.running else None
         try:
-            self.stop()
             if collector is not None and self._worth_reporting(collector, error):
                 if _failed(error):
                     collector.status = _FAILED_STATUS
-                collector.finish()
+                collector.finish()  # before stop(): the job's CPU is measured while it runs
         finally:
-            if self.own_reporter:
-                self.settings.reporter.close()
+            try:
+                self.stop()
+            finally:
+                if self.own_reporter:
+                    self.settings.reporter.close()
 
     def end_unattended(self) -> None:
         """``end()`` at the interpreter's exit or the monitor's collection: never raises.
