@@ -5,7 +5,8 @@ import gc
 import pytest
 
 from packets import make_collector, receive
-from pynba import Timer, collector as collector_module, pynba
+from pynba import Timer, pynba
+from pynba import collector as collector_module
 from pynba.context import activate, deactivate
 
 
