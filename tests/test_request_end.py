@@ -1,8 +1,9 @@
 """Never crash, never raise, never lose a request: how requests end, under real servers.
 
-WSGI under wsgiref and werkzeug, reporting over real UDP.
+WSGI under wsgiref and werkzeug, ASGI under uvicorn, reporting over real UDP.
 """
 
+import asyncio
 import contextlib
 import gc
 import http.client
@@ -22,6 +23,7 @@ import pytest
 
 from packets import receive
 from pynba import PynbaMiddleware, pynba
+from pynba.asgi import PynbaASGIMiddleware
 
 # -- real WSGI servers that record their own errors ---------------------------------
 
@@ -372,4 +374,166 @@ def test_a_chunk_that_is_not_bytes_fails_as_it_would_without_pynba(wsgi_server, 
     assert bare[1], "the server reports its own error"
     packet = receive(udp_listener)
     assert packet.status == 500
+    assert udp_listener.pending(0.1) == []
+
+
+# -- real uvicorn -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def uvicorn_server(app, **config):
+    uvicorn = pytest.importorskip("uvicorn")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, lifespan="off", loop="asyncio", http="h11", **config)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield server, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+# -- 4. a cancelled application task: the client is gone ------------------------------
+
+
+def test_a_task_cancelled_by_the_server_shutting_down_reports_499(udp_listener):
+    running = threading.Event()
+
+    async def slow(scope, receive, send):
+        running.set()
+        with pynba.timer(group="slow"):
+            await asyncio.sleep(30)
+
+    app = PynbaASGIMiddleware(slow, udp_listener.address)
+    with uvicorn_server(app, timeout_graceful_shutdown=0.2) as (server, port):
+        client = threading.Thread(target=fetch, args=(port, "/slow"))
+        client.start()
+        assert running.wait(10)
+        server.should_exit = True  # waits 0.2 s for the task, then cancels it
+        client.join(20)
+    packet = receive(udp_listener)
+    assert (packet.script_name, packet.status) == ("/slow", 499)
+    assert packet.timer(group="slow").hit_count == 1
+
+
+def test_a_cancelled_task_reports_499(udp_listener):
+    async def waits(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200})
+        await asyncio.sleep(30)
+
+    async def send(message):
+        pass
+
+    async def main():
+        scope = {"type": "http", "path": "/waits", "headers": []}
+        task = asyncio.create_task(
+            PynbaASGIMiddleware(waits, udp_listener.address)(scope, None, send)
+        )
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert receive(udp_listener).status == 499
+
+
+# -- 5. ASGI: a body that is not bytes ------------------------------------------------
+
+
+async def body_none(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": None})
+
+
+async def body_str(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": "text"})
+
+
+@pytest.mark.parametrize("app, status", [(body_none, 200), (body_str, 500)])
+def test_a_body_that_is_not_bytes_fails_as_it_would_without_pynba(
+    udp_listener, caplog, app, status
+):
+    def served(application):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
+            with uvicorn_server(application) as (_, port):
+                outcome = fetch(port)
+                time.sleep(0.1)  # the server logs the application's error after the response
+        errors = [(type(r.exc_info[1]), str(r.exc_info[1])) for r in caplog.records if r.exc_info]
+        return outcome, errors
+
+    bare = served(app)
+    assert served(PynbaASGIMiddleware(app, udp_listener.address)) == bare
+    packet = receive(udp_listener)
+    assert (packet.status, packet.document_size) == (status, 0)
+    assert udp_listener.pending(0.1) == []
+
+
+# -- 6. ASGI: the timers of background work after the response ----------------------
+
+
+def test_background_task_timers_go_with_the_request(udp_listener):
+    pytest.importorskip("starlette")
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask, BackgroundTasks
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    response_read = threading.Event()
+
+    async def send_mail(to):
+        # Runs once the client has the response (it waits for the test to say so).
+        while not response_read.is_set():
+            await asyncio.sleep(0.005)
+        with pynba.timer(group="mail", to=to):
+            await asyncio.sleep(0.2)
+
+    def write_log():
+        with pynba.timer(group="log"):  # a sync task, run in the thread pool
+            pass
+
+    async def signup(request):
+        with pynba.timer(group="db"):
+            pass
+        tasks = BackgroundTasks()
+        tasks.add_task(send_mail, "ann")
+        tasks.add_task(write_log)
+        return PlainTextResponse("welcome", background=tasks)
+
+    async def broken_task():
+        raise RuntimeError("after the response")
+
+    async def fails_later(request):
+        return PlainTextResponse("fine", background=BackgroundTask(broken_task))
+
+    app = Starlette(routes=[Route("/signup", signup), Route("/later", fails_later)])
+    monitored = PynbaASGIMiddleware(app, udp_listener.address)
+    with uvicorn_server(monitored) as (_, port):
+        assert fetch(port, "/signup") == (200, b"welcome")
+        response_read.set()
+        packet = receive(udp_listener)
+        # An error in the background work leaves the response's status.
+        assert fetch(port, "/later") == (200, b"fine")
+        later = receive(udp_listener)
+    assert packet.timer_tags() == [
+        (("group", "db"),),
+        (("group", "log"),),
+        (("group", "mail"), ("to", "ann")),
+    ]
+    mail = packet.timer(group="mail", to="ann")
+    assert mail.hit_count == 1
+    assert packet.request_time < mail.value  # the response's time, not the background work's
+    assert (packet.status, packet.document_size) == (200, len(b"welcome"))
+    assert (later.script_name, later.status) == ("/later", 200)
     assert udp_listener.pending(0.1) == []
