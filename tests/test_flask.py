@@ -1,5 +1,6 @@
 """The Flask integration: with Flask's test client, and served by a real server (werkzeug)."""
 
+import gc
 import http.client
 import threading
 
@@ -88,6 +89,31 @@ def test_streaming_errors_404_and_names(udp_listener):
     assert fetch(app, "/named").status_code == 204
     packet = receive(udp_listener)
     assert (packet.script_name, packet.status) == ("chosen by the view", 204)
+
+
+@pytest.mark.parametrize("path", ["/users/3", "/stream"])
+def test_a_test_client_response_never_closed_is_reported_once_dropped(udp_listener, path):
+    app = make_app()
+    middleware = init_app(app, udp_listener.address)
+    client = app.test_client()
+    gc.collect()
+    gc.disable()  # no reference cycle: the packet goes as soon as the response is dropped
+    try:
+        response = client.get(path)
+        assert response.status_code == 200
+        response.get_data()
+        assert udp_listener.pending(0.1) == []
+        del response
+        packet = receive(udp_listener, timeout=1.0)
+    finally:
+        gc.enable()
+    assert packet.script_name == ("/users/<int:user_id>" if path == "/users/3" else "/stream")
+    assert packet.status == 200
+    assert middleware.reporter.stats["unclosed"] == 1
+    fetch(app, path)  # closed: reported, and not counted as unclosed
+    assert receive(udp_listener).script_name == packet.script_name
+    assert udp_listener.pending(0.1) == []
+    assert middleware.reporter.stats["unclosed"] == 1
 
 
 def test_endpoint_names_and_config_from_the_app(udp_listener, monkeypatch):

@@ -1,11 +1,15 @@
 """The ASGI middleware: one Pinba packet per HTTP request (ASGI 3).
 
 Lifespan and websocket connections are passed through untouched. An HTTP
-request starts when the server calls the application and ends when the
-application sends the last part of the response (the body message without
-``more_body``, or the last trailers when it announced trailers), or when
-the application returns or raises before that. What the packet carries,
-unless the application sets it through ``pynba`` during the request:
+request starts when the server calls the application. Its response ends
+when the application sends the last part of it (the body message without
+``more_body``, or the last trailers when it announced trailers):
+``request_time`` and the CPU times are measured there. The packet is sent
+when the application call returns or raises, so that it also carries the
+timers of work the request started that still runs in that call after the
+response (Starlette's and FastAPI's ``BackgroundTasks``): that work adds
+its timers, not its time, to the request. What the packet carries, unless
+the application sets it through ``pynba`` during the request:
 
 - ``script_name``: ``prefix`` + ``script_name(scope)`` when that callable is
   configured, else ``prefix`` + the template of the route that served the
@@ -15,9 +19,14 @@ unless the application sets it through ``pynba`` during the request:
   address; ``schema``: the scope's ``scheme``;
 - ``status``: from ``http.response.start``; 500 when the application
   raises or returns before completing the response, 499 when the client
-  went away first (``http.disconnect``, or a send that failed);
+  went away first (``http.disconnect``, a send that failed, or the
+  application's task cancelled: the server dropped the connection or shuts
+  down). An error in the work after a complete response leaves its status;
 - ``document_size``: the bytes of the body messages (of the file's
   ``Content-Length`` for ``http.response.pathsend``).
+
+A body that is not bytes reaches the server as it is: the server's own
+error goes back to the application, as it would without pynba.
 
 The request is the current one in the middleware's context, so
 ``pynba.timer(...)`` works in handlers, in the tasks they start or await
@@ -27,6 +36,7 @@ context).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -34,6 +44,7 @@ from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
 from .reporter import Reporter
+from .wsgi import CLIENT_CLOSED_REQUEST
 
 __all__ = ["PynbaASGIMiddleware", "route_template"]
 
@@ -43,9 +54,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: The status reported when the client disconnected before the response ended
-#: (nginx's "client closed request").
-CLIENT_CLOSED_REQUEST = 499
+#: An application call that raises one of these before the response ended
+#: lost its client (a failed send, the server cancelling the task).
+_CLIENT_GONE = (OSError, asyncio.CancelledError)
 
 
 def route_template(scope: Mapping[str, Any]) -> str | None:
@@ -155,12 +166,10 @@ class PynbaASGIMiddleware:
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as error:
-            exchange.end(failed=True, disconnected=isinstance(error, OSError))
+            exchange.end(error)
             raise
         else:
-            # Returned without completing the response: the server sends a
-            # 500 (or drops the connection) in its place.
-            exchange.end(failed=True)
+            exchange.end(None)
         finally:
             _current.reset(token)
 
@@ -192,13 +201,12 @@ class _Exchange:
         "_receive",
         "_send",
         "collector",
-        "started",
         "_status",
         "_headers",
         "_trailers",
         "_size",
         "_disconnected",
-        "_ended",
+        "_complete",
     )
 
     def __init__(self, middleware: PynbaASGIMiddleware, scope: Scope, receive: Receive, send: Send):
@@ -206,13 +214,12 @@ class _Exchange:
         self._scope = scope
         self._receive = receive
         self._send = send
-        self.started = False
         self._status = 0
         self._headers: Any = ()
         self._trailers = False
         self._size = 0
         self._disconnected = False
-        self._ended = False
+        self._complete = False
         self.collector = RequestCollector(
             middleware.settings,
             None,
@@ -224,56 +231,52 @@ class _Exchange:
 
     async def receive(self) -> Message:
         message = await self._receive()
-        if message.get("type") == "http.disconnect":
+        if not self._complete and message.get("type") == "http.disconnect":
             self._disconnected = True
         return message
 
     async def send(self, message: Message) -> None:
-        if self._ended:
+        if self._complete:
             await self._send(message)
             return
         kind = message.get("type")
         last = False
+        body = None
         if kind == "http.response.start":
-            self.started = True
             self._status = message.get("status", 0)
             self._headers = message.get("headers") or ()
             self._trailers = bool(message.get("trailers"))
         elif kind == "http.response.body":
-            self._size += len(message.get("body", b""))
+            body = message.get("body", b"")
             last = not message.get("more_body") and not self._trailers
         elif kind == "http.response.trailers":
             last = not message.get("more_trailers")
         elif kind == "http.response.pathsend":
-            self._size += self._content_length()
             last = True
         try:
             await self._send(message)
         except OSError:
             self._disconnected = True
             raise
+        # Counted once the server took it: a body it refuses (not bytes)
+        # fails with the server's own error, not with len()'s.
+        if body is not None:
+            self._size += _body_size(body)
+        elif kind == "http.response.pathsend":
+            self._size += self._content_length()
         if last:
-            self.end(failed=False)
+            self._complete = True
+            self.collector.end_response()
 
-    def end(self, failed: bool, disconnected: bool = False) -> None:
-        """The request is over: report it (once)."""
-        if self._ended:
-            return
-        self._ended = True
-        collector = self.collector
-        try:
-            if collector._status is None:
-                if self._disconnected or disconnected:
-                    collector._status = CLIENT_CLOSED_REQUEST
-                elif failed or not self.started:
-                    collector._status = 500
-                else:
-                    collector._status = _status_code(self._status)
-            if collector._document_size is None:
-                collector._document_size = self._size
-        except Exception:
-            internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
-        collector.finish()
+    def end(self, error: BaseException | None) -> None:
+        """The application call returned (``error`` None) or raised: report the request."""
+        if self._disconnected or (not self._complete and isinstance(error, _CLIENT_GONE)):
+            status = CLIENT_CLOSED_REQUEST
+        elif not self._complete:
+            status = 500  # the server sends a 500 (or drops the connection) in its place
+        else:
+            status = _status_code(self._status)
+        self.collector.finish(status, self._size)
 
     def _content_length(self) -> int:
         for name, value in self._headers:
@@ -287,3 +290,11 @@ class _Exchange:
 
 def _status_code(status: Any) -> int:
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+def _body_size(body: Any) -> int:
+    """The size of a body the server accepted (0 when it has none)."""
+    try:
+        return len(body)
+    except TypeError:
+        return 0

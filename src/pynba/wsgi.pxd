@@ -2,6 +2,7 @@
 cimport cython
 
 from pynba.collector cimport CollectorSettings, RequestCollector, new_collector
+from pynba.reporter cimport Reporter
 
 cdef dict _STATUS_CODES
 cdef Py_ssize_t _STATUS_CODES_MAX
@@ -11,6 +12,8 @@ cdef tuple _PLAIN_BODIES
 cdef _lookup(environ, key, default=*)
 cpdef request_path(environ)
 cpdef int _parse_status(status) except? -1
+cdef Py_ssize_t _byte_count(chunk) except? -2
+cdef _count_unclosed(Reporter reporter)
 
 cdef class PynbaMiddleware:
     cdef dict __dict__  # monitor() copies the application's name and docstring
@@ -35,16 +38,19 @@ cdef class _Response:
     cdef public object _status
     cdef public object _headers
     cdef public object _result
-    cdef public object _iterator
     cdef public Py_ssize_t _size
     cdef public bint _failed
+    cdef public bint _complete
     cdef public bint _closed
     cdef public object _file_close
 
     cpdef wrap(self, result)
     cpdef close(self)
-    cpdef _finish(self, bint from_file=*)
+    cpdef close_stream(self, body)
+    cpdef _close_body(self, close, bint from_file)
+    cpdef _finish(self, bint from_file=*, bint closed=*)
 
 cdef class _StreamBody:
     cdef public _Response _response
+    cdef public object _result
     cdef public object _iterator

@@ -14,12 +14,21 @@ streaming. What the packet carries, unless the application sets it through
   ``SERVER_NAME``; ``schema``: ``wsgi.url_scheme``;
 - ``status``: from ``start_response`` (its last call, so a call with
   ``exc_info`` counts); 500 when the application raises, while it is called
-  or while its response is iterated or closed. The exception propagates
-  unchanged;
+  or while its response is iterated or closed (the exception propagates
+  unchanged), or when its body holds something other than bytes (the server
+  fails the response with its own error); 499 (nginx's "client closed
+  request") when the server closes a streamed body before its end: the
+  client went away. A list or tuple body is complete by construction;
 - ``document_size``: the bytes of the response body the server took (plus
   any given to ``write()``). A ``wsgi.file_wrapper`` response is handed to
   the server untouched, so that it can use ``sendfile``: its size is then
   taken from the ``Content-Length`` header (0 without one).
+
+A server or test client that never calls ``close()`` (Werkzeug's and
+Flask's test clients, unless the response is closed) does not lose the
+request: its packet is sent when the response is freed, and counted in the
+reporter's ``stats["unclosed"]``. Nothing is sent for a response still
+open at interpreter shutdown.
 
 An error inside pynba never reaches the application: it is logged to the
 ``pynba`` logger, unless ``raise_on_fail`` is set.
@@ -28,6 +37,7 @@ An error inside pynba never reaches the application: it is logged to the
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -39,6 +49,10 @@ from .reporter import Reporter
 __all__ = ["PynbaMiddleware", "monitor"]
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+#: The status reported when the client went away before the response ended
+#: (nginx's "client closed request").
+CLIENT_CLOSED_REQUEST = 499
 
 
 class PynbaMiddleware:
@@ -216,11 +230,31 @@ def _parse_status(status: Any) -> int:
 _PLAIN_BODIES = (list, tuple)
 
 
+def _byte_count(chunk: Any) -> int:
+    """``len(chunk)`` for the bytes PEP 3333 prescribes; -1 for anything else.
+
+    Servers refuse anything else, with their own error: ``len()`` must not
+    raise pynba's in its place.
+    """
+    if isinstance(chunk, bytes):
+        return len(chunk)
+    return -1
+
+
+def _count_unclosed(reporter: Reporter) -> None:
+    """Count a response the server never closed in ``reporter.stats``."""
+    stats = reporter.stats
+    stats["unclosed"] = stats.get("unclosed", 0) + 1
+
+
 class _Response:
     """One monitored request: wraps start_response and the response body.
 
     A list or tuple body is counted at once and stood in for by this object
     (which the server iterates and closes); other bodies by a ``_StreamBody``.
+    Nothing it holds refers back to it (but a file wrapper, whose close()
+    becomes this object's): a response the server drops without closing it
+    is freed, and reported, at once.
     """
 
     __slots__ = (
@@ -232,9 +266,9 @@ class _Response:
         "_status",
         "_headers",
         "_result",
-        "_iterator",
         "_size",
         "_failed",
+        "_complete",
         "_closed",
         "_file_close",
     )
@@ -247,10 +281,10 @@ class _Response:
         self._status = None
         self._headers = None
         self._result = None
-        self._iterator = None
         self._size = 0
         self._failed = False
-        self._closed = False
+        self._complete = False
+        self._closed = True  # nothing to end (see __del__) until the collector is made
         self._file_close = None
         # self._middleware, not the argument: compiled, its attributes are typed.
         self._collector = new_collector(
@@ -260,36 +294,52 @@ class _Response:
             self._middleware.default_script_name,
             environ,
         )
+        self._closed = False
 
     def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable:
         """The application's ``start_response``: the server's, noting the status."""
-        write = self._start_response(status, headers, exc_info)
+        # exc_info is passed on only when given: a start_response that takes
+        # two arguments (old test harnesses, some middlewares) refuses a third.
+        if exc_info is None:
+            write = self._start_response(status, headers)
+        else:
+            write = self._start_response(status, headers, exc_info)
         self._status = status
         self._headers = headers
         self._write = write
         return self._counted_write
 
     def _counted_write(self, data: bytes) -> Any:
-        self._size += len(data)
-        return self._write(data)
+        written = self._write(data)
+        size = _byte_count(data)  # counted once the server took it
+        if size > 0:
+            self._size += size
+        return written
 
     def wrap(self, result: Iterable[bytes]) -> Iterable[bytes]:
         """What the server gets instead of ``result``."""
-        self._result = result
         cls = type(result)
         if cls in _PLAIN_BODIES:
             # Counted at once; the server iterates the list itself, and this
             # object stands in for it only to add close().
+            self._result = result
             size = 0
             for chunk in result:
-                size += len(chunk)
+                chunk_size = _byte_count(chunk)
+                if chunk_size < 0:
+                    self._failed = True  # the server will fail the response
+                else:
+                    size += chunk_size
             self._size += size
+            self._complete = True
             return self
         file_wrapper = _lookup(self._environ, "wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(file_wrapper, type):
             if isinstance(result, file_wrapper):
                 return self._wrap_file(result)
-        return _StreamBody(self)
+        # Not kept here: a generator suspended in the application's code holds
+        # start_response, hence this object, and would make a reference cycle.
+        return _StreamBody(self, result)
 
     def __iter__(self) -> Any:
         return iter(self._result)
@@ -301,10 +351,12 @@ class _Response:
     def _wrap_file(self, result: Any) -> Any:
         # Handed back as is so that the server recognises it and may use
         # sendfile; only its close() is replaced, to end the request there.
+        self._complete = True  # what the server sent of it is not known
         self._file_close = getattr(result, "close", None)
         try:
             result.close = self.close
         except AttributeError:
+            self._closed = True
             self._finish(from_file=True)
         return result
 
@@ -318,17 +370,26 @@ class _Response:
             logger.exception("pynba: cannot report the failed request")
 
     def close(self) -> None:
+        """The server is done with a list body or a file wrapper: end the request."""
         if self._closed:
             return
         self._closed = True
-        if self._file_close is None and type(self._result) in _PLAIN_BODIES:
+        if self._file_close is None:
             self._finish()  # nothing of the application's to run: no context switch
             return
+        self._close_body(self._file_close, True)
+
+    def close_stream(self, body: Any) -> None:
+        """The server closed the streamed ``body``: close it, and end the request."""
+        if self._closed:
+            return
+        self._closed = True
+        self._close_body(getattr(body, "close", None), False)
+
+    def _close_body(self, close: Any, from_file: bool) -> None:
+        """Call the body's own ``close`` (None: it has none) as the request, then end it."""
         token = _set(self._collector)
         try:
-            close = self._file_close
-            if close is None:
-                close = getattr(self._result, "close", None)
             if close is not None:
                 close()
         except BaseException:
@@ -336,20 +397,35 @@ class _Response:
             raise
         finally:
             _reset(token)
-            self._finish(from_file=self._file_close is not None)
+            self._finish(from_file=from_file)
 
-    def _finish(self, from_file: bool = False) -> None:
-        collector = self._collector
+    def __del__(self) -> None:
+        # Freed without close(): the server or test client never closed it.
+        if self._closed or self._collector is None:
+            return
+        self._closed = True
+        try:
+            if sys.is_finalizing():
+                return  # the reporter may be gone already: nothing is sent
+        except BaseException:
+            return  # this module's globals are being cleared at shutdown
+        _count_unclosed(self._middleware.reporter)
+        self._finish(from_file=self._file_close is not None, closed=False)
+
+    def _finish(self, from_file: bool = False, closed: bool = True) -> None:
+        status = None
+        size = None
         try:
             if self._failed:
-                collector._status = 500
-            elif collector._status is None:
-                collector._status = _parse_status(self._status)
-            if collector._document_size is None:
-                collector._document_size = self._content_length() if from_file else self._size
+                status = 500
+            elif closed and not self._complete:
+                status = CLIENT_CLOSED_REQUEST  # closed before its end
+            else:
+                status = _parse_status(self._status)
+            size = self._content_length() if from_file else self._size
         except Exception:
             internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
-        collector.finish()
+        self._collector.finish(status, size)
 
     def _content_length(self) -> int:
         for name, value in self._headers or ():
@@ -364,16 +440,17 @@ class _Response:
 class _StreamBody:
     """A response body the server iterates; counts the bytes it takes."""
 
-    __slots__ = ("_response", "_iterator")
+    __slots__ = ("_response", "_result", "_iterator")
 
-    def __init__(self, response: _Response) -> None:
+    def __init__(self, response: _Response, result: Iterable[bytes]) -> None:
         self._response = response
+        self._result = result
         self._iterator = None
 
     def __iter__(self) -> _StreamBody:
         token = _set(self._response._collector)
         try:
-            self._iterator = iter(self._response._result)
+            self._iterator = iter(self._result)
         except BaseException:
             self._response._failed = True
             raise
@@ -386,14 +463,19 @@ class _StreamBody:
         try:
             chunk = next(self._iterator)
         except StopIteration:
+            self._response._complete = True
             raise
         except BaseException:
             self._response._failed = True
             raise
         finally:
             _reset(token)
-        self._response._size += len(chunk)
+        size = _byte_count(chunk)
+        if size < 0:
+            self._response._failed = True  # the server will fail the response
+        else:
+            self._response._size += size
         return chunk
 
     def close(self) -> None:
-        self._response.close()
+        self._response.close_stream(self._result)
