@@ -13,7 +13,6 @@ cdef _lookup(environ, key, default=*)
 cpdef request_path(environ)
 cpdef int _parse_status(status) except? -1
 cdef Py_ssize_t _byte_count(chunk) except? -2
-cdef _count_unclosed(Reporter reporter)
 
 cdef class PynbaMiddleware:
     cdef dict __dict__  # monitor() copies the application's name and docstring

@@ -241,12 +241,6 @@ def _byte_count(chunk: Any) -> int:
     return -1
 
 
-def _count_unclosed(reporter: Reporter) -> None:
-    """Count a response the server never closed in ``reporter.stats``."""
-    stats = reporter.stats
-    stats["unclosed"] = stats.get("unclosed", 0) + 1
-
-
 class _Response:
     """One monitored request: wraps start_response and the response body.
 
@@ -409,7 +403,10 @@ class _Response:
                 return  # the reporter may be gone already: nothing is sent
         except BaseException:
             return  # this module's globals are being cleared at shutdown
-        _count_unclosed(self._middleware.reporter)
+        try:
+            self._middleware.reporter.count("unclosed")
+        except Exception:
+            internal_error("cannot count an unclosed response", False)
         self._finish(from_file=self._file_close is not None, closed=False)
 
     def _finish(self, from_file: bool = False, closed: bool = True) -> None:
