@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import rusage
 from ._pure_encoder import keyword_pairs, timer_tuple
 from .encoder import STATUS_MAX
+from .ratelimit import LogLimiter
 from .reporter import Reporter
 from .strict import is_strict
 from .tags import TagPairs, check_tag_name, flatten_tags
@@ -76,12 +77,18 @@ def internal_error(message: str, raise_on_fail: bool) -> None:
     """Handle an exception raised inside pynba: log it and carry on.
 
     Re-raised when ``raise_on_fail`` is set, or when the environment has
-    ``PYNBA_STRICT=1`` (meant for pynba's own tests and for development).
+    ``PYNBA_STRICT=1`` (meant for pynba's own tests and for development);
+    otherwise logged with its traceback, at most once a minute per message.
     Call it from an ``except`` block.
     """
     if raise_on_fail or is_strict():
         raise
-    logger.exception("pynba: %s", message)
+    error = sys.exc_info()[1]
+    # One kind per message: a failing tag or namer logs once a minute, not per request.
+    _internal_errors.warning(message, "pynba: %s", message, exc_info=error)
+
+
+_internal_errors = LogLimiter()
 
 
 def _resident_set_size() -> int:
@@ -762,6 +769,7 @@ class RequestCollector:
             try:
                 pairs.extend(flatten_tags({name: value}))
             except Exception:
+                self._settings.reporter.count("tag_failed")
                 internal_error(f"request tag {name!r} failed; sent without it", self._raise_on_fail)
         return tuple(pairs)
 

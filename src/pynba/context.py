@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar, Union
 
 from ._implementation import pure_python_forced
-from .collector import RequestCollector
+from .collector import RequestCollector, internal_error
 from .strict import is_strict
 from .tags import check_tag_name, flatten_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, _decorate
@@ -178,7 +178,10 @@ class UnboundTimer:
         collector = _get()
         if collector is None:
             return NOOP_TIMER
-        timer = _timer_of(collector, self._tags)
+        try:
+            timer = _timer_of(collector, self._tags)
+        except Exception:  # a callable tag failed: the call it times must not
+            timer = self._timer_without_failing_tags(collector)
         if self.data is not None:
             timer.data = self.data
         return timer
@@ -221,6 +224,24 @@ class UnboundTimer:
     hit_count = 0
     ru_utime = 0.0
     ru_stime = 0.0
+
+    def _timer_without_failing_tags(self, collector: Collector) -> Timer | NoopTimer:
+        """A timer with the tags that can be made: each failing one is left out and counted."""
+        pairs: list = []
+        for name, value in self._tags.items():
+            try:
+                pairs.extend(flatten_tags({name: value}))
+            except Exception:
+                reporter = collector.reporter
+                if reporter is not None:
+                    reporter.count("tag_failed")
+                internal_error(
+                    f"timer tag {name!r} failed; timed without it",
+                    reporter is not None and reporter.raise_on_fail,
+                )
+        if not pairs:
+            return NOOP_TIMER
+        return _timer_of(collector, pairs)
 
     @property
     def tags(self) -> tuple:
