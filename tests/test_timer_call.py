@@ -157,7 +157,7 @@ def test_a_timer_holds_its_tags_and_request_and_lets_them_go(collector):
     value = "".join(["sel", "ect"])  # an object of its own, to count its references
     names_of = {"op": value}
     before = sys.getrefcount(value), sys.getrefcount(collector)
-    for _ in range(500)  # fewer than MERGE_TIMERS_AT: all kept:
+    for _ in range(500):  # fewer than MERGE_TIMERS_AT: all kept
         with pynba.timer(**names_of):
             pass
     assert sys.getrefcount(value) == before[0] + 500
