@@ -97,11 +97,16 @@ def to_seconds(value):
 
 
 def _pairs(tags):
+    """``tags`` (a mapping or pairs) as a tuple of pairs, which the caller's later changes leave.
+
+    Encoding may run Python code (a value's ``__str__``): the twins both
+    read what the containers held when they reached them.
+    """
     if tags is None:
         return ()
     if isinstance(tags, Mapping):
-        return tags.items()
-    return tags
+        return tuple(tags.items())
+    return tuple(tags)
 
 
 KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
@@ -202,7 +207,7 @@ def encode(
 
     slots = {}  # tag-set key -> position in merged
     merged = []  # [key, value, hit_count, ru_utime, ru_stime]
-    for timer in timers:
+    for timer in tuple(timers):  # as _pairs: the timers as they were
         if type(timer) is not tuple or len(timer) != 5:
             timer = timer_tuple(timer)
         timer_tags, value, hit_count, t_utime, t_stime, *names = timer
