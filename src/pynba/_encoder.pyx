@@ -20,7 +20,7 @@ datagram is written.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_CheckExact, PyDict_Next, PyDict_Size
+from cpython.dict cimport PyDict_CheckExact, PyDict_Next
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.list cimport PyList_CheckExact
 from cpython.long cimport PyLong_CheckExact
@@ -53,6 +53,7 @@ cdef extern from "Python.h":
     void Py_INCREF_PTR "Py_INCREF"(PyObject*)
     void Py_DECREF_PTR "Py_DECREF"(PyObject*)
     Py_ssize_t PyList_GET_SIZE(object)
+    Py_ssize_t PyDict_GET_SIZE(object)
     PyObject* PyList_GET_ITEM_PTR "PyList_GET_ITEM"(object, Py_ssize_t)
 
 cdef double FLT_MIN = 1.1754943508222875e-38
@@ -234,7 +235,7 @@ cdef void* grow(void* data, void* initial, Py_ssize_t used, Py_ssize_t* cap,
     return fresh
 
 
-cdef int reserve_held(State* s, Py_ssize_t extra) except -1:
+cdef inline int reserve_held(State* s, Py_ssize_t extra) except -1:
     """Room for ``extra`` more references in ``s.held`` (no Python code runs)."""
     if s.nheld + extra > s.cap_held:
         s.held = <PyObject**>grow(s.held, s.s_held, s.nheld, &s.cap_held, s.nheld + extra,
@@ -264,7 +265,7 @@ cdef Py_ssize_t hold_list(State* s, object items) except -1:
     return first
 
 
-cdef Py_ssize_t hold_dict(State* s, object d) except -1:
+cdef inline Py_ssize_t hold_dict(State* s, object d) except -1:
     """Holds the keys and values of the dict ``d`` in ``s.held``, key then value.
 
     Returns the index of the first key; the last value is at ``s.nheld - 1``.
@@ -272,7 +273,7 @@ cdef Py_ssize_t hold_dict(State* s, object d) except -1:
     cdef Py_ssize_t pos = 0, first
     cdef PyObject* key
     cdef PyObject* value
-    reserve_held(s, 2 * PyDict_Size(d))
+    reserve_held(s, 2 * PyDict_GET_SIZE(d))
     first = s.nheld
     while PyDict_Next(d, &pos, &key, &value):  # no Python code runs in this loop
         Py_INCREF_PTR(key)
