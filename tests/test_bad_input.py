@@ -191,6 +191,28 @@ def test_nasty_text_everywhere_gives_a_valid_packet(collector, udp_listener, val
     assert len(packet.timers) == 1
 
 
+def test_a_huge_path_host_and_tags_still_report_the_request(udp_listener):
+    huge = "é" * 35_000  # 70 kB of UTF-8
+
+    def tagging_app(environ, start_response):
+        pynba.set_tag("huge", huge)
+        with pynba.timer(group="g", huge=huge):
+            pass
+        return app(environ, start_response)
+
+    middleware = PynbaMiddleware(tagging_app, Reporter(udp_listener.address))
+    path = ("/" + huge).encode().decode("latin-1")  # as PEP 3333 hands it over
+    environ = {"PATH_INFO": path, "HTTP_HOST": "h" * 70_000, "REQUEST_METHOD": "GET"}
+    result = middleware(environ, lambda *a: None)
+    result.close()
+    packet = Packet(udp_listener.receive())
+    assert packet.script_name == "/" + huge[:511]  # 1,023 bytes: a whole "é" more would pass
+    assert packet.server_name == "h" * 255
+    assert packet.tags == [("huge", huge[:512])]
+    assert packet.timers[0].tags == (("group", "g"), ("huge", huge[:512]))
+    assert middleware.reporter.stats["oversize"] == 0
+
+
 @pytest.mark.parametrize("value", NASTY_NUMBERS)
 def test_nasty_numbers_at_the_encoder_give_a_valid_packet(encode, value):
     number = value if isinstance(value, float) else int(value)

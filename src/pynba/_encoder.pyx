@@ -39,6 +39,7 @@ from pynba._pure_encoder import to_seconds as _py_to_seconds
 from pynba._pure_encoder import to_uint32 as _py_to_uint32
 from pynba._pure_encoder import _pairs as _py_pairs
 from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
+from pynba._pure_encoder import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
 from pynba._pure_encoder import timer_tuple as _py_timer_tuple
 from pynba._pure_encoder import encode as _py_encode
 
@@ -62,6 +63,12 @@ cdef double INF = float("inf")
 cdef uint64_t UINT32_MAX = 0xFFFFFFFF
 cdef object ONE = 1  # CPython keeps one object for each small int
 cdef uint64_t STATUS_MAX = 0xFFFFFFFE
+# The most bytes sent of each string (see the pure module).
+cdef Py_ssize_t MAX_HOSTNAME = _MAX_TEXT_BYTES["hostname"]
+cdef Py_ssize_t MAX_SERVER_NAME = _MAX_TEXT_BYTES["server_name"]
+cdef Py_ssize_t MAX_SCRIPT_NAME = _MAX_TEXT_BYTES["script_name"]
+cdef Py_ssize_t MAX_SCHEMA = _MAX_TEXT_BYTES["schema"]
+cdef Py_ssize_t MAX_TAG = _MAX_TEXT_BYTES["tag"]
 
 cdef enum:
     CACHE = 64  # identity cache slots (power of two)
@@ -294,8 +301,18 @@ cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
     return h
 
 
-cdef int text_of(State* s, object value, Text* text) except -1:
-    """The bytes sent for a tag name or value, borrowed from ``value`` or from ``s.held``.
+cdef inline Py_ssize_t cut(const char* p, Py_ssize_t size, Py_ssize_t limit) noexcept nogil:
+    """How many of the ``size`` bytes at ``p`` are sent: as the pure module's ``cut``."""
+    if size <= limit:
+        return size
+    cdef Py_ssize_t end = limit
+    while end > limit - 3 and (<unsigned char>p[end] & 0xC0) == 0x80:
+        end -= 1
+    return end
+
+
+cdef int text_of(State* s, object value, Text* text, Py_ssize_t limit) except -1:
+    """The bytes sent for a string (at most ``limit``), borrowed from ``value`` or ``s.held``.
 
     ``value`` must stay alive until the datagram is written.
     """
@@ -310,24 +327,24 @@ cdef int text_of(State* s, object value, Text* text) except -1:
             ptr = PyUnicode_AsUTF8AndSize(value, &size)
             if ptr == NULL:  # lone surrogates: the pure module replaces them
                 PyErr_Clear()
-                return slow_text(s, value, text)
+                return slow_text(s, value, text, limit)
     elif PyBytes_Check(value):
         ptr = PyBytes_AS_STRING(value)
         size = PyBytes_GET_SIZE(value)
     else:
-        return slow_text(s, value, text)
+        return slow_text(s, value, text, limit)
     if size and memchr(ptr, 0, size) != NULL:
-        return slow_text(s, value, text)
+        return slow_text(s, value, text, limit)
     text.ptr = ptr
-    text.size = size
+    text.size = cut(ptr, size, limit)
     return 0
 
 
-cdef int slow_text(State* s, object value, Text* text) except -1:
+cdef int slow_text(State* s, object value, Text* text, Py_ssize_t limit) except -1:
     data = _py_to_bytes(value)
     hold(s, data)
     text.ptr = PyBytes_AS_STRING(data)
-    text.size = PyBytes_GET_SIZE(data)
+    text.size = cut(text.ptr, PyBytes_GET_SIZE(data), limit)
     return 0
 
 
@@ -416,7 +433,7 @@ cdef int32_t object_id(State* s, object value) except -1:
     cdef Text text
     if found >= 0:
         return found
-    text_of(s, value, &text)
+    text_of(s, value, &text, MAX_TAG)
     found = word_id(s, &text)
     remember(s, value, found)
     return found
@@ -448,7 +465,7 @@ cdef int ref_text(State* s, TagRef* ref, object value, bint is_name) except -1:
         text.ptr = s.words[found].ptr
         text.size = s.words[found].size
     else:
-        text_of(s, value, text)
+        text_of(s, value, text, MAX_TAG)
     if is_name:
         ref.name_id = found
         ref.name_obj = <PyObject*>value
@@ -858,11 +875,11 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     cdef Timer* t
     cdef Text text
     cdef unsigned char* o = s.out
-    text_of(s, hostname, &text)
+    text_of(s, hostname, &text, MAX_HOSTNAME)
     o = put_text(s, o, 0x0A, text.ptr, text.size)
-    text_of(s, server_name, &text)
+    text_of(s, server_name, &text, MAX_SERVER_NAME)
     o = put_text(s, o, 0x12, text.ptr, text.size)
-    text_of(s, script_name, &text)
+    text_of(s, script_name, &text, MAX_SCRIPT_NAME)
     o = put_text(s, o, 0x1A, text.ptr, text.size)
     cdef uint64_t count = to_uint32(request_count, UINT32_MAX)
     cdef uint64_t size = to_uint32(document_size, UINT32_MAX)
@@ -918,7 +935,7 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     o = put_key(o, 0x88)
     o = put_varint(o, footprint)
     if schema is not None:
-        text_of(s, schema, &text)
+        text_of(s, schema, &text, MAX_SCHEMA)
         if text.size:
             o = put_text(s, o, 0x9A, text.ptr, text.size)
             o = reserve(s, o, 32 + s.nrtags * 7 + s.ntimers * 14)
