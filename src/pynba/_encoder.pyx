@@ -575,9 +575,16 @@ cdef int seek_timer_fields() except -1:
 
 
 cdef int add_timer(State* s, object timer) except -1:
-    """Adds one timer; ``timer`` must stay alive until the datagram is written."""
+    """Adds one timer; ``timer`` must stay alive until the datagram is written.
+
+    Its parts are read in the pure twin's order, tags, hit count, value, CPU
+    times: Python code that converting them runs sees what it sees there.
+    """
     cdef object tags, value, hit_count, utime, stime, names = None
     cdef TimerFields fields
+    cdef Py_ssize_t i
+    cdef double t_value, t_utime, t_stime
+    cdef Timer* t
     cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
     if size == 5 or size == 6:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
@@ -602,35 +609,45 @@ cdef int add_timer(State* s, object timer) except -1:
             if fields.names != NULL:
                 names = <object>fields.names
                 hold(s, names)
-            return add_timer_fields(
-                s,
-                tags,
-                names,
-                sanitize(fields.value),
-                hit_count,
-                sanitize(fields.utime),
-                sanitize(fields.stime),
-            )
+            i = add_timer_fields(s, tags, names, hit_count)
+            if i >= 0:
+                t = &s.timers[i]
+                t.value += sanitize(fields.value)
+                t.utime += sanitize(fields.utime)
+                t.stime += sanitize(fields.stime)
+            return 0
         timer = _py_timer_tuple(timer)  # 5 items, or 6 with tag names
         hold(s, timer)
         tags, value, hit_count, utime, stime = timer[:5]
         if len(timer) == 6:
             names = timer[5]
-    return add_timer_fields(
-        s, tags, names, to_seconds(value), hit_count, to_seconds(utime), to_seconds(stime)
-    )
+    i = add_timer_fields(s, tags, names, hit_count)
+    if i < 0:
+        return 0
+    t_value = to_seconds(value)
+    t_utime = to_seconds(utime)
+    t_stime = to_seconds(stime)
+    t = &s.timers[i]
+    t.value += t_value
+    t.utime += t_utime
+    t.stime += t_stime
+    return 0
 
 
-cdef int add_timer_fields(State* s, object tags, object names, double t_value, object hit_count,
-                          double t_utime, double t_stime) except -1:
-    """Adds one timer, merged with an earlier one of the same tag set."""
+cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
+                                 object hit_count) except -2:
+    """Adds one timer's tags and hits, merged with an earlier timer of the same tag set.
+
+    Returns that timer's index in ``s.timers`` (the caller adds its measures),
+    or -1 when it has no tags: it is dropped.
+    """
     cdef Py_ssize_t n
     if names is None:
         n = collect_tags(s, tags)
     else:
         n = collect_keyword_tags(s, names, tags)
     if n == 0:
-        return 0
+        return -1
     cdef Py_ssize_t i
     cdef TagRef* ref
     sort_refs(s.refs, n)
@@ -670,11 +687,8 @@ cdef int add_timer_fields(State* s, object tags, object names, double t_value, o
         if t.hash == h and t.count == n and memcmp(
             s.pairs + t.first, pairs, 2 * n * sizeof(uint32_t)
         ) == 0:
-            t.value += t_value
             t.hits = t.hits + hits if t.hits + hits < UINT32_MAX else UINT32_MAX
-            t.utime += t_utime
-            t.stime += t_stime
-            return 0
+            return found
         j = (j + 1) & s.tmask
 
     if s.ntimers == s.cap_timers:
@@ -686,15 +700,15 @@ cdef int add_timer_fields(State* s, object tags, object names, double t_value, o
     t.count = n
     t.hash = h
     t.hits = hits
-    t.value = t_value
-    t.utime = t_utime
-    t.stime = t_stime
+    t.value = 0.0
+    t.utime = 0.0
+    t.stime = 0.0
     s.npairs += 2 * n
     s.ntimers += 1
     s.tslots[j] = found
     if s.ntimers * 2 > s.tmask:
         rehash_timers(s)
-    return 0
+    return found
 
 
 cdef int rehash_timers(State* s) except -1:
