@@ -197,8 +197,9 @@ def test_icmp_port_unreachable_is_harmless(raise_on_fail, caplog, reporters, udp
 # -- EMSGSIZE -------------------------------------------------------------------------
 
 
-def huge_name_app(environ, start_response):
-    pynba.script_name = "/" + "x" * 70_000  # no UDP datagram can carry it
+def huge_tags_app(environ, start_response):
+    for i in range(70):  # a tag value is sent up to 1,024 bytes: no UDP datagram carries 70
+        pynba.set_tag(f"t{i}", str(i).ljust(1024, "x"))
     return hello(environ, start_response)
 
 
@@ -211,7 +212,7 @@ def many_timers_app(environ, start_response):
 @pytest.mark.parametrize("raise_on_fail", [False, True])
 def test_datagram_too_large_for_udp(raise_on_fail, caplog, reporters, udp_listener):
     reporter = reporters(udp_listener.address, raise_on_fail=raise_on_fail)
-    errors, warnings = run_requests(PynbaMiddleware(huge_name_app, reporter), caplog)
+    errors, warnings = run_requests(PynbaMiddleware(huge_tags_app, reporter), caplog)
     # Sent without its timers first, still too large: the kernel refuses it.
     assert reporter.stats == {
         "sent": 0,
