@@ -82,7 +82,14 @@ def extensions():
     modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.pyx"]) for name in TIMER_GLUE]
     return cythonize(
         modules,
-        compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True},
+        compiler_directives={
+            "language_level": "3",
+            "annotation_typing": False,
+            "binding": True,
+            # A typed attribute set to None (middleware.settings.reporter = None)
+            # raises AttributeError, as in pure Python, instead of crashing.
+            "nonecheck": True,
+        },
         quiet=True,
     )
 

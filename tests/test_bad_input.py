@@ -28,6 +28,20 @@ NASTY_TEXT = [
 NASTY_NUMBERS = [-1, -(2**70), 2**70, -0.5, math.nan, math.inf, -math.inf, 1e300, 5e-324]
 
 
+class Unprintable:
+    """A tag value whose str() fails: refused where it is written."""
+
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def looped():
+    """A list that contains itself."""
+    value = []
+    value.append(value)
+    return value
+
+
 def app(environ, start_response):
     start_response("200 OK", [])
     return [b"ok"]
@@ -58,7 +72,8 @@ def app(environ, start_response):
         (lambda: PynbaMiddleware(app, "127.0.0.1:1", tags=[("a", 1)]), TypeError, "tags"),
         (lambda: PynbaMiddleware(app, "127.0.0.1:1", tags={"": 1}), ValueError, "tag names"),
         (lambda: PynbaMiddleware(app, "127.0.0.1:1", tags={1: 1}), TypeError, "tag names"),
-        (lambda: PynbaMiddleware(app, "127.0.0.1:1", tags={"a": object()}), TypeError, "'a'"),
+        (lambda: PynbaMiddleware(app, "127.0.0.1:1", tags={"a": Unprintable()}), TypeError, "'a'"),
+        (lambda: PynbaMiddleware(app, "127.0.0.1:1", tags={"a": looped()}), ValueError, "'a'"),
         (lambda: monitor(app), TypeError, "address"),
         (lambda: ScriptMonitor("127.0.0.1:1", scriptname=1), TypeError, "scriptname"),
         (lambda: ScriptMonitor("127.0.0.1:1", servername=b"x"), TypeError, "servername"),
@@ -111,13 +126,15 @@ def test_fields_refuse_bad_values_naming_them(collector, field, value, error):
     "call, error, named",
     [
         (lambda c: c.timer(), ValueError, "at least one tag"),
-        (lambda c: c.timer(group=object()), TypeError, "'group'"),
+        (lambda c: c.timer(group=Unprintable()), TypeError, "'group'"),
+        (lambda c: c.timer(group=looped()), ValueError, "'group'"),
         (lambda c: c.timer(group=[{"a": 1}]), TypeError, "'group'"),
         (lambda c: c.timer(group={None: 1}), TypeError, "'group'"),
         (lambda c: c.timer(**{"": "x"}), ValueError, "tag names"),
         (lambda c: c.set_tag(1, "x"), TypeError, "tag names"),
         (lambda c: c.set_tag("", "x"), ValueError, "tag names"),
-        (lambda c: c.set_tag("a", object()), TypeError, "'a'"),
+        (lambda c: c.set_tag("a", Unprintable()), TypeError, "'a'"),
+        (lambda c: c.set_tag("a", looped()), ValueError, "'a'"),
         (lambda c: c.timer(group="g").add(-1.0), ValueError, "value"),
         (lambda c: c.timer(group="g").add(math.nan), ValueError, "value"),
         (lambda c: c.timer(group="g").add(math.inf), ValueError, "value"),
@@ -138,14 +155,14 @@ def test_the_proxy_refuses_bad_arguments_outside_and_inside_a_request(udp_listen
     with pytest.raises(RuntimeError, match="no monitored request"):
         pynba.status = 200
     with pytest.raises(TypeError, match="'group'"):
-        pynba.timer(group=object())  # checked at once, even outside a request
+        pynba.timer(group=Unprintable())  # checked at once, even outside a request
     seen = []
 
     def checking_app(environ, start_response):
         with pytest.raises(ValueError, match="status"):
             pynba.status = -1
         with pytest.raises(TypeError, match="'a'"):
-            pynba.set_tag("a", 1j)
+            pynba.set_tag("a", Unprintable())
         seen.append(True)
         return app(environ, start_response)
 
@@ -172,6 +189,28 @@ def test_nasty_text_everywhere_gives_a_valid_packet(collector, udp_listener, val
     packet = Packet(udp_listener.receive())
     assert packet.status == 0
     assert len(packet.timers) == 1
+
+
+def test_a_huge_path_host_and_tags_still_report_the_request(udp_listener):
+    huge = "é" * 35_000  # 70 kB of UTF-8
+
+    def tagging_app(environ, start_response):
+        pynba.set_tag("huge", huge)
+        with pynba.timer(group="g", huge=huge):
+            pass
+        return app(environ, start_response)
+
+    middleware = PynbaMiddleware(tagging_app, Reporter(udp_listener.address))
+    path = ("/" + huge).encode().decode("latin-1")  # as PEP 3333 hands it over
+    environ = {"PATH_INFO": path, "HTTP_HOST": "h" * 70_000, "REQUEST_METHOD": "GET"}
+    result = middleware(environ, lambda *a: None)
+    result.close()
+    packet = Packet(udp_listener.receive())
+    assert packet.script_name == "/" + huge[:511]  # 1,023 bytes: a whole "é" more would pass
+    assert packet.server_name == "h" * 255
+    assert packet.tags == [("huge", huge[:512])]
+    assert packet.timers[0].tags == (("group", "g"), ("huge", huge[:512]))
+    assert middleware.reporter.stats["oversize"] == 0
 
 
 @pytest.mark.parametrize("value", NASTY_NUMBERS)

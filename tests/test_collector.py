@@ -123,7 +123,7 @@ def test_request_tags_from_settings_and_from_the_application(udp_listener):
     collector.delete_tag("env")
     collector.delete_tag("missing")
     with pytest.raises(TypeError, match="tag 'bad'"):
-        collector.set_tag("bad", object())
+        collector.set_tag("bad", {1.5: "x"})
     with pytest.raises(TypeError):
         collector.tags["x"] = "y"  # a read-only view
     collector.finish()
@@ -232,7 +232,7 @@ def test_internal_errors_are_logged_not_raised(collector, udp_listener, monkeypa
 def test_internal_errors_are_raised_with_raise_on_fail(collector, monkeypatch):
     monkeypatch.delenv("PYNBA_STRICT")
     collector.reporter.raise_on_fail = True
-    collector._tags = {"x": object()}
+    collector._tags = {"x": {1.5: "y"}}
     with pytest.raises(TypeError):
         collector.finish()
 

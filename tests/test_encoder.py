@@ -14,7 +14,7 @@ import pytest
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields, violations
 from pynba import _pure_encoder
-from pynba.encoder import ARGUMENTS
+from pynba.encoder import ARGUMENTS, MAX_TEXT_BYTES
 from pynba.pinba_pb2 import Request
 
 FLT_MIN = 1.1754943508222875e-38  # 2**-126
@@ -344,12 +344,143 @@ def test_many_dictionary_entries_use_multi_byte_indexes(encode):
     assert timers(message)[-1][0] == [(b"id", str(count - 1).encode())]
 
 
-@pytest.mark.parametrize("size", [127, 128, 16383, 16384, 40000])
+@pytest.mark.parametrize("size", [127, 128, 255, 1024])
 def test_long_strings_round_trip(encode, size):
     text = "x" * size
     message = roundtrip(encode, script_name=text, tags={"long": text})
     assert message.script_name == text
     assert request_tags(message) == [(b"long", text.encode())]
+
+
+# -- strings longer than their limit ---------------------------------------------------------
+
+TAG_LIMIT = MAX_TEXT_BYTES["tag"]
+
+#: Where each string goes, and the most bytes it may take there.
+STRING_PLACES = {
+    "hostname": (lambda text: {"hostname": text}, MAX_TEXT_BYTES["hostname"]),
+    "server_name": (lambda text: {"server_name": text}, MAX_TEXT_BYTES["server_name"]),
+    "script_name": (lambda text: {"script_name": text}, MAX_TEXT_BYTES["script_name"]),
+    "schema": (lambda text: {"schema": text}, MAX_TEXT_BYTES["schema"]),
+    "request tag name": (lambda text: {"tags": [(text, "v")]}, TAG_LIMIT),
+    "request tag value": (lambda text: {"tags": {"n": text}}, TAG_LIMIT),
+    "timer tag name": (lambda text: {"timers": [timer({text: "v"})]}, TAG_LIMIT),
+    "timer tag value": (lambda text: {"timers": [timer([("n", text)])]}, TAG_LIMIT),
+}
+STRING_FIELDS = {"hostname": 1, "server_name": 2, "script_name": 3, "schema": 19}
+
+
+def sent_string(datagram, place):
+    """The bytes ``place`` took in ``datagram``: its field, or its dictionary entry."""
+    field = STRING_FIELDS.get(place)
+    values = [value for number, _, value in fields(datagram) if number == (field or 15)]
+    if field:
+        return values[0]
+    return max(values, key=len)  # the long word, not the short name or value beside it
+
+
+@pytest.mark.parametrize("place", STRING_PLACES)
+@pytest.mark.parametrize("size", [1, 2, 70_000])
+def test_strings_are_cut_at_their_limit(encode, place, size):
+    arguments, limit = STRING_PLACES[place]
+    text = "x" * (limit + size)
+    assert sent_string(make(encode, **arguments(text)), place) == b"x" * limit
+    assert sent_string(make(encode, **arguments(text[:limit])), place) == b"x" * limit
+
+
+def test_the_limits_are_exported():
+    assert MAX_TEXT_BYTES == {
+        "hostname": 255,
+        "server_name": 255,
+        "script_name": 1024,
+        "schema": 255,
+        "tag": 1024,
+    }
+
+
+#: Each character encodes to 1, 2, 3 or 4 UTF-8 bytes; the padding moves it across the limit.
+WIDE = ["é", "€", "😀"]
+
+
+@pytest.mark.parametrize("place", STRING_PLACES)
+@pytest.mark.parametrize("character", WIDE)
+@pytest.mark.parametrize("padding", range(4))
+def test_a_cut_never_splits_a_utf8_sequence(encode, place, character, padding):
+    arguments, limit = STRING_PLACES[place]
+    text = "a" * padding + character * limit
+    sent = sent_string(make(encode, **arguments(text)), place)
+    assert limit - len(character.encode()) < len(sent) <= limit
+    assert text.encode().startswith(sent)
+    sent.decode("utf-8")  # raises if a sequence was split
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\udcff" * 2000,  # lone surrogates: each sent as "?"
+        "x" * (TAG_LIMIT - 1) + "\ud800" * 10,
+        "\x00" * 2000,  # each NUL sent as U+FFFD, 3 bytes
+        "x" * (TAG_LIMIT - 2) + "\x00" * 10,
+        "x" * (TAG_LIMIT - 1) + "\x00",
+        "é" * (TAG_LIMIT // 2 - 1) + "\x00\x00",
+    ],
+)
+def test_long_text_with_surrogates_and_nuls_is_valid_utf8(encode, text):
+    for place, (arguments, limit) in STRING_PLACES.items():
+        sent = sent_string(make(encode, **arguments(text)), place)
+        assert limit - 3 <= len(sent) <= limit
+        assert b"\x00" not in sent
+        sent.decode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff" * 2000,  # not UTF-8: cut at the limit
+        b"\x80" * 2000,  # continuation bytes only: at most 3 left out
+        b"x" * (TAG_LIMIT - 1) + b"\xf0\x9f\x98\x80" * 4,
+        b"x" * (TAG_LIMIT - 2) + b"\x00" * 4,
+    ],
+)
+def test_long_bytes_are_cut_as_text_is(encode, data):
+    expected = _pure_encoder.cut(_pure_encoder.to_bytes(data), TAG_LIMIT)
+    assert TAG_LIMIT - 3 <= len(expected) <= TAG_LIMIT
+    message = roundtrip(encode, tags={"n": data}, timers=[timer({"t": data})])
+    assert request_tags(message) == [(b"n", expected)]
+    assert timers(message)[0][0] == [(b"t", expected)]
+
+
+def test_values_alike_up_to_the_limit_are_one_word_and_their_timers_merge(encode):
+    common = "v" * TAG_LIMIT
+    message = roundtrip(
+        encode,
+        tags={"a": common + "1", "b": common + "2"},
+        timers=[timer({"t": common + "1"}, 0.5), timer({"t": common + "2"}, 0.25)],
+    )
+    assert words(message) == [b"a", common.encode(), b"b", b"t"]
+    assert timers(message) == [([(b"t", common.encode())], 0.75, 2, 0.0, 0.0)]
+
+
+def test_compiled_and_pure_encoders_cut_alike():
+    compiled = compiled_encoder()
+    if compiled is None:
+        pytest.skip("the compiled encoder is not built")
+    rng = random.Random(5)
+    alphabet = ["a", "é", "€", "😀", "\x00", "\ud800", "\udfff"]
+    for _ in range(300):
+        limit = rng.choice([255, TAG_LIMIT])
+        size = rng.randrange(limit - 8, limit + 8)
+        text = "".join(rng.choice(alphabet) for _ in range(size))
+        data = text.encode("utf-8", "surrogatepass")[: limit + rng.randrange(-4, 5)]
+        arguments = {
+            "hostname": text,
+            "server_name": data,
+            "script_name": text * 4,
+            "schema": text,
+            "tags": {text: data, "d": text},
+            "timers": [timer({text: text, "b": data}), timer([(data, text)])],
+        }
+        assert make(compiled.encode, **arguments) == make(_pure_encoder.encode, **arguments)
 
 
 # -- merging timers ---------------------------------------------------------------------

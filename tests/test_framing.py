@@ -54,7 +54,9 @@ def noise(size, seed=7):
 
 
 #: Over the threshold, but mostly random bytes: LZ4 makes it longer.
-INCOMPRESSIBLE = with_timers([({"blob": noise(2000)}, 0.5, 1, 0.0, 0.0)], tags={"r": "eu"})
+INCOMPRESSIBLE = with_timers(
+    [({"blob": noise(1000, seed)}, 0.5, 1, 0.0, 0.0) for seed in (1, 2)], tags={"r": "eu"}
+)
 #: Over 65,507 bytes unpacked; fits once packed and compressed (about 13 kB).
 CLASSIC_OVERSIZE = with_timers([({"n": f"{i:05d}"}, 0.001, 1, 0.0, 0.0) for i in range(2100)])
 #: Over 65,507 bytes however it is sent: random bytes, more than 64 KiB packed.
@@ -375,11 +377,12 @@ def test_a_request_too_big_even_compressed_goes_without_timers_to_every_server(
 def test_incompressible_packed_request_over_the_limit_goes_without_timers(
     udp_listener, reporter_factory
 ):
-    # Packed it fits in a v1 frame, but random bytes do not compress.
-    blob = noise(65520)
-    request = with_timers([({"blob": blob}, 0.5, 1, 0.0, 0.0)])
-    blob = blob[: len(blob) - (len(encoded(request, packed=True)) - 65520)]
-    request = with_timers([({"blob": blob}, 0.5, 1, 0.0, 0.0)])
+    # Packed it fits in a v1 frame, but random bytes do not compress (a tag value
+    # is sent up to 1,024 bytes: many tags make it big).
+    blobs = {str(seed): noise(1000, seed) for seed in range(65)}
+    request = with_timers([(blobs, 0.5, 1, 0.0, 0.0)])
+    blobs["64"] = blobs["64"][: 1000 - (len(encoded(request, packed=True)) - 65520)]
+    request = with_timers([(blobs, 0.5, 1, 0.0, 0.0)])
     packed = encoded(request, packed=True)
     assert len(packed) == 65520
     assert encoder.MAX_DATAGRAM < len(packed) <= framing.MAX_UNCOMPRESSED

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from conftest import compiled_encoder
 from pinba2_rules import violations
 from pynba import _pure_encoder
+from pynba.encoder import MAX_TEXT_BYTES
+from pynba.pinba_pb2 import Request
 
 EXAMPLES = int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000"))
 DECODER_EXAMPLES = max(EXAMPLES // 5, 1)
@@ -71,6 +73,47 @@ def test_both_encoders_agree_and_every_datagram_is_valid(request):
     datagram = _pure_encoder.encode(*request)
     assert compiled.encode(*request) == datagram
     check(datagram)
+
+
+# Strings about as long as their limits (255 and 1,024 bytes), of characters of 1
+# to 4 UTF-8 bytes, lone surrogates and NULs: cut alike, never inside a character.
+wide = st.sampled_from(["a", "é", "€", "😀", "\x00", "\ud800"])
+long_text = st.lists(wide, min_size=60, max_size=1100).map("".join)
+long_strings = long_text | long_text.map(lambda text: text.encode("utf-8", "surrogatepass"))
+long_requests = st.tuples(
+    long_text,  # hostname
+    long_strings,  # server_name
+    long_text,  # script_name
+    st.just(1),
+    st.just(0),
+    st.just(0),
+    any_float,
+    any_float,
+    any_float,
+    st.just(200),
+    st.just(0),
+    st.none() | long_text,  # schema
+    st.lists(st.tuples(long_strings, long_strings), max_size=2),
+    st.lists(st.tuples(st.dictionaries(long_text, long_strings, max_size=2), any_float,
+                       st.just(1), any_float, any_float), max_size=2),
+)  # fmt: skip
+LONG_FUZZ = settings(FUZZ, max_examples=max(EXAMPLES // 20, 50))
+
+
+@needs_compiled
+@LONG_FUZZ
+@given(long_requests)
+def test_both_encoders_cut_long_strings_alike(request):
+    datagram = _pure_encoder.encode(*request)
+    assert compiled.encode(*request) == datagram
+    check(datagram)
+    message = Request()
+    message.ParseFromString(datagram)
+    for field in ("hostname", "script_name"):  # from str: valid UTF-8, at most the limit
+        sent = getattr(message, field)
+        sent = sent.encode() if isinstance(sent, str) else sent
+        sent.decode("utf-8")
+        assert len(sent) <= MAX_TEXT_BYTES[field]
 
 
 @FUZZ

@@ -24,6 +24,9 @@ FLT_MIN = 2.0**-126
 FLT_MAX = (2 - 2.0**-23) * 2.0**127
 UINT32_MAX = 2**32 - 1
 STATUS_MAX = UINT32_MAX - 1
+#: The most bytes sent of each string; every tag name and value takes TAG_LIMIT.
+LIMITS = {"hostname": 255, "server_name": 255, "script_name": 1024, "schema": 255}
+TAG_LIMIT = 1024
 
 EXAMPLES = int(os.environ.get("PYNBA_HYPOTHESIS_EXAMPLES", "300"))
 PROPERTY = settings(
@@ -36,8 +39,8 @@ PROPERTY = settings(
 # -- the reference model ----------------------------------------------------------------
 
 
-def model_bytes(value):
-    """A name or value as the documented rules say it is sent."""
+def model_bytes(value, limit=TAG_LIMIT):
+    """A name or value as the documented rules say it is sent (at most ``limit`` bytes)."""
     if value is True:
         return b"1"
     if value is False or value is None:
@@ -50,7 +53,13 @@ def model_bytes(value):
         data = repr(value).encode()
     else:
         data = str(value).encode()
-    return data.replace(b"\x00", "\ufffd".encode())
+    data = data.replace(b"\x00", "\ufffd".encode())
+    if len(data) > limit:  # cut, not inside a UTF-8 sequence (of at most 4 bytes)
+        end = limit
+        while end > limit - 3 and 0x80 <= data[end] <= 0xBF:  # data[end] continues one
+            end -= 1
+        data = data[:end]
+    return data
 
 
 def model_seconds(value):
@@ -101,9 +110,9 @@ def model(arguments):
         for word in (name, value):
             if word not in dictionary:
                 dictionary.append(word)
-    schema = model_bytes(arguments["schema"])
+    schema = model_bytes(arguments["schema"], LIMITS["schema"])
     return {
-        "strings": [model_bytes(arguments[name]) for name in ARGUMENTS[:3]],
+        "strings": [model_bytes(arguments[name], LIMITS[name]) for name in ARGUMENTS[:3]],
         "counts": [model_uint(arguments[name]) for name in ARGUMENTS[3:6]],
         "seconds": [f32(model_seconds(arguments[name])) for name in ARGUMENTS[6:9]],
         "status": model_uint(arguments["status"], STATUS_MAX),

@@ -531,7 +531,8 @@ def test_oversize_is_not_a_failure_even_when_raising(udp_listener, reporter_fact
 def test_request_too_big_even_without_timers_is_sent_without_its_tags(
     udp_listener, caplog, reporter_factory, raise_on_fail
 ):
-    request = {**REQUEST, "tags": {"blob": "b" * (encoder.MAX_DATAGRAM + 100)}}
+    blobs = {f"blob{i}": str(i).ljust(1024, "b") for i in range(encoder.MAX_DATAGRAM // 1000)}
+    request = {**REQUEST, "tags": blobs}
     reporter = reporter_factory(udp_listener.address, raise_on_fail=raise_on_fail)
     with caplog.at_level(logging.WARNING, logger="pynba"):
         reporter.report(**request)

@@ -1,8 +1,11 @@
 """Tag checking and flattening (the old pynba rules for lists, sets, mappings and callables)."""
 
+from decimal import Decimal
+from uuid import UUID
+
 import pytest
 
-from pynba.tags import check_tag_name, flatten_tags
+from pynba.tags import MAX_TAG_DEPTH, check_tag_name, flatten_tags
 
 
 def test_plain_values_are_kept_as_given():
@@ -82,10 +85,83 @@ def test_names_must_not_be_empty():
     assert check_tag_name("ok") == "ok"
 
 
-@pytest.mark.parametrize("value", [object(), 1j, bytearray(b"x"), [object()]])
-def test_unsupported_values_are_a_type_error_naming_the_tag(value):
-    with pytest.raises(TypeError, match="tag 'culprit'"):
+class Money:
+    def __str__(self):
+        return "2.50 EUR"
+
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize(
+    "value, sent",
+    [
+        (Decimal("2.5"), "2.5"),
+        (UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        (1j, "1j"),
+        (Money(), "2.50 EUR"),
+        ([Money(), Decimal("1")], ("2.50 EUR", "1")),
+        (lambda: Decimal("3"), "3"),
+    ],
+)
+def test_other_values_are_sent_as_their_str(value, sent):
+    expected = tuple(("t", text) for text in (sent if isinstance(sent, tuple) else (sent,)))
+    assert flatten_tags({"t": value}) == expected
+
+
+@pytest.mark.parametrize("value", [bytearray(b"x\xff"), memoryview(b"x\xff")])
+def test_binary_buffers_are_sent_as_their_bytes(value):
+    assert flatten_tags({"t": value}) == (("t", b"x\xff"),)
+
+
+@pytest.mark.parametrize("value", [Unprintable(), [Unprintable()], {"k": Unprintable()}])
+def test_a_value_whose_str_fails_is_a_type_error_naming_the_tag(value):
+    with pytest.raises(TypeError, match=r"tag 'culprit(\.k)?'.*no text"):
         flatten_tags({"fine": "x", "culprit": value})
+
+
+def _self_referencing_list():
+    value = ["a"]
+    value.append(value)
+    return value
+
+
+def _self_referencing_dict():
+    value = {"a": "b"}
+    value["again"] = value
+    return value
+
+
+def _nested(depth):
+    """A value of ``depth`` containers: lists in lists, in mappings in mappings."""
+    value = "leaf"
+    for level in range(depth):
+        value = [value] if level < depth // 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _self_referencing_list(),
+        _self_referencing_dict(),
+        {"a": "x", "loop": _self_referencing_list()},
+        lambda: _self_referencing_list(),
+        _nested(MAX_TAG_DEPTH + 1),
+    ],
+)
+def test_values_nested_too_deep_are_a_value_error_naming_the_tag(value):
+    with pytest.raises(ValueError, match="tag 'culprit'.*MAX_TAG_DEPTH") as raised:
+        flatten_tags({"fine": "x", "culprit": value})
+    assert raised.value.__suppress_context__  # the internal signal is not shown
+
+
+def test_values_nested_up_to_the_limit_flatten():
+    assert flatten_tags({"n": _nested(MAX_TAG_DEPTH)}) == (
+        ("n" + ".k" * (MAX_TAG_DEPTH - MAX_TAG_DEPTH // 2), "leaf"),
+    )
 
 
 def test_a_callable_must_not_return_a_callable():

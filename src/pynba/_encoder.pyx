@@ -5,6 +5,18 @@ The twin of ``_pure_encoder.py``: same signature, same bytes. Everything
 that is not a plain str, bytes, float, int, bool or None takes the pure
 module's conversion functions, so both agree on the rare cases by
 construction; this module only makes the common cases fast.
+
+Memory safety: Python code can run in the middle of an encode (a tag's
+``__str__``, a value's ``__float__`` or ``__index__``, a Timer's attributes,
+a finalizer run by a garbage collection, another thread at the switch that
+any of these allows), and it may change or empty the caller's containers.
+So no borrowed reference outlives a step that can run Python code: the
+items of the timers list and the keys and values of every dict are first
+copied (with no Python code in the loop) into ``State.held``, strong
+references released when the call ends; every object whose bytes the
+dictionary borrows, or whose address the identity cache holds, is held
+there or by the caller's arguments (tuples, which cannot change) until the
+datagram is written.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -27,6 +39,7 @@ from pynba._pure_encoder import to_seconds as _py_to_seconds
 from pynba._pure_encoder import to_uint32 as _py_to_uint32
 from pynba._pure_encoder import _pairs as _py_pairs
 from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
+from pynba._pure_encoder import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
 from pynba._pure_encoder import timer_tuple as _py_timer_tuple
 from pynba._pure_encoder import encode as _py_encode
 
@@ -37,9 +50,12 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     void PyErr_Clear()
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
-    object PySequence_Fast(object, const char*)
-    Py_ssize_t PySequence_Fast_GET_SIZE(object)
-    PyObject** PySequence_Fast_ITEMS(object)
+    # On pointers: no reference counting by Cython around them.
+    void Py_INCREF_PTR "Py_INCREF"(PyObject*)
+    void Py_DECREF_PTR "Py_DECREF"(PyObject*)
+    Py_ssize_t PyList_GET_SIZE(object)
+    Py_ssize_t PyDict_GET_SIZE(object)
+    PyObject* PyList_GET_ITEM_PTR "PyList_GET_ITEM"(object, Py_ssize_t)
 
 cdef double FLT_MIN = 1.1754943508222875e-38
 cdef double FLT_MAX = 3.4028234663852886e38
@@ -47,6 +63,12 @@ cdef double INF = float("inf")
 cdef uint64_t UINT32_MAX = 0xFFFFFFFF
 cdef object ONE = 1  # CPython keeps one object for each small int
 cdef uint64_t STATUS_MAX = 0xFFFFFFFE
+# The most bytes sent of each string (see the pure module).
+cdef Py_ssize_t MAX_HOSTNAME = _MAX_TEXT_BYTES["hostname"]
+cdef Py_ssize_t MAX_SERVER_NAME = _MAX_TEXT_BYTES["server_name"]
+cdef Py_ssize_t MAX_SCRIPT_NAME = _MAX_TEXT_BYTES["script_name"]
+cdef Py_ssize_t MAX_SCHEMA = _MAX_TEXT_BYTES["schema"]
+cdef Py_ssize_t MAX_TAG = _MAX_TEXT_BYTES["tag"]
 
 cdef enum:
     CACHE = 64  # identity cache slots (power of two)
@@ -135,6 +157,9 @@ cdef struct State:
     Py_ssize_t ocap
     PyObject* cache_obj[CACHE]
     int32_t cache_id[CACHE]
+    PyObject** held  # strong references, released by state_free
+    Py_ssize_t nheld
+    Py_ssize_t cap_held
     # initial storage, so that a typical request allocates nothing
     Word s_words[64]
     int32_t s_wslots[128]
@@ -144,6 +169,7 @@ cdef struct State:
     TagRef s_refs[16]
     uint32_t s_rtags[32]
     unsigned char s_out[2048]
+    PyObject* s_held[64]
 
 
 cdef void state_init(State* s) noexcept:
@@ -171,6 +197,9 @@ cdef void state_init(State* s) noexcept:
     s.olen = 0
     s.ocap = 2048
     memset(s.cache_obj, 0, sizeof(s.cache_obj))
+    s.held = s.s_held
+    s.nheld = 0
+    s.cap_held = 64
 
 
 cdef void state_free(State* s) noexcept:
@@ -190,6 +219,11 @@ cdef void state_free(State* s) noexcept:
         free(s.rtags)
     if s.out != s.s_out:
         free(s.out)
+    cdef Py_ssize_t i
+    for i in range(s.nheld):  # may run finalizers: the datagram is made by now
+        Py_DECREF_PTR(s.held[i])
+    if s.held != s.s_held:
+        free(s.held)
 
 
 cdef void* grow(void* data, void* initial, Py_ssize_t used, Py_ssize_t* cap,
@@ -208,6 +242,54 @@ cdef void* grow(void* data, void* initial, Py_ssize_t used, Py_ssize_t* cap,
     return fresh
 
 
+cdef inline int reserve_held(State* s, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more references in ``s.held`` (no Python code runs)."""
+    if s.nheld + extra > s.cap_held:
+        s.held = <PyObject**>grow(s.held, s.s_held, s.nheld, &s.cap_held, s.nheld + extra,
+                                  sizeof(PyObject*))
+    return 0
+
+
+cdef inline int hold(State* s, object value) except -1:
+    """Keeps ``value`` alive until the call ends."""
+    if s.nheld == s.cap_held:
+        reserve_held(s, 1)
+    Py_INCREF_PTR(<PyObject*>value)
+    s.held[s.nheld] = <PyObject*>value
+    s.nheld += 1
+    return 0
+
+
+cdef Py_ssize_t hold_list(State* s, object items) except -1:
+    """Holds the items of the list ``items`` in ``s.held``; returns the index of the first."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(items), i, first
+    reserve_held(s, n)
+    first = s.nheld
+    for i in range(n):  # no Python code runs in this loop
+        s.held[first + i] = PyList_GET_ITEM_PTR(items, i)
+        Py_INCREF_PTR(s.held[first + i])
+    s.nheld += n
+    return first
+
+
+cdef inline Py_ssize_t hold_dict(State* s, object d) except -1:
+    """Holds the keys and values of the dict ``d`` in ``s.held``, key then value.
+
+    Returns the index of the first key; the last value is at ``s.nheld - 1``.
+    """
+    cdef Py_ssize_t pos = 0, first
+    cdef PyObject* key
+    cdef PyObject* value
+    reserve_held(s, 2 * PyDict_GET_SIZE(d))
+    first = s.nheld
+    while PyDict_Next(d, &pos, &key, &value):  # no Python code runs in this loop
+        Py_INCREF_PTR(key)
+        Py_INCREF_PTR(value)
+        s.held[s.nheld] = key
+        s.held[s.nheld + 1] = value
+        s.nheld += 2
+    return first
+
 # ---------------------------------------------------------------- dictionary
 
 cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
@@ -219,8 +301,21 @@ cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
     return h
 
 
-cdef int text_of(object value, Text* text, list keep) except -1:
-    """The bytes sent for a tag name or value, borrowed from ``value`` or ``keep``."""
+cdef inline Py_ssize_t cut(const char* p, Py_ssize_t size, Py_ssize_t limit) noexcept nogil:
+    """How many of the ``size`` bytes at ``p`` are sent: as the pure module's ``cut``."""
+    if size <= limit:
+        return size
+    cdef Py_ssize_t end = limit
+    while end > limit - 3 and (<unsigned char>p[end] & 0xC0) == 0x80:
+        end -= 1
+    return end
+
+
+cdef int text_of(State* s, object value, Text* text, Py_ssize_t limit) except -1:
+    """The bytes sent for a string (at most ``limit``), borrowed from ``value`` or ``s.held``.
+
+    ``value`` must stay alive until the datagram is written.
+    """
     cdef Py_ssize_t size
     cdef const char* ptr
     cdef object data
@@ -232,24 +327,24 @@ cdef int text_of(object value, Text* text, list keep) except -1:
             ptr = PyUnicode_AsUTF8AndSize(value, &size)
             if ptr == NULL:  # lone surrogates: the pure module replaces them
                 PyErr_Clear()
-                return slow_text(value, text, keep)
+                return slow_text(s, value, text, limit)
     elif PyBytes_Check(value):
         ptr = PyBytes_AS_STRING(value)
         size = PyBytes_GET_SIZE(value)
     else:
-        return slow_text(value, text, keep)
+        return slow_text(s, value, text, limit)
     if size and memchr(ptr, 0, size) != NULL:
-        return slow_text(value, text, keep)
+        return slow_text(s, value, text, limit)
     text.ptr = ptr
-    text.size = size
+    text.size = cut(ptr, size, limit)
     return 0
 
 
-cdef int slow_text(object value, Text* text, list keep) except -1:
+cdef int slow_text(State* s, object value, Text* text, Py_ssize_t limit) except -1:
     data = _py_to_bytes(value)
-    keep.append(data)
+    hold(s, data)
     text.ptr = PyBytes_AS_STRING(data)
-    text.size = PyBytes_GET_SIZE(data)
+    text.size = cut(text.ptr, PyBytes_GET_SIZE(data), limit)
     return 0
 
 
@@ -257,7 +352,8 @@ cdef inline int32_t cached_id(State* s, object value) noexcept:
     """The dictionary id of an object already seen in this call, else -1.
 
     Only str and bytes (immutable) are cached, and every cached object is
-    kept alive by the caller's arguments or by ``keep`` for the whole call.
+    kept alive by the caller's arguments or by ``s.held`` for the whole call:
+    no other object can take its address.
     """
     cdef size_t slot = (<size_t><PyObject*>value >> 4) & (CACHE - 1)
     if s.cache_obj[slot] == <PyObject*>value:
@@ -332,12 +428,12 @@ cdef int32_t word_id(State* s, Text* text) except -1:
     return found
 
 
-cdef int32_t object_id(State* s, object value, list keep) except -1:
+cdef int32_t object_id(State* s, object value) except -1:
     cdef int32_t found = cached_id(s, value)
     cdef Text text
     if found >= 0:
         return found
-    text_of(value, &text, keep)
+    text_of(s, value, &text, MAX_TAG)
     found = word_id(s, &text)
     remember(s, value, found)
     return found
@@ -362,14 +458,14 @@ cdef int compare_refs(const void* x, const void* y) noexcept nogil:
     return c
 
 
-cdef int ref_text(State* s, TagRef* ref, object value, bint is_name, list keep) except -1:
+cdef int ref_text(State* s, TagRef* ref, object value, bint is_name) except -1:
     cdef int32_t found = cached_id(s, value)
     cdef Text* text = &ref.name if is_name else &ref.value
     if found >= 0:
         text.ptr = s.words[found].ptr
         text.size = s.words[found].size
     else:
-        text_of(value, text, keep)
+        text_of(s, value, text, MAX_TAG)
     if is_name:
         ref.name_id = found
         ref.name_obj = <PyObject*>value
@@ -379,60 +475,63 @@ cdef int ref_text(State* s, TagRef* ref, object value, bint is_name, list keep) 
     return 0
 
 
-cdef int add_ref(State* s, Py_ssize_t n, object name, object value, list keep) except -1:
+cdef int add_ref(State* s, Py_ssize_t n, object name, object value) except -1:
+    """Reads one tag into ``s.refs[n]``; ``name`` and ``value`` must stay alive."""
     if n == s.cap_refs:
         s.refs = <TagRef*>grow(s.refs, s.s_refs, n, &s.cap_refs, n + 1, sizeof(TagRef))
-    ref_text(s, &s.refs[n], name, True, keep)
-    ref_text(s, &s.refs[n], value, False, keep)
+    ref_text(s, &s.refs[n], name, True)
+    ref_text(s, &s.refs[n], value, False)
     return 0
 
 
-cdef Py_ssize_t collect_tags(State* s, object tags, list keep) except -1:
-    """Reads one timer's tags into ``s.refs``; returns how many."""
-    cdef Py_ssize_t n = 0, pos = 0, i, size
-    cdef PyObject* key
-    cdef PyObject* val
-    cdef PyObject** items
+cdef Py_ssize_t collect_tags(State* s, object tags) except -1:
+    """Reads one timer's tags into ``s.refs``; returns how many.
+
+    ``tags`` must stay alive until the datagram is written.
+    """
+    cdef Py_ssize_t n = 0, i, first, last
     cdef object pair
     if PyDict_CheckExact(tags):
-        while PyDict_Next(tags, &pos, &key, &val):
-            add_ref(s, n, <object>key, <object>val, keep)
+        first = hold_dict(s, tags)
+        last = s.nheld
+        # s.held may move as it grows: read by index
+        for i in range(first, last, 2):
+            add_ref(s, n, <object>s.held[i], <object>s.held[i + 1])
             n += 1
         return n
     if not PyTuple_CheckExact(tags):
-        # A copy: a list could change under us while str() runs Python code.
-        tags = tuple(_py_pairs(tags))
-        keep.append(tags)
-    # A tuple: held by the caller's timer, or by keep, for the whole call.
-    size = PySequence_Fast_GET_SIZE(tags)
-    items = PySequence_Fast_ITEMS(tags)
-    for i in range(size):
-        pair = <object>items[i]
+        tags = _py_pairs(tags)  # a tuple
+        hold(s, tags)
+    for i in range(PyTuple_GET_SIZE(tags)):
+        pair = <object>PyTuple_GET_ITEM(tags, i)
         if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:
-            add_ref(s, n, <object>PyTuple_GET_ITEM(pair, 0), <object>PyTuple_GET_ITEM(pair, 1), keep)
+            add_ref(s, n, <object>PyTuple_GET_ITEM(pair, 0), <object>PyTuple_GET_ITEM(pair, 1))
         else:
             name, value = pair
-            keep.append(name)
-            keep.append(value)
-            add_ref(s, n, name, value, keep)
+            hold(s, name)
+            hold(s, value)
+            add_ref(s, n, name, value)
         n += 1
     return n
 
 
-cdef Py_ssize_t collect_keyword_tags(State* s, object names, object values, list keep) except -1:
-    """Reads one timer's tags given as names and values into ``s.refs``; returns how many."""
+cdef Py_ssize_t collect_keyword_tags(State* s, object names, object values) except -1:
+    """Reads one timer's tags given as names and values into ``s.refs``; returns how many.
+
+    ``names`` and ``values`` must stay alive until the datagram is written.
+    """
     cdef Py_ssize_t n, i
     if not (PyTuple_CheckExact(names) and PyTuple_CheckExact(values)):
-        # Copies, held by keep: a list could change under us while str() runs.
+        # Copies: a list could change while str() runs.
         names = tuple(names)
         values = tuple(values)
-        keep.append(names)
-        keep.append(values)
+        hold(s, names)
+        hold(s, values)
     n = PyTuple_GET_SIZE(names)
     if PyTuple_GET_SIZE(values) != n:
         raise ValueError(_KEYWORD_MISMATCH)
     for i in range(n):
-        add_ref(s, i, <object>PyTuple_GET_ITEM(names, i), <object>PyTuple_GET_ITEM(values, i), keep)
+        add_ref(s, i, <object>PyTuple_GET_ITEM(names, i), <object>PyTuple_GET_ITEM(values, i))
     return n
 
 
@@ -475,9 +574,17 @@ cdef int seek_timer_fields() except -1:
     return 0
 
 
-cdef int add_timer(State* s, object timer, list keep) except -1:
+cdef int add_timer(State* s, object timer) except -1:
+    """Adds one timer; ``timer`` must stay alive until the datagram is written.
+
+    Its parts are read in the pure twin's order, tags, hit count, value, CPU
+    times: Python code that converting them runs sees what it sees there.
+    """
     cdef object tags, value, hit_count, utime, stime, names = None
     cdef TimerFields fields
+    cdef Py_ssize_t i
+    cdef double t_value, t_utime, t_stime
+    cdef Timer* t
     cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
     if size == 5 or size == 6:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
@@ -491,45 +598,56 @@ cdef int add_timer(State* s, object timer, list keep) except -1:
         if not timer_fields_sought:
             seek_timer_fields()
         if read_timer_fields != NULL and read_timer_fields(timer, &fields):
-            # A compiled Timer: its fields as they are, no objects made. The
-            # numbers are read before its tags, whose str() may run Python
-            # code; that code may replace the tags, so keep holds them (the
-            # dictionary borrows their bytes until the datagram is written).
+            # A compiled Timer: its fields as they are, no objects made. They
+            # are borrowed from the timer, whose attributes Python code (a
+            # tag's str()) may replace: references of our own come first,
+            # and the tags stay held until the datagram is written (the
+            # dictionary borrows their bytes).
             tags = <object>fields.tags
-            keep.append(tags)
+            hit_count = <object>fields.hits
+            hold(s, tags)
             if fields.names != NULL:
                 names = <object>fields.names
-                keep.append(names)
-            return add_timer_fields(
-                s,
-                tags,
-                names,
-                sanitize(fields.value),
-                <object>fields.hits,
-                sanitize(fields.utime),
-                sanitize(fields.stime),
-                keep,
-            )
+                hold(s, names)
+            i = add_timer_fields(s, tags, names, hit_count)
+            if i >= 0:
+                t = &s.timers[i]
+                t.value += sanitize(fields.value)
+                t.utime += sanitize(fields.utime)
+                t.stime += sanitize(fields.stime)
+            return 0
         timer = _py_timer_tuple(timer)  # 5 items, or 6 with tag names
-        keep.append(timer)
+        hold(s, timer)
         tags, value, hit_count, utime, stime = timer[:5]
         if len(timer) == 6:
             names = timer[5]
-    return add_timer_fields(
-        s, tags, names, to_seconds(value), hit_count, to_seconds(utime), to_seconds(stime), keep
-    )
+    i = add_timer_fields(s, tags, names, hit_count)
+    if i < 0:
+        return 0
+    t_value = to_seconds(value)
+    t_utime = to_seconds(utime)
+    t_stime = to_seconds(stime)
+    t = &s.timers[i]
+    t.value += t_value
+    t.utime += t_utime
+    t.stime += t_stime
+    return 0
 
 
-cdef int add_timer_fields(State* s, object tags, object names, double t_value, object hit_count,
-                          double t_utime, double t_stime, list keep) except -1:
-    """Adds one timer, merged with an earlier one of the same tag set."""
+cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
+                                 object hit_count) except -2:
+    """Adds one timer's tags and hits, merged with an earlier timer of the same tag set.
+
+    Returns that timer's index in ``s.timers`` (the caller adds its measures),
+    or -1 when it has no tags: it is dropped.
+    """
     cdef Py_ssize_t n
     if names is None:
-        n = collect_tags(s, tags, keep)
+        n = collect_tags(s, tags)
     else:
-        n = collect_keyword_tags(s, names, tags, keep)
+        n = collect_keyword_tags(s, names, tags)
     if n == 0:
-        return 0
+        return -1
     cdef Py_ssize_t i
     cdef TagRef* ref
     sort_refs(s.refs, n)
@@ -569,11 +687,8 @@ cdef int add_timer_fields(State* s, object tags, object names, double t_value, o
         if t.hash == h and t.count == n and memcmp(
             s.pairs + t.first, pairs, 2 * n * sizeof(uint32_t)
         ) == 0:
-            t.value += t_value
             t.hits = t.hits + hits if t.hits + hits < UINT32_MAX else UINT32_MAX
-            t.utime += t_utime
-            t.stime += t_stime
-            return 0
+            return found
         j = (j + 1) & s.tmask
 
     if s.ntimers == s.cap_timers:
@@ -585,15 +700,15 @@ cdef int add_timer_fields(State* s, object tags, object names, double t_value, o
     t.count = n
     t.hash = h
     t.hits = hits
-    t.value = t_value
-    t.utime = t_utime
-    t.stime = t_stime
+    t.value = 0.0
+    t.utime = 0.0
+    t.stime = 0.0
     s.npairs += 2 * n
     s.ntimers += 1
     s.tslots[j] = found
     if s.ntimers * 2 > s.tmask:
         rehash_timers(s)
-    return 0
+    return found
 
 
 cdef int rehash_timers(State* s) except -1:
@@ -615,34 +730,40 @@ cdef int rehash_timers(State* s) except -1:
     return 0
 
 
-cdef int add_request_tag(State* s, object name, object value, list keep) except -1:
+cdef int add_request_tag(State* s, object name, object value) except -1:
     if s.nrtags + 2 > s.cap_rtags:
         s.rtags = <uint32_t*>grow(s.rtags, s.s_rtags, s.nrtags, &s.cap_rtags,
                                   s.nrtags + 2, sizeof(uint32_t))
-    s.rtags[s.nrtags] = object_id(s, name, keep)
-    s.rtags[s.nrtags + 1] = object_id(s, value, keep)
+    s.rtags[s.nrtags] = object_id(s, name)
+    s.rtags[s.nrtags + 1] = object_id(s, value)
     s.nrtags += 2
     return 0
 
 
-cdef int collect_request_tags(State* s, object tags, list keep) except -1:
-    cdef Py_ssize_t pos = 0
-    cdef PyObject* key
-    cdef PyObject* val
+cdef int collect_request_tags(State* s, object tags) except -1:
+    """Reads the request tags; ``tags`` is held by the caller for the whole call."""
+    cdef Py_ssize_t i, first, last
+    cdef object pair
     if tags is None:
         return 0
     if PyDict_CheckExact(tags):
-        while PyDict_Next(tags, &pos, &key, &val):
-            add_request_tag(s, <object>key, <object>val, keep)
+        first = hold_dict(s, tags)
+        last = s.nheld
+        for i in range(first, last, 2):  # by index: s.held may move as it grows
+            add_request_tag(s, <object>s.held[i], <object>s.held[i + 1])
         return 0
-    if not (PyTuple_CheckExact(tags) or PyList_CheckExact(tags)):
-        tags = tuple(_py_pairs(tags))
-        keep.append(tags)
-    for pair in tags:
-        name, value = pair
-        keep.append(name)
-        keep.append(value)
-        add_request_tag(s, name, value, keep)
+    if not PyTuple_CheckExact(tags):
+        tags = _py_pairs(tags)  # a tuple
+        hold(s, tags)
+    for i in range(PyTuple_GET_SIZE(tags)):
+        pair = <object>PyTuple_GET_ITEM(tags, i)
+        if PyTuple_CheckExact(pair) and PyTuple_GET_SIZE(pair) == 2:
+            add_request_tag(s, <object>PyTuple_GET_ITEM(pair, 0), <object>PyTuple_GET_ITEM(pair, 1))
+        else:
+            name, value = pair
+            hold(s, name)
+            hold(s, value)
+            add_request_tag(s, name, value)
     return 0
 
 # ---------------------------------------------------------------- writing
@@ -763,16 +884,16 @@ cdef unsigned char* put_packed_tail(State* s, unsigned char* o) noexcept nogil:
 
 cdef int write_request(State* s, hostname, server_name, script_name, request_count,
                        document_size, memory_peak, request_time, ru_utime, ru_stime,
-                       status, memory_footprint, schema, list keep, bint packed) except -1:
+                       status, memory_footprint, schema, bint packed) except -1:
     cdef Py_ssize_t i, k, last
     cdef Timer* t
     cdef Text text
     cdef unsigned char* o = s.out
-    text_of(hostname, &text, keep)
+    text_of(s, hostname, &text, MAX_HOSTNAME)
     o = put_text(s, o, 0x0A, text.ptr, text.size)
-    text_of(server_name, &text, keep)
+    text_of(s, server_name, &text, MAX_SERVER_NAME)
     o = put_text(s, o, 0x12, text.ptr, text.size)
-    text_of(script_name, &text, keep)
+    text_of(s, script_name, &text, MAX_SCRIPT_NAME)
     o = put_text(s, o, 0x1A, text.ptr, text.size)
     cdef uint64_t count = to_uint32(request_count, UINT32_MAX)
     cdef uint64_t size = to_uint32(document_size, UINT32_MAX)
@@ -828,7 +949,7 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     o = put_key(o, 0x88)
     o = put_varint(o, footprint)
     if schema is not None:
-        text_of(schema, &text, keep)
+        text_of(s, schema, &text, MAX_SCHEMA)
         if text.size:
             o = put_text(s, o, 0x9A, text.ptr, text.size)
             o = reserve(s, o, 32 + s.nrtags * 7 + s.ntimers * 14)
@@ -862,20 +983,25 @@ def encode(hostname, server_name, script_name, request_count, document_size,
            memory_footprint, schema, tags, timers, packed=False):
     # The docstring is the pure twin's: see the end of this module.
     cdef State s
-    cdef list keep = []
-    cdef Py_ssize_t i, n
-    cdef PyObject** items
+    cdef Py_ssize_t i, first, last
     state_init(&s)
     try:
-        collect_request_tags(&s, tags, keep)
-        seq = PySequence_Fast(timers, "timers must be a sequence")
-        n = PySequence_Fast_GET_SIZE(seq)
-        items = PySequence_Fast_ITEMS(seq)
-        for i in range(n):
-            add_timer(&s, <object>items[i], keep)
+        collect_request_tags(&s, tags)
+        if PyList_CheckExact(timers):
+            # The timers the list holds now, held in turn: the list may
+            # change while Python code runs.
+            first = hold_list(&s, timers)
+            last = s.nheld
+            for i in range(first, last):  # by index: s.held may move as it grows
+                add_timer(&s, <object>s.held[i])
+        else:
+            if not PyTuple_CheckExact(timers):
+                timers = tuple(timers)  # a copy, which this local holds
+            for i in range(PyTuple_GET_SIZE(timers)):
+                add_timer(&s, <object>PyTuple_GET_ITEM(timers, i))
         write_request(&s, hostname, server_name, script_name, request_count,
                       document_size, memory_peak, request_time, ru_utime, ru_stime,
-                      status, memory_footprint, schema, keep, packed)
+                      status, memory_footprint, schema, packed)
         return PyBytes_FromStringAndSize(<char*>s.out, s.olen)
     finally:
         state_free(&s)

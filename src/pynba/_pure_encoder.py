@@ -13,6 +13,18 @@ UINT32_MAX = 0xFFFFFFFF
 STATUS_MAX = UINT32_MAX - 1  # pinba2 drops status == 2**32 - 1
 REPLACEMENT = "\ufffd".encode()
 
+#: The most bytes sent of each string: a longer one is cut at that length,
+#: backing off so as not to split a UTF-8 sequence. "tag" is every tag name
+#: and value, of the request and of its timers (they share one dictionary).
+MAX_TEXT_BYTES = {
+    "hostname": 255,
+    "server_name": 255,
+    "script_name": 1024,
+    "schema": 255,
+    "tag": 1024,
+}
+_MAX_TAG = MAX_TEXT_BYTES["tag"]
+
 _pack_float = Struct("<f").pack
 _INF = float("inf")
 
@@ -56,6 +68,24 @@ def to_bytes(value):
     return data
 
 
+def cut(data, limit):
+    """``data``, or its first ``limit`` bytes less any part of a UTF-8 sequence they end in."""
+    if len(data) <= limit:
+        return data
+    end = limit
+    # data[end] is the first byte left out: while it continues a UTF-8 sequence
+    # (0b10xxxxxx), leave out the bytes of that sequence before it (at most 3).
+    while end > limit - 3 and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return data[:end]
+
+
+def tag_bytes(value):
+    """A tag name or value as the bytes sent (at most ``MAX_TEXT_BYTES["tag"]``)."""
+    data = to_bytes(value)
+    return data if len(data) <= _MAX_TAG else cut(data, _MAX_TAG)
+
+
 def to_uint32(value, top=UINT32_MAX):
     """An integer field, clamped to [0, top]; None is 0."""
     if value is None:
@@ -97,11 +127,16 @@ def to_seconds(value):
 
 
 def _pairs(tags):
+    """``tags`` (a mapping or pairs) as a tuple of pairs, which the caller's later changes leave.
+
+    Encoding may run Python code (a value's ``__str__``): the twins both
+    read what the containers held when they reached them.
+    """
     if tags is None:
         return ()
     if isinstance(tags, Mapping):
-        return tags.items()
-    return tags
+        return tuple(tags.items())
+    return tuple(tags)
 
 
 KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
@@ -197,18 +232,18 @@ def encode(
     tag_names = []
     tag_values = []
     for name, value in _pairs(tags):
-        tag_names.append(word(to_bytes(name)))
-        tag_values.append(word(to_bytes(value)))
+        tag_names.append(word(tag_bytes(name)))
+        tag_values.append(word(tag_bytes(value)))
 
     slots = {}  # tag-set key -> position in merged
     merged = []  # [key, value, hit_count, ru_utime, ru_stime]
-    for timer in timers:
+    for timer in tuple(timers):  # as _pairs: the timers as they were
         if type(timer) is not tuple or len(timer) != 5:
             timer = timer_tuple(timer)
         timer_tags, value, hit_count, t_utime, t_stime, *names = timer
         if names:
             timer_tags = keyword_pairs(names[0], timer_tags)
-        pairs = sorted((to_bytes(n), to_bytes(v)) for n, v in _pairs(timer_tags))
+        pairs = sorted((tag_bytes(n), tag_bytes(v)) for n, v in _pairs(timer_tags))
         if not pairs:
             continue
         key = []
@@ -229,8 +264,12 @@ def encode(
             entry[4] += to_seconds(t_stime)
 
     out = bytearray()
-    for field, text in ((1, hostname), (2, server_name), (3, script_name)):
-        data = to_bytes(text)
+    for field, name, text in (
+        (1, "hostname", hostname),
+        (2, "server_name", server_name),
+        (3, "script_name", script_name),
+    ):
+        data = cut(to_bytes(text), MAX_TEXT_BYTES[name])
         out += _K[field]
         out += _varint(len(data))
         out += data
@@ -272,7 +311,7 @@ def encode(
     out += _varint(to_uint32(status, STATUS_MAX))
     out += _K[17]
     out += _varint(to_uint32(memory_footprint))
-    schema = to_bytes(schema)
+    schema = cut(to_bytes(schema), MAX_TEXT_BYTES["schema"])
     if schema:
         out += _K[19]
         out += _varint(len(schema))

@@ -63,6 +63,9 @@ cdef object call_timer(_Call call, PyObject** args, Py_ssize_t nargs, PyObject* 
                 Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
                 if type(collector) is RequestCollector:
                     request = <RequestCollector>collector
+                    # PyTuple_New may collect garbage, running finalizers: the
+                    # borrowed args stay alive (the caller holds them), and
+                    # the names and the collector are references of our own.
                     values = PyTuple_New(n)
                     for i in range(n):
                         value = <object>args[i]

@@ -6,7 +6,7 @@ encoder. ``IMPLEMENTATION`` tells which one was chosen: ``"compiled"`` or
 """
 
 from ._implementation import pure_python_forced
-from ._pure_encoder import FLT_MAX, FLT_MIN, STATUS_MAX, UINT32_MAX
+from ._pure_encoder import FLT_MAX, FLT_MIN, MAX_TEXT_BYTES, STATUS_MAX, UINT32_MAX
 
 __all__ = [
     "ARGUMENTS",
@@ -14,6 +14,7 @@ __all__ = [
     "FLT_MIN",
     "IMPLEMENTATION",
     "MAX_DATAGRAM",
+    "MAX_TEXT_BYTES",
     "STATUS_MAX",
     "UINT32_MAX",
     "encode",

@@ -10,8 +10,14 @@ A tag value is a scalar (``str``, ``bytes``, ``int``, ``float``, ``bool`` or
 - a callable is called once, when the tags are checked (for a timer: when it
   is created), and its result is flattened as above.
 
+Containers nest at most ``MAX_TAG_DEPTH`` levels deep (a list in a mapping in
+a mapping is three): a value that contains itself is a ``ValueError``, not an
+endless recursion. Any other value is sent as ``str(value)``, taken when the
+tags are checked (``bytearray`` and ``memoryview`` as their bytes).
+
 Identical pairs are sent once. Names are non-empty ``str``; anything else is
-a ``TypeError`` or ``ValueError`` naming the tag, raised where it was written.
+a ``TypeError`` or ``ValueError`` naming the tag, raised where it was written,
+as is a value whose ``str()`` fails.
 """
 
 from __future__ import annotations
@@ -19,13 +25,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["TagPairs", "TagValue", "check_tag_name", "flatten_tags"]
+__all__ = ["MAX_TAG_DEPTH", "TagPairs", "TagValue", "check_tag_name", "flatten_tags"]
 
 TagValue = str | bytes | int | float | bool | None
 TagPairs = tuple[tuple[str, TagValue], ...]
 
+#: How many containers (lists, tuples, sets, mappings) a tag value may nest.
+MAX_TAG_DEPTH = 8
+
 _SCALARS = (str, bytes, int, float, type(None))  # bool is an int
 _SEQUENCES = (list, tuple, set, frozenset)
+_BUFFERS = (bytearray, memoryview)
+
+
+class _TooDeep(Exception):
+    """A tag value nests more than MAX_TAG_DEPTH containers (flatten_tags names the tag)."""
 
 
 def check_tag_name(name: object) -> str:
@@ -51,11 +65,18 @@ def flatten_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> 
             raise TypeError(
                 f"tags must be a mapping or (name, value) pairs, got {item!r}"
             ) from None
-        _flatten(check_tag_name(name), value, out, seen, called=False)
+        try:
+            _flatten(check_tag_name(name), value, out, seen, False, MAX_TAG_DEPTH)
+        except _TooDeep:
+            raise ValueError(
+                f"tag {name!r}: its value nests more than MAX_TAG_DEPTH ({MAX_TAG_DEPTH})"
+                " containers deep; does it contain itself?"
+            ) from None
     return tuple(out)
 
 
-def _flatten(name: str, value: Any, out: list, seen: set, called: bool) -> None:
+def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:
+    """Adds the pairs of ``value`` to ``out``; ``depth``: how many more containers may nest."""
     if isinstance(value, _SCALARS):
         # The type is part of the key: 1, 1.0 and True are equal but sent differently.
         key = (name, value.__class__, value)
@@ -63,19 +84,35 @@ def _flatten(name: str, value: Any, out: list, seen: set, called: bool) -> None:
             seen.add(key)
             out.append((name, value))
     elif isinstance(value, _SEQUENCES):
+        if not depth:
+            raise _TooDeep
         for element in value:
             if isinstance(element, Mapping):
                 raise TypeError(f"tag {name!r}: a mapping inside a sequence is not supported")
-            _flatten(name, element, out, seen, called)
+            _flatten(name, element, out, seen, called, depth - 1)
     elif isinstance(value, Mapping):
+        if not depth:
+            raise _TooDeep
         for key, element in value.items():
             if isinstance(key, bool) or not isinstance(key, (str, int)):
                 raise TypeError(f"tag {name!r}: mapping keys must be str or int, got {key!r}")
-            _flatten(f"{name}.{key}", element, out, seen, called)
-    elif callable(value) and not called:
-        _flatten(name, value(), out, seen, called=True)
+            _flatten(f"{name}.{key}", element, out, seen, called, depth - 1)
+    elif callable(value):
+        if called:
+            raise TypeError(f"tag {name!r}: a callable must return a tag value, not a callable")
+        _flatten(name, value(), out, seen, True, depth)
     else:
+        _flatten(name, _as_scalar(name, value), out, seen, called, depth)
+
+
+def _as_scalar(name: str, value: Any) -> str | bytes:
+    """What any other value is sent as: its bytes for a binary buffer, else ``str(value)``."""
+    try:
+        if isinstance(value, _BUFFERS):
+            return bytes(value)
+        text = str(value)
+    except Exception as error:
         raise TypeError(
-            f"tag {name!r}: {type(value).__name__} values are not supported; use str, bytes,"
-            " int, float, bool or None, or a list, tuple, set, mapping or callable of them"
-        )
+            f"tag {name!r}: its {type(value).__name__} value cannot be made a str: {error!r}"
+        ) from error
+    return text

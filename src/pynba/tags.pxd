@@ -1,0 +1,3 @@
+# Declarations for compiling tags.py with Cython (see timer.pxd): the
+# recursive walk is a C function, called without Python's call machinery.
+cdef _flatten(name, value, list out, set seen, bint called, Py_ssize_t depth)

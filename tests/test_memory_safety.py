@@ -1,0 +1,465 @@
+"""Memory safety: what crashed the compiled build gives a packet or a clear error instead.
+
+Each scenario runs in a fresh interpreter (``isolated``): a segfault fails its
+test, with the signal as the exit status, instead of ending the test run.
+That interpreter runs the build under test (compiled, or pure Python under
+``PYNBA_PURE_PYTHON=1``) and prints what happened, for the test to check.
+
+- tags that contain themselves (set_tag, pynba.timer, the middleware's tags);
+- containers changed while the encoder reads them: by a tag value's
+  ``__str__``, a timer value's ``__float__`` or a hit count's ``__index__``
+  (hypothesis draws the requests and the changes), and by another thread;
+- typed attributes set to None.
+"""
+
+import itertools
+import logging
+import os
+import random
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EXAMPLES = max(int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000")) // 20, 50)
+
+
+def isolated(scenario, *args, strict=False):
+    """What ``scenario(*args)`` of this module prints when run in a fresh interpreter.
+
+    Fails the test unless that interpreter exits with status 0. ``strict``
+    sets ``PYNBA_STRICT=1`` there (pynba raises its internal errors).
+    """
+    env = dict(os.environ)
+    paths = [str(ROOT / "src"), str(HERE), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYNBA_STRICT"] = "1" if strict else "0"
+    code = f"import test_memory_safety as t; t.{scenario.__name__}(*{args!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, (
+        f"{scenario.__name__}{args!r} exited with status {done.returncode}\n"
+        f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
+    return done.stdout
+
+
+def log_to_stdout():
+    logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+
+
+def serve(middleware):
+    """One request through ``middleware``, made as a WSGI server makes it; the body."""
+    result = middleware({"PATH_INFO": "/", "REQUEST_METHOD": "GET"}, lambda *args: None)
+    try:
+        return b"".join(result).decode()
+    finally:
+        getattr(result, "close", lambda: None)()
+
+
+def ok_app(environ, start_response):
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+# -- tags that contain themselves ------------------------------------------------------------
+
+
+def looped(kind):
+    """A list or a dict that contains itself."""
+    if kind == "list":
+        value = ["x"]
+        value.append(value)
+    else:
+        value = {"k": "x"}
+        value["again"] = value
+    return value
+
+
+def self_referencing_tag(kind, where, port):
+    from pynba import PynbaMiddleware, pynba
+
+    log_to_stdout()
+    address = ("127.0.0.1", port)
+
+    def refused(call):
+        try:
+            call()
+        except ValueError as error:
+            print("ValueError:", error)
+
+    def app(environ, start_response):
+        if where == "set_tag":
+            refused(lambda: pynba.set_tag("f", looped(kind)))
+        elif where == "timer":
+            refused(lambda: pynba.timer(f=looped(kind)))
+        return ok_app(environ, start_response)
+
+    tags = None
+    if where == "unbound timer":  # outside any request
+        refused(lambda: pynba.timer(f=looped(kind)))
+    elif where == "middleware":
+        refused(lambda: PynbaMiddleware(ok_app, address, tags={"f": looped(kind)}))
+        # A callable is called at the request's end: the tag is left out, with a log line.
+        tags = {"f": lambda: looped(kind), "g": "kept"}
+    print("body:", serve(PynbaMiddleware(app, address, tags=tags)))
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+@pytest.mark.parametrize("where", ["set_tag", "timer", "unbound timer", "middleware"])
+def test_a_tag_that_contains_itself_is_a_value_error_naming_it(udp_listener, kind, where):
+    from packets import Packet
+
+    output = isolated(self_referencing_tag, kind, where, udp_listener.port)
+    assert "ValueError: tag 'f': its value nests more than MAX_TAG_DEPTH (8)" in output
+    assert "body: ok" in output
+    packet = Packet(udp_listener.receive())
+    if where == "middleware":
+        assert "request tag 'f' failed; sent without it" in output
+        assert packet.tags == [("g", "kept")]
+    else:
+        assert packet.tags == []
+
+
+# -- containers changed while the encoder reads them: set cases -------------------------------
+
+#: Every string these tests make: new objects, of one size, so that the memory of
+#: one that is freed goes to the next ``churn()`` makes (and a dangling read shows).
+WORD = re.compile(r"[wt]\d{7}-{40}")
+_churned = []
+
+
+class Words:
+    """Makes new strings matching WORD, numbered from 0."""
+
+    def __init__(self):
+        self.numbers = itertools.count()
+
+    def __call__(self, prefix="w"):
+        return "".join([prefix, f"{next(self.numbers):07d}", "-" * 40])
+
+
+fresh = Words()
+
+
+def churn():
+    """Allocates strings the size of the tests' words, and bytes the size of a big int.
+
+    They are held until the next example: the memory of what was just freed
+    now holds them.
+    """
+    _churned.append([f"Z{i}".ljust(48, "Z") for i in range(1000)])
+    _churned.append([f"Z{i}".encode() for i in range(1000)])
+
+
+class Trigger:
+    """A value that changes the request's containers when the encoder converts it."""
+
+    def __init__(self, change, words=fresh):
+        self.change = change
+        self.words = words
+
+    def fire(self):
+        change, self.change = self.change, None  # once
+        if change is not None:
+            change()
+            churn()
+
+    def __str__(self):
+        self.fire()
+        return self.words("t")
+
+    def __float__(self):
+        self.fire()
+        return 0.25
+
+    def __index__(self):
+        self.fire()
+        return 2
+
+
+def check_datagram(datagram):
+    """The datagram decoded; fails unless pinba2 accepts it and every word is one of ours."""
+    from pinba2_rules import assert_valid
+    from pynba.pinba_pb2 import Request
+
+    assert_valid(datagram)
+    message = Request()
+    message.ParseFromString(datagram)
+    for word in message.dictionary:
+        assert WORD.fullmatch(word), f"{word!r} was never a tag of this request"
+    return message
+
+
+def encode_request(tags, timers, encode=None):
+    if encode is None:
+        from pynba import encode
+    return encode("h", "s", "/", 1, 0, 0, 0.5, 0.0, 0.0, 200, 0, None, tags, timers)
+
+
+def emptied_while_encoding(case):
+    from pynba.timer import Timer
+
+    first, second = fresh(), fresh()
+    tags = {}
+    if case == "request tags":
+        tags = {first: second}
+        tags[fresh()] = Trigger(tags.clear)
+        timers = []
+    elif case == "timers list":
+        timers = [({first: second}, 0.5, 1, 0.0, 0.0)]
+        timers.append(({fresh(): Trigger(timers.clear)}, 0.5, 1, 0.0, 0.0))
+    elif case == "timer tags":
+        timer_tags = {first: second}
+        timer_tags[fresh()] = Trigger(timer_tags.clear)
+        timers = [(timer_tags, 0.5, 1, 0.0, 0.0)]
+    elif case == "timer value":  # converted after the tags: they are sent
+        timer_tags = {first: second}
+        timers = [(timer_tags, Trigger(timer_tags.clear), 1, 0.0, 0.0)]
+    else:  # "Timer hits": a Timer's hit count is replaced while its tags are read
+        timer_tags = {first: second}
+        timer = Timer(timer_tags).add(0.5, hit_count=10**30)  # holds timer_tags as they are
+        timer_tags[fresh()] = Trigger(lambda: timer.add(0.5, hit_count=10**30))
+        timers = [timer]
+    wanted = [first.encode().decode(), second.encode().decode()]  # equal, other objects
+    del first, second  # the containers hold the only references
+    message = check_datagram(encode_request(tags, timers))
+    hits = ",".join(str(count) for count in message.timer_hit_count) or "none"
+    print(*(word in message.dictionary for word in wanted), hits)
+
+
+@pytest.mark.parametrize(
+    "case, hits",
+    [
+        ("request tags", "none"),
+        ("timers list", "1,1"),
+        ("timer tags", "1"),
+        ("timer value", "1"),
+        ("Timer hits", str(2**32 - 1)),
+    ],
+)
+def test_a_container_emptied_while_encoding_sends_what_it_held(case, hits):
+    assert isolated(emptied_while_encoding, case).split() == ["True", "True", hits]
+
+
+# -- containers changed while the encoder reads them: drawn by hypothesis -----------------------
+
+FORMS = ["dict tags", "tag pairs", "tag names", "Timer"]
+CHANGES = [
+    "clear timers",
+    "pop timer",
+    "add timers",
+    "clear tags",
+    "pop tag",
+    "grow tags",
+    "retag a Timer",
+    "add to a Timer",
+]
+PLACES = ["request tag", "timer tag", "timer value", "hit count"]
+#: A request to make: how many request tags; each timer's form, number of tags and
+#: whether its hit count is a big int (a new object when it changes); the triggers:
+#: the change each makes, on which container, and where the trigger goes.
+PLANS = st.tuples(
+    st.integers(0, 3),
+    st.lists(st.tuples(st.sampled_from(FORMS), st.integers(1, 3), st.booleans()), max_size=5),
+    st.lists(
+        st.tuples(
+            st.sampled_from(CHANGES),
+            st.integers(0, 99),
+            st.sampled_from(PLACES),
+            st.integers(0, 99),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+
+
+def build_request(plan, words):
+    """Request tags and timers as ``plan`` says, with triggers that change them when encoded."""
+    from pynba.timer import Timer
+
+    tag_count, timer_plans, trigger_plans = plan
+    request_tags = {words(): words() for _ in range(tag_count)}
+    timers = []
+    dicts = [request_tags]  # every dict a change may act on
+    objects = []  # every Timer
+    for form, count, big_hits in timer_plans:
+        tags = {words(): words() for _ in range(count)}
+        if form == "dict tags":
+            timers.append((tags, 0.5, 1, 0.0, 0.0))
+            dicts.append(tags)
+        elif form == "tag pairs":
+            timers.append((tuple(tags.items()), 0.5, 1, 0.0, 0.0))
+        elif form == "tag names":
+            timers.append((tuple(tags.values()), 0.5, 1, 0.0, 0.0, tuple(tags)))
+        else:
+            timer = Timer(tags).add(0.5, hit_count=10**30 if big_hits else 1)
+            timers.append(timer)
+            objects.append(timer)
+            dicts.append(tags)  # the Timer holds this dict as its tags
+
+    def change(name, target):
+        if name == "clear timers":
+            return timers.clear
+        if name == "pop timer":
+            return lambda: timers and timers.pop(target % len(timers))
+        if name == "add timers":  # the list's item array moves
+            return lambda: timers.extend(({words(): words()}, 0.5, 1, 0.0, 0.0) for _ in range(40))
+        if name in ("retag a Timer", "add to a Timer") and objects:
+            timer = objects[target % len(objects)]
+            if name == "retag a Timer":
+                return lambda: setattr(timer, "tags", {words(): words()})
+            return lambda: timer.add(0.25, hit_count=10**30)  # a new hit count object
+        tags = dicts[target % len(dicts)]
+        if name == "clear tags":
+            return tags.clear
+        if name == "pop tag":
+            return lambda: tags and tags.popitem()
+        return lambda: tags.update({words(): words() for _ in range(40)})  # the dict resizes
+
+    for name, target, place, where in trigger_plans:
+        trigger = Trigger(change(name, target), words)
+        if place == "request tag":
+            request_tags[words()] = trigger
+        elif place == "timer tag" and len(dicts) > 1:
+            dicts[1 + where % (len(dicts) - 1)][words()] = trigger
+        elif place == "hit count":
+            timers.append(({words(): words()}, 0.5, trigger, 0.0, 0.0))
+        else:
+            timers.append(({words(): words()}, trigger, 1, 0.0, 0.0))
+    return request_tags, timers
+
+
+def changes_while_encoding(examples):
+    from pynba import _pure_encoder
+    from pynba.encoder import IMPLEMENTATION
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(PLANS)
+    def encode_changing_request(plan):
+        _churned.clear()
+        datagram = encode_request(*build_request(plan, Words()))
+        message = check_datagram(datagram)
+        assert all(count >= 1 for count in message.timer_hit_count)
+        if IMPLEMENTATION == "compiled":
+            # The twins convert in the same order: the changes happen at the same
+            # points, and the same request, made afresh, gives the same bytes.
+            twin = build_request(plan, Words())
+            assert encode_request(*twin, encode=_pure_encoder.encode) == datagram
+
+    encode_changing_request()
+    print("encoded", examples)
+
+
+def test_containers_changed_while_encoding_never_crash_nor_send_freed_memory():
+    assert isolated(changes_while_encoding, EXAMPLES).split() == ["encoded", str(EXAMPLES)]
+
+
+# -- containers changed by another thread while encoding ---------------------------------------
+
+
+class Slow:
+    """A tag value whose conversion runs Python code: a point where threads switch."""
+
+    def __str__(self):
+        return fresh("t")
+
+
+def changes_from_another_thread(rounds):
+    from pynba.timer import Timer
+
+    sys.setswitchinterval(1e-6)
+    rng = random.Random(7)
+    request_tags = {fresh(): fresh(), fresh(): Slow()}
+    timer_tags = {fresh(): fresh(), fresh(): Slow()}
+    timer = Timer({fresh(): fresh()}).add(0.5, hit_count=10**30)
+    timers = [(timer_tags, 0.5, 1, 0.0, 0.0), timer]
+    done = threading.Event()
+
+    def change():
+        while not done.is_set():
+            choice = rng.randrange(6)
+            if choice == 0:
+                request_tags.clear()
+                request_tags.update({fresh(): fresh() for _ in range(rng.randrange(5))})
+                request_tags[fresh()] = Slow()
+            elif choice == 1:
+                timer_tags.clear()
+                timer_tags.update({fresh(): Slow() for _ in range(rng.randrange(1, 5))})
+            elif choice == 2:
+                timers[:] = [({fresh(): Slow()}, 0.5, 1, 0.0, 0.0) for _ in range(rng.randrange(5))]
+                timers.extend([(timer_tags, 0.5, 1, 0.0, 0.0), timer])
+            elif choice == 3:
+                timer.tags = {fresh(): fresh() for _ in range(rng.randrange(1, 4))}
+            elif choice == 4:
+                timer.add(0.25, hit_count=10**30)
+            else:
+                churn()
+                del _churned[:-2]
+
+    thread = threading.Thread(target=change)
+    thread.start()
+    try:
+        for _ in range(rounds):
+            check_datagram(encode_request(request_tags, timers))
+    finally:
+        done.set()
+        thread.join()
+    print("encoded", rounds)
+
+
+def test_containers_changed_by_another_thread_while_encoding_never_crash():
+    assert isolated(changes_from_another_thread, 3000).split() == ["encoded", "3000"]
+
+
+# -- typed attributes set to None -------------------------------------------------------------
+
+NONE_TARGETS = {
+    # attribute set to None: what the request's end (or start) logs, or raises when strict
+    "middleware.settings": "TypeError: settings must be a CollectorSettings, not NoneType",
+    "middleware.settings.reporter": (
+        "AttributeError: 'NoneType' object has no attribute 'report_request'"
+    ),
+    "middleware.reporter.stats": "TypeError: 'NoneType' object is not subscriptable",
+}
+
+
+def typed_attribute_set_to_none(target, port):
+    from pynba import PynbaMiddleware
+
+    log_to_stdout()
+    middleware = PynbaMiddleware(ok_app, ("127.0.0.1", port))
+    owner, _, name = target.rpartition(".")
+    setattr(eval(owner, {"middleware": middleware}), name, None)
+    try:
+        print("body:", serve(middleware))
+    except Exception as error:
+        print(f"raised {type(error).__name__}: {error}")
+
+
+@pytest.mark.parametrize("target", NONE_TARGETS)
+def test_a_typed_attribute_set_to_none_is_logged_not_a_crash(udp_listener, target):
+    output = isolated(typed_attribute_set_to_none, target, udp_listener.port)
+    assert "body: ok" in output
+    assert "ERROR pynba: cannot " in output
+    assert NONE_TARGETS[target] in output
+
+
+@pytest.mark.parametrize("target", NONE_TARGETS)
+def test_a_typed_attribute_set_to_none_is_raised_when_strict(udp_listener, target):
+    output = isolated(typed_attribute_set_to_none, target, udp_listener.port, strict=True)
+    assert f"raised {NONE_TARGETS[target]}" in output
