@@ -103,6 +103,15 @@ def udp_listener_factory():
 
 
 @pytest.fixture(autouse=True)
+def _internal_errors_logged_afresh(monkeypatch):
+    """Each test sees pynba's internal errors logged, whatever earlier tests logged."""
+    from pynba import collector
+    from pynba.ratelimit import LogLimiter
+
+    monkeypatch.setattr(collector, "_internal_errors", LogLimiter())
+
+
+@pytest.fixture(autouse=True)
 def _no_request_leaks_between_tests():
     """Each test starts outside any pynba request, whatever the last one left."""
     token = _current_request.set(None)

@@ -14,19 +14,11 @@ def lenient(monkeypatch):
     monkeypatch.delenv("PYNBA_STRICT", raising=False)
 
 
-@pytest.fixture
-def fresh_limiter(monkeypatch):
-    from pynba import collector as collector_module
-    from pynba.ratelimit import LogLimiter
-
-    monkeypatch.setattr(collector_module, "_internal_errors", LogLimiter())
-
-
 def broken():
     raise LookupError("no such shard")
 
 
-def test_a_failing_timer_tag_callable_is_dropped_and_counted(lenient, fresh_limiter, udp_listener):
+def test_a_failing_timer_tag_callable_is_dropped_and_counted(lenient, udp_listener):
     @pynba.timer(group="db", shard=broken)
     def query(x):
         return x * 2
@@ -43,7 +35,7 @@ def test_a_failing_timer_tag_callable_is_dropped_and_counted(lenient, fresh_limi
     assert collector.reporter.stats["tag_failed"] == 3
 
 
-def test_a_timer_whose_only_tag_fails_times_nothing(lenient, fresh_limiter, udp_listener):
+def test_a_timer_whose_only_tag_fails_times_nothing(lenient, udp_listener):
     @pynba.timer(shard=broken)
     def query():
         return "rows"
@@ -72,9 +64,7 @@ def test_strict_mode_raises_a_failing_timer_tag(udp_listener):
         deactivate(token)
 
 
-def test_a_failing_script_name_callable_logs_once_not_per_request(
-    lenient, fresh_limiter, udp_listener, caplog
-):
+def test_a_failing_script_name_callable_logs_once_not_per_request(lenient, udp_listener, caplog):
     def app(environ, start_response):
         start_response("200 OK", [])
         return [b"ok"]
@@ -95,7 +85,7 @@ def test_a_failing_script_name_callable_logs_once_not_per_request(
     assert len(logged) == 1 and logged[0].exc_info is not None
 
 
-def test_a_failing_request_tag_is_counted(lenient, fresh_limiter, udp_listener):
+def test_a_failing_request_tag_is_counted(lenient, udp_listener):
     collector = make_collector(udp_listener, tags={"shard": broken, "app": "shop"})
     collector.finish()
     assert receive(udp_listener).tags == [("app", "shop")]

@@ -85,7 +85,7 @@ def internal_error(message: str, raise_on_fail: bool) -> None:
         raise
     error = sys.exc_info()[1]
     # One kind per message: a failing tag or namer logs once a minute, not per request.
-    _internal_errors.warning(message, "pynba: %s", message, exc_info=error)
+    _internal_errors.log(logging.ERROR, message, "pynba: %s", message, exc_info=error)
 
 
 _internal_errors = LogLimiter()

@@ -13,7 +13,7 @@ logger = logging.getLogger("pynba")
 
 
 class LogLimiter:
-    """Logs a warning of each kind at most once per ``interval`` seconds.
+    """Logs a message of each kind at most once per ``interval`` seconds.
 
     The next one logged says how many were left out since the last.
     """
@@ -26,8 +26,10 @@ class LogLimiter:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def warning(self, kind: str, message: str, *args: object, exc_info: object = None) -> None:
-        """Log ``message % args`` unless a warning of ``kind`` was logged within the interval."""
+    def log(
+        self, level: int, kind: str, message: str, *args: object, exc_info: object = None
+    ) -> None:
+        """Log ``message % args`` unless a message of ``kind`` was logged within the interval."""
         now = time.monotonic()
         with self._lock:
             last = self._last.get(kind)
@@ -39,4 +41,4 @@ class LogLimiter:
         if suppressed:
             message += " (%d more since the last such message)"
             args += (suppressed,)
-        logger.warning(message, *args, exc_info=exc_info)
+        logger.log(level, message, *args, exc_info=exc_info)
