@@ -279,12 +279,12 @@ class _Exchange:
         self.collector.finish(status, self._size)
 
     def _content_length(self) -> int:
-        for name, value in self._headers:
-            if name.lower() == b"content-length":
-                try:
+        try:
+            for name, value in self._headers:
+                if name.lower() == b"content-length":
                     return max(int(value), 0)
-                except ValueError:
-                    return 0
+        except Exception:  # headers the server will refuse itself
+            return 0
         return 0
 
 
@@ -293,8 +293,9 @@ def _status_code(status: Any) -> int:
 
 
 def _body_size(body: Any) -> int:
-    """The size of a body the server accepted (0 when it has none)."""
-    try:
+    """The size of a body the server accepted (0 when it is not bytes)."""
+    if type(body) is bytes:
         return len(body)
-    except TypeError:
-        return 0
+    if isinstance(body, bytes):
+        return bytes.__len__(body)  # its own __len__ is not called: it may raise
+    return 0

@@ -21,7 +21,6 @@ end:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import sys
@@ -37,7 +36,7 @@ from .ratelimit import LogLimiter
 from .reporter import Reporter
 from .strict import is_strict
 from .tags import TagPairs, check_tag_name, flatten_tags
-from .timer import NOOP_TIMER, NoopTimer, Timer, new_timer
+from .timer import NOOP_TIMER, NoopTimer, Timer, check_seconds, new_timer
 
 if TYPE_CHECKING:
     from .config import Config
@@ -73,19 +72,20 @@ def default_hostname() -> str:
     return _hostname
 
 
-def internal_error(message: str, raise_on_fail: bool) -> None:
+def internal_error(message: str, raise_on_fail: bool, kind: str | None = None) -> None:
     """Handle an exception raised inside pynba: log it and carry on.
 
     Re-raised when ``raise_on_fail`` is set, or when the environment has
     ``PYNBA_STRICT=1`` (meant for pynba's own tests and for development);
-    otherwise logged with its traceback, at most once a minute per message.
-    Call it from an ``except`` block.
+    otherwise logged with its traceback, at most once a minute per ``kind``
+    (by default the message itself: give a fixed kind when the message
+    names something that varies). Call it from an ``except`` block.
     """
     if raise_on_fail or is_strict():
         raise
     error = sys.exc_info()[1]
     # One kind per message: a failing tag or namer logs once a minute, not per request.
-    _internal_errors.log(logging.ERROR, message, "pynba: %s", message, exc_info=error)
+    _internal_errors.log(logging.ERROR, kind or message, "pynba: %s", message, exc_info=error)
 
 
 _internal_errors = LogLimiter()
@@ -216,16 +216,17 @@ def _check_count(name: str, value: Any, top: int | None = None) -> int | None:
 def _check_seconds(name: str, value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
+    return check_seconds(name, value)
 
 
 def _check_text(name: str, value: Any) -> str | bytes | None:
-    if value is None or isinstance(value, (str, bytes)):
+    cls = type(value)
+    if value is None or cls is str or cls is bytes:
         return value
+    if isinstance(value, (str, bytes)):  # its plain text: no method of the subclass runs later
+        return (
+            str.__str__(value) if isinstance(value, str) else bytes.__getitem__(value, slice(None))
+        )
     raise TypeError(f"{name} must be a str, not {type(value).__name__}")
 
 
@@ -497,10 +498,9 @@ class RequestCollector:
     def _merge_timers(self) -> None:
         """Fold the stopped timers into totals per tag set, sent with the next packet.
 
-        A folded timer leaves the request as a flushed one does: its
-        measurements go to the totals, and started again it rejoins the
-        request. Running timers stay; when they are most of what the request
-        holds, merging waits for twice as many timers next time.
+        A folded timer leaves the request as a flushed one does (see
+        ``Timer.hand_over``). Running timers stay; when they are most of what
+        the request holds, merging waits for twice as many timers next time.
         """
         merged = self._merged
         if merged is None:
@@ -511,23 +511,28 @@ class RequestCollector:
             if timer._running:
                 kept.append(timer)
                 continue
-            hits = timer._hits
-            if hits:
-                tags = timer._tags
-                key = (timer._names, tuple(tags.items()) if type(tags) is dict else tags)
+            if not timer._hits:
+                timer.hand_over()  # never run: it rejoins when started
+                continue
+            measured = timer.hand_over()
+            tags = measured[0]
+            names = measured[5] if len(measured) == 6 else None
+            try:
+                key = (names, tuple(tags.items()) if type(tags) is dict else tags)
                 total = merged.get(key)
-                if total is not None:
-                    total[1] += timer._value
-                    total[2] += hits
-                    total[3] += timer._utime
-                    total[4] += timer._stime
-                elif len(merged) < MAX_TAG_SETS:
-                    merged[key] = [tags, timer._value, hits, timer._utime, timer._stime]
-                else:
-                    dropped += 1
-                timer._value = timer._utime = timer._stime = 0.0
-                timer._hits = 0
-            timer._detached = True
+            except Exception:  # tags that cannot be a key: sent as they are
+                internal_error("cannot merge a timer", self._raise_on_fail, "merge")
+                key = ("unmergeable", len(merged))
+                total = None
+            if total is not None:
+                total[1] += measured[1]
+                total[2] += measured[2]
+                total[3] += measured[3]
+                total[4] += measured[4]
+            elif len(merged) < MAX_TAG_SETS:
+                merged[key] = list(measured)
+            else:
+                dropped += 1
         self._timers = kept
         if len(kept) * 2 >= self._merge_at:
             self._merge_at *= 2
@@ -540,13 +545,7 @@ class RequestCollector:
         self._merged = None
         if not merged:
             return []
-        out = []
-        for (names, _), (tags, value, hits, utime, stime) in merged.items():
-            if names is None:
-                out.append((tags, value, hits, utime, stime))
-            else:
-                out.append((tags, value, hits, utime, stime, names))
-        return out
+        return [tuple(total) for total in merged.values()]
 
     def stop_timers(self) -> None:
         """Stop every running timer."""
@@ -680,37 +679,20 @@ class RequestCollector:
         out = []
         kept = []
         for timer in self._timers:
-            running = timer._running
-            if running:
+            if timer._running:
                 if end is None:  # the request ends: stop it
                     timer._end(time.perf_counter())
-                elif keep_running:
+                else:
                     kept.append(timer)
+                    if not keep_running:  # send the part measured so far; it goes on
+                        out.append(timer.hand_over())
                     continue
-                else:  # send the part measured so far; it goes on from zero
-                    now = time.perf_counter()
-                    timer._end(now)
-                    timer._running = True
-                    timer._start = now
-                    if timer._rusage:
-                        timer._utime_start, timer._stime_start = rusage.cpu_times()
-                    kept.append(timer)
-            hits = timer._hits
-            if not hits:
+            if not timer._hits:
                 kept.append(timer)  # created but never run: it may still run
-                continue
-            if end is None:  # the request ends: the encoder reads the timer itself
+            elif end is None:  # the request ends: the encoder reads the timer itself
                 out.append(timer)
-                continue
-            measured = (timer._tags, timer._value, hits, timer._utime, timer._stime)
-            if timer._names is not None:  # keyword tags: the encoder pairs names and values
-                measured += (timer._names,)
-            out.append(measured)
-            # A flush: what was measured goes, and the timer starts afresh.
-            timer._value = timer._utime = timer._stime = 0.0
-            timer._hits = 0
-            if not running:
-                timer._detached = True
+            else:  # a flush: what was measured goes, and the timer starts afresh
+                out.append(timer.hand_over())
         self._timers = kept
         return out
 
@@ -770,7 +752,11 @@ class RequestCollector:
                 pairs.extend(flatten_tags({name: value}))
             except Exception:
                 self._settings.reporter.count("tag_failed")
-                internal_error(f"request tag {name!r} failed; sent without it", self._raise_on_fail)
+                internal_error(
+                    f"request tag {name!r} failed; sent without it",
+                    self._raise_on_fail,
+                    "request tag failed",
+                )
         return tuple(pairs)
 
     def __repr__(self) -> str:

@@ -238,6 +238,7 @@ class UnboundTimer:
                 internal_error(
                     f"timer tag {name!r} failed; timed without it",
                     reporter is not None and reporter.raise_on_fail,
+                    "timer tag failed",
                 )
         if not pairs:
             return NOOP_TIMER

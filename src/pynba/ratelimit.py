@@ -11,6 +11,9 @@ __all__ = ["LogLimiter"]
 
 logger = logging.getLogger("pynba")
 
+#: The kinds a limiter remembers at most.
+MAX_KINDS = 1000
+
 
 class LogLimiter:
     """Logs a message of each kind at most once per ``interval`` seconds.
@@ -32,6 +35,10 @@ class LogLimiter:
         """Log ``message % args`` unless a message of ``kind`` was logged within the interval."""
         now = time.monotonic()
         with self._lock:
+            if len(self._last) >= MAX_KINDS and kind not in self._last:
+                # Kinds are meant to be few: made of varying text, they must not pile up.
+                self._last.clear()
+                self._suppressed.clear()
             last = self._last.get(kind)
             if last is not None and now - last < self.interval:
                 self._suppressed[kind] = self._suppressed.get(kind, 0) + 1

@@ -155,6 +155,7 @@ class _OwnJob:
     def _forget(self, collector: RequestCollector) -> None:
         # The monitor's own collector serves job after job: what one job set
         # (its name, tags...) must not carry over to the next.
+        collector.enabled = True  # a job that skipped itself does not skip the next
         collector._tags = None
         collector._script_name = self.scriptname
         collector._server_name = self.servername

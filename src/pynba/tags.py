@@ -13,7 +13,10 @@ A tag value is a scalar (``str``, ``bytes``, ``int``, ``float``, ``bool`` or
 Containers nest at most ``MAX_TAG_DEPTH`` levels deep (a list in a mapping in
 a mapping is three): a value that contains itself is a ``ValueError``, not an
 endless recursion. Any other value is sent as ``str(value)``, taken when the
-tags are checked (``bytearray`` and ``memoryview`` as their bytes).
+tags are checked (``bytearray`` and ``memoryview`` as their bytes). A
+subclass of ``str``, ``bytes``, ``int`` or ``float`` is taken as the plain
+value it holds, without calling its methods: nothing of the application's
+runs when the packet is made.
 
 Identical pairs are sent once. Names are non-empty ``str``; anything else is
 a ``TypeError`` or ``ValueError`` naming the tag, raised where it was written,
@@ -43,12 +46,27 @@ class _TooDeep(Exception):
 
 
 def check_tag_name(name: object) -> str:
-    """``name`` when it is a non-empty ``str``; else TypeError/ValueError."""
-    if not isinstance(name, str):
-        raise TypeError(f"tag names must be str, got {type(name).__name__} {name!r}")
+    """``name`` as a plain ``str`` when it is a non-empty one; else TypeError/ValueError."""
+    if type(name) is not str:
+        if not isinstance(name, str):
+            raise TypeError(f"tag names must be str, got {type(name).__name__} {name!r}")
+        name = str.__str__(name)
     if not name:
         raise ValueError("tag names must not be empty")
     return name
+
+
+def _plain(value: Any) -> Any:
+    """A subclass of a scalar type as the plain value it holds, read without calling its methods."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes.__getitem__(value, slice(None))
+    if isinstance(value, int):  # bool cannot be subclassed
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return value
 
 
 def flatten_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> TagPairs:
@@ -78,6 +96,10 @@ def flatten_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> 
 def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:
     """Adds the pairs of ``value`` to ``out``; ``depth``: how many more containers may nest."""
     if isinstance(value, _SCALARS):
+        cls = type(value)
+        if cls is not str and cls is not int and cls is not bytes and cls is not float:
+            if cls is not bool and value is not None:
+                value = _plain(value)
         # The type is part of the key: 1, 1.0 and True are equal but sent differently.
         key = (name, value.__class__, value)
         if key not in seen:
@@ -96,7 +118,7 @@ def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: i
         for key, element in value.items():
             if isinstance(key, bool) or not isinstance(key, (str, int)):
                 raise TypeError(f"tag {name!r}: mapping keys must be str or int, got {key!r}")
-            _flatten(f"{name}.{key}", element, out, seen, called, depth - 1)
+            _flatten(f"{name}.{_plain(key)}", element, out, seen, called, depth - 1)
     elif callable(value):
         if called:
             raise TypeError(f"tag {name!r}: a callable must return a tag value, not a callable")
@@ -111,8 +133,8 @@ def _as_scalar(name: str, value: Any) -> str | bytes:
         if isinstance(value, _BUFFERS):
             return bytes(value)
         text = str(value)
+        return text if type(text) is str else _plain(text)
     except Exception as error:
         raise TypeError(
             f"tag {name!r}: its {type(value).__name__} value cannot be made a str: {error!r}"
         ) from error
-    return text

@@ -27,8 +27,10 @@ cdef class Timer:
     cpdef _end(self, double now)
     cpdef _rejoin(self)
     cpdef _add_cpu(self)
+    cpdef tuple hand_over(self)
 
 @cython.locals(plain=dict)
 cpdef _timer_tags(tags)
 cpdef Timer _init_timer(Timer timer, tags, names, bint cpu, collector=*)
 cpdef Timer new_timer(tags, collector, bint cpu, names=*)
+cpdef double check_seconds(name, value) except? -1.0

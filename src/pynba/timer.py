@@ -58,7 +58,10 @@ class Timer:
         cpu: bool = False,
         data: Any = None,
     ) -> None:
-        _init_timer(self, _timer_tags(tags), None, cpu, collector)
+        # A dict of the caller's is copied: changed later, it must not change the timer.
+        _init_timer(
+            self, _timer_tags(dict(tags) if type(tags) is dict else tags), None, cpu, collector
+        )
         self.data = data
         if collector is not None and collector.add_timer(self) is not self:
             self._collector = None  # its request has ended: measured here, never sent
@@ -123,16 +126,36 @@ class Timer:
         self._utime += utime - self._utime_start
         self._stime += stime - self._stime_start
 
+    def hand_over(self) -> tuple:
+        """What the timer measured so far, as the encoder takes a timer; it starts afresh.
+
+        A stopped timer also leaves its request (its request sends what was
+        handed over): started again, it rejoins it. A running one goes on
+        from now. Its request calls this to flush it or merge it with others.
+        """
+        if self._running:
+            now = time.perf_counter()
+            self._end(now)
+            self._running = True
+            self._start = now
+            if self._rusage:
+                self._utime_start, self._stime_start = rusage.cpu_times()
+        else:
+            self._detached = True
+        measured: tuple = (self._tags, self._value, self._hits, self._utime, self._stime)
+        if self._names is not None:  # keyword tags: the encoder pairs names and values
+            measured += (self._names,)
+        self._value = self._utime = self._stime = 0.0
+        self._hits = 0
+        return measured
+
     def add(self, value: float, hit_count: int = 1) -> Timer:
         """Add a duration measured elsewhere (seconds) and ``hit_count`` hits."""
         if isinstance(hit_count, bool) or not isinstance(hit_count, int):
             raise TypeError(f"hit_count must be an int, not {type(hit_count).__name__}")
         if hit_count < 1:
             raise ValueError(f"hit_count must be >= 1, got {hit_count}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"value must be a number of seconds, not {type(value).__name__}")
-        if not 0 <= value < math.inf:
-            raise ValueError(f"value must be a finite number of seconds >= 0, got {value!r}")
+        value = check_seconds("value", value)
         if self._detached:
             self._rejoin()
         self._value += value
@@ -187,7 +210,7 @@ class Timer:
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any]) -> None:
-        self._tags = _timer_tags(tags)
+        self._tags = _timer_tags(dict(tags) if type(tags) is dict else tags)
         self._names = None
 
     @property
@@ -220,6 +243,19 @@ class Timer:
     def __repr__(self) -> str:
         state = "started" if self._running else "stopped"
         return f"<Timer {dict(self.tags)!r} {state} elapsed={self.elapsed:.6f}s>"
+
+
+def check_seconds(name: str, value: Any) -> float:
+    """``value`` as a float of seconds: finite and >= 0; else TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    try:
+        seconds = float.__float__(value) if isinstance(value, float) else int.__float__(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def _timer_tags(tags: Mapping[str, Any]) -> dict | TagPairs:

@@ -236,8 +236,10 @@ def _byte_count(chunk: Any) -> int:
     Servers refuse anything else, with their own error: ``len()`` must not
     raise pynba's in its place.
     """
-    if isinstance(chunk, bytes):
+    if type(chunk) is bytes:
         return len(chunk)
+    if isinstance(chunk, bytes):
+        return bytes.__len__(chunk)  # its own __len__ is not called: it may raise
     return -1
 
 
@@ -425,12 +427,12 @@ class _Response:
         self._collector.finish(status, size)
 
     def _content_length(self) -> int:
-        for name, value in self._headers or ():
-            if name.lower() == "content-length":
-                try:
+        try:
+            for name, value in self._headers or ():
+                if name.lower() == "content-length":
                     return max(int(value), 0)
-                except ValueError:
-                    return 0
+        except Exception:  # headers the server will refuse itself
+            return 0
         return 0
 
 
