@@ -111,7 +111,7 @@ class PynbaASGIMiddleware:
         *,
         prefix: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[Scope], str] | None = None,
+        script_name: Callable[[Scope], str | None] | None = None,
         server_name: str | None = None,
         hostname: str | None = None,
         enabled: bool | None = None,

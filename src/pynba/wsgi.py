@@ -87,7 +87,7 @@ class PynbaMiddleware:
         *,
         prefix: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[dict], str] | None = None,
+        script_name: Callable[[dict], str | None] | None = None,
         server_name: str | None = None,
         hostname: str | None = None,
         enabled: bool | None = None,
