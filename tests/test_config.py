@@ -221,6 +221,14 @@ def test_name_options_as_arguments_are_parsed_too(udp_listener):
     assert resolve("127.0.0.1", server_names=[]).server_names == ()  # allows no name
 
 
+def test_server_names_may_be_written_in_unicode_and_resolve_again_to_themselves():
+    written = ["Bücher.example", "xn--strae-oqa.de", "[0::1]:80", "xn--ls8h.la"]
+    names = resolve("127.0.0.1", server_names=written).server_names
+    assert names == ("bücher.example", "straße.de", "[::1]", "xn--ls8h.la")
+    # Framework integrations resolve their options, then the middleware does again.
+    assert resolve("127.0.0.1", server_names=names).server_names == names
+
+
 @pytest.mark.parametrize(
     "variable, value, error",
     [

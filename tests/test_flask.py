@@ -200,16 +200,18 @@ def test_name_options_from_the_app_config(udp_listener):
     app = make_app(
         PINBA_SERVER=address_of(udp_listener),
         PINBA_UNMATCHED_NAME="not-found",
-        PINBA_SERVER_NAMES="shop.test",
+        PINBA_SERVER_NAMES="shop.test,Bücher.example",
         PINBA_NAME_LIMIT=10,
     )
     middleware = init_app(app, script_name="endpoint")
     assert middleware.host_names.limit == 10
     fetch(app, "/no/such/page", headers={"Host": "shop.test:5000"})
     fetch(app, "/users/1", headers={"Host": "scanner.test"})
-    packets = [receive(udp_listener) for _ in range(2)]
+    fetch(app, "/users/1", headers={"Host": "xn--bcher-kva.example"})
+    packets = [receive(udp_listener) for _ in range(3)]
     assert [(p.script_name, p.server_name) for p in packets] == [
         ("not-found", "shop.test"),
         ("users.detail", "<other>"),
+        ("users.detail", "bücher.example"),
     ]
     assert middleware.reporter.stats["server_name_overflow"] == 1

@@ -148,11 +148,30 @@ def parse_names(value: Any, name: str) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"{name} must be a list of str, not of {type(item).__name__}")
-        normal = normalize_host(item)
+        normal = normalize_host(_a_labels(item))
         if normal == INVALID_HOST:
             raise ValueError(f"{name}: {item!r} is not a host name")
         names.append(normal)
     return tuple(names)
+
+
+def _a_labels(host: str) -> str:
+    """``host`` with its Unicode labels as ``xn--`` labels, as a client sends them.
+
+    So that a configured name may be written either way, and a normalised
+    name (Unicode labels) normalises to itself.
+    """
+    if host.isascii():
+        return host
+    labels = []
+    for label in host.lower().split("."):
+        if not label.isascii():
+            try:
+                label = _IDNA_PREFIX + label.encode("punycode").decode("ascii")
+            except UnicodeError:
+                pass  # left non-ASCII: normalize_host finds it invalid
+        labels.append(label)
+    return ".".join(labels)
 
 
 class ClientNames(dict):
