@@ -94,12 +94,16 @@ LONGEST_HOST = ".".join([LONG_LABEL] * 3 + ["a" * 61])  # 253 characters
         ("[fe80::1%25eth0]", INVALID_HOST),
         ("[not an address]", INVALID_HOST),
         ("[v1.future]", INVALID_HOST),
-        (None, INVALID_HOST),
-        (b"example.com", INVALID_HOST),
     ],
 )
 def test_normalize_host(host, expected):
     assert normalize_host(host) == expected
+
+
+@pytest.mark.parametrize("host", [None, b"example.com", 5])
+def test_a_host_that_is_not_text_is_a_type_error(host):
+    with pytest.raises(TypeError, match="host must be a str"):
+        normalize_host(host)
 
 
 def test_fixed_names_are_told_apart_from_host_names():

@@ -49,7 +49,7 @@ from typing import Any
 from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
-from .names import ClientNames, normalize_host
+from .names import ClientNames
 from .reporter import Reporter
 from .wsgi import CLIENT_CLOSED_REQUEST
 
@@ -149,10 +149,8 @@ class PynbaASGIMiddleware:
         self.script_name = script_name
         self.server_name = config.server_name
         self.unmatched_name = config.unmatched_name
-        self.host_names = ClientNames(
-            self.reporter, "server_name", config.name_limit, normalize_host, config.server_names
-        )
-        self.path_names = ClientNames(self.reporter, "script_name", config.name_limit)
+        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
+        self.path_names = ClientNames.paths(self.reporter, config.name_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.enabled:

@@ -45,7 +45,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
-from .names import ClientNames, normalize_host
+from .names import ClientNames
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]
@@ -88,9 +88,7 @@ class PynbaMiddleware:
         self.server_name = config.server_name
         self.script_name = script_name
         self.unmatched_name = config.unmatched_name
-        self.host_names = ClientNames(
-            self.reporter, "server_name", config.name_limit, normalize_host, config.server_names
-        )
+        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:

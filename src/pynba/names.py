@@ -62,9 +62,12 @@ def normalize_host(host: Any) -> str:
     sent); an IPv6 address in brackets, compressed (``[::1]:8000`` ->
     ``[::1]``). Invalid: not ASCII, characters other than letters, digits,
     ``-``, ``_`` and dots, an empty label or one over 63 characters, a name
-    over 253, a port that is not a number.
+    over 253, a port that is not a number. A value other than a str is a
+    server's bug (PEP 3333 and ASGI give text): TypeError.
     """
-    if not isinstance(host, str) or not host or len(host) > _MAX_HOST_HEADER:
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if not host or len(host) > _MAX_HOST_HEADER:
         return INVALID_HOST
     if not host.isascii():
         return INVALID_HOST
@@ -211,6 +214,16 @@ class ClientNames(dict):
         self._allowed = None if allowed is None else frozenset(allowed)
         self._admitted: set[str] = set()
         self._lock = threading.Lock()
+
+    @classmethod
+    def hosts(cls, reporter: Any, limit: int, allowed: Iterable[str] | None = None) -> ClientNames:
+        """Server names for ``Host`` header values: ``normalize_host``, bounded."""
+        return cls(reporter, "server_name", limit, normalize_host, allowed)
+
+    @classmethod
+    def paths(cls, reporter: Any, limit: int) -> ClientNames:
+        """Script names for request paths no route names: the paths, bounded."""
+        return cls(reporter, "script_name", limit)
 
     @property
     def limit(self) -> int:

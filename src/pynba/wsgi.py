@@ -48,7 +48,7 @@ from typing import Any
 from .collector import internal_error, logger, new_collector, settings_for
 from .config import resolve
 from .context import DISABLED, _get, _reset, _set
-from .names import ClientNames, normalize_host
+from .names import ClientNames
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware", "monitor"]
@@ -126,10 +126,8 @@ class PynbaMiddleware:
         self.script_name = script_name
         self.server_name = config.server_name
         self.unmatched_name = config.unmatched_name
-        self.host_names = ClientNames(
-            self.reporter, "server_name", config.name_limit, normalize_host, config.server_names
-        )
-        self.path_names = ClientNames(self.reporter, "script_name", config.name_limit)
+        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
+        self.path_names = ClientNames.paths(self.reporter, config.name_limit)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
