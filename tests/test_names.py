@@ -119,32 +119,32 @@ def test_fixed_names_are_told_apart_from_host_names():
 def test_client_names_admit_up_to_the_limit_then_count_the_overflow():
     reporter = Reporter(("127.0.0.1", 9))
     names = ClientNames(reporter, "script_name", 3)
-    assert [names[f"/{n}"] for n in "abcde"] == ["/a", "/b", "/c", OTHER_NAME, OTHER_NAME]
-    assert [names[f"/{n}"] for n in "abcde"] == ["/a", "/b", "/c", OTHER_NAME, OTHER_NAME]
+    assert [names.name(f"/{n}") for n in "abcde"] == ["/a", "/b", "/c", OTHER_NAME, OTHER_NAME]
+    assert [names.name(f"/{n}") for n in "abcde"] == ["/a", "/b", "/c", OTHER_NAME, OTHER_NAME]
     assert reporter.stats["script_name_overflow"] == 4
     assert names.admitted == {"/a", "/b", "/c"}
-    assert len(names) == 3
+    assert len(names.known) == 3
 
 
 def test_host_names_cache_their_spellings_within_the_limit():
     reporter = Reporter(("127.0.0.1", 9))
     names = ClientNames(reporter, "server_name", 2, normalize_host)
     spellings = ["a.test", "A.test", "a.test:80", "a.test.", "B.test", "c.test", "bad host"]
-    reported = [names[spelling] for spelling in spellings]
+    reported = [names.name(spelling) for spelling in spellings]
     assert reported == ["a.test"] * 4 + ["b.test", OTHER_NAME, INVALID_HOST]
     assert names.admitted == {"a.test", "b.test"}
-    assert len(names) <= 2  # the cache of raw values is bounded too
+    assert len(names.known) <= 2  # the cache of raw values is bounded too
     assert reporter.stats["server_name_overflow"] == 1
     assert reporter.stats["server_name_invalid"] == 1
     # Spellings past the cache's bound are normalised each time, and still admitted.
-    assert names["A.TEST"] == "a.test"
+    assert names.name("A.TEST") == "a.test"
     assert reporter.stats["server_name_overflow"] == 1
 
 
 def test_allow_list_reports_any_other_name_as_other():
     reporter = Reporter(("127.0.0.1", 9))
     names = ClientNames(reporter, "server_name", 1, normalize_host, ["a.test", "b.test"])
-    assert [names[h] for h in ("A.test:80", "b.test", "c.test", "b.test.")] == [
+    assert [names.name(h) for h in ("A.test:80", "b.test", "c.test", "b.test.")] == [
         "a.test",
         "b.test",
         OTHER_NAME,
@@ -157,7 +157,7 @@ def test_allow_list_reports_any_other_name_as_other():
 def test_limit_zero_reports_every_name_as_other():
     reporter = Reporter(("127.0.0.1", 9))
     names = ClientNames(reporter, "script_name", 0)
-    assert names["/a"] == OTHER_NAME and len(names) == 0
+    assert names.name("/a") == OTHER_NAME and len(names.known) == 0
 
 
 def test_bad_limits():
@@ -176,7 +176,7 @@ def test_concurrent_threads_never_admit_more_than_the_limit():
 
     def work(thread):
         barrier.wait()
-        results.extend(names[f"host{thread}-{n}.test"] for n in range(100))
+        results.extend(names.name(f"host{thread}-{n}.test") for n in range(100))
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     for thread in threads:
@@ -184,7 +184,7 @@ def test_concurrent_threads_never_admit_more_than_the_limit():
     for thread in threads:
         thread.join()
     admitted = [name for name in results if name != OTHER_NAME]
-    assert len(admitted) == len(set(admitted)) == 50 == len(names.admitted) == len(names)
+    assert len(admitted) == len(set(admitted)) == 50 == len(names.admitted) == len(names.known)
     assert reporter.stats["server_name_overflow"] == 800 - 50
 
 

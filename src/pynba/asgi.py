@@ -189,7 +189,7 @@ class PynbaASGIMiddleware:
             return self.prefix + template
         if "router" in scope:  # Starlette's: it ran, and matched no route
             return self.prefix + self.unmatched_name
-        return self.prefix + self.path_names[scope.get("path", "")]
+        return self.prefix + self.path_names.name(scope.get("path", ""))
 
     def default_server_name(self, scope: Scope) -> str:
         """The server name reported when the application sets none."""
@@ -198,7 +198,7 @@ class PynbaASGIMiddleware:
         for name, value in scope.get("headers") or ():
             if name == b"host":
                 if value:
-                    return self.host_names[value.decode("latin-1")]
+                    return self.host_names.name(value.decode("latin-1"))
                 break
         server = scope.get("server")
         return str(server[0]) if server else ""

@@ -135,7 +135,7 @@ class PynbaMiddleware:
         meta = request.META
         host = meta.get("HTTP_HOST")
         if host:
-            return self.host_names[host]
+            return self.host_names.name(host)
         return meta.get("SERVER_NAME", "")
 
     # -- one request ---------------------------------------------------------

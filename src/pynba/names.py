@@ -177,8 +177,8 @@ def _a_labels(host: str) -> str:
     return ".".join(labels)
 
 
-class ClientNames(dict):
-    """The name to report for each value a client chose: ``names[value]``.
+class ClientNames:
+    """The name to report for each value a client chose: ``names.name(value)``.
 
     At most ``limit`` distinct names are admitted, first come first served,
     and kept for the life of the process; with ``allowed`` (normalised
@@ -187,11 +187,10 @@ class ClientNames(dict):
     value to its name (none: the value is its own name); an
     ``INVALID_HOST`` it returns is reported as such, and counted in
     ``stats[kind + "_invalid"]``.
-
-    A dict of the values seen to their admitted names (at most ``limit`` of
-    them), so that a known value costs one dict lookup, also from compiled
-    code; the work is done on a miss (``__missing__``), under a lock.
     """
+
+    __slots__ = ("known", "_reporter", "_overflow", "_invalid", "_limit", "_normalize")
+    __slots__ += ("_allowed", "_admitted", "_lock")
 
     def __init__(
         self,
@@ -201,11 +200,15 @@ class ClientNames(dict):
         normalize: Callable[[Any], str] | None = None,
         allowed: Iterable[str] | None = None,
     ) -> None:
-        super().__init__()
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError(f"name_limit must be an int, not {type(limit).__name__}")
         if limit < 0:
             raise ValueError(f"name_limit must be >= 0, got {limit}")
+        #: The values seen whose names were admitted, and those names (at
+        #: most ``limit`` of them): ``known.get(value)`` is the fast path, a
+        #: plain dict a caller may read (compiled code at C speed) before
+        #: calling ``name()``. Only this object writes it.
+        self.known: dict[Any, str] = {}
         self._reporter = reporter
         self._overflow = kind + "_overflow"
         self._invalid = kind + "_invalid"
@@ -236,7 +239,12 @@ class ClientNames(dict):
         with self._lock:
             return frozenset(self._admitted) if self._allowed is None else self._allowed
 
-    def __missing__(self, value: Any) -> str:
+    def name(self, value: Any) -> str:
+        """The name to report for ``value``."""
+        name = self.known.get(value)
+        return self._resolve(value) if name is None else name
+
+    def _resolve(self, value: Any) -> str:
         if self._normalize is None:
             name = value
         else:
@@ -248,8 +256,8 @@ class ClientNames(dict):
             admitted = self._admit(name)
             # Values mapping to an admitted name are remembered, as many as
             # names may be admitted; past that they are normalised each time.
-            if admitted and len(self) < self._limit:
-                self[value] = name
+            if admitted and len(self.known) < self._limit:
+                self.known[value] = name
         if admitted:
             return name
         self._reporter.count(self._overflow)

@@ -128,6 +128,9 @@ class PynbaMiddleware:
         self.unmatched_name = config.unmatched_name
         self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
         self.path_names = ClientNames.paths(self.reporter, config.name_limit)
+        # Read here first (compiled: a typed dict lookup), name() on a miss.
+        self._known_hosts = self.host_names.known
+        self._known_paths = self.path_names.known
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
@@ -160,7 +163,9 @@ class PynbaMiddleware:
         if self.script_name is not None:
             name = self.script_name(environ)
             return self.prefix + (self.unmatched_name if name is None else name)
-        return self.prefix + self.path_names[request_path(environ)]
+        path = request_path(environ)
+        name = self._known_paths.get(path)
+        return self.prefix + (self.path_names.name(path) if name is None else name)
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
@@ -168,7 +173,8 @@ class PynbaMiddleware:
             return self.server_name
         host = _lookup(environ, "HTTP_HOST")
         if host:
-            return self.host_names[host]
+            name = self._known_hosts.get(host)
+            return self.host_names.name(host) if name is None else name
         return _lookup(environ, "SERVER_NAME", "")
 
     def __repr__(self) -> str:
