@@ -180,3 +180,84 @@ def test_script_monitor_disabled_from_the_environment(monkeypatch):
         pass
     monitor.send()
     monitor.close()
+
+
+# -- names a visitor controls (see pynba.names) ------------------------------
+
+
+def test_name_options_defaults():
+    config = resolve("127.0.0.1")
+    assert (config.unmatched_name, config.name_limit, config.server_names) == (
+        "<unmatched>",
+        2000,
+        None,
+    )
+    assert {"unmatched_name", "name_limit", "server_names"} <= set(config.options())
+
+
+def test_name_options_from_the_environment_and_settings(monkeypatch):
+    monkeypatch.setenv("PINBA_UNMATCHED_NAME", "404")
+    monkeypatch.setenv("PINBA_NAME_LIMIT", " 50 ")
+    monkeypatch.setenv("PINBA_SERVER_NAMES", "Shop.Example.COM., api.example.com:443,,")
+    config = resolve("127.0.0.1")
+    assert (config.unmatched_name, config.name_limit) == ("404", 50)
+    assert config.server_names == ("shop.example.com", "api.example.com")
+    settings = {"PINBA_SERVER_NAMES": ["xn--bcher-kva.example"], "PINBA_NAME_LIMIT": 0}
+    config = resolve("127.0.0.1", settings=settings)
+    assert (config.server_names, config.name_limit) == (("bücher.example",), 0)
+    monkeypatch.setenv("PINBA_SERVER_NAMES", " ")
+    assert resolve("127.0.0.1").server_names is None  # set but empty: no allow-list
+
+
+def test_name_options_as_arguments_are_parsed_too(udp_listener):
+    config = resolve("127.0.0.1", server_names=["A.test"], name_limit=7, unmatched_name="none")
+    assert (config.server_names, config.name_limit, config.unmatched_name) == (
+        ("a.test",),
+        7,
+        "none",
+    )
+    app = PynbaMiddleware(hello, udp_listener.address, server_names="a.test,b.test", name_limit=3)
+    assert (app.host_names.admitted, app.path_names.limit) == ({"a.test", "b.test"}, 3)
+    assert resolve("127.0.0.1", server_names=[]).server_names == ()  # allows no name
+
+
+def test_server_names_may_be_written_in_unicode_and_resolve_again_to_themselves():
+    written = ["Bücher.example", "xn--strae-oqa.de", "[0::1]:80", "xn--ls8h.la"]
+    names = resolve("127.0.0.1", server_names=written).server_names
+    assert names == ("bücher.example", "straße.de", "[::1]", "xn--ls8h.la")
+    # Framework integrations resolve their options, then the middleware does again.
+    assert resolve("127.0.0.1", server_names=names).server_names == names
+
+
+@pytest.mark.parametrize(
+    "variable, value, error",
+    [
+        ("PINBA_NAME_LIMIT", "ten", ValueError),
+        ("PINBA_NAME_LIMIT", "-1", ValueError),
+        ("PINBA_NAME_LIMIT", "1.5", ValueError),
+        ("PINBA_SERVER_NAMES", "shop.test, not a host", ValueError),
+        ("PINBA_UNMATCHED_NAME", "", ValueError),
+    ],
+)
+def test_bad_name_options_name_the_variable(monkeypatch, variable, value, error):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(error, match=variable):
+        resolve("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "option, value, error",
+    [
+        ("name_limit", True, TypeError),
+        ("name_limit", 2.0, TypeError),
+        ("name_limit", -5, ValueError),
+        ("server_names", 42, TypeError),
+        ("server_names", [b"shop.test"], TypeError),
+        ("server_names", ["shop.test/x"], ValueError),
+        ("unmatched_name", 404, TypeError),
+        ("unmatched_name", "", ValueError),
+    ],
+)
+def test_bad_name_arguments_name_the_option(udp_listener, option, value, error):
+    with pytest.raises(error, match=option):
+        PynbaMiddleware(hello, udp_listener.address, **{option: value})

@@ -169,7 +169,7 @@ def test_errors_and_404(pinba):
     assert client.get("/boom/").status_code == 500
     assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("/boom/", 500)
     assert client.get("/no/such/page").status_code == 404
-    assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("/no/such/page", 404)
+    assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("<unmatched>", 404)
     assert Client().get("/named/").status_code == 204
     assert (lambda p: (p.script_name, p.status))(receive(pinba)) == ("chosen by the view", 204)
 
@@ -213,10 +213,10 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
-def http_get(port, path):
+def http_get(port, path, host=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers={"Host": host} if host else {})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -306,3 +306,54 @@ def test_real_server_streaming_and_errors(served):
     assert (packet.script_name, packet.document_size) == ("/download/", 5000)
     assert http_get(port, "/boom/")[0] == 500
     assert (lambda p: (p.script_name, p.status))(receive(listener)) == ("/boom/", 500)
+
+
+def test_real_server_host_is_normalised_and_404s_are_unmatched(served):
+    port, listener = served
+    sent = [
+        ("Shop.Example.COM.:8080", "shop.example.com"),
+        ("[::1]:8000", "[::1]"),
+        ("xn--bcher-kva.example", "bücher.example"),
+        ("a" * 8000, "<invalid-host>"),
+    ]
+    for host, _ in sent:
+        assert http_get(port, "/users/1/", host)[0] == 200
+    assert [receive(listener).server_name for _ in sent] == [name for _, name in sent]
+    for sent_path in ("/reset/secret-token/", "/login;jsessionid=secret", "/.env"):
+        assert http_get(port, sent_path)[0] == 404
+        assert (lambda p: (p.script_name, p.status))(receive(listener)) == ("<unmatched>", 404)
+
+
+def test_name_settings(pinba):
+    with override_settings(
+        PINBA_UNMATCHED_NAME="not-found",
+        PINBA_SERVER_NAMES=["shop.example.com"],
+        PINBA_PREFIX="shop:",
+    ):
+        client = Client()
+        client.get("/users/1/", HTTP_HOST="SHOP.example.com:443")
+        client.get("/users/1/", HTTP_HOST="scanner.test")
+        client.get("/no/such/page", HTTP_HOST="shop.example.com")
+    packets = [receive(pinba) for _ in range(3)]
+    assert [p.server_name for p in packets] == ["shop.example.com", "<other>", "shop.example.com"]
+    assert [p.script_name for p in packets][2] == "shop:not-found"
+    with override_settings(PINBA_NAME_LIMIT="1"):
+        client = Client()
+        for host in ("a.test", "b.test", "A.test"):
+            client.get("/users/1/", HTTP_HOST=host)
+        middleware = PynbaMiddleware(lambda request: None)
+    assert [receive(pinba).server_name for _ in range(3)] == ["a.test", "<other>", "a.test"]
+    assert middleware.host_names.limit == 1
+    with override_settings(PINBA_NAME_LIMIT="many"):
+        with pytest.raises(ImproperlyConfigured, match="PINBA_NAME_LIMIT"):
+            PynbaMiddleware(lambda request: None)
+
+
+def test_script_name_callable_returning_none_is_unmatched(pinba):
+    def by_path(request):
+        return None if request.path.startswith("/users/") else request.path
+
+    with override_settings(PINBA_SCRIPT_NAME=by_path):
+        Client().get("/users/1/")
+        Client().get("/blog/articles/2024/")
+    assert [receive(pinba).script_name for _ in range(2)] == ["<unmatched>", "/blog/articles/2024/"]

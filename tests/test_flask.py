@@ -85,7 +85,7 @@ def test_streaming_errors_404_and_names(udp_listener):
     assert fetch(app, "/boom").status_code == 500
     assert (lambda p: (p.script_name, p.status))(receive(udp_listener)) == ("/boom", 500)
     assert fetch(app, "/no/such/page").status_code == 404
-    assert (lambda p: (p.script_name, p.status))(receive(udp_listener)) == ("/no/such/page", 404)
+    assert (lambda p: (p.script_name, p.status))(receive(udp_listener)) == ("<unmatched>", 404)
     assert fetch(app, "/named").status_code == 204
     packet = receive(udp_listener)
     assert (packet.script_name, packet.status) == ("chosen by the view", 204)
@@ -156,10 +156,10 @@ def served():
         listener.close()
 
 
-def http_get(port, path):
+def http_get(port, path, host=None):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers={"Host": host} if host else {})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -177,3 +177,41 @@ def test_real_server(served):
     assert (packet.script_name, packet.document_size) == ("/stream", 21)
     assert packet.timer(group="stream").hit_count == 3
     assert listener.pending(0.05) == []
+
+
+def test_real_server_404s_are_unmatched_and_host_normalised(served):
+    port, listener = served
+    for path in ("/reset/secret-token", "/users/x;jsessionid=secret", "/.git/config"):
+        assert http_get(port, path, "Shop.Example.COM.:5000")[0] == 404
+        packet = receive(listener)
+        assert (packet.script_name, packet.status) == ("<unmatched>", 404)
+        assert packet.server_name == "shop.example.com"
+    # Werkzeug refuses the request (its Host is not one), and pynba reports it.
+    assert http_get(port, "/users/7", "a" * 8000)[0] == 400
+    packet = receive(listener)
+    assert (packet.server_name, packet.script_name, packet.status) == (
+        "<invalid-host>",
+        "<unmatched>",
+        400,
+    )
+
+
+def test_name_options_from_the_app_config(udp_listener):
+    app = make_app(
+        PINBA_SERVER=address_of(udp_listener),
+        PINBA_UNMATCHED_NAME="not-found",
+        PINBA_SERVER_NAMES="shop.test,Bücher.example",
+        PINBA_NAME_LIMIT=10,
+    )
+    middleware = init_app(app, script_name="endpoint")
+    assert middleware.host_names.limit == 10
+    fetch(app, "/no/such/page", headers={"Host": "shop.test:5000"})
+    fetch(app, "/users/1", headers={"Host": "scanner.test"})
+    fetch(app, "/users/1", headers={"Host": "xn--bcher-kva.example"})
+    packets = [receive(udp_listener) for _ in range(3)]
+    assert [(p.script_name, p.server_name) for p in packets] == [
+        ("not-found", "shop.test"),
+        ("users.detail", "<other>"),
+        ("users.detail", "bücher.example"),
+    ]
+    assert middleware.reporter.stats["server_name_overflow"] == 1

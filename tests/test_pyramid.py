@@ -56,7 +56,7 @@ def test_route_pattern_status_size_and_timers(udp_listener):
     app.get("/missing/thing", status=404)
     assert (lambda p: (p.script_name, p.status))(receive(udp_listener)) == ("/missing/{what}", 404)
     app.get("/no/route", status=404)
-    assert (lambda p: (p.script_name, p.status))(receive(udp_listener)) == ("/no/route", 404)
+    assert (lambda p: (p.script_name, p.status))(receive(udp_listener)) == ("<unmatched>", 404)
     assert udp_listener.pending() == []
 
 
@@ -112,6 +112,60 @@ def test_real_server():
         packet = receive(listener)
         assert (packet.script_name, packet.status, packet.document_size) == ("/users/{id}", 200, 5)
         assert packet.timer_tags() == [(("group", "db"), ("op", "select"))]
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+        listener.close()
+
+
+def test_names_from_the_settings(udp_listener):
+    settings = {
+        "pinba.server": f"{udp_listener.host}:{udp_listener.port}",
+        "pinba.unmatched_name": "not-found",
+        "pinba.server_names": "shop.test, api.test",
+    }
+    app = webtest.TestApp(monitor(make_app(**settings)))
+    app.get("/reset/secret-token", headers={"Host": "API.test:6543"}, status=404)
+    app.get("/users/1", headers={"Host": "scanner.test"})
+    packets = [receive(udp_listener) for _ in range(2)]
+    assert [(p.script_name, p.server_name) for p in packets] == [
+        ("not-found", "api.test"),
+        ("/users/{id}", "<other>"),
+    ]
+
+
+def test_plain_webob_application_paths_are_limited(udp_listener):
+    @wsgify
+    def hello(request):
+        return Response("hello")
+
+    middleware = monitor(hello, udp_listener.address, name_limit=2)
+    app = webtest.TestApp(middleware)
+    for path in ("/a", "/b", "/c", "/a"):
+        app.get(path)
+    assert [receive(udp_listener).script_name for _ in range(4)] == ["/a", "/b", "<other>", "/a"]
+    assert middleware.reporter.stats["script_name_overflow"] == 1
+
+
+def test_real_server_404s_are_unmatched_and_host_normalised():
+    listener = UDPListener()
+    server = make_server(
+        "127.0.0.1", 0, monitor(make_app(), listener.address), WSGIServer, QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        for path, host in (("/reset/secret-token", "Shop.Test.:6543"), ("/.env", "[::1]:6543")):
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1])
+            connection.request("GET", path, headers={"Host": host})
+            assert connection.getresponse().status == 404
+            connection.close()
+        packets = [receive(listener) for _ in range(2)]
+        assert [(p.script_name, p.server_name, p.status) for p in packets] == [
+            ("<unmatched>", "shop.test", 404),
+            ("<unmatched>", "[::1]", 404),
+        ]
     finally:
         server.shutdown()
         thread.join()

@@ -301,6 +301,13 @@ def run(app, **environ):
         ({"HTTP_HOST": "[::1]:8080"}, "[::1]"),
         ({"HTTP_HOST": "[::1]"}, "[::1]"),
         ({"SERVER_NAME": "fallback.example"}, "fallback.example"),
+        ({"HTTP_HOST": "", "SERVER_NAME": "fallback.example"}, "fallback.example"),
+        # Normalised (see test_names.py): one spelling per host, a bounded name.
+        ({"HTTP_HOST": "Example.COM.:8080"}, "example.com"),
+        ({"HTTP_HOST": "[0::1]:8080"}, "[::1]"),
+        ({"HTTP_HOST": "xn--bcher-kva.example"}, "bücher.example"),
+        ({"HTTP_HOST": "x" * 8000}, "<invalid-host>"),
+        ({"HTTP_HOST": "evil.test/<script>"}, "<invalid-host>"),
     ],
 )
 def test_server_name_is_the_host_without_port_else_server_name(udp_listener, environ, expected):

@@ -12,11 +12,17 @@ its timers, not its time, to the request. What the packet carries, unless
 the application sets it through ``pynba`` during the request:
 
 - ``script_name``: ``prefix`` + ``script_name(scope)`` when that callable is
-  configured, else ``prefix`` + the template of the route that served the
-  request when the framework's router recorded it in the scope (Starlette
-  and FastAPI: ``/users/{id}``, mounts included), else ``prefix`` + the path;
-- ``server_name``: the ``Host`` header without its port, else the server's
-  address; ``schema``: the scope's ``scheme``;
+  configured (``prefix`` + ``unmatched_name`` when it returns None), else
+  ``prefix`` + the template of the route that served the request when the
+  framework's router recorded it in the scope (Starlette and FastAPI:
+  ``/users/{id}``, mounts included), else ``prefix`` + ``unmatched_name``
+  (``"<unmatched>"``) when a router ran but no route matched (a 404, never
+  reported under the path the visitor chose), else ``prefix`` + the path,
+  as long as fewer than ``name_limit`` distinct paths were seen
+  (``"<other>"`` past it: see ``pynba.names``);
+- ``server_name``: the ``Host`` header normalised (``pynba.names``: lower
+  case, no port, within ``name_limit`` or ``server_names``), else the
+  server's address; ``schema``: the scope's ``scheme``;
 - ``status``: from ``http.response.start``; 500 when the application
   raises or returns before completing the response, 499 when the client
   went away first (``http.disconnect``, a send that failed, or the
@@ -37,12 +43,13 @@ context).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
+from .names import ClientNames
 from .reporter import Reporter
 from .wsgi import CLIENT_CLOSED_REQUEST
 
@@ -84,23 +91,13 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     return mounted + template
 
 
-def _host(scope: Mapping[str, Any]) -> str:
-    for name, value in scope.get("headers") or ():
-        if name == b"host":
-            host = value.decode("latin-1")
-            if not host.endswith("]") and ":" in host:  # keep "[::1]", drop ":8080"
-                host = host.rpartition(":")[0]
-            return host
-    server = scope.get("server")
-    return str(server[0]) if server else ""
-
-
 class PynbaASGIMiddleware:
     """Monitors an ASGI application: ``PynbaASGIMiddleware(app, "127.0.0.1:30002")``.
 
     Options as for the WSGI ``PynbaMiddleware`` (``prefix``, ``tags``,
     ``server_name``, ``hostname``, ``enabled``, ``raise_on_fail``,
-    ``timer_rusage``, ``memory_footprint``, ``pinboard``), except that a
+    ``timer_rusage``, ``memory_footprint``, ``pinboard``,
+    ``unmatched_name``, ``name_limit``, ``server_names``), except that a
     ``script_name`` callable takes the ASGI scope. With Starlette or
     FastAPI: ``app.add_middleware(PynbaASGIMiddleware, address=...)``.
     ``address`` and the options left unset are read from the environment
@@ -114,7 +111,7 @@ class PynbaASGIMiddleware:
         *,
         prefix: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[Scope], str] | None = None,
+        script_name: Callable[[Scope], str | None] | None = None,
         server_name: str | None = None,
         hostname: str | None = None,
         enabled: bool | None = None,
@@ -122,6 +119,9 @@ class PynbaASGIMiddleware:
         timer_rusage: bool | None = None,
         memory_footprint: bool | None = None,
         pinboard: bool | None = None,
+        unmatched_name: str | None = None,
+        name_limit: int | None = None,
+        server_names: Iterable[str] | str | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI application, not {type(app).__name__}")
@@ -137,6 +137,9 @@ class PynbaASGIMiddleware:
             timer_rusage=timer_rusage,
             memory_footprint=memory_footprint,
             pinboard=pinboard,
+            unmatched_name=unmatched_name,
+            name_limit=name_limit,
+            server_names=server_names,
         )
         self.app = app
         self.settings = settings_for(config, tags)
@@ -145,6 +148,9 @@ class PynbaASGIMiddleware:
         self.prefix = config.prefix
         self.script_name = script_name
         self.server_name = config.server_name
+        self.unmatched_name = config.unmatched_name
+        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
+        self.path_names = ClientNames.paths(self.reporter, config.name_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.enabled:
@@ -176,17 +182,26 @@ class PynbaASGIMiddleware:
     def default_script_name(self, scope: Scope) -> str:
         """The script name reported when the application sets none."""
         if self.script_name is not None:
-            return self.prefix + self.script_name(scope)
+            name = self.script_name(scope)
+            return self.prefix + (self.unmatched_name if name is None else name)
         template = route_template(scope)
         if template is not None:
             return self.prefix + template
-        return self.prefix + scope.get("path", "")
+        if "router" in scope:  # Starlette's: it ran, and matched no route
+            return self.prefix + self.unmatched_name
+        return self.prefix + self.path_names.name(scope.get("path", ""))
 
     def default_server_name(self, scope: Scope) -> str:
         """The server name reported when the application sets none."""
         if self.server_name is not None:
             return self.server_name
-        return _host(scope)
+        for name, value in scope.get("headers") or ():
+            if name == b"host":
+                if value:
+                    return self.host_names.name(value.decode("latin-1"))
+                break
+        server = scope.get("server")
+        return str(server[0]) if server else ""
 
     def __repr__(self) -> str:
         return f"<PynbaASGIMiddleware {self.app!r} -> {self.reporter!r}>"

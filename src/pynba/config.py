@@ -18,10 +18,14 @@ option                environment variable        default
 ``timer_rusage``      ``PINBA_TIMER_RUSAGE``      ``False``
 ``memory_footprint``  ``PINBA_MEMORY_FOOTPRINT``  ``False``
 ``pinboard``          ``PINBA_PINBOARD``          ``False``
+``unmatched_name``    ``PINBA_UNMATCHED_NAME``    ``"<unmatched>"``
+``name_limit``        ``PINBA_NAME_LIMIT``        ``2000``
+``server_names``      ``PINBA_SERVER_NAMES``      none: any ``Host`` (within ``name_limit``)
 ====================  ==========================  ===========================================
 
 ``PINBA_SERVER`` names one server or several separated by commas
-(``"pinba1:30002,pinba2:30002"``). Flags accept ``1/0``, ``true/false``,
+(``"pinba1:30002,pinba2:30002"``), ``PINBA_SERVER_NAMES`` a comma-separated
+list of host names. Flags accept ``1/0``, ``true/false``,
 ``yes/no`` and ``on/off`` (any case).
 """
 
@@ -32,6 +36,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from .names import DEFAULT_NAME_LIMIT, UNMATCHED_NAME, parse_names
 
 __all__ = ["ENVIRONMENT", "Config", "Settings", "parse_flag", "resolve"]
 
@@ -55,6 +61,9 @@ ENVIRONMENT: dict[str, str] = {
     "timer_rusage": "PINBA_TIMER_RUSAGE",
     "memory_footprint": "PINBA_MEMORY_FOOTPRINT",
     "pinboard": "PINBA_PINBOARD",
+    "unmatched_name": "PINBA_UNMATCHED_NAME",
+    "name_limit": "PINBA_NAME_LIMIT",
+    "server_names": "PINBA_SERVER_NAMES",
 }
 
 _TRUE = frozenset(("1", "true", "yes", "on"))
@@ -87,6 +96,33 @@ def _optional_text(value: Any, name: str) -> str | None:
     return _text(value, name) or None
 
 
+def _name(value: Any, name: str) -> str:
+    if not _text(value, name):
+        raise ValueError(f"{name} must not be empty")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _server_names(value: Any, name: str) -> tuple[str, ...] | None:
+    # An empty string (an unset variable, say) is no allow-list; an empty
+    # list given as such allows no name.
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_names(value, name)
+
+
 def _address(value: Any, name: str) -> Any:
     # Strings are parsed by the Reporter (which accepts comma-separated
     # lists); settings may also hold a list or a (host, port) tuple.
@@ -105,9 +141,14 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "timer_rusage": parse_flag,
     "memory_footprint": parse_flag,
     "pinboard": parse_flag,
+    "unmatched_name": _name,
+    "name_limit": _count,
+    "server_names": _server_names,
 }
 
 _TEXT_OPTIONS = frozenset(("prefix", "hostname", "server_name"))
+#: Options parsed also when given as arguments (into the form the middlewares use).
+_PARSED_OPTIONS = frozenset(("unmatched_name", "name_limit", "server_names"))
 
 _DEFAULTS: dict[str, Any] = {
     "address": None,
@@ -119,6 +160,9 @@ _DEFAULTS: dict[str, Any] = {
     "timer_rusage": False,
     "memory_footprint": False,
     "pinboard": False,
+    "unmatched_name": UNMATCHED_NAME,
+    "name_limit": DEFAULT_NAME_LIMIT,
+    "server_names": None,
 }
 
 
@@ -135,6 +179,9 @@ class Config:
     timer_rusage: bool
     memory_footprint: bool
     pinboard: bool
+    unmatched_name: str
+    name_limit: int
+    server_names: tuple[str, ...] | None
 
     def options(self) -> dict[str, Any]:
         """Every option but ``address``, as keyword arguments of a middleware."""
@@ -169,6 +216,8 @@ def resolve(
         if value is not None:
             if option in _TEXT_OPTIONS:
                 _text(value, option)
+            elif option in _PARSED_OPTIONS:
+                value = parse(value, option)
             values[option] = value  # explicit: others are checked where they are used
             continue
         setting = None if settings is None else settings.get(key)

@@ -10,16 +10,23 @@ Settings, read when Django builds its middleware (each falls back to the
 environment variable of the same name, see ``pynba.config``):
 ``PINBA_SERVER``, ``PINBA_ENABLED``, ``PINBA_PREFIX``, ``PINBA_HOSTNAME``,
 ``PINBA_SERVER_NAME``, ``PINBA_RAISE_ON_FAIL``, ``PINBA_TIMER_RUSAGE``,
-``PINBA_MEMORY_FOOTPRINT``, ``PINBA_PINBOARD``; and, settings only,
+``PINBA_MEMORY_FOOTPRINT``, ``PINBA_PINBOARD``, ``PINBA_UNMATCHED_NAME``,
+``PINBA_NAME_LIMIT``, ``PINBA_SERVER_NAMES``; and, settings only,
 ``PINBA_TAGS`` (request tags for every request) and ``PINBA_SCRIPT_NAME``:
 
 - ``"route"`` (the default): the URL pattern that resolved the request,
   with a leading slash (``/users/<int:user_id>/``);
 - ``"view"``: the view's name (``users:detail``, or its dotted path when
   the URL pattern has no name);
-- a callable taking the request and returning the name.
+- a callable taking the request and returning the name (None: the
+  request is reported as unmatched).
 
-A request no URL pattern resolved (a 404) is reported under its path.
+A request no URL pattern resolved (a 404 whatever its path, or a response a
+middleware gave before resolution, such as a redirect) is reported under
+``PINBA_UNMATCHED_NAME`` (``"<unmatched>"``), never its path, which the
+visitor chose. ``server_name`` is the ``Host`` header normalised as
+``pynba.names`` says (lower case, no port, within ``PINBA_NAME_LIMIT`` or
+``PINBA_SERVER_NAMES``), else ``SERVER_NAME``.
 ``status`` and ``document_size`` come from the response; a streaming
 response is reported when the server has sent it all (or closes it), and
 ``pynba`` timers work in the code that generates it. Works under WSGI and
@@ -38,6 +45,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .collector import RequestCollector, internal_error, settings_for
 from .config import resolve
 from .context import DISABLED, _current
+from .names import ClientNames
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]
@@ -50,15 +58,6 @@ class _DjangoSettings:
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(django_settings, key, default)
-
-
-def _host(meta: dict) -> str:
-    host = meta.get("HTTP_HOST")
-    if host:
-        if not host.endswith("]") and ":" in host:  # keep "[::1]", drop ":8080"
-            host = host.rpartition(":")[0]
-        return host
-    return meta.get("SERVER_NAME", "")
 
 
 class PynbaMiddleware:
@@ -88,6 +87,8 @@ class PynbaMiddleware:
         self.prefix = config.prefix
         self.server_name = config.server_name
         self.script_name = script_name
+        self.unmatched_name = config.unmatched_name
+        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
@@ -118,13 +119,24 @@ class PynbaMiddleware:
     def default_script_name(self, request: Any) -> str:
         """The script name reported when the view sets none."""
         if callable(self.script_name):
-            return self.prefix + self.script_name(request)
+            name = self.script_name(request)
+            return self.prefix + (self.unmatched_name if name is None else name)
         match = getattr(request, "resolver_match", None)
         if match is None:
-            return self.prefix + request.path
+            return self.prefix + self.unmatched_name
         if self.script_name == "view":
             return self.prefix + match.view_name
         return self.prefix + "/" + match.route
+
+    def default_server_name(self, request: Any) -> str:
+        """The server name reported when the view sets none."""
+        if self.server_name is not None:
+            return self.server_name
+        meta = request.META
+        host = meta.get("HTTP_HOST")
+        if host:
+            return self.host_names.name(host)
+        return meta.get("SERVER_NAME", "")
 
     # -- one request ---------------------------------------------------------
 
@@ -132,11 +144,10 @@ class PynbaMiddleware:
         if not self.enabled:
             return DISABLED
         try:
-            meta = request.META
             return RequestCollector(
                 self.settings,
                 None,
-                self.server_name if self.server_name is not None else _host(meta),
+                self.default_server_name(request),
                 request.scheme,
                 self.default_script_name,
                 request,

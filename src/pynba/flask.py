@@ -12,9 +12,10 @@ The application's WSGI callable is wrapped in ``PynbaMiddleware`` (see
 whole response and ``pynba`` timers work in views and in streamed
 responses. ``script_name`` is the rule (``/users/<int:user_id>``) or, with
 ``script_name="endpoint"``, the endpoint (``users.detail``); a request no
-rule matched (a 404) is reported under its path. Options left unset are
-read from ``app.config`` (``PINBA_SERVER``, ``PINBA_ENABLED``, ...), then
-from the environment (see ``pynba.config``).
+rule matched (a 404, whatever its path) is reported under ``unmatched_name``
+(``"<unmatched>"``), never its path, which the visitor chose. Options left
+unset are read from ``app.config`` (``PINBA_SERVER``, ``PINBA_ENABLED``,
+...), then from the environment (see ``pynba.config``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from flask import Flask, request, request_started
 
 from .config import resolve
-from .wsgi import ROUTE_KEY, PynbaMiddleware, route_or_path
+from .wsgi import ROUTE_KEY, PynbaMiddleware, recorded_route
 
 __all__ = ["Pynba", "init_app"]
 
@@ -37,7 +38,8 @@ class Pynba:
 
     Options as for ``PynbaMiddleware`` (``prefix``, ``tags``,
     ``server_name``, ``hostname``, ``enabled``, ``raise_on_fail``,
-    ``timer_rusage``, ``memory_footprint``, ``pinboard``), plus
+    ``timer_rusage``, ``memory_footprint``, ``pinboard``,
+    ``unmatched_name``, ``name_limit``, ``server_names``), plus
     ``script_name``: ``"rule"`` (the default) or ``"endpoint"``.
     """
 
@@ -69,7 +71,7 @@ class Pynba:
             app.wsgi_app,
             config.address,
             tags=self.tags,
-            script_name=route_or_path,
+            script_name=recorded_route,
             **config.options(),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]

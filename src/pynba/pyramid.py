@@ -9,12 +9,14 @@
 The Pyramid application is wrapped in ``PynbaMiddleware`` (see
 ``pynba.wsgi``). ``script_name`` is the pattern of the route that matched
 (``/users/{id}``) or, with ``script_name="name"``, the route's name; a
-request no route matched is reported under its path. Options left unset are
+request no route matched (a 404 whatever its path, or a request served by
+traversal alone) is reported under ``unmatched_name`` (``"<unmatched>"``),
+never its path, which the visitor chose. Options left unset are
 read from the application's settings (``pinba.server``, ``pinba.enabled``,
 ``pinba.prefix``, ...: the environment variable names of ``pynba.config``
 in lower case, ``PINBA_`` spelt ``pinba.``), then from the environment.
 Any other WSGI application (a plain WebOb one, say) is monitored as with
-``PynbaMiddleware``, its script name being its path.
+``PynbaMiddleware``, its script name being its path (within ``name_limit``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from pyramid.interfaces import IBeforeTraversal
 
 from .config import resolve
-from .wsgi import ROUTE_KEY, PynbaMiddleware, route_or_path
+from .wsgi import ROUTE_KEY, PynbaMiddleware, recorded_route
 
 __all__ = ["monitor"]
 
@@ -54,8 +56,9 @@ def monitor(
 
     Options as for ``PynbaMiddleware`` (``prefix``, ``server_name``,
     ``hostname``, ``enabled``, ``raise_on_fail``, ``timer_rusage``,
-    ``memory_footprint``, ``pinboard``), plus ``script_name``:
-    ``"pattern"`` (the default) or ``"name"``.
+    ``memory_footprint``, ``pinboard``, ``unmatched_name``, ``name_limit``,
+    ``server_names``), plus ``script_name``: ``"pattern"`` (the default) or
+    ``"name"``.
     """
     if script_name not in _SCRIPT_NAMES:
         raise ValueError(f'script_name must be "pattern" or "name", not {script_name!r}')
@@ -66,8 +69,10 @@ def monitor(
         settings=_PyramidSettings(settings) if settings is not None else None,
         **options,
     )
+    namer = None
     if registry is not None:
         attribute = script_name
+        namer = recorded_route
 
         def record_route(event: Any) -> None:
             # Routes are matched before traversal: record the route now, the
@@ -78,6 +83,4 @@ def monitor(
                 request.environ[ROUTE_KEY] = getattr(route, attribute)
 
         registry.registerHandler(record_route, (IBeforeTraversal,))
-    return PynbaMiddleware(
-        app, config.address, tags=tags, script_name=route_or_path, **config.options()
-    )
+    return PynbaMiddleware(app, config.address, tags=tags, script_name=namer, **config.options())

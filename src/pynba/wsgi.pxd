@@ -23,6 +23,11 @@ cdef class PynbaMiddleware:
     cdef public object prefix
     cdef public object script_name
     cdef public object server_name
+    cdef public object unmatched_name
+    cdef public object host_names
+    cdef public object path_names
+    cdef dict _known_hosts
+    cdef dict _known_paths
     cdef public CollectorSettings settings
 
     cpdef default_script_name(self, environ)

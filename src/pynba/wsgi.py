@@ -7,10 +7,14 @@ streaming. What the packet carries, unless the application sets it through
 
 - ``script_name``: ``prefix`` + ``script_name(environ)`` when that callable
   is configured (called at the end of the request, so it can read what the
-  framework's router left in ``environ``), else ``prefix`` + ``SCRIPT_NAME``
+  framework's router left in ``environ``; ``prefix`` + ``unmatched_name``
+  when it returns None: no route matched), else ``prefix`` + ``SCRIPT_NAME``
   + ``PATH_INFO`` decoded as UTF-8 (PEP 3333 hands them over as latin-1),
-  without the query string. A name the application assigns is sent as is;
-- ``server_name``: the ``Host`` header without its port, else
+  without the query string, as long as fewer than ``name_limit`` distinct
+  paths were seen (``"<other>"`` past it: see ``pynba.names``). A name the
+  application assigns is sent as is;
+- ``server_name``: the ``Host`` header normalised (``pynba.names``: lower
+  case, no port, within ``name_limit`` or ``server_names``), else
   ``SERVER_NAME``; ``schema``: ``wsgi.url_scheme``;
 - ``status``: from ``start_response`` (its last call, so a call with
   ``exc_info`` counts); 500 when the application raises, while it is called
@@ -44,6 +48,7 @@ from typing import Any
 from .collector import internal_error, logger, new_collector, settings_for
 from .config import resolve
 from .context import DISABLED, _get, _reset, _set
+from .names import ClientNames
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware", "monitor"]
@@ -62,7 +67,10 @@ class PynbaMiddleware:
     Options: ``prefix`` (prepended to default script names), ``tags`` (request
     tags for every request; callables are called per request), ``script_name``
     (a callable ``environ -> str``, e.g. to report route templates),
-    ``server_name`` (a fixed server name), ``hostname``, ``enabled`` (False:
+    ``server_name`` (a fixed server name), ``unmatched_name`` (the script
+    name when ``script_name`` returns None), ``name_limit`` (distinct Host
+    names and paths reported, each), ``server_names`` (the Host names
+    reported, any other being ``"<other>"``), ``hostname``, ``enabled`` (False:
     the application is called directly and ``pynba`` timers do nothing),
     ``raise_on_fail``, ``timer_rusage`` (CPU time per timer: two
     ``getrusage`` calls per timer run), ``memory_footprint`` (resident
@@ -79,7 +87,7 @@ class PynbaMiddleware:
         *,
         prefix: str | None = None,
         tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[dict], str] | None = None,
+        script_name: Callable[[dict], str | None] | None = None,
         server_name: str | None = None,
         hostname: str | None = None,
         enabled: bool | None = None,
@@ -87,6 +95,9 @@ class PynbaMiddleware:
         timer_rusage: bool | None = None,
         memory_footprint: bool | None = None,
         pinboard: bool | None = None,
+        unmatched_name: str | None = None,
+        name_limit: int | None = None,
+        server_names: Iterable[str] | str | None = None,
     ) -> None:
         # Options left unset come from the environment (see pynba.config).
         config = resolve(
@@ -99,6 +110,9 @@ class PynbaMiddleware:
             timer_rusage=timer_rusage,
             memory_footprint=memory_footprint,
             pinboard=pinboard,
+            unmatched_name=unmatched_name,
+            name_limit=name_limit,
+            server_names=server_names,
         )
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
@@ -111,6 +125,12 @@ class PynbaMiddleware:
         self.prefix = config.prefix
         self.script_name = script_name
         self.server_name = config.server_name
+        self.unmatched_name = config.unmatched_name
+        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
+        self.path_names = ClientNames.paths(self.reporter, config.name_limit)
+        # Read here first (compiled: a typed dict lookup), name() on a miss.
+        self._known_hosts = self.host_names.known
+        self._known_paths = self.path_names.known
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
@@ -141,8 +161,11 @@ class PynbaMiddleware:
     def default_script_name(self, environ: dict) -> str:
         """The script name reported when the application sets none."""
         if self.script_name is not None:
-            return self.prefix + self.script_name(environ)
-        return self.prefix + request_path(environ)
+            name = self.script_name(environ)
+            return self.prefix + (self.unmatched_name if name is None else name)
+        path = request_path(environ)
+        name = self._known_paths.get(path)
+        return self.prefix + (self.path_names.name(path) if name is None else name)
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
@@ -150,9 +173,8 @@ class PynbaMiddleware:
             return self.server_name
         host = _lookup(environ, "HTTP_HOST")
         if host:
-            if ":" in host and not host.endswith("]"):  # keep "[::1]", drop ":8080"
-                host = host.rpartition(":")[0]
-            return host
+            name = self._known_hosts.get(host)
+            return self.host_names.name(host) if name is None else name
         return _lookup(environ, "SERVER_NAME", "")
 
     def __repr__(self) -> str:
@@ -201,10 +223,9 @@ def request_path(environ: dict) -> str:
     return path
 
 
-def route_or_path(environ: dict) -> str:
-    """The route template an integration recorded (``ROUTE_KEY``), else the request path."""
-    route = _lookup(environ, ROUTE_KEY)
-    return request_path(environ) if route is None else route
+def recorded_route(environ: dict) -> str | None:
+    """The route template an integration recorded (``ROUTE_KEY``); None when no route matched."""
+    return _lookup(environ, ROUTE_KEY)
 
 
 # Applications send few distinct status lines: each is parsed once.
