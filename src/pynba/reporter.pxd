@@ -1,18 +1,19 @@
 # Declarations for compiling reporter.py with Cython (see timer.pxd).
 cimport cython
 cimport cpython.time as time  # compiled, time.monotonic() is a C call
+cimport pynba._posix as os  # and os.fstat(), os.write() (see _posix.pxd)
 
 cdef bint _COUNTS_NEED_A_LOCK
 
 cdef class _Route:
     cdef public object sock
     cdef public object sockaddr
-    cdef public object send
     cdef public int fd
-    cdef public object device
-    cdef public object inode
+    cdef public unsigned long long device
+    cdef public unsigned long long inode
 
     cpdef bint intact(self) except -1
+    cpdef send(self, datagram)
     cpdef lost(self)
     cpdef release(self)
 
