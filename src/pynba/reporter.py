@@ -45,8 +45,9 @@ _FIRST_RETRY = 0.5
 #: ``resolve_interval`` says (0 would keep the lookup thread busy).
 _MIN_LOOKUP_PAUSE = 0.1
 
-# Compiled, ``stats[kind] = stats.get(kind, 0) + n`` runs without a GIL switch
-# between the read and the write; interpreted, another thread can run there.
+# Compiled, ``stats[kind] = stats.get(kind, 0) + n`` runs no Python code (str
+# keys, int values), so no other thread between the read and the write;
+# interpreted, another thread can run there.
 _COUNTS_NEED_A_LOCK = __file__.endswith(".py")
 
 
@@ -244,7 +245,8 @@ class Reporter:
         self.log_interval = _check_interval(log_interval, "log_interval")
         #: Counters: "sent" (datagrams handed to the kernel, one per server);
         #: "failed" (datagrams or reports dropped), split by cause into
-        #: "resolve" (the server has no address yet), "encode" (the request
+        #: "resolve" (the server has no address yet: its first lookup has not
+        #: ended, or none has succeeded), "encode" (the request
         #: could not be encoded) and one per errno name of send errors
         #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports too large for a
         #: datagram, sent degraded: without their timers, once per wire form),
@@ -252,11 +254,12 @@ class Reporter:
         #: too, names cut to fit);
         #: "compressed" (reports sent LZ4-compressed to pinba2 servers);
         #: "lookup_failed" (failed name lookups, including those after which
-        #: the last address found is kept); "fd_closed" and "fd_reused" (the
-        #: application closed a socket's descriptor under the reporter, and
-        #: reused its number for a file of its own: a new socket took over,
-        #: nothing was sent to that file). Other modules add theirs with
-        #: count(). Safe to read, and to clear, from any thread.
+        #: the last address found is kept); "fd_closed" (the application
+        #: closed a socket's descriptor under the reporter) and "fd_reused"
+        #: (and gave its number to a file or connection of its own): either
+        #: way a new socket took over, and nothing was written to nor closed
+        #: under that number. Other modules add theirs with count(). Exact
+        #: under threads; safe to read, and to clear, from any thread.
         self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
         self._count_lock = threading.RLock()  # used only when interpreted
         # One route (a socket connected to its address) per server.
