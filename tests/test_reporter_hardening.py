@@ -238,6 +238,30 @@ def test_a_hanging_lookup_does_not_keep_the_interpreter_alive():
     assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
 
 
+def test_a_report_at_exit_neither_raises_nor_hangs():
+    # At interpreter shutdown no thread can start (RuntimeError from 3.12 on):
+    # the datagram is dropped as any sent before the address is known.
+    script = textwrap.dedent(
+        """
+        import atexit
+        from pynba.reporter import Reporter
+
+        reporter = Reporter("localhost:30002", raise_on_fail=False)
+
+        @atexit.register
+        def report_at_exit():
+            reporter.report(hostname="h", server_name="s", script_name="/at-exit")
+            print(reporter.stats["sent"] + reporter.stats["failed"])
+        """
+    )
+    environment = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=20
+    )
+    assert (done.returncode, done.stdout) == (0, "1\n"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_looks_names_up_in_a_thread_of_its_own(udp_listener, reporter_factory):
     used = reporter_factory(f"localhost:{udp_listener.port}")

@@ -16,6 +16,7 @@ connection of its own under the same number.
 from __future__ import annotations
 
 import errno
+import importlib.machinery
 import logging
 import os
 import socket
@@ -48,7 +49,7 @@ _MIN_LOOKUP_PAUSE = 0.1
 # Compiled, ``stats[kind] = stats.get(kind, 0) + n`` runs no Python code (str
 # keys, int values), so no other thread between the read and the write;
 # interpreted, another thread can run there.
-_COUNTS_NEED_A_LOCK = __file__.endswith(".py")
+_COUNTS_NEED_A_LOCK = not __file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 class _Route:
@@ -158,7 +159,13 @@ class _Refresher:
         with self._lock:
             if self._thread is None and not self._stopped:
                 thread = threading.Thread(target=self._run, name="pynba-resolver", daemon=True)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:
+                    # No new thread now (the interpreter is exiting, or out
+                    # of threads): the send goes on without an address, and
+                    # the next one tries again.
+                    return
                 self._thread = thread
 
     def stop(self) -> None:
