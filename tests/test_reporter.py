@@ -15,6 +15,7 @@ from pynba import encoder
 from pynba.address import DEFAULT_PORT, ServerAddress, parse_addresses
 from pynba.pinba_pb2 import Request
 from pynba.reporter import Reporter
+from resolving import route_of, wait_for_addresses, wait_until
 
 REQUEST = {
     "hostname": "web-1",
@@ -343,6 +344,7 @@ def test_names_are_looked_up_once_per_interval(
     listener = udp_listener_factory(sockaddr[0], family)
     reporter = reporter_factory(f"localhost:{listener.port}", resolve_interval=3600)
     getaddrinfo_calls.clear()
+    wait_for_addresses(reporter)
     for _ in range(5):
         reporter.report(**REQUEST)
     assert len(receive_exactly(listener, 5)) == 5
@@ -355,29 +357,29 @@ def test_names_are_looked_up_once_per_interval(
 def test_unresolvable_name_is_counted_and_logged_once(caplog, reporter_factory):
     reporter = reporter_factory("nonexistent.invalid:30002")
     with caplog.at_level(logging.WARNING, logger="pynba"):
-        for _ in range(20):
+        reporter.report(**REQUEST)  # starts the lookup, which fails in the background
+        wait_until(lambda: reporter.stats.get("lookup_failed", 0) >= 1)
+        for _ in range(19):
             reporter.report(**REQUEST)
     warnings = pynba_warnings(caplog)
     assert len(warnings) == 1
     assert "nonexistent.invalid:30002" in warnings[0].getMessage()
-    assert reporter.stats == {
-        "sent": 0,
-        "failed": 20,
-        "oversize": 0,
-        "resolve": 20,
-        "lookup_failed": 1,
-    }
+    lookups = reporter.stats.pop("lookup_failed")
+    assert lookups < 20  # retried after 0.5 s, 1 s, ...: not once per request
+    assert reporter.stats == {"sent": 0, "failed": 20, "oversize": 0, "resolve": 20}
 
 
 def test_unresolvable_name_raises_when_asked(reporter_factory):
     reporter = reporter_factory("nonexistent.invalid", raise_on_fail=True)
-    with pytest.raises(OSError):
-        reporter.report(**REQUEST)
-    # The cached failure is raised again, without a new lookup.
-    with pytest.raises(OSError):
-        reporter.report(**REQUEST)
-    assert reporter.stats["failed"] == 2
-    assert reporter.stats["lookup_failed"] == 1
+    with pytest.raises(socket.gaierror):
+        reporter.report(**REQUEST)  # the address is not known yet, or cannot be
+    wait_until(lambda: reporter.stats.get("lookup_failed", 0) >= 1)
+    # Then the last lookup's failure, again and again, without a lookup per request.
+    for _ in range(2):
+        with pytest.raises(socket.gaierror) as raised:
+            reporter.report(**REQUEST)
+        assert "not known yet" not in str(raised.value)
+    assert reporter.stats["failed"] == reporter.stats["resolve"] == 3
 
 
 def test_raise_on_fail_is_a_settable_attribute(reporter_factory):
@@ -582,25 +584,28 @@ def test_last_good_address_is_kept_when_a_lookup_fails(
     listener = udp_listener_factory(sockaddr[0], family)
     reporter = reporter_factory(f"localhost:{listener.port}", resolve_interval=0)
     getaddrinfo_calls.clear()
+    wait_for_addresses(reporter)
     for _ in range(3):
         reporter.report(**REQUEST)
     assert len(receive_exactly(listener, 3)) == 3
-    assert getaddrinfo_calls == ["localhost"] * 3  # looked up again on every send
+    # Looked up again and again (every 0.1 s at the least), in the background.
+    wait_until(lambda: len(getaddrinfo_calls) >= 3)
+    assert set(getaddrinfo_calls) == {"localhost"}
 
     # The one fault injected in these tests: the resolver can't be made to
     # fail on demand otherwise.
     def failing_getaddrinfo(host, *args, **kwargs):
-        getaddrinfo_calls.append(host)
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(socket, "getaddrinfo", failing_getaddrinfo)
     reporter.raise_on_fail = True  # the packets still go out: nothing to raise
     with caplog.at_level(logging.WARNING, logger="pynba"):
+        monkeypatch.setattr(socket, "getaddrinfo", failing_getaddrinfo)
+        wait_until(lambda: reporter.stats.get("lookup_failed", 0) >= 2)
         for _ in range(3):
             reporter.report(**REQUEST)
     assert len(receive_exactly(listener, 3)) == 3
-    assert getaddrinfo_calls == ["localhost"] * 6
-    assert reporter.stats == {"sent": 6, "failed": 0, "oversize": 0, "lookup_failed": 3}
+    assert reporter.stats.pop("lookup_failed") >= 2
+    assert reporter.stats == {"sent": 6, "failed": 0, "oversize": 0}
     warnings = pynba_warnings(caplog)
     assert len(warnings) == 1
     assert "still sending to" in warnings[0].getMessage()
@@ -634,10 +639,12 @@ def test_a_name_that_moves_is_followed(udp_listener, reporter_factory, monkeypat
     monkeypatch.setattr(socket, "getaddrinfo", moving_getaddrinfo)
     reporter = reporter_factory(f"pinba.example:{udp_listener.port}", resolve_interval=0)
     try:
+        wait_for_addresses(reporter)
         reporter.report(**REQUEST)
         assert udp_listener.receive() == encoded(**REQUEST)
         sockaddr = (moved_to, udp_listener.port) + ((0, 0) if family == socket.AF_INET6 else ())
         answers.append((family, sockaddr))
+        wait_until(lambda: route_of(reporter) == sockaddr, what="the move")
         for _ in range(3):
             reporter.report(**REQUEST)
         assert [new_home.recv(70000) for _ in range(3)] == [encoded(**REQUEST)] * 3
@@ -674,8 +681,10 @@ def test_a_moved_server_gets_datagrams_from_a_source_address_fit_for_it(
     )
     reporter = reporter_factory(f"pinba.example:{port}", resolve_interval=0)
     try:
+        wait_for_addresses(reporter)
         reporter.report(**REQUEST)  # to the remote address: lost, as expected
         answers.append(("127.0.0.1", port))
+        wait_until(lambda: route_of(reporter) == ("127.0.0.1", port), what="the move")
         reporter.report(**REQUEST)
         data, (source, _) = listener.recvfrom(70000)
         assert data == encoded(**REQUEST)
@@ -695,12 +704,14 @@ def test_a_name_that_resolves_later_is_used(
     monkeypatch.setattr(socket, "getaddrinfo", failing_getaddrinfo)
     reporter = reporter_factory(f"localhost:{udp_listener.port}", resolve_interval=0)
     reporter.report(**REQUEST)
+    wait_until(lambda: reporter.stats.get("lookup_failed", 0) >= 1)
     assert reporter.stats["resolve"] == 1
 
     monkeypatch.setattr(socket, "getaddrinfo", real_getaddrinfo)
     family = real_getaddrinfo("localhost", None, type=socket.SOCK_DGRAM)[0][0]
     if family != socket.AF_INET:
         pytest.skip("localhost does not resolve to IPv4 first here")
+    wait_for_addresses(reporter)  # tried again 0.1 s later (resolve_interval=0)
     reporter.report(**REQUEST)
     assert udp_listener.receive() == encoded(**REQUEST)
     assert reporter.stats["sent"] == 1
@@ -807,17 +818,30 @@ def test_forked_child_sends_from_its_own_socket(udp_listener, reporter_factory):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-@pytest.mark.parametrize("held", ["socket creation", "name lookup"])
+@pytest.mark.parametrize("held", ["socket creation", "counting"])
 def test_forked_child_does_not_inherit_a_held_lock(udp_listener, reporter_factory, held):
     reporter = reporter_factory(udp_listener.address)
-    lock = reporter._socket_lock if held == "socket creation" else reporter._servers[0].lookup_lock
+    lock = reporter._socket_lock if held == "socket creation" else reporter._count_lock
 
     def child():
         reporter.report(**{**REQUEST, "hostname": "child"})
         return reporter.stats["sent"] == 1
 
-    # Fork while another thread would be creating the socket or looking up.
-    with lock:
+    # Fork while another thread is creating the socket or counting.
+    holding, forked = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            holding.set()
+            forked.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(10)
+    try:
         exit_code = run_in_child(child)
+    finally:
+        forked.set()
+        holder.join()
     assert exit_code == 0
     assert udp_listener.receive_request().hostname == "child"

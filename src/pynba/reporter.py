@@ -5,19 +5,25 @@ not resolve, a send the kernel refuses, a request that cannot be encoded) is
 counted in ``Reporter.stats``, logged to the ``pynba`` logger at most once per
 kind of failure per ``log_interval`` seconds, and dropped, unless
 ``raise_on_fail`` is set.
+
+Nothing on a request's path waits for the network: host names are looked up
+by a daemon thread of the reporter's own, and a send only reads the last
+address found. Nor does a send trust a descriptor number blindly: the
+application may have closed the reporter's socket and opened a file or a
+connection of its own under the same number.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.machinery
 import logging
-import math
 import os
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 
 from . import framing
 from ._pure_encoder import to_bytes
@@ -33,30 +39,170 @@ logger = logging.getLogger("pynba")
 #: fragmented by IP, and one lost fragment loses the request.
 DEFAULT_COMPRESS_ABOVE = 1472
 
-_NEVER = math.inf
+#: A name whose first lookups fail is looked up again after this many
+#: seconds, then twice as long each time, up to ``resolve_interval``.
+_FIRST_RETRY = 0.5
+#: Lookups of one name are at least this many seconds apart, whatever
+#: ``resolve_interval`` says (0 would keep the lookup thread busy).
+_MIN_LOOKUP_PAUSE = 0.1
+
+# Compiled, ``stats[kind] = stats.get(kind, 0) + n`` runs no Python code (str
+# keys, int values), so no other thread between the read and the write;
+# interpreted, another thread can run there.
+_COUNTS_NEED_A_LOCK = not __file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+class _Route:
+    """A socket connected to one address, and the file its descriptor was made as.
+
+    The application may close the descriptor behind the socket object's back
+    (as daemonizing code closing every descriptor does) and the number be
+    reused by a file or a connection of its own: ``intact()`` says whether
+    the number still refers to this socket. Only then is it written to
+    (``send()``) or closed.
+    """
+
+    __slots__ = ("sock", "sockaddr", "fd", "device", "inode")
+
+    def __init__(self, sock: socket.socket, sockaddr: tuple) -> None:
+        self.sock = sock
+        self.sockaddr = sockaddr
+        self.fd = sock.fileno()
+        status = os.fstat(self.fd)
+        self.device = status.st_dev
+        self.inode = status.st_ino
+
+    def intact(self) -> bool:
+        """Whether the descriptor still refers to this route's socket."""
+        try:
+            status = os.fstat(self.fd)
+        except OSError:
+            return False
+        return status.st_ino == self.inode and status.st_dev == self.device
+
+    def send(self, datagram: bytes) -> None:
+        """Send ``datagram`` (the caller has just checked ``intact()``)."""
+        # Connected, the socket needs no address; compiled, os.write is a C
+        # call (see _posix.pxd), cheaper than socket.send.
+        os.write(self.fd, datagram)
+
+    def lost(self) -> str | None:
+        """How the descriptor was lost: ``"fd_closed"``, ``"fd_reused"``, or None if it wasn't."""
+        if self.intact():
+            return None
+        try:
+            os.fstat(self.fd)
+        except OSError:
+            return "fd_closed"
+        return "fd_reused"
+
+    def release(self) -> None:
+        """Close the socket, or only let go of its descriptor if that is no longer the socket."""
+        if self.intact():
+            _close_quietly(self.sock)
+        else:
+            self.sock.detach()
 
 
 class _Server:
-    """A server, what its last lookup found, and the socket to reach it by."""
+    """A server, what its lookups found, and the route to reach it by.
+
+    ``resolved`` and ``route`` are written by the lookup thread (or, for an
+    IP literal, the first send) and read by senders without a lock: each is
+    replaced as a whole.
+    """
 
     __slots__ = (
         "address",
+        "is_literal",
         "resolved",
-        "next_lookup",
         "lookup_error",
-        "lookup_lock",
+        "failures",
+        "next_lookup",
         "route",
     )
 
     def __init__(self, address: ServerAddress) -> None:
         self.address = address
+        self.is_literal = address.is_ip_literal
         self.resolved: tuple[int, tuple] | None = None  # (family, sockaddr)
-        self.next_lookup = -_NEVER  # looked up on first send
         self.lookup_error: OSError | None = None
-        self.lookup_lock = threading.Lock()
-        # (socket connected to sockaddr, sockaddr, the socket's send), replaced
-        # as a whole.
-        self.route: tuple[socket.socket, tuple, Callable] | None = None
+        self.failures = 0  # lookups failed in a row while no address is known
+        self.next_lookup = 0.0  # time.monotonic() when the next lookup is due
+        self.route: _Route | None = None
+
+
+class _Refresher:
+    """Looks a reporter's server names up in a daemon thread, off the request path.
+
+    One thread per reporter that has names to look up (a reporter of IP
+    literals has none): a resolver that hangs on one reporter's name delays
+    no other reporter. The thread starts on the first send, again in a
+    forked child, holds the reporter only weakly between lookups, and ends
+    once the reporter is closed or collected.
+    """
+
+    __slots__ = ("_reporter", "_servers", "_lock", "_wake", "_thread", "_stopped")
+
+    def __init__(self, reporter: Reporter, servers: tuple[_Server, ...]) -> None:
+        self._reporter = weakref.ref(reporter)
+        self._servers = servers
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start the thread unless it runs already (in this process) or was stopped."""
+        if self._thread is not None or self._stopped:
+            return
+        with self._lock:
+            if self._thread is None and not self._stopped:
+                thread = threading.Thread(target=self._run, name="pynba-resolver", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:
+                    # No new thread now (the interpreter is exiting, or out
+                    # of threads): the send goes on without an address, and
+                    # the next one tries again.
+                    return
+                self._thread = thread
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def forget_thread(self) -> None:
+        """In a forked child: the parent's thread is not here; the next send starts one."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        if self._stopped:
+            self._wake.set()
+
+    def _run(self) -> None:
+        wake = self._wake
+        while not self._stopped:
+            server = self._servers[0]
+            for other in self._servers:
+                if other.next_lookup < server.next_lookup:
+                    server = other
+            pause = server.next_lookup - time.monotonic()
+            if pause > 0:
+                wake.wait(pause)
+                continue
+            reporter = None
+            try:
+                found = _look_up(server.address, numeric=False)
+                reporter = self._reporter()
+                if reporter is None or self._stopped:
+                    return
+                reporter._found(server, found)
+            except Exception:
+                server.next_lookup = time.monotonic() + _FIRST_RETRY
+                logger.exception("pynba: looking up %s failed", server.address)
+            finally:
+                reporter = None  # not kept alive by this thread while it waits
 
 
 class Reporter:
@@ -73,10 +219,16 @@ class Reporter:
     makes it shorter and the ``lz4`` package is installed. A request is
     encoded once per wire form, whatever the number of servers.
 
-    Names are looked up on first use, then again every ``resolve_interval``
-    seconds; when a lookup fails the last address found is kept. Failures are
-    logged at most once per kind per ``log_interval`` seconds and counted in
-    ``stats``; set ``raise_on_fail`` to have them raised instead.
+    Host names are looked up by a daemon thread of the reporter's own,
+    started by the first send: never on a request's path. Datagrams for a
+    server whose address is not known yet are dropped (counted as
+    ``"resolve"``); a first lookup that fails is tried again after 0.5 s,
+    1 s, 2 s, ... up to ``resolve_interval``. Once found, a name is looked up
+    again every ``resolve_interval`` seconds (at least 0.1 s apart), and
+    when a lookup fails the last address found is kept. IP literals need no
+    lookup. Failures are logged at most once per kind per ``log_interval``
+    seconds and counted in ``stats``; set ``raise_on_fail`` to have them
+    raised instead.
     """
 
     def __init__(
@@ -100,7 +252,8 @@ class Reporter:
         self.log_interval = _check_interval(log_interval, "log_interval")
         #: Counters: "sent" (datagrams handed to the kernel, one per server);
         #: "failed" (datagrams or reports dropped), split by cause into
-        #: "resolve" (the server has no address yet), "encode" (the request
+        #: "resolve" (the server has no address yet: its first lookup has not
+        #: ended, or none has succeeded), "encode" (the request
         #: could not be encoded) and one per errno name of send errors
         #: ("EMSGSIZE", "EAGAIN", ...); "oversize" (reports too large for a
         #: datagram, sent degraded: without their timers, once per wire form),
@@ -108,15 +261,23 @@ class Reporter:
         #: too, names cut to fit);
         #: "compressed" (reports sent LZ4-compressed to pinba2 servers);
         #: "lookup_failed" (failed name lookups, including those after which
-        #: the last address found is kept). Other modules add theirs with count().
+        #: the last address found is kept); "fd_closed" (the application
+        #: closed a socket's descriptor under the reporter) and "fd_reused"
+        #: (and gave its number to a file or connection of its own): either
+        #: way a new socket took over, and nothing was written to nor closed
+        #: under that number. Other modules add theirs with count(). Exact
+        #: under threads; safe to read, and to clear, from any thread.
         self.stats: dict[str, int] = {"sent": 0, "failed": 0, "oversize": 0}
-        # One socket per server, connected to its address.
-        self._sockets: dict[_Server, socket.socket] = {}
-        # Reporters are commonly dropped without close(): their sockets go
-        # quietly with them rather than warn.
-        weakref.finalize(self, _close_sockets, self._sockets)
+        self._count_lock = threading.RLock()  # used only when interpreted
+        # One route (a socket connected to its address) per server.
+        self._sockets: dict[_Server, _Route] = {}
         self._socket_lock = threading.Lock()
         self._closed = False
+        names = tuple(server for server in self._servers if not server.is_literal)
+        self._refresher = _Refresher(self, names) if names else None
+        # Reporters are commonly dropped without close(): their sockets go
+        # quietly with them rather than warn, and their lookup thread ends.
+        weakref.finalize(self, _shut_down, self._sockets, self._refresher)
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         _live_reporters.add(self)
@@ -129,8 +290,16 @@ class Reporter:
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
+        self._add(kind, n)
+
+    def _add(self, kind: str, n: int) -> None:
+        """Add ``n`` to ``stats[kind]``: every counter goes up here, exactly, from any thread."""
         stats = self.stats
-        stats[kind] = stats.get(kind, 0) + n
+        if _COUNTS_NEED_A_LOCK:
+            with self._count_lock:
+                stats[kind] = stats.get(kind, 0) + n
+        else:
+            stats[kind] = stats.get(kind, 0) + n
 
     @property
     def servers(self) -> tuple[ServerAddress, ...]:
@@ -212,21 +381,20 @@ class Reporter:
 
     def _send_to(self, servers: tuple[_Server, ...], datagram: bytes) -> OSError | None:
         """Send ``datagram`` to each of ``servers``; the first failure, or None."""
-        now = time.monotonic()
         sent = 0
         first_failure = None
         for server in servers:
             route = server.route
-            if route is None or now >= server.next_lookup:
-                route, failure = self._prepare(server, now)
+            if route is None or not route.intact():
+                route, failure = self._prepare(server, route)
                 if route is None:
                     if first_failure is None:
                         first_failure = failure
                     continue
             try:
-                route[2](datagram)
+                route.send(datagram)
             except OSError as error:
-                failure = self._send_again(server, route[0], datagram, error)
+                failure = self._send_again(server, route, datagram, error)
                 if failure is None:
                     sent += 1
                 elif first_failure is None:
@@ -234,11 +402,11 @@ class Reporter:
             else:
                 sent += 1
         if sent:
-            self.stats["sent"] += sent
+            self._add("sent", sent)
         return first_failure
 
     def _send_again(
-        self, server: _Server, sock: socket.socket, datagram: bytes, error: OSError
+        self, server: _Server, route: _Route, datagram: bytes, error: OSError
     ) -> OSError | None:
         """Handle a failed send: None once the datagram went after all, else the error."""
         if error.errno in _ICMP_REPORTED:
@@ -247,46 +415,50 @@ class Reporter:
             # connected socket, which sends nothing: that consumed the error,
             # and this datagram can go now.
             try:
-                sock.send(datagram)
+                route.send(datagram)
             except OSError as again:
                 error = again
             else:
                 return None
         if error.errno in _REPLACE_SOCKET:
-            # The socket was closed (under the reporter, or replaced after the
-            # server moved) or the address it sends from is gone (the host's
-            # own address changed): the next send starts afresh with a new one.
-            self._retire_socket(sock, gone=error.errno in _SOCKET_GONE)
-            route = server.route
-            if route is not None and route[0] is not sock:
-                try:
-                    route[2](datagram)  # on the socket that replaced it
-                except OSError as again:
-                    error = again
-                else:
-                    return None
+            # The descriptor was closed since it was checked (by the
+            # application, or by the reporter after the server moved), or the
+            # address the socket sends from is gone (the host's own address
+            # changed): a new socket cures both.
+            self._retire(server, route)
+            try:
+                self._connect(server).send(datagram)
+            except OSError as again:
+                error = again
+            else:
+                return None
         self._drop(_error_kind(error), server, error)
         return error
 
-    def _retire_socket(self, sock: socket.socket, gone: bool) -> None:
-        """Stop using ``sock``: the next send to its server makes a new one.
+    def _retire(self, server: _Server, route: _Route) -> None:
+        """Stop using ``server``'s ``route``: the next send makes a new one.
 
-        A socket whose descriptor is ``gone`` (closed under the reporter) is
-        detached, not closed: its number may belong to another file by now.
+        Its descriptor is closed only if it still is the route's socket;
+        one the application closed or reused is counted and logged.
         """
         with self._socket_lock:
-            if self._closed:
-                return  # closed on purpose: sends keep failing
-            for key, known in list(self._sockets.items()):
-                if known is sock:
-                    del self._sockets[key]
-            for server in self._servers:
-                if server.route is not None and server.route[0] is sock:
-                    server.route = None
-        if gone:
-            sock.detach()
-        else:
-            _close_quietly(sock)
+            if server.route is not route:
+                return  # already replaced, or the reporter was closed
+            server.route = None
+            if self._sockets.get(server) is route:
+                del self._sockets[server]
+        lost = route.lost()
+        route.release()
+        if lost is not None:
+            self._add(lost, 1)
+            self._log(
+                lost,
+                "the socket to %s (descriptor %d) was %s by the application; "
+                "sending from a new socket",
+                server.address,
+                route.fd,
+                "closed and its number reused" if lost == "fd_reused" else "closed",
+            )
 
     def close(self) -> None:
         """Close the sockets; later sends fail (and are counted as such)."""
@@ -294,7 +466,9 @@ class Reporter:
             self._closed = True
             for server in self._servers:
                 server.route = None
-            _close_sockets(self._sockets)
+        if self._refresher is not None:
+            self._refresher.stop()
+        _release_routes(self._sockets)
 
     def __enter__(self) -> Reporter:
         return self
@@ -316,13 +490,13 @@ class Reporter:
             if len(datagram) > MAX_DATAGRAM:
                 datagram, compressed = self._degraded(request, wire, len(datagram))
         except Exception as error:
-            self.count("failed")
-            self.count("encode")
+            self._add("failed", 1)
+            self._add("encode", 1)
             if not self.raise_on_fail:  # else raised once every server has been tried
                 self._log("encode", "cannot encode the request: %r", error, exc_info=error)
             return error
         if compressed:
-            self.count("compressed")
+            self._add("compressed", 1)
         return datagram
 
     def _datagram(self, request: tuple, wire: str) -> tuple[bytes, bool]:
@@ -365,8 +539,8 @@ class Reporter:
                 lost.append(_several(tag_count, "request tag"))
             bare, names_cut = _bare(request)
             datagram, compressed = self._datagram(bare, wire)
-            self.count(kind)
-        self.count("oversize")
+            self._add(kind, 1)
+        self._add("oversize", 1)
         done = ["without its " + " and ".join(lost)] if lost else []
         if names_cut:
             done.append(f"with its names cut to {_NAME_LIMIT} bytes")
@@ -383,60 +557,71 @@ class Reporter:
         return datagram, compressed
 
     def _prepare(
-        self, server: _Server, now: float
-    ) -> tuple[tuple[socket.socket, tuple, Callable] | None, OSError | None]:
-        """Look ``server`` up when due and give it a socket: (route, None) or (None, error)."""
-        if now >= server.next_lookup or server.resolved is None:
-            # Also taken when the server has no address yet, to wait for a
-            # first lookup that another thread is doing rather than drop.
-            with server.lookup_lock:
-                if now >= server.next_lookup:
-                    self._look_up(server, now)
-        resolved = server.resolved
-        if resolved is None:
-            self._drop("resolve", server, server.lookup_error)
-            return None, _fresh(server.lookup_error)
+        self, server: _Server, stale: _Route | None
+    ) -> tuple[_Route | None, OSError | None]:
+        """A route to ``server`` for this send: (route, None), or (None, the error) when none.
+
+        ``stale`` is the route the server had, whose descriptor is no longer
+        its socket. Never looks a name up: that is the lookup thread's job.
+        """
+        if stale is not None:
+            self._retire(server, stale)
+        if server.is_literal:
+            if server.resolved is None and server.lookup_error is None:
+                self._take_literal(server)
+        elif self._refresher is not None:
+            self._refresher.start()  # on first use, and again in a forked child
+        if server.resolved is None:
+            error = _unknown_address(server)
+            self._drop("resolve", server, error)
+            return None, error
         try:
             return self._connect(server), None
         except OSError as error:
             self._drop(_error_kind(error), server, error)
             return None, error
 
-    def _look_up(self, server: _Server, now: float) -> None:
-        # Claim the next slot first so that concurrent senders keep using the
-        # current address instead of waiting for this lookup.
-        server.next_lookup = now + self.resolve_interval
-        address = server.address
-        literal = address.is_ip_literal
-        if literal:
-            server.next_lookup = _NEVER
-        try:
-            family, _, _, _, sockaddr = socket.getaddrinfo(
-                address.host,
-                address.port,
-                socket.AF_UNSPEC,
-                socket.SOCK_DGRAM,
-                0,
-                socket.AI_NUMERICHOST if literal else 0,
-            )[0]
-        except (OSError, UnicodeError, IndexError) as error:
-            if not isinstance(error, OSError):
-                error = socket.gaierror(socket.EAI_NONAME, f"{type(error).__name__}: {error}")
-            self.count("lookup_failed")
-            server.lookup_error = error
-            if server.resolved is not None:
+    def _take_literal(self, server: _Server) -> None:
+        """Parse an IP literal into its socket address: no lookup, so done on the spot."""
+        found = _look_up(server.address, numeric=True)
+        if isinstance(found, OSError):
+            self._add("lookup_failed", 1)
+            server.lookup_error = found
+        else:
+            server.resolved = found
+
+    def _found(self, server: _Server, found: tuple[int, tuple] | OSError) -> None:
+        """Take the outcome of a lookup of ``server``'s name (in the lookup thread)."""
+        now = time.monotonic()
+        interval = max(self.resolve_interval, _MIN_LOOKUP_PAUSE)
+        if isinstance(found, OSError):
+            self._add("lookup_failed", 1)
+            server.lookup_error = found
+            resolved = server.resolved
+            if resolved is None:
+                server.failures += 1
+                backoff = _FIRST_RETRY * 2 ** min(server.failures - 1, 32)
+                server.next_lookup = now + min(backoff, interval)
+            else:
+                server.next_lookup = now + interval
                 self._log(
                     "resolve",
                     "cannot resolve %s (%s); still sending to %s",
-                    address,
-                    error,
-                    server.resolved[1][0],
+                    server.address,
+                    found,
+                    resolved[1][0],
                 )
             return
-        server.resolved = (family, sockaddr)
+        server.next_lookup = now + interval
+        server.failures = 0
         server.lookup_error = None
+        server.resolved = found
+        try:
+            self._connect(server)  # a send finds the route ready
+        except OSError:
+            pass  # the next send tries again, and counts why it cannot
 
-    def _connect(self, server: _Server) -> tuple:
+    def _connect(self, server: _Server) -> _Route:
         """``server``'s route to the address last found for it: a new connected socket if it moved.
 
         Connected, a send neither parses an address nor looks up a route: it
@@ -450,7 +635,7 @@ class Reporter:
                 raise OSError(errno.EBADF, "the reporter is closed")
             family, sockaddr = server.resolved  # read here: a lookup may have just moved it
             route = server.route
-            if route is not None and route[1] == sockaddr:
+            if route is not None and route.sockaddr == sockaddr:
                 # Looked up again and found the same address, or another
                 # thread has just connected it.
                 return route
@@ -458,20 +643,21 @@ class Reporter:
             try:
                 sock.setblocking(False)
                 sock.connect(sockaddr)
+                route = _Route(sock, sockaddr)
             except OSError:
                 sock.close()
                 raise
             old = self._sockets.pop(server, None)
-            self._sockets[server] = sock
-            route = server.route = (sock, sockaddr, sock.send)
+            self._sockets[server] = route
+            server.route = route
         if old is not None:
-            _close_quietly(old)  # a sender still holding it gets EBADF and retries
+            old.release()  # a sender still holding it finds it closed and retries
         return route
 
     def _drop(self, kind: str, server: _Server, error: OSError | None) -> None:
         """Count (and unless raising, log) a datagram not sent to ``server``."""
-        self.count("failed")
-        self.count(kind)
+        self._add("failed", 1)
+        self._add(kind, 1)
         if not self.raise_on_fail:
             self._log(kind, "cannot send to %s: %s; datagram dropped", server.address, error)
 
@@ -490,12 +676,14 @@ class Reporter:
         logger.warning(message, *args, exc_info=exc_info)
 
     def _forget_inherited_state(self) -> None:
-        """In a forked child: use sockets and locks of the child's own."""
+        """In a forked child: use sockets, locks and a lookup thread of the child's own."""
         self._socket_lock = threading.Lock()
+        self._count_lock = threading.RLock()
         for server in self._servers:
             server.route = None
-            server.lookup_lock = threading.Lock()
-        _close_sockets(self._sockets)  # the child's copies only: the parent's stay open
+        _release_routes(self._sockets)  # the child's copies only: the parent's stay open
+        if self._refresher is not None:
+            self._refresher.forget_thread()
 
 
 def _check_interval(value: float, name: str) -> float:
@@ -549,9 +737,16 @@ def _several(count: int | str, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def _close_sockets(sockets: dict[_Server, socket.socket]) -> None:
-    while sockets:
-        _close_quietly(sockets.popitem()[1])
+def _release_routes(routes: dict[_Server, _Route]) -> None:
+    while routes:
+        routes.popitem()[1].release()
+
+
+def _shut_down(routes: dict[_Server, _Route], refresher: _Refresher | None) -> None:
+    """A collected reporter's end: its lookup thread stops, its sockets close."""
+    if refresher is not None:
+        refresher.stop()
+    _release_routes(routes)
 
 
 def _close_quietly(sock: socket.socket) -> None:
@@ -561,8 +756,8 @@ def _close_quietly(sock: socket.socket) -> None:
         pass
 
 
-# A descriptor closed (or reused) under the reporter, e.g. by code that closes
-# every file descriptor when it daemonizes: not to be closed again.
+# A descriptor closed (or reused) under the reporter between its check and
+# the send.
 _SOCKET_GONE = (errno.EBADF, errno.ENOTSOCK)
 
 # What a connected UDP socket reports on the send after an ICMP error that
@@ -592,10 +787,32 @@ def _error_kind(error: OSError) -> str:
     return errno.errorcode.get(error.errno, type(error).__name__)
 
 
-def _fresh(error: OSError | None) -> OSError:
-    # A new exception each time: re-raising the stored one would grow its traceback.
+def _look_up(address: ServerAddress, numeric: bool) -> tuple[int, tuple] | OSError:
+    """``(family, sockaddr)`` for ``address``, else the error; ``numeric`` for an IP literal."""
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            address.host,
+            address.port,
+            socket.AF_UNSPEC,
+            socket.SOCK_DGRAM,
+            0,
+            socket.AI_NUMERICHOST if numeric else 0,
+        )[0]
+    except (OSError, UnicodeError, IndexError) as error:
+        if isinstance(error, OSError):
+            return error
+        return socket.gaierror(socket.EAI_NONAME, f"{type(error).__name__}: {error}")
+    return family, sockaddr
+
+
+def _unknown_address(server: _Server) -> OSError:
+    """Why ``server`` has no address: its last lookup's error, or that none has ended yet."""
+    error = server.lookup_error
     if error is None:
-        return OSError("cannot resolve the server address")
+        return socket.gaierror(
+            socket.EAI_AGAIN, f"the address of {server.address} is not known yet"
+        )
+    # A new exception each time: re-raising the stored one would grow its traceback.
     return type(error)(*error.args)
 
 
