@@ -434,7 +434,7 @@ NONE_TARGETS = {
     "middleware.settings.reporter": (
         "AttributeError: 'NoneType' object has no attribute 'report_request'"
     ),
-    "middleware.reporter.stats": "TypeError: 'NoneType' object is not subscriptable",
+    "middleware.reporter.stats": "AttributeError: 'NoneType' object has no attribute 'get'",
 }
 
 

@@ -41,8 +41,7 @@ cdef class Reporter:
     cdef public object _socket_lock
     cdef public bint _closed
     cdef public object _refresher
-    cdef public object _last_logged
-    cdef public object _suppressed
+    cdef public object _limiter
 
     cpdef count(self, kind, n=*)
     cdef _add(self, kind, n)

@@ -26,9 +26,9 @@ import weakref
 from collections.abc import Sized
 
 from . import framing
-from ._pure_encoder import to_bytes
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .encoder import MAX_DATAGRAM, encode
+from .ratelimit import LogLimiter
 
 __all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 
@@ -278,8 +278,7 @@ class Reporter:
         # Reporters are commonly dropped without close(): their sockets go
         # quietly with them rather than warn, and their lookup thread ends.
         weakref.finalize(self, _shut_down, self._sockets, self._refresher)
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._limiter = LogLimiter(self.log_interval)
         _live_reporters.add(self)
 
     def count(self, kind: str, n: int = 1) -> None:
@@ -519,8 +518,8 @@ class Reporter:
         """``request``, too large for a datagram, made to fit: ``(datagram, compressed)``.
 
         Sent without its timers; if still too large, without its request tags
-        too, and its names (host, server, script, schema) cut to
-        ``_NAME_LIMIT`` bytes each: the fields pinba2 requires always fit.
+        too: what is left, the fields pinba2 requires, always fits (the
+        encoder caps every string, see ``pynba.encoder.MAX_TEXT_BYTES``).
         """
         timers, tags = request[13], request[12]
         timer_count = _length(timers)
@@ -528,7 +527,6 @@ class Reporter:
         kind = "oversize"
         datagram = b""
         compressed = False
-        names_cut = False
         if timer_count != 0:  # without timers, a request of none would be the same size
             lost.append(_several(timer_count, "timer"))
             datagram, compressed = self._datagram((*request[:13], ()), wire)
@@ -537,13 +535,10 @@ class Reporter:
             tag_count = _length(tags)
             if tag_count != 0:
                 lost.append(_several(tag_count, "request tag"))
-            bare, names_cut = _bare(request)
-            datagram, compressed = self._datagram(bare, wire)
+            datagram, compressed = self._datagram((*request[:12], (), ()), wire)
             self._add(kind, 1)
         self._add("oversize", 1)
-        done = ["without its " + " and ".join(lost)] if lost else []
-        if names_cut:
-            done.append(f"with its names cut to {_NAME_LIMIT} bytes")
+        done = ["without its " + " and ".join(lost)] if lost else ["as it is"]
         self._log(
             # one warning per wire form and step: fan-out servers of each form get the same
             kind if wire == WIRE_CLASSIC else f"{kind} {wire}",
@@ -663,17 +658,8 @@ class Reporter:
 
     def _log(self, kind: str, message: str, *args: object, exc_info: object = None) -> None:
         """Log a warning unless one of the same kind was logged within log_interval."""
-        now = time.monotonic()
-        last = self._last_logged.get(kind)
-        if last is not None and now - last < self.log_interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last_logged[kind] = now
-        suppressed = self._suppressed.pop(kind, 0)
-        if suppressed:
-            message += " (%d more since the last such message)"
-            args += (suppressed,)
-        logger.warning(message, *args, exc_info=exc_info)
+        self._limiter.interval = self.log_interval
+        self._limiter.log(logging.WARNING, kind, message, *args, exc_info=exc_info)
 
     def _forget_inherited_state(self) -> None:
         """In a forked child: use sockets, locks and a lookup thread of the child's own."""
@@ -700,32 +686,6 @@ def _check_size(value: int, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0 bytes, got {value!r}")
     return value
-
-
-#: The last step of the oversize rule cuts each name (host, server, script,
-#: schema) to this many bytes: all four and the numbers fit in one datagram.
-_NAME_LIMIT = 8192
-
-
-def _bare(request: tuple) -> tuple[tuple, bool]:
-    """``request`` without its timers and request tags, its names cut to ``_NAME_LIMIT`` bytes.
-
-    Also says whether a name was cut.
-    """
-    fields = list(request[:12])
-    cut = False
-    for index in (0, 1, 2, 11):  # hostname, server_name, script_name, schema
-        name = fields[index]
-        if name is None:
-            continue
-        data = to_bytes(name)
-        if len(data) > _NAME_LIMIT:
-            end = _NAME_LIMIT
-            while end and data[end] & 0xC0 == 0x80:  # not inside a UTF-8 character
-                end -= 1
-            fields[index] = data[:end]
-            cut = True
-    return (*fields, (), ()), cut
 
 
 def _length(items: object) -> int | str:
