@@ -1,9 +1,10 @@
 """The oversize rule: a request too large for a datagram is degraded in steps, never lost.
 
 (1) the full request; (2) without its timers; (3) without its timers and request
-tags (the encoder caps every string, so that what is left always fits). Each step arrives over real UDP in both wire forms
-(classic; pinba2's packed, LZ4-compressed when that helps), from both encoders,
-decodes with Google protobuf and passes pinba2's rules.
+tags (the encoder caps every string, so that what is left always fits). Each
+step arrives over real UDP in both wire forms (classic; pinba2's packed,
+LZ4-compressed when that helps), from both encoders, decodes with Google
+protobuf and passes pinba2's rules.
 """
 
 import logging
