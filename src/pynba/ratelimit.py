@@ -29,6 +29,10 @@ class LogLimiter:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        """How many kinds it remembers (at most ``MAX_KINDS``)."""
+        return len(self._last)
+
     def log(
         self, level: int, kind: str, message: str, *args: object, exc_info: object = None
     ) -> None:
