@@ -244,9 +244,25 @@ def test_invalid_intervals_are_refused_naming_the_argument(keyword, value, error
         Reporter("127.0.0.1:30002", **{keyword: value})
 
 
-def test_construction_looks_nothing_up(getaddrinfo_calls):
-    Reporter(["nonexistent.invalid", "localhost:1", "127.0.0.1:2"]).close()
-    assert getaddrinfo_calls == []
+def test_construction_never_waits_for_a_lookup(monkeypatch):
+    looked_up_in = []
+    release = threading.Event()
+
+    def slow_getaddrinfo(host, *args, **kwargs):
+        looked_up_in.append(threading.current_thread().name)
+        release.wait(5)
+        raise socket.gaierror(socket.EAI_NONAME, "not here")
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    started = time.monotonic()
+    reporter = Reporter(["nonexistent.invalid", "127.0.0.1:2"])
+    assert time.monotonic() - started < 1.0  # the lookup runs in the reporter's thread
+    deadline = time.monotonic() + 5
+    while not looked_up_in and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    reporter.close()
+    assert set(looked_up_in) == {"pynba-resolver"}  # started at once, never on this thread
 
 
 # -- sending -------------------------------------------------------------------
@@ -342,8 +358,8 @@ def test_names_are_looked_up_once_per_interval(
 ):
     family, _, _, _, sockaddr = socket.getaddrinfo("localhost", None, type=socket.SOCK_DGRAM)[0]
     listener = udp_listener_factory(sockaddr[0], family)
-    reporter = reporter_factory(f"localhost:{listener.port}", resolve_interval=3600)
     getaddrinfo_calls.clear()
+    reporter = reporter_factory(f"localhost:{listener.port}", resolve_interval=3600)
     wait_for_addresses(reporter)
     for _ in range(5):
         reporter.report(**REQUEST)

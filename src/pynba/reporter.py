@@ -280,6 +280,22 @@ class Reporter:
         weakref.finalize(self, _shut_down, self._sockets, self._refresher)
         self._limiter = LogLimiter(self.log_interval)
         _live_reporters.add(self)
+        if self._refresher is not None:
+            # Looked up from now on: the first requests need not find no address yet.
+            self._refresher.start()
+
+    def wait_for_addresses(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for every server's first address; whether all have one.
+
+        Never on a request's path: for a script's last report (``ScriptMonitor``),
+        which a lookup still under way would otherwise lose.
+        """
+        deadline = time.monotonic() + timeout
+        while any(server.resolved is None for server in self._servers):
+            if self._closed or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def count(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``stats[kind]``, which starts at 0."""

@@ -79,6 +79,10 @@ def _failed(error: BaseException | None) -> bool:
     return True
 
 
+#: How long a script's last report waits for its servers' first addresses (seconds).
+_LOOKUP_WAIT = 2.0
+
+
 class _OwnJob:
     """A monitor's own job (``start()`` ... ``send()``), and the monitor's end.
 
@@ -180,6 +184,9 @@ class _OwnJob:
             if collector is not None and self._worth_reporting(collector, error):
                 if _failed(error):
                     collector.status = _FAILED_STATUS
+                collector.end_response()  # the job ends here, whatever the wait below
+                # A script that ends at once must not lose its one report to a lookup under way.
+                self.settings.reporter.wait_for_addresses(_LOOKUP_WAIT)
                 collector.finish()  # before stop(): the job's CPU is measured while it runs
         finally:
             try:
