@@ -2,6 +2,7 @@
 
 import gc
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -364,3 +365,20 @@ def test_a_failed_job_block_is_reported_as_500(udp_listener):
     assert (exited.script_name, exited.status) == ("exits", 0)
     monitor.close()
     assert quiet(udp_listener)
+
+
+def test_a_script_naming_its_server_by_host_name_that_exits_at_once_is_reported(
+    udp_listener_factory,
+):
+    # The name is looked up in the background: the last report waits for it.
+    family, *_, sockaddr = socket.getaddrinfo("localhost", None, type=socket.SOCK_DGRAM)[0]
+    listener = udp_listener_factory(sockaddr[0], family)
+    [packet], _ = run_script(
+        """
+        from pynba import ScriptMonitor
+
+        ScriptMonitor(f"localhost:{ADDRESS[1]}", scriptname="quick")
+        """,
+        listener,
+    )
+    assert packet.script_name == "quick"
