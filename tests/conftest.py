@@ -82,6 +82,23 @@ def decode(data):
 
 
 @pytest.fixture
+def reporter_factory():
+    """Makes Reporters, each closed when the test ends."""
+    from pynba.reporter import Reporter
+
+    made = []
+
+    def make(*args, **kwargs):
+        reporter = Reporter(*args, **kwargs)
+        made.append(reporter)
+        return reporter
+
+    yield make
+    for reporter in made:
+        reporter.close()
+
+
+@pytest.fixture
 def udp_listener():
     listener = UDPListener()
     yield listener

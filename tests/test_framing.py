@@ -73,20 +73,6 @@ def without_timers(request):
     return {**request, "timers": ()}
 
 
-@pytest.fixture
-def reporter_factory():
-    made = []
-
-    def make(*args, **kwargs):
-        reporter = Reporter(*args, **kwargs)
-        made.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in made:
-        reporter.close()
-
-
 def pinba2(listener):
     host, port = listener.address
     return f"pinba2://{host}:{port}"

@@ -104,20 +104,6 @@ needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 l
 
 
 @pytest.fixture
-def reporter_factory():
-    made = []
-
-    def make(*args, **kwargs):
-        reporter = Reporter(*args, **kwargs)
-        made.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in made:
-        reporter.close()
-
-
-@pytest.fixture
 def getaddrinfo_calls(monkeypatch):
     """Hosts passed to socket.getaddrinfo, which still does the real lookup."""
     calls = []

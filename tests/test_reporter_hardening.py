@@ -67,20 +67,6 @@ def resolver_threads():
     return {thread for thread in threading.enumerate() if thread.name == "pynba-resolver"}
 
 
-@pytest.fixture
-def reporter_factory():
-    made = []
-
-    def make(*args, **kwargs):
-        reporter = Reporter(*args, **kwargs)
-        made.append(reporter)
-        return reporter
-
-    yield make
-    for reporter in made:
-        reporter.close()
-
-
 class SlowNameServer:
     """Answers ``SLOW_NAME`` with 127.0.0.1 only once released; other names as usual."""
 
