@@ -122,10 +122,10 @@ def udp_listener_factory():
 @pytest.fixture(autouse=True)
 def _internal_errors_logged_afresh(monkeypatch):
     """Each test sees pynba's internal errors logged, whatever earlier tests logged."""
-    from pynba import collector
+    from pynba import errors
     from pynba.ratelimit import LogLimiter
 
-    monkeypatch.setattr(collector, "_internal_errors", LogLimiter())
+    monkeypatch.setattr(errors, "_internal_errors", LogLimiter())
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,6 @@ from pynba._pure_encoder import to_bytes as _py_to_bytes
 from pynba._pure_encoder import to_seconds as _py_to_seconds
 from pynba._pure_encoder import to_uint32 as _py_to_uint32
 from pynba._pure_encoder import _pairs as _py_pairs
-from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
 from pynba._pure_encoder import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
 from pynba._pure_encoder import timer_tuple as _py_timer_tuple
 from pynba._pure_encoder import encode as _py_encode
@@ -515,26 +514,6 @@ cdef Py_ssize_t collect_tags(State* s, object tags) except -1:
     return n
 
 
-cdef Py_ssize_t collect_keyword_tags(State* s, object names, object values) except -1:
-    """Reads one timer's tags given as names and values into ``s.refs``; returns how many.
-
-    ``names`` and ``values`` must stay alive until the datagram is written.
-    """
-    cdef Py_ssize_t n, i
-    if not (PyTuple_CheckExact(names) and PyTuple_CheckExact(values)):
-        # Copies: a list could change while str() runs.
-        names = tuple(names)
-        values = tuple(values)
-        hold(s, names)
-        hold(s, values)
-    n = PyTuple_GET_SIZE(names)
-    if PyTuple_GET_SIZE(values) != n:
-        raise ValueError(_KEYWORD_MISMATCH)
-    for i in range(n):
-        add_ref(s, i, <object>PyTuple_GET_ITEM(names, i), <object>PyTuple_GET_ITEM(values, i))
-    return n
-
-
 cdef void sort_refs(TagRef* refs, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef TagRef tmp
@@ -580,20 +559,18 @@ cdef int add_timer(State* s, object timer) except -1:
     Its parts are read in the pure twin's order, tags, hit count, value, CPU
     times: Python code that converting them runs sees what it sees there.
     """
-    cdef object tags, value, hit_count, utime, stime, names = None
+    cdef object tags, value, hit_count, utime, stime
     cdef TimerFields fields
     cdef Py_ssize_t i
     cdef double t_value, t_utime, t_stime
     cdef Timer* t
     cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
-    if size == 5 or size == 6:
+    if size == 5:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
         value = <object>PyTuple_GET_ITEM(timer, 1)
         hit_count = <object>PyTuple_GET_ITEM(timer, 2)
         utime = <object>PyTuple_GET_ITEM(timer, 3)
         stime = <object>PyTuple_GET_ITEM(timer, 4)
-        if size == 6:
-            names = <object>PyTuple_GET_ITEM(timer, 5)
     else:
         if not timer_fields_sought:
             seek_timer_fields()
@@ -606,22 +583,17 @@ cdef int add_timer(State* s, object timer) except -1:
             tags = <object>fields.tags
             hit_count = <object>fields.hits
             hold(s, tags)
-            if fields.names != NULL:
-                names = <object>fields.names
-                hold(s, names)
-            i = add_timer_fields(s, tags, names, hit_count)
+            i = add_timer_fields(s, tags, hit_count)
             if i >= 0:
                 t = &s.timers[i]
                 t.value += sanitize(fields.value)
                 t.utime += sanitize(fields.utime)
                 t.stime += sanitize(fields.stime)
             return 0
-        timer = _py_timer_tuple(timer)  # 5 items, or 6 with tag names
+        timer = _py_timer_tuple(timer)  # 5 items
         hold(s, timer)
-        tags, value, hit_count, utime, stime = timer[:5]
-        if len(timer) == 6:
-            names = timer[5]
-    i = add_timer_fields(s, tags, names, hit_count)
+        tags, value, hit_count, utime, stime = timer
+    i = add_timer_fields(s, tags, hit_count)
     if i < 0:
         return 0
     t_value = to_seconds(value)
@@ -634,18 +606,13 @@ cdef int add_timer(State* s, object timer) except -1:
     return 0
 
 
-cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
-                                 object hit_count) except -2:
+cdef Py_ssize_t add_timer_fields(State* s, object tags, object hit_count) except -2:
     """Adds one timer's tags and hits, merged with an earlier timer of the same tag set.
 
     Returns that timer's index in ``s.timers`` (the caller adds its measures),
     or -1 when it has no tags: it is dropped.
     """
-    cdef Py_ssize_t n
-    if names is None:
-        n = collect_tags(s, tags)
-    else:
-        n = collect_keyword_tags(s, names, tags)
+    cdef Py_ssize_t n = collect_tags(s, tags)
     if n == 0:
         return -1
     cdef Py_ssize_t i

@@ -10,8 +10,24 @@ import importlib.util
 import os
 import sys
 
-#: Modules compiled from their own Python source (the encoder has a twin instead).
-COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
+#: Every compiled module, in build order. One with a Python source of the
+#: same name is compiled from it (typed by the .pxd beside it), and runs from
+#: that source under ``PYNBA_PURE_PYTHON=1``. The others exist only compiled
+#: (.pyx): the encoder (its pure twin is ``_pure_encoder``), getrusage (twin:
+#: ``rusage``), the encoder's reader of compiled Timers, and ``pynba.timer``'s
+#: C fast path (see their docstrings).
+COMPILED_MODULES = (
+    "_encoder",
+    "_rusage",
+    "tags",
+    "timer",
+    "collector",
+    "context",
+    "wsgi",
+    "reporter",
+    "_timer_fields",
+    "_timer_call",
+)
 
 
 def pure_python_forced() -> bool:
@@ -25,7 +41,7 @@ class _SourceFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         package, _, name = fullname.rpartition(".")
-        if package != __package__ or name not in COMPILED_SOURCES:
+        if package != __package__ or name not in COMPILED_MODULES:
             return None
         source = os.path.join(os.path.dirname(__file__), name + ".py")
         if not os.path.exists(source):
@@ -42,7 +58,7 @@ def use_pure_python_sources() -> None:
 def compiled_modules() -> list[str]:
     """The pynba modules running compiled code."""
     names = []
-    for name in ("_encoder", "_rusage", *COMPILED_SOURCES, "_timer_call", "_timer_fields"):
+    for name in COMPILED_MODULES:
         module = sys.modules.get(f"{__package__}.{name}")
         if module is not None and not module.__file__.endswith(".py"):
             names.append(name)

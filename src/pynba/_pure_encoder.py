@@ -139,28 +139,17 @@ def _pairs(tags):
     return tuple(tags)
 
 
-KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
 TIMER_SHAPE = "a timer is (tags, value, hit_count, ru_utime, ru_stime) or a Timer"
 
 
 def timer_tuple(timer):
-    """``timer`` as a tuple of 5 items, or 6 with tag names: as given, or a Timer's measurements."""
+    """``timer`` as a tuple of 5 items: as given, or a Timer's measurements."""
     if not isinstance(timer, (tuple, list)) and hasattr(timer, "elapsed"):  # a Timer
         return (timer.tags, timer.elapsed, timer.hit_count, timer.ru_utime, timer.ru_stime)
     timer = tuple(timer)
-    if len(timer) == 6 and timer[5] is None:  # no tag names: tags as usual
-        return timer[:5]
-    if len(timer) not in (5, 6):
+    if len(timer) != 5:
         raise ValueError(f"{TIMER_SHAPE}, not {len(timer)} items")
     return timer
-
-
-def keyword_pairs(names, values):
-    """The pairs of a timer whose tags come as names and values."""
-    names, values = tuple(names), tuple(values)
-    if len(names) != len(values):
-        raise ValueError(KEYWORD_MISMATCH)
-    return zip(names, values, strict=True)
 
 
 def _key(field, wire_type):
@@ -208,10 +197,8 @@ def encode(
     """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, of
-    ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
-    tags are the ``names`` paired with the ``values`` (two sequences of the
-    same length), or of pynba Timers (read as their ``tags``, ``elapsed``,
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples
+    (tags as for the request), or of pynba Timers (read as their ``tags``, ``elapsed``,
     ``hit_count``, ``ru_utime`` and ``ru_stime``). Timers with the same tag
     set are merged, timers without tags dropped.
 
@@ -240,9 +227,7 @@ def encode(
     for timer in tuple(timers):  # as _pairs: the timers as they were
         if type(timer) is not tuple or len(timer) != 5:
             timer = timer_tuple(timer)
-        timer_tags, value, hit_count, t_utime, t_stime, *names = timer
-        if names:
-            timer_tags = keyword_pairs(names[0], timer_tags)
+        timer_tags, value, hit_count, t_utime, t_stime = timer
         pairs = sorted((tag_bytes(n), tag_bytes(v)) for n, v in _pairs(timer_tags))
         if not pairs:
             continue

@@ -5,11 +5,10 @@ from cpython.object cimport PyObject
 
 
 cdef struct TimerFields:
-    # Borrowed from the timer, as are names and hits: Python code may replace
+    # Borrowed from the timer, as is hits: Python code may replace
     # the timer's attributes and free them, so the caller takes references of
     # its own before it does anything that can run Python code.
     PyObject* tags
-    PyObject* names  # NULL unless tags are the values of these names
     PyObject* hits
     double value
     double utime

@@ -46,9 +46,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from .collector import RequestCollector, internal_error, settings_for
+from .collector import RequestCollector
+from .errors import internal_error
 from .config import resolve
-from .context import DISABLED, _current
+from .context import DISABLED, activate, deactivate
 from .names import ClientNames
 from .reporter import Reporter
 from .wsgi import CLIENT_CLOSED_REQUEST
@@ -142,7 +143,7 @@ class PynbaASGIMiddleware:
             server_names=server_names,
         )
         self.app = app
-        self.settings = settings_for(config, tags)
+        self.settings = config.collector_settings(tags)
         self.reporter: Reporter = self.settings.reporter
         self.enabled = bool(config.enabled)
         self.prefix = config.prefix
@@ -156,11 +157,11 @@ class PynbaASGIMiddleware:
         if scope["type"] != "http" or not self.enabled:
             # Not reported (websocket, lifespan), or monitoring is off: code
             # shared with HTTP routes may still use pynba.timer(...).
-            token = _current.set(DISABLED)
+            token = activate(DISABLED)
             try:
                 await self.app(scope, receive, send)
             finally:
-                _current.reset(token)
+                deactivate(token)
             return
         try:
             exchange = _Exchange(self, scope, receive, send)
@@ -168,7 +169,7 @@ class PynbaASGIMiddleware:
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
             await self.app(scope, receive, send)
             return
-        token = _current.set(exchange.collector)
+        token = activate(exchange.collector)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as error:
@@ -177,7 +178,7 @@ class PynbaASGIMiddleware:
         else:
             exchange.end(None)
         finally:
-            _current.reset(token)
+            deactivate(token)
 
     def default_script_name(self, scope: Scope) -> str:
         """The script name reported when the application sets none."""

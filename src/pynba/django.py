@@ -42,9 +42,10 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .collector import RequestCollector, internal_error, settings_for
+from .collector import RequestCollector
+from .errors import internal_error
 from .config import resolve
-from .context import DISABLED, _current
+from .context import DISABLED, activate, deactivate
 from .names import ClientNames
 from .reporter import Reporter
 
@@ -79,7 +80,7 @@ class PynbaMiddleware:
                     'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
                     f"not {script_name!r}"
                 )
-            self.settings = settings_for(config, getattr(django_settings, "PINBA_TAGS", None))
+            self.settings = config.collector_settings(getattr(django_settings, "PINBA_TAGS", None))
         except (TypeError, ValueError) as error:
             raise ImproperlyConfigured(f"pynba: {error}") from error
         self.reporter: Reporter = self.settings.reporter
@@ -94,26 +95,26 @@ class PynbaMiddleware:
         if self.is_async:
             return self.__acall__(request)
         collector = self._begin(request)
-        token = _current.set(collector)
+        token = activate(collector)
         try:
             response = self.get_response(request)
         except BaseException:
             self._fail(collector)
             raise
         finally:
-            _current.reset(token)
+            deactivate(token)
         return self._watch(collector, response)
 
     async def __acall__(self, request: Any) -> Any:
         collector = self._begin(request)
-        token = _current.set(collector)
+        token = activate(collector)
         try:
             response = await self.get_response(request)
         except BaseException:
             self._fail(collector)
             raise
         finally:
-            _current.reset(token)
+            deactivate(token)
         return self._watch(collector, response)
 
     def default_script_name(self, request: Any) -> str:
@@ -195,7 +196,7 @@ class PynbaMiddleware:
         size = 0
         try:
             while True:
-                token = _current.set(collector)
+                token = activate(collector)
                 try:
                     chunk = next(iterator)
                 except StopIteration:
@@ -204,7 +205,7 @@ class PynbaMiddleware:
                     self._mark_failed(collector)
                     raise
                 finally:
-                    _current.reset(token)
+                    deactivate(token)
                 size += len(chunk)
                 yield chunk
         finally:
@@ -215,7 +216,7 @@ class PynbaMiddleware:
         size = 0
         try:
             while True:
-                token = _current.set(collector)
+                token = activate(collector)
                 try:
                     chunk = await anext(iterator)
                 except StopAsyncIteration:
@@ -224,7 +225,7 @@ class PynbaMiddleware:
                     self._mark_failed(collector)
                     raise
                 finally:
-                    _current.reset(token)
+                    deactivate(token)
                 size += len(chunk)
                 yield chunk
         finally:

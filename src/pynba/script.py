@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from contextvars import Token
 from typing import Any
 
-from .collector import CollectorSettings, RequestCollector, settings_for
+from .collector import CollectorSettings, RequestCollector
 from .config import resolve
-from .context import DISABLED, DisabledCollector, _get, activate, deactivate
+from .context import DISABLED, DisabledCollector, activate, current_collector, deactivate
 from .reporter import Reporter
 from .timer import NOOP_TIMER, NoopTimer, Timer
 
@@ -276,7 +276,7 @@ class ScriptMonitor:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        self.settings = settings_for(config, tags)
+        self.settings = config.collector_settings(tags)
         self.reporter: Reporter = self.settings.reporter
         self.scriptname: str = scriptname or program_name()
         self.servername: str = config.server_name or self.settings.hostname
@@ -318,7 +318,7 @@ class ScriptMonitor:
         """The job running here: this context's ``job()``, else the monitor's own job."""
         if self._job.closed:
             return None
-        current = _get()
+        current = current_collector()
         if current is not None and self._owns(current):
             return current
         return self._job.current()
@@ -350,7 +350,7 @@ class ScriptMonitor:
         collector = self._require()
         if collector is None:
             return NOOP_TIMER
-        return collector._timer(tags)
+        return collector.new_timer(tags)
 
     def send(self) -> None:
         """End the running job: stop its timers and send its packet.

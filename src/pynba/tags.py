@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MAX_TAG_DEPTH", "TagPairs", "TagValue", "check_tag_name", "flatten_tags"]
+__all__ = ["MAX_TAG_DEPTH", "TagPairs", "TagValue", "check_tag_name", "flatten_tags", "timer_tags"]
 
 TagValue = str | bytes | int | float | bool | None
 TagPairs = tuple[tuple[str, TagValue], ...]
@@ -91,6 +91,53 @@ def flatten_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> 
                 " containers deep; does it contain itself?"
             ) from None
     return tuple(out)
+
+
+def timer_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> TagPairs:
+    """A timer's tags checked and flattened (see ``flatten_tags``): at least one pair.
+
+    Tags that are flat already, a dict or pairs of plain ``str`` names and
+    values, are taken as they are: a timer is made on every timed call.
+    """
+    pairs = _flat_pairs(tags)
+    if pairs is None:
+        pairs = flatten_tags(tags)
+    if not pairs:
+        raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
+    return pairs
+
+
+def _flat_pairs(tags: object) -> TagPairs | None:
+    """``tags`` as pairs when they need no flattening (str names and values), else None."""
+    if type(tags) is dict:
+        return _flat_dict(tags)
+    if type(tags) is tuple:
+        return _flat_tuple(tags)
+    return None
+
+
+def _flat_dict(tags: dict[Any, Any]) -> TagPairs | None:
+    for name, value in tags.items():
+        if type(name) is not str or type(value) is not str or not name:
+            return None
+    return tuple(tags.items())
+
+
+def _flat_tuple(tags: tuple[Any, ...]) -> TagPairs | None:
+    for i in range(len(tags)):
+        pair = tags[i]
+        if type(pair) is not tuple or len(pair) != 2:
+            return None
+        name = pair[0]
+        value = pair[1]
+        if type(name) is not str or type(value) is not str or not name:
+            return None
+        # A pair given twice would send the tag set with that pair twice.
+        # Compared rather than hashed: a timer has a few tags, often new strings.
+        for j in range(i):
+            if tags[j][0] == name and tags[j][1] == value:
+                return None
+    return tags
 
 
 def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:

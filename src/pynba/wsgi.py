@@ -45,9 +45,10 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .collector import internal_error, logger, new_collector, settings_for
+from .collector import RequestCollector, logger
+from .errors import internal_error
 from .config import resolve
-from .context import DISABLED, _get, _reset, _set
+from .context import DISABLED, activate, current_collector, deactivate
 from .names import ClientNames
 from .reporter import Reporter
 
@@ -119,7 +120,7 @@ class PynbaMiddleware:
         if script_name is not None and not callable(script_name):
             raise TypeError("script_name must be a callable taking the WSGI environ")
         self.app = app
-        self.settings = settings_for(config, tags)
+        self.settings = config.collector_settings(tags)
         self.reporter: Reporter = self.settings.reporter
         self.enabled = bool(config.enabled)
         self.prefix = config.prefix
@@ -134,10 +135,10 @@ class PynbaMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
-            if _get() is None:
+            if current_collector() is None:
                 # Left in place on purpose: the response may be iterated after
                 # this returns, and its timers must still find "disabled".
-                _set(DISABLED)
+                activate(DISABLED)
             return self.app(environ, start_response)
         try:
             response = _Response(self, environ, start_response)
@@ -148,14 +149,14 @@ class PynbaMiddleware:
         # the body's iteration and close below): a server may interleave
         # requests in one thread, calling the next application before the
         # previous body is done.
-        token = _set(response._collector)
+        token = activate(response._collector)
         try:
             result = self.app(environ, response.start_response)
         except BaseException:
             response.abort()
             raise
         finally:
-            _reset(token)
+            deactivate(token)
         return response.wrap(result)
 
     def default_script_name(self, environ: dict) -> str:
@@ -304,8 +305,9 @@ class _Response:
         self._closed = True  # nothing to end (see __del__) until the collector is made
         self._file_close = None
         # self._middleware, not the argument: compiled, its attributes are typed.
-        self._collector = new_collector(
+        self._collector = RequestCollector(
             self._middleware.settings,
+            None,
             self._middleware.default_server_name(environ),
             _lookup(environ, "wsgi.url_scheme"),
             self._middleware.default_script_name,
@@ -405,7 +407,7 @@ class _Response:
 
     def _close_body(self, close: Any, from_file: bool) -> None:
         """Call the body's own ``close`` (None: it has none) as the request, then end it."""
-        token = _set(self._collector)
+        token = activate(self._collector)
         try:
             if close is not None:
                 close()
@@ -413,7 +415,7 @@ class _Response:
             self._failed = True
             raise
         finally:
-            _reset(token)
+            deactivate(token)
             self._finish(from_file=from_file)
 
     def __del__(self) -> None:
@@ -468,18 +470,18 @@ class _StreamBody:
         self._iterator = None
 
     def __iter__(self) -> _StreamBody:
-        token = _set(self._response._collector)
+        token = activate(self._response._collector)
         try:
             self._iterator = iter(self._result)
         except BaseException:
             self._response._failed = True
             raise
         finally:
-            _reset(token)
+            deactivate(token)
         return self
 
     def __next__(self) -> bytes:
-        token = _set(self._response._collector)
+        token = activate(self._response._collector)
         try:
             chunk = next(self._iterator)
         except StopIteration:
@@ -489,7 +491,7 @@ class _StreamBody:
             self._response._failed = True
             raise
         finally:
-            _reset(token)
+            deactivate(token)
         size = _byte_count(chunk)
         if size < 0:
             self._response._failed = True  # the server will fail the response
