@@ -116,6 +116,7 @@ def test_per_request_modules_are_compiled_when_built():
         [
             "_encoder",
             "_rusage",
+            "_timer_call",
             "_timer_fields",
             "collector",
             "context",

@@ -514,6 +514,26 @@ cdef Py_ssize_t collect_tags(State* s, object tags) except -1:
     return n
 
 
+cdef Py_ssize_t collect_split_tags(State* s, object names, object values) except -1:
+    """Reads the tags of a compiled Timer, its names and values, into ``s.refs``; returns how many.
+
+    ``names`` and ``values`` must stay alive until the datagram is written.
+    """
+    cdef Py_ssize_t n, i
+    if not (PyTuple_CheckExact(names) and PyTuple_CheckExact(values)):
+        # Copies: a list could change while str() runs.
+        names = tuple(names)
+        values = tuple(values)
+        hold(s, names)
+        hold(s, values)
+    n = PyTuple_GET_SIZE(names)
+    if PyTuple_GET_SIZE(values) != n:
+        raise ValueError("a timer's tag names and values differ in number")
+    for i in range(n):
+        add_ref(s, i, <object>PyTuple_GET_ITEM(names, i), <object>PyTuple_GET_ITEM(values, i))
+    return n
+
+
 cdef void sort_refs(TagRef* refs, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef TagRef tmp
@@ -559,7 +579,7 @@ cdef int add_timer(State* s, object timer) except -1:
     Its parts are read in the pure twin's order, tags, hit count, value, CPU
     times: Python code that converting them runs sees what it sees there.
     """
-    cdef object tags, value, hit_count, utime, stime
+    cdef object tags, value, hit_count, utime, stime, names
     cdef TimerFields fields
     cdef Py_ssize_t i
     cdef double t_value, t_utime, t_stime
@@ -580,10 +600,12 @@ cdef int add_timer(State* s, object timer) except -1:
             # tag's str()) may replace: references of our own come first,
             # and the tags stay held until the datagram is written (the
             # dictionary borrows their bytes).
-            tags = <object>fields.tags
+            names = <object>fields.names
+            tags = <object>fields.values
             hit_count = <object>fields.hits
+            hold(s, names)
             hold(s, tags)
-            i = add_timer_fields(s, tags, hit_count)
+            i = add_timer_fields(s, tags, names, hit_count)
             if i >= 0:
                 t = &s.timers[i]
                 t.value += sanitize(fields.value)
@@ -593,7 +615,7 @@ cdef int add_timer(State* s, object timer) except -1:
         timer = _py_timer_tuple(timer)  # 5 items
         hold(s, timer)
         tags, value, hit_count, utime, stime = timer
-    i = add_timer_fields(s, tags, hit_count)
+    i = add_timer_fields(s, tags, None, hit_count)
     if i < 0:
         return 0
     t_value = to_seconds(value)
@@ -606,13 +628,18 @@ cdef int add_timer(State* s, object timer) except -1:
     return 0
 
 
-cdef Py_ssize_t add_timer_fields(State* s, object tags, object hit_count) except -2:
+cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
+                                 object hit_count) except -2:
     """Adds one timer's tags and hits, merged with an earlier timer of the same tag set.
 
     Returns that timer's index in ``s.timers`` (the caller adds its measures),
     or -1 when it has no tags: it is dropped.
     """
-    cdef Py_ssize_t n = collect_tags(s, tags)
+    cdef Py_ssize_t n
+    if names is None:
+        n = collect_tags(s, tags)
+    else:  # a compiled Timer's: ``tags`` are the values of these names
+        n = collect_split_tags(s, names, tags)
     if n == 0:
         return -1
     cdef Py_ssize_t i

@@ -43,7 +43,7 @@ cdef class RequestCollector:
     cdef public object _source
 
     cpdef new_timer(self, tags)
-    cpdef new_timer_of_pairs(self, tuple tags)
+    cpdef new_checked_timer(self, tuple names, tuple values)
     cpdef add_timer(self, timer)
     cpdef remove_timer(self, timer)
     @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t)

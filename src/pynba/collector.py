@@ -35,7 +35,7 @@ from .pinboard import pinboard_timers
 from .reporter import Reporter
 from .rusage import resident_set_size
 from .strict import is_strict
-from .tags import TagPairs, check_tag_name, flatten_tags, timer_tags
+from .tags import TagPairs, TagValue, check_tag_name, flatten_tags, timer_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, TimerRecord, check_seconds
 
 __all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestCollector"]
@@ -400,14 +400,17 @@ class RequestCollector:
         """
         if self._finished:
             return self._too_late(tags)
-        return self.new_timer_of_pairs(timer_tags(tags))
+        names, values = timer_tags(tags)
+        return self.new_checked_timer(names, values)
 
-    def new_timer_of_pairs(self, tags: TagPairs) -> Timer | NoopTimer:
-        """``new_timer()`` for tags checked and flat already (what ``timer_tags`` gives).
+    def new_checked_timer(
+        self, names: tuple[str, ...], values: tuple[TagValue, ...]
+    ) -> Timer | NoopTimer:
+        """``new_timer()`` for tags checked and split already (as ``timer_tags`` gives them).
 
         ``pynba.timer(...)``'s compiled fast path makes its timers so.
         """
-        return self.add_timer(Timer.of_request(self, tags, self._settings.timer_rusage))
+        return self.add_timer(Timer.of_request(self, names, values, self._settings.timer_rusage))
 
     def add_timer(self, timer: Timer) -> Timer | NoopTimer:
         """Make ``timer`` (of this request) one the next packet carries.

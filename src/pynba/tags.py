@@ -28,10 +28,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MAX_TAG_DEPTH", "TagPairs", "TagValue", "check_tag_name", "flatten_tags", "timer_tags"]
+__all__ = [
+    "MAX_TAG_DEPTH",
+    "SplitTags",
+    "TagPairs",
+    "TagValue",
+    "check_tag_name",
+    "flatten_tags",
+    "timer_tags",
+]
 
 TagValue = str | bytes | int | float | bool | None
 TagPairs = tuple[tuple[str, TagValue], ...]
+#: Tags as a timer keeps them: the names, and the values in the same order.
+SplitTags = tuple[tuple[str, ...], tuple[TagValue, ...]]
 
 #: How many containers (lists, tuples, sets, mappings) a tag value may nest.
 MAX_TAG_DEPTH = 8
@@ -93,51 +103,28 @@ def flatten_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> 
     return tuple(out)
 
 
-def timer_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> TagPairs:
-    """A timer's tags checked and flattened (see ``flatten_tags``): at least one pair.
+def timer_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> SplitTags:
+    """A timer's tags, checked and flattened (see ``flatten_tags``), as (names, values).
 
-    Tags that are flat already, a dict or pairs of plain ``str`` names and
-    values, are taken as they are: a timer is made on every timed call.
+    A timer keeps its tags so: the names of ``pynba.timer(group=..., op=...)``
+    are a tuple its caller holds already, and only the values are new. A timer
+    needs at least one tag.
     """
-    pairs = _flat_pairs(tags)
-    if pairs is None:
+    split = _split_dict(tags) if type(tags) is dict else None
+    if split is None:
         pairs = flatten_tags(tags)
-    if not pairs:
+        split = (tuple([name for name, _ in pairs]), tuple([value for _, value in pairs]))
+    if not split[0]:
         raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
-    return pairs
+    return split
 
 
-def _flat_pairs(tags: object) -> TagPairs | None:
-    """``tags`` as pairs when they need no flattening (str names and values), else None."""
-    if type(tags) is dict:
-        return _flat_dict(tags)
-    if type(tags) is tuple:
-        return _flat_tuple(tags)
-    return None
-
-
-def _flat_dict(tags: dict[Any, Any]) -> TagPairs | None:
+def _split_dict(tags: dict[Any, Any]) -> SplitTags | None:
+    """``tags`` as (names, values) when they need no flattening (str names and values)."""
     for name, value in tags.items():
         if type(name) is not str or type(value) is not str or not name:
             return None
-    return tuple(tags.items())
-
-
-def _flat_tuple(tags: tuple[Any, ...]) -> TagPairs | None:
-    for i in range(len(tags)):
-        pair = tags[i]
-        if type(pair) is not tuple or len(pair) != 2:
-            return None
-        name = pair[0]
-        value = pair[1]
-        if type(name) is not str or type(value) is not str or not name:
-            return None
-        # A pair given twice would send the tag set with that pair twice.
-        # Compared rather than hashed: a timer has a few tags, often new strings.
-        for j in range(i):
-            if tags[j][0] == name and tags[j][1] == value:
-                return None
-    return tags
+    return tuple(tags), tuple(tags.values())
 
 
 def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:

@@ -11,8 +11,9 @@ from pynba.tags cimport timer_tags
 
 
 cdef class Timer:
-    cdef public object _collector
-    cdef public object _tags
+    cdef public RequestCollector _collector
+    cdef public tuple _names
+    cdef public tuple _values
     cdef public bint _running
     cdef public double _start
     cdef public double _value
@@ -26,8 +27,9 @@ cdef class Timer:
     cdef public object data
 
     @staticmethod
-    cdef Timer of_request(collector, tuple tags, bint cpu)
-    cpdef _setup(self, tuple tags, bint cpu, data)
+    @cython.locals(timer=Timer)
+    cdef Timer of_request(collector, tuple names, tuple values, bint cpu)
+    cpdef _setup(self, tuple names, tuple values, bint cpu, data)
     cpdef _join(self, RequestCollector collector)
     cpdef _begin(self)
     cpdef _end(self, double now)
