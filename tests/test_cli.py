@@ -15,8 +15,8 @@ from pathlib import Path
 import lz4.block
 import pytest
 
+from pinba_pb2 import Request
 from pynba import Reporter
-from pynba.pinba_pb2 import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,7 +240,7 @@ def test_demo_runs_the_example_application():
 
 
 def test_demo_covers_the_error_route():
-    from pynba.demo import _paths
+    from pynba.cli.demo import _paths
 
     assert "/error" in _paths(300)
     done = pynba_command("demo", "--requests", "300", "--duration", "30", timeout=120)
@@ -261,8 +261,8 @@ def test_commands_need_no_third_party_package():
         "import sys\n"
         "for name in ('google', 'google.protobuf', 'lz4', 'lz4.block'):\n"
         "    sys.modules[name] = None  # importing them fails\n"
-        "from pynba.__main__ import main\n"
-        "from pynba.listener import examine\n"
+        "from pynba.cli import main\n"
+        "from pynba.cli.listener import examine\n"
         "received = examine(bytes.fromhex('10010010') + b'x' * 8)\n"
         "print(received.unreadable, received.drop_reasons)\n"
         "sys.exit(main(['demo', '--requests', '40']))\n"

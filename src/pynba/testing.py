@@ -9,7 +9,7 @@
     assert packets[0].script_name == "/users/{id}"
 
 The listener binds a free loopback UDP port and collects every datagram in a
-background thread, decoded (``pynba.decode.PinbaRequest``) and checked
+background thread, decoded (``pynba.wire.decode.PinbaRequest``) and checked
 against pinba2's rules. Under pytest the ``pinba_listener`` fixture gives one
 per test (registered by the ``pytest11`` entry point when pynba is installed).
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 import threading
 import time
 
-from .decode import PinbaRequest
-from .listener import Listener, Received
+from .cli.listener import Listener, Received
+from .wire.decode import PinbaRequest
 
 __all__ = ["PinbaListener"]
 

@@ -342,7 +342,7 @@ def unframe(datagram: bytes) -> tuple[bytes, str]:
 
     pinba2 reads the first byte's high nibble: 0 is a bare message (v0), 1 a
     4-byte header before the payload, whose flag bit 0 means LZ4 block
-    compression (see ``pynba.framing``; reading it needs the ``lz4`` package).
+    compression (see ``pynba.wire.framing``; reading it needs the ``lz4`` package).
     Anything else is dropped. Without the ``lz4`` package, a compressed
     datagram raises ``UnreadableError``: it cannot be read, which is not a
     reason for a server to drop it.

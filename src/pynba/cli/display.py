@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from .decode import PinbaRequest
+from ..wire.decode import PinbaRequest
 from .listener import Received
 
 __all__ = ["describe", "describe_request", "json_line", "milliseconds", "pairs", "printable"]

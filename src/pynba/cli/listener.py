@@ -13,8 +13,8 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
-from .decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
-from .validate import Problem, check
+from ..wire.decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
+from ..wire.validate import Problem, check
 
 __all__ = ["DEFAULT_PORT", "Listener", "PortInUseError", "Received", "examine"]
 

@@ -15,7 +15,7 @@ from hashlib import blake2b
 from time import monotonic
 from typing import Generic, TypeVar
 
-from .decode import PinbaRequest
+from ..wire.decode import PinbaRequest
 from .display import pairs, printable
 from .listener import Received
 

@@ -18,11 +18,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import __version__, encoder
+from .. import __version__, encoder
+from ..reporter import Reporter
 from .display import describe, json_line
 from .listener import DEFAULT_PORT, Listener, PortInUseError
-from .report import DEFAULT_MAX_ROWS, Report
-from .reporter import Reporter
+from .top import DEFAULT_MAX_ROWS, Report
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

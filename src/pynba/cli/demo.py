@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from typing import TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from .context import pynba
+from ..context import pynba
+from ..wsgi import PynbaMiddleware
 from .listener import Listener
-from .report import Report
-from .wsgi import PynbaMiddleware
+from .top import Report
 
 __all__ = ["DemoServer", "application", "monitored", "route_template", "run_demo"]
 
