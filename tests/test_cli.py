@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import lz4.block
@@ -104,6 +105,37 @@ def test_help_lists_the_commands():
     assert done.returncode == 0
     for command in ("listen", "top", "demo", "sample"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("pure_python", ["1", ""])
+def test_version_says_which_implementation_runs(pure_python):
+    from conftest import compiled_encoder
+    from pynba import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pynba", "--version"],
+        env={**environment(), "PYNBA_PURE_PYTHON": pure_python, "COLUMNS": "40"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()  # one line, however narrow the terminal
+    if pure_python or compiled_encoder() is None:
+        assert line == f"pynba {__version__} (pure Python)"
+        return
+    prefix = f"pynba {__version__} (compiled: "
+    assert line.startswith(prefix) and line.endswith(")"), line
+    running = line[len(prefix) : -1].split(", ")
+    extensions = [
+        path
+        for suffix in EXTENSION_SUFFIXES
+        for path in (ROOT / "src" / "pynba").rglob(f"*{suffix}")
+    ]
+    built = {path.name.split(".")[0] for path in extensions}
+    # Every module built that the command loads runs compiled (_timer_fields loads on first use).
+    assert "_encoder" in running and set(running) <= built
+    assert built - {"_timer_fields"} <= set(running), line
 
 
 def test_console_script_is_installed():

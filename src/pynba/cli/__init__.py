@@ -5,7 +5,8 @@
     pynba demo     run a monitored demo application under load and print its report
     pynba sample   send one sample request to a local listener and show it
 
-Also ``python -m pynba``. Exit status: 0 on success (also when stopped with
+Also ``python -m pynba``; ``pynba --version`` says whether the compiled
+modules or pure Python run. Exit status: 0 on success (also when stopped with
 Ctrl-C), 1 on an error, 2 on a usage error, 130 when Ctrl-C interrupts the demo.
 """
 
@@ -18,32 +19,13 @@ import sys
 import time
 from collections.abc import Callable
 
-from .. import __version__, encoder
-from ..reporter import Reporter
+from .. import __version__, compiled_modules
+from ..address import DEFAULT_PORT
 from .display import describe, json_line
-from .listener import DEFAULT_PORT, Listener, PortInUseError
+from .listener import Listener, PortInUseError
 from .top import DEFAULT_MAX_ROWS, Report
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-SAMPLE = {
-    "hostname": "web-1",
-    "server_name": "shop.example.com",
-    "script_name": "/users/{id}",
-    "document_size": 5120,
-    "memory_peak": 24 << 20,
-    "request_time": 0.0421,
-    "ru_utime": 0.0183,
-    "ru_stime": 0.0021,
-    "status": 200,
-    "schema": "https",
-    "tags": {"app": "shop", "country": "fr"},
-    "timers": [
-        ({"group": "db", "op": "select"}, 0.0112, 1, 0.0031, 0.0004),
-        ({"group": "cache", "op": "get"}, 0.0007, 1, 0.0001, 0.0),
-        ({"op": "select", "group": "db"}, 0.0094, 1, 0.0022, 0.0003),
-    ],
-}
 
 
 class _Bounds:
@@ -129,16 +111,9 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def sample(args: argparse.Namespace) -> int:
-    with Listener("127.0.0.1", 0) as listener:
-        with Reporter(listener.address, raise_on_fail=True) as reporter:
-            reporter.report(**SAMPLE)
-        received = listener.receive(timeout=5)
-    if received is None:
-        print("pynba: the sample datagram did not arrive", file=sys.stderr)
-        return EXIT_ERROR
-    print(f"pynba {encoder.IMPLEMENTATION} encoder sent to 127.0.0.1:{listener.port}")
-    print(describe(received))
-    return EXIT_OK if received.accepted else EXIT_ERROR
+    from .sample import run_sample
+
+    return run_sample()
 
 
 def _port(text: str) -> int:
@@ -178,13 +153,22 @@ def _listening_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def version_line() -> str:
+    """``pynba 0.6.0 (compiled: _encoder, ...)``, or ``(pure Python)`` when nothing is compiled."""
+    compiled = compiled_modules()
+    implementation = f"compiled: {', '.join(compiled)}" if compiled else "pure Python"
+    return f"pynba {__version__} ({implementation})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pynba",
         description="See what your application sends to Pinba.",
         epilog="Exit status: 0 success or Ctrl-C, 1 error, 2 usage error, 130 demo interrupted.",
+        # As written: the --version line stays one line however narrow the terminal.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"pynba {__version__}")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listen_parser = commands.add_parser(

@@ -13,13 +13,11 @@ import errno
 import socket
 from dataclasses import dataclass, field
 
+from ..address import DEFAULT_PORT
 from ..wire.decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
 from ..wire.validate import Problem, check
 
-__all__ = ["DEFAULT_PORT", "Listener", "PortInUseError", "Received", "examine"]
-
-#: The port Pinba clients and pinba_engine use (pinba2's own default is 3002).
-DEFAULT_PORT = 30002
+__all__ = ["Listener", "PortInUseError", "Received", "examine"]
 
 _RECEIVE_BUFFER = 4 << 20
 
