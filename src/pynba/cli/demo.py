@@ -19,8 +19,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..context import pynba
@@ -30,7 +30,9 @@ from .top import Report
 
 __all__ = ["DemoServer", "application", "monitored", "route_template", "run_demo"]
 
-_cache: dict[int, dict] = {}
+WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_cache: dict[int, dict[str, object]] = {}
 _cache_lock = threading.Lock()
 
 ROUTES = [
@@ -46,7 +48,7 @@ def _pretend_query(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def _user(user_id: int) -> dict:
+def _user(user_id: int) -> dict[str, object]:
     with pynba.timer(group="cache", op="get"):
         with _cache_lock:
             user = _cache.get(user_id)
@@ -66,7 +68,7 @@ def _stream() -> Iterator[bytes]:
             yield f"chunk {part}\n".encode()
 
 
-def application(environ: dict, start_response) -> object:
+def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """The demo WSGI application (not monitored: see ``monitored()``)."""
     path = environ.get("PATH_INFO", "")
     for pattern, template in ROUTES:
@@ -96,7 +98,7 @@ def application(environ: dict, start_response) -> object:
     return [body]
 
 
-def route_template(environ: dict) -> str:
+def route_template(environ: dict[str, Any]) -> str:
     """The route's template as the script name: /users/1 and /users/2 report together."""
     return environ.get("demo.route", "unknown")
 
@@ -127,7 +129,7 @@ class _QuietHandler(WSGIRequestHandler):
 class DemoServer:
     """A WSGI application served by wsgiref's threaded server on a free loopback port."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: WSGIApplication) -> None:
         self.server = make_server(
             "127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler
         )
@@ -166,13 +168,15 @@ def _get(url: str) -> int:
         return error.code
 
 
-def drive(base_url: str, requests: int, duration: float | None = None, clients: int = 4) -> Counter:
+def drive(
+    base_url: str, requests: int, duration: float | None = None, clients: int = 4
+) -> Counter[int]:
     """Send ``requests`` requests (fewer if ``duration`` seconds pass); statuses seen."""
     deadline = None if duration is None else time.monotonic() + duration
     paths = iter(_paths(requests))
     lock = threading.Lock()
     stopping = threading.Event()
-    statuses: Counter = Counter()
+    statuses: Counter[int] = Counter()
     failures: list[BaseException] = []
 
     def client() -> None:

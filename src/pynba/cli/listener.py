@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..address import DEFAULT_PORT
 from ..wire.decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
@@ -27,7 +28,7 @@ class Received:
     """One datagram as a Pinba server would read it."""
 
     datagram: bytes
-    sender: tuple | None = None
+    sender: tuple[Any, ...] | None = None
     framing: str | None = None
     request: PinbaRequest | None = None
     error: str | None = None
@@ -50,7 +51,7 @@ class Received:
         """Decoded, and a Pinba server would accept it."""
         return self.request is not None and not self.drop_reasons
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         """Plain JSON-ready values."""
         return {
             "sender": _format_address(self.sender) if self.sender else None,
@@ -65,7 +66,7 @@ class Received:
         }
 
 
-def examine(datagram: bytes, sender: tuple | None = None) -> Received:
+def examine(datagram: bytes, sender: tuple[Any, ...] | None = None) -> Received:
     """Decode ``datagram`` and check it against pinba2's rules; never raises."""
     received = Received(bytes(datagram), sender)
     try:
@@ -144,6 +145,6 @@ class Listener:
         return f"<Listener {_format_address(self.address)}>"
 
 
-def _format_address(address: tuple) -> str:
+def _format_address(address: tuple[Any, ...]) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
