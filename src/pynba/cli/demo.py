@@ -68,17 +68,23 @@ def _stream() -> Iterator[bytes]:
             yield f"chunk {part}\n".encode()
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """The demo WSGI application (not monitored: see ``monitored()``)."""
-    path = environ.get("PATH_INFO", "")
+def _route(path: str) -> tuple[str, re.Match[str]] | None:
+    """The template of the route ``path`` takes, and its match; None when none matches."""
     for pattern, template in ROUTES:
         match = pattern.match(path)
         if match:
-            environ["demo.route"] = template
-            break
-    else:
+            return template, match
+    return None
+
+
+def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The demo WSGI application (not monitored: see ``monitored()``)."""
+    routed = _route(environ.get("PATH_INFO", ""))
+    if routed is None:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
+    template, match = routed
+    environ["demo.route"] = template
     if template == "/users/{id}":
         body = f"{_user(int(match.group(1)))['name']}\n".encode()
     elif template == "/search":
