@@ -42,19 +42,20 @@ def pynba_command(*args, **options):
 class Running:
     """``pynba listen``/``top`` started on a free port: ``port`` read from its first line."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, host="127.0.0.1"):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pynba", *args, "--port", "0"],
+            [sys.executable, "-m", "pynba", *args, "--host", host, "--port", "0"],
             env=environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        first = self.process.stderr.readline()
-        match = re.search(r"UDP 127\.0\.0\.1:(\d+)", first)
-        assert match, first + self.process.stderr.read()
+        self.first_line = self.process.stderr.readline()
+        shown = f"[{host}]" if ":" in host else host
+        match = re.search(rf"UDP {re.escape(shown)}:(\d+) ", self.first_line)
+        assert match, self.first_line + self.process.stderr.read()
         self.port = int(match.group(1))
-        self.address = ("127.0.0.1", self.port)
+        self.address = (host, self.port)
 
     def finish(self, timeout=30):
         out, err = self.process.communicate(timeout=timeout)
@@ -70,8 +71,8 @@ class Running:
 def running():
     started = []
 
-    def start(*args):
-        process = Running(*args)
+    def start(*args, **options):
+        process = Running(*args, **options)
         started.append(process)
         return process
 
@@ -197,6 +198,23 @@ def _valid():
         timer_value=[0.1], timer_tag_count=[1], timer_tag_name=[0], timer_tag_value=[1],
         dictionary=["group", "db"], status=200,
     ).SerializeToString()  # fmt: skip
+
+
+def test_listen_on_ipv6_shows_addresses_bracketed(running):
+    from test_reporter import ipv6_loopback_available
+
+    if not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback")
+    listener = running("listen", "--count", "1", host="::1")
+    assert f"on UDP [::1]:{listener.port} (Ctrl-C to stop)" in listener.first_line
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::1", 0))
+        sender_port = sock.getsockname()[1]
+        datagram = _valid()
+        sock.sendto(datagram, listener.address)
+    code, out, err = listener.finish()
+    assert code == 0, err
+    assert out.startswith(f"#1 {len(datagram)} bytes from [::1]:{sender_port}: accepted"), out
 
 
 def test_listen_reads_lz4_framed_datagrams(running):

@@ -52,7 +52,7 @@ class _Bounds:
 def _open_listener(args: argparse.Namespace) -> Listener:
     listener = Listener(args.host, args.port)
     print(
-        f"pynba: listening for Pinba datagrams on UDP {args.host}:{listener.port} (Ctrl-C to stop)",
+        f"pynba: listening for Pinba datagrams on UDP {listener.server} (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..address import DEFAULT_PORT
+from ..address import DEFAULT_PORT, ServerAddress
 from ..wire.decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
 from ..wire.validate import Problem, check
 
@@ -37,6 +37,13 @@ class Received:
     unreadable: str | None = None
 
     @property
+    def origin(self) -> str | None:
+        """The sender as ``"host:port"`` (``"[::1]:port"`` for IPv6); None when unknown."""
+        if not self.sender:
+            return None
+        return str(ServerAddress(self.sender[0], self.sender[1]))  # a client prints as a server
+
+    @property
     def drop_reasons(self) -> list[str]:
         """Why a Pinba server would drop the packet; empty when it would accept it."""
         return [problem.reason for problem in self.problems if problem.drops]
@@ -54,7 +61,7 @@ class Received:
     def as_dict(self) -> dict[str, object]:
         """Plain JSON-ready values."""
         return {
-            "sender": _format_address(self.sender) if self.sender else None,
+            "sender": self.origin,
             "size": len(self.datagram),
             "framing": self.framing,
             "accepted": self.accepted,
@@ -123,6 +130,11 @@ class Listener:
         """``(host, port)``, as ``Reporter`` and the middleware take it."""
         return (self.host, self.port)
 
+    @property
+    def server(self) -> str:
+        """``"host:port"`` (``"[::1]:port"`` for IPv6), as ``PINBA_SERVER`` takes it."""
+        return str(ServerAddress(self.host, self.port))
+
     def receive(self, timeout: float | None = None) -> Received | None:
         """The next datagram, examined; None when ``timeout`` seconds pass without one."""
         self.sock.settimeout(timeout)
@@ -142,9 +154,4 @@ class Listener:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Listener {_format_address(self.address)}>"
-
-
-def _format_address(address: tuple[Any, ...]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"<Listener {self.server}>"
