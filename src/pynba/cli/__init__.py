@@ -25,6 +25,8 @@ from .display import describe, json_line
 from .listener import Listener, PortInUseError
 from .top import DEFAULT_MAX_ROWS, Report
 
+__all__ = ["build_parser", "main", "version_line"]
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
