@@ -144,7 +144,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["pynba = pynba.__main__:main"],
+        "console_scripts": ["pynba = pynba.cli:main"],
         "pytest11": ["pynba = pynba.pytest_plugin"],
     },
     classifiers=[

@@ -9,17 +9,22 @@ Run: python benchmarks/bench_encode.py
 """
 
 import argparse
+import sys
 import timeit
+from pathlib import Path
 
-from pynba import _pure_encoder, framing
+from pynba import _pure_encoder
+from pynba.wire import framing
 
 try:
     from pynba import _encoder as compiled
 except ImportError:
     compiled = None
 
+# Google protobuf's classes, the tests' oracle, live with the tests.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
 try:
-    from pynba.pinba_pb2 import Request
+    from pinba_pb2 import Request
 except ImportError:
     Request = None
 

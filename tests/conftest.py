@@ -74,7 +74,7 @@ class UDPListener:
 
 
 def decode(data):
-    from pynba.pinba_pb2 import Request
+    from pinba_pb2 import Request
 
     message = Request()
     message.ParseFromString(data)

@@ -1,17 +1,17 @@
-"""pinba2's acceptance rules for the project's tests: ``pynba.validate`` plus the oracle.
+"""pinba2's acceptance rules for the project's tests: ``pynba.wire.validate`` plus the oracle.
 
 ``violations(datagram)`` lists every rule a datagram breaks (empty when pinba2
 would accept it and a careful client would send it): the rules of
-``pynba.validate`` (what ``pynba listen`` flags), at their strictest, plus
+``pynba.wire.validate`` (what ``pynba listen`` flags), at their strictest, plus
 whatever Google protobuf finds when it decodes the message.
 ``assert_valid(datagram)`` fails a test with that list.
 """
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from pynba import validate
-from pynba.decode import FIELD_NAMES, DecodeError, iter_fields, read_varint
-from pynba.pinba_pb2 import Request
+from pinba_pb2 import Request
+from pynba.wire import validate
+from pynba.wire.decode import FIELD_NAMES, DecodeError, iter_fields, read_varint
 
 __all__ = ["FIELD_NAMES", "WireError", "assert_valid", "fields", "read_varint", "violations"]
 

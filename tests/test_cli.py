@@ -10,13 +10,14 @@ import struct
 import subprocess
 import sys
 import time
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import lz4.block
 import pytest
 
+from pinba_pb2 import Request
 from pynba import Reporter
-from pynba.pinba_pb2 import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,19 +42,20 @@ def pynba_command(*args, **options):
 class Running:
     """``pynba listen``/``top`` started on a free port: ``port`` read from its first line."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, host="127.0.0.1"):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pynba", *args, "--port", "0"],
+            [sys.executable, "-m", "pynba", *args, "--host", host, "--port", "0"],
             env=environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        first = self.process.stderr.readline()
-        match = re.search(r"UDP 127\.0\.0\.1:(\d+)", first)
-        assert match, first + self.process.stderr.read()
+        self.first_line = self.process.stderr.readline()
+        shown = f"[{host}]" if ":" in host else host
+        match = re.search(rf"UDP {re.escape(shown)}:(\d+) ", self.first_line)
+        assert match, self.first_line + self.process.stderr.read()
         self.port = int(match.group(1))
-        self.address = ("127.0.0.1", self.port)
+        self.address = (host, self.port)
 
     def finish(self, timeout=30):
         out, err = self.process.communicate(timeout=timeout)
@@ -69,8 +71,8 @@ class Running:
 def running():
     started = []
 
-    def start(*args):
-        process = Running(*args)
+    def start(*args, **options):
+        process = Running(*args, **options)
         started.append(process)
         return process
 
@@ -104,6 +106,37 @@ def test_help_lists_the_commands():
     assert done.returncode == 0
     for command in ("listen", "top", "demo", "sample"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("pure_python", ["1", ""])
+def test_version_says_which_implementation_runs(pure_python):
+    from conftest import compiled_encoder
+    from pynba import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pynba", "--version"],
+        env={**environment(), "PYNBA_PURE_PYTHON": pure_python, "COLUMNS": "40"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()  # one line, however narrow the terminal
+    if pure_python or compiled_encoder() is None:
+        assert line == f"pynba {__version__} (pure Python)"
+        return
+    prefix = f"pynba {__version__} (compiled: "
+    assert line.startswith(prefix) and line.endswith(")"), line
+    running = line[len(prefix) : -1].split(", ")
+    extensions = [
+        path
+        for suffix in EXTENSION_SUFFIXES
+        for path in (ROOT / "src" / "pynba").rglob(f"*{suffix}")
+    ]
+    built = {path.name.split(".")[0] for path in extensions}
+    # Every module built that the command loads runs compiled (_timer_fields loads on first use).
+    assert "_encoder" in running and set(running) <= built
+    assert built - {"_timer_fields"} <= set(running), line
 
 
 def test_console_script_is_installed():
@@ -165,6 +198,23 @@ def _valid():
         timer_value=[0.1], timer_tag_count=[1], timer_tag_name=[0], timer_tag_value=[1],
         dictionary=["group", "db"], status=200,
     ).SerializeToString()  # fmt: skip
+
+
+def test_listen_on_ipv6_shows_addresses_bracketed(running):
+    from test_reporter import ipv6_loopback_available
+
+    if not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback")
+    listener = running("listen", "--count", "1", host="::1")
+    assert f"on UDP [::1]:{listener.port} (Ctrl-C to stop)" in listener.first_line
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::1", 0))
+        sender_port = sock.getsockname()[1]
+        datagram = _valid()
+        sock.sendto(datagram, listener.address)
+    code, out, err = listener.finish()
+    assert code == 0, err
+    assert out.startswith(f"#1 {len(datagram)} bytes from [::1]:{sender_port}: accepted"), out
 
 
 def test_listen_reads_lz4_framed_datagrams(running):
@@ -240,7 +290,7 @@ def test_demo_runs_the_example_application():
 
 
 def test_demo_covers_the_error_route():
-    from pynba.demo import _paths
+    from pynba.cli.demo import _paths
 
     assert "/error" in _paths(300)
     done = pynba_command("demo", "--requests", "300", "--duration", "30", timeout=120)
@@ -261,8 +311,8 @@ def test_commands_need_no_third_party_package():
         "import sys\n"
         "for name in ('google', 'google.protobuf', 'lz4', 'lz4.block'):\n"
         "    sys.modules[name] = None  # importing them fails\n"
-        "from pynba.__main__ import main\n"
-        "from pynba.listener import examine\n"
+        "from pynba.cli import main\n"
+        "from pynba.cli.listener import examine\n"
         "received = examine(bytes.fromhex('10010010') + b'x' * 8)\n"
         "print(received.unreadable, received.drop_reasons)\n"
         "sys.exit(main(['demo', '--requests', '40']))\n"

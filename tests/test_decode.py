@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pinba2_rules import fields
-from pynba import validate
-from pynba.decode import (
+from pinba_pb2 import Request
+from pynba.cli.listener import examine
+from pynba.wire import validate
+from pynba.wire.decode import (
     FIELD_NAMES,
     DecodeError,
     PinbaRequest,
@@ -20,8 +22,6 @@ from pynba.decode import (
     read_datagram,
     unframe,
 )
-from pynba.listener import examine
-from pynba.pinba_pb2 import Request
 
 EXAMPLES = int(os.environ.get("PYNBA_HYPOTHESIS_EXAMPLES", "300"))
 PROPERTY = settings(

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields, violations
+from pinba_pb2 import Request
 from pynba import _pure_encoder
 from pynba.encoder import ARGUMENTS, MAX_TEXT_BYTES
-from pynba.pinba_pb2 import Request
 
 FLT_MIN = 1.1754943508222875e-38  # 2**-126
 FLT_MAX = 3.4028234663852886e38  # (2 - 2**-23) * 2**127

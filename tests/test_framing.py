@@ -11,11 +11,12 @@ import lz4.block
 import pytest
 
 from pinba2_rules import assert_valid
-from pynba import config, decode, encoder, framing
+from pynba import config, encoder
 from pynba import reporter as reporter_module
 from pynba.address import WIRE_CLASSIC, WIRE_PINBA2, ServerAddress, parse_addresses
 from pynba.encoder import ARGUMENTS
 from pynba.reporter import DEFAULT_COMPRESS_ABOVE, Reporter
+from pynba.wire import decode, framing
 
 BASE = {
     "hostname": "web-1",
@@ -384,7 +385,7 @@ WITHOUT_LZ4 = """
 import ast, sys
 sys.modules["lz4"] = None  # as if the optional extra were not installed
 sys.modules["lz4.block"] = None
-from pynba import framing
+from pynba.wire import framing
 from pynba.reporter import Reporter
 assert not framing.LZ4_AVAILABLE
 request = ast.literal_eval(sys.argv[2])

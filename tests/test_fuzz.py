@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from conftest import compiled_encoder
 from pinba2_rules import violations
+from pinba_pb2 import Request
 from pynba import _pure_encoder
 from pynba.encoder import MAX_TEXT_BYTES
-from pynba.pinba_pb2 import Request
 
 EXAMPLES = int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000"))
 DECODER_EXAMPLES = max(EXAMPLES // 5, 1)
@@ -127,8 +127,8 @@ def test_pure_encoder_datagrams_are_valid(request):
 
 # -- the listener's decoder ------------------------------------------------------
 
-decode = pytest.importorskip("pynba.decode", reason="pynba.decode is not available")
-listener = pytest.importorskip("pynba.listener", reason="pynba.listener is not available")
+decode = pytest.importorskip("pynba.wire.decode", reason="pynba.wire.decode is not available")
+listener = pytest.importorskip("pynba.cli.listener", reason="pynba.cli.listener is not available")
 DECODER_FUZZ = settings(FUZZ, max_examples=DECODER_EXAMPLES)
 
 

@@ -189,7 +189,7 @@ class Trigger:
 def check_datagram(datagram):
     """The datagram decoded; fails unless pinba2 accepts it and every word is one of ours."""
     from pinba2_rules import assert_valid
-    from pynba.pinba_pb2 import Request
+    from pinba_pb2 import Request
 
     assert_valid(datagram)
     message = Request()

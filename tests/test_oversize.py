@@ -13,11 +13,12 @@ import random
 import pytest
 
 from pinba2_rules import assert_valid
-from pynba import framing, reporter, validate
-from pynba.decode import unframe
+from pinba_pb2 import Request
+from pynba import reporter
 from pynba.encoder import MAX_DATAGRAM, MAX_TEXT_BYTES
-from pynba.pinba_pb2 import Request
 from pynba.reporter import Reporter
+from pynba.wire import framing, validate
+from pynba.wire.decode import unframe
 
 NAMES = {"hostname": "web-1", "server_name": "example.com", "script_name": "/checkout"}
 FIELDS = {

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 
 from pinba2_rules import assert_valid, fields, violations
-from pynba import _pure_encoder, decode
-from pynba.pinba_pb2 import Request
+from pinba_pb2 import Request
+from pynba import _pure_encoder
+from pynba.wire import decode
 from test_properties import EXAMPLES, PROPERTY, encode_with, requests, timer_lists
 
 PACKED_FIELDS = (10, 11, 12, 13, 14, 20, 21, 22, 23)

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields
+from pinba_pb2 import Request
 from pynba import _pure_encoder
 from pynba.encoder import ARGUMENTS
-from pynba.pinba_pb2 import Request
 
 FLT_MIN = 2.0**-126
 FLT_MAX = (2 - 2.0**-23) * 2.0**127

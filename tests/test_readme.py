@@ -42,7 +42,7 @@ NOT_RUN = {
     " the sdist into a temporary directory instead",
     TEST_COMMAND: "the command running these tests; .ci/run runs it verbatim (checked below)",
     "apt-get install php-cli php-pinba": "a system package manager; .ci/run installs them",
-    "protoc --proto_path=proto --python_out=src/pynba proto/pinba.proto": "regenerates a"
+    "protoc --proto_path=proto --python_out=tests proto/pinba.proto": "regenerates a"
     " tracked file; test_schema.py checks it is in step with the schema",
     "python setup.py build_ext --inplace": "rebuilds the compiled modules under test",
     "python -m pytest -m slow -s tests/test_load.py tests/test_soak.py": "the long runs"

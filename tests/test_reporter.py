@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from pinba_pb2 import Request
 from pynba import encoder
 from pynba.address import DEFAULT_PORT, ServerAddress, parse_addresses
-from pynba.pinba_pb2 import Request
 from pynba.reporter import Reporter
 from resolving import route_of, wait_for_addresses, wait_until
 

@@ -279,7 +279,7 @@ def test_a_forked_child_looks_names_up_in_a_thread_of_its_own(udp_listener, repo
 
 
 def encoder_hostname(data):
-    from pynba.pinba_pb2 import Request
+    from pinba_pb2 import Request
 
     message = Request()
     message.ParseFromString(data)

@@ -1,4 +1,4 @@
-"""proto/pinba.proto matches the Pinba protocol, and src/pynba/pinba_pb2.py matches it."""
+"""proto/pinba.proto matches the Pinba protocol, and tests/pinba_pb2.py matches it."""
 
 import re
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from pynba import pinba_pb2
+import pinba_pb2
 
 PROTO = Path(__file__).resolve().parent.parent / "proto" / "pinba.proto"
 
@@ -108,7 +108,7 @@ def test_generated_module_matches_the_proto_file(compiler, tmp_path):
         file.ClearField("source_code_info")
         drop_default_json_names(file)
     assert from_module == from_proto, (
-        "src/pynba/pinba_pb2.py is out of step with proto/pinba.proto: regenerate it"
+        "tests/pinba_pb2.py is out of step with proto/pinba.proto: regenerate it"
     )
 
 

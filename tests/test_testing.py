@@ -30,6 +30,20 @@ def test_context_manager_collects_decoded_packets():
     assert listener.packets == packets
 
 
+def test_server_of_an_ipv6_listener_is_what_a_reporter_takes():
+    from test_reporter import ipv6_loopback_available
+
+    if not ipv6_loopback_available():
+        pytest.skip("no IPv6 loopback")
+    with PinbaListener("::1") as listener:
+        host, port = listener.address
+        assert host == "::1" and listener.server == f"[::1]:{port}"
+        with Reporter(listener.server, raise_on_fail=True) as reporter:
+            reporter.report(hostname="h", server_name="s", script_name="/v6")
+        (packet,) = listener.wait_for(1)
+    assert packet.script_name == "/v6"
+
+
 def test_wait_for_says_what_did_not_arrive():
     with PinbaListener() as listener:
         with pytest.raises(AssertionError, match=r"0 of 2 Pinba packets arrived"):

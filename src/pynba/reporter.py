@@ -25,10 +25,10 @@ import time
 import weakref
 from collections.abc import Sized
 
-from . import framing
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .encoder import MAX_DATAGRAM, encode
 from .ratelimit import LogLimiter
+from .wire import framing
 
 __all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 

@@ -9,7 +9,7 @@
     assert packets[0].script_name == "/users/{id}"
 
 The listener binds a free loopback UDP port and collects every datagram in a
-background thread, decoded (``pynba.decode.PinbaRequest``) and checked
+background thread, decoded (``pynba.wire.decode.PinbaRequest``) and checked
 against pinba2's rules. Under pytest the ``pinba_listener`` fixture gives one
 per test (registered by the ``pytest11`` entry point when pynba is installed).
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 import threading
 import time
 
-from .decode import PinbaRequest
-from .listener import Listener, Received
+from .cli.listener import Listener, Received
+from .wire.decode import PinbaRequest
 
 __all__ = ["PinbaListener"]
 
@@ -28,28 +28,21 @@ __all__ = ["PinbaListener"]
 class PinbaListener:
     """A UDP listener on a free loopback port that collects decoded Pinba packets.
 
-    ``address`` is its ``(host, port)``; ``server`` the same as ``"host:port"``.
+    ``address`` is its ``(host, port)``; ``server`` the same as ``"host:port"``
+    (what ``PINBA_SERVER`` settings take).
     ``packets`` holds the decoded requests in arrival order, ``received``
     every datagram with its verdict (``drop_reasons``).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._listener = Listener(host, port)
+        self.address = self._listener.address
+        self.server = self._listener.server
         self.received: list[Received] = []
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._collect, name="pynba-listener", daemon=True)
         self._thread.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self._listener.address
-
-    @property
-    def server(self) -> str:
-        """The address as ``"host:port"`` (what ``PINBA_SERVER`` settings take)."""
-        host, port = self.address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
     def packets(self) -> list[PinbaRequest]:

@@ -106,6 +106,7 @@ def iter_fields(data: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     data = bytes(data)
     pos = 0
     end = len(data)
+    value: int | bytes
     while pos < end:
         key, pos = read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
@@ -246,7 +247,7 @@ class PinbaRequest:
             raise LookupError(f"{len(found)} timers with tags {wanted}; sent: {sent}")
         return found[0]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         """Plain JSON-ready values: request fields, resolved tags and timers."""
         return {
             "hostname": self.hostname,
@@ -279,6 +280,23 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
+def _scalar_values(number: int, wire_type: int, value: int | bytes) -> list[int] | list[float]:
+    """A uint32 or float field's values: the one sent, or each of a packed repeated field."""
+    packed = wire_type == LENGTH_DELIMITED and number in REPEATED
+    if number in FLOATS:
+        if (wire_type == FIXED32 or packed) and isinstance(value, bytes):
+            # A single fixed32 reads as a packed run of one.
+            return [float32(raw) for raw in unpack_floats(value)]
+        expected = "a float"
+    else:
+        if isinstance(value, int):  # the varint wire type
+            return [value & 0xFFFFFFFF]  # uint32 keeps the low bits
+        if packed:
+            return [varint & 0xFFFFFFFF for varint in unpack_varints(value)]
+        expected = "a varint"
+    raise DecodeError(f"{FIELD_NAMES[number]}: wire type {wire_type}, expected {expected}")
+
+
 def decode_request(payload: bytes) -> PinbaRequest:
     """Decode a raw (v0) ``Pinba.Request`` message; DecodeError when it is malformed.
 
@@ -294,36 +312,18 @@ def decode_request(payload: bytes) -> PinbaRequest:
         if name is None:
             continue
         if number in STRINGS:
-            if wire_type != LENGTH_DELIMITED:
+            if wire_type != LENGTH_DELIMITED or not isinstance(value, bytes):
                 raise DecodeError(f"{name}: wire type {wire_type}, expected a string")
             if number == 15:
                 request.dictionary.append(_text(value))
             else:
                 setattr(request, name, _text(value))
-        elif number in UINT32S:
-            if wire_type == VARINT:
-                values = [value]
-            elif wire_type == LENGTH_DELIMITED and number in REPEATED:
-                values = unpack_varints(value)
-            else:
-                raise DecodeError(f"{name}: wire type {wire_type}, expected a varint")
-            values = [v & 0xFFFFFFFF for v in values]  # uint32 keeps the low bits
+        elif number in UINT32S or number in FLOATS:
+            values = _scalar_values(number, wire_type, value)
             if number in REPEATED:
                 getattr(request, name).extend(values)
             else:
                 setattr(request, name, values[-1])
-        elif number in FLOATS:
-            if wire_type == FIXED32:
-                raws = [value]
-            elif wire_type == LENGTH_DELIMITED and number in REPEATED:
-                raws = unpack_floats(value)
-            else:
-                raise DecodeError(f"{name}: wire type {wire_type}, expected a float")
-            floats = [float32(raw) for raw in raws]
-            if number in REPEATED:
-                getattr(request, name).extend(floats)
-            else:
-                setattr(request, name, floats[-1])
         elif number == 18:
             if wire_type != LENGTH_DELIMITED:
                 raise DecodeError(f"requests: wire type {wire_type}, expected a message")
@@ -342,7 +342,7 @@ def unframe(datagram: bytes) -> tuple[bytes, str]:
 
     pinba2 reads the first byte's high nibble: 0 is a bare message (v0), 1 a
     4-byte header before the payload, whose flag bit 0 means LZ4 block
-    compression (see ``pynba.framing``; reading it needs the ``lz4`` package).
+    compression (see ``pynba.wire.framing``; reading it needs the ``lz4`` package).
     Anything else is dropped. Without the ``lz4`` package, a compressed
     datagram raises ``UnreadableError``: it cannot be read, which is not a
     reason for a server to drop it.

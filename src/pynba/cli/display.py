@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from .decode import PinbaRequest
+from ..wire.decode import PinbaRequest
 from .listener import Received
 
 __all__ = ["describe", "describe_request", "json_line", "milliseconds", "pairs", "printable"]
@@ -109,9 +109,7 @@ def describe_request(request: PinbaRequest) -> list[str]:
 
 def describe(received: Received, number: int | None = None) -> str:
     """A readable account of a datagram: verdict, fields, tags, timers, problems."""
-    origin = ""
-    if received.sender:
-        origin = f" from {received.sender[0]}:{received.sender[1]}"
+    origin = f" from {received.origin}" if received.origin else ""
     framing = f", {received.framing}" if received.framing not in (None, "v0") else ""
     if received.unreadable:
         verdict = received.unreadable

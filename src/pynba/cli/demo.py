@@ -19,18 +19,20 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from .context import pynba
+from ..context import pynba
+from ..wsgi import PynbaMiddleware
 from .listener import Listener
-from .report import Report
-from .wsgi import PynbaMiddleware
+from .top import Report
 
 __all__ = ["DemoServer", "application", "monitored", "route_template", "run_demo"]
 
-_cache: dict[int, dict] = {}
+WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_cache: dict[int, dict[str, object]] = {}
 _cache_lock = threading.Lock()
 
 ROUTES = [
@@ -46,7 +48,7 @@ def _pretend_query(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def _user(user_id: int) -> dict:
+def _user(user_id: int) -> dict[str, object]:
     with pynba.timer(group="cache", op="get"):
         with _cache_lock:
             user = _cache.get(user_id)
@@ -66,17 +68,23 @@ def _stream() -> Iterator[bytes]:
             yield f"chunk {part}\n".encode()
 
 
-def application(environ: dict, start_response) -> object:
-    """The demo WSGI application (not monitored: see ``monitored()``)."""
-    path = environ.get("PATH_INFO", "")
+def _route(path: str) -> tuple[str, re.Match[str]] | None:
+    """The template of the route ``path`` takes, and its match; None when none matches."""
     for pattern, template in ROUTES:
         match = pattern.match(path)
         if match:
-            environ["demo.route"] = template
-            break
-    else:
+            return template, match
+    return None
+
+
+def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The demo WSGI application (not monitored: see ``monitored()``)."""
+    routed = _route(environ.get("PATH_INFO", ""))
+    if routed is None:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
+    template, match = routed
+    environ["demo.route"] = template
     if template == "/users/{id}":
         body = f"{_user(int(match.group(1)))['name']}\n".encode()
     elif template == "/search":
@@ -96,7 +104,7 @@ def application(environ: dict, start_response) -> object:
     return [body]
 
 
-def route_template(environ: dict) -> str:
+def route_template(environ: dict[str, Any]) -> str:
     """The route's template as the script name: /users/1 and /users/2 report together."""
     return environ.get("demo.route", "unknown")
 
@@ -127,7 +135,7 @@ class _QuietHandler(WSGIRequestHandler):
 class DemoServer:
     """A WSGI application served by wsgiref's threaded server on a free loopback port."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: WSGIApplication) -> None:
         self.server = make_server(
             "127.0.0.1", 0, app, server_class=_ThreadingServer, handler_class=_QuietHandler
         )
@@ -166,13 +174,15 @@ def _get(url: str) -> int:
         return error.code
 
 
-def drive(base_url: str, requests: int, duration: float | None = None, clients: int = 4) -> Counter:
+def drive(
+    base_url: str, requests: int, duration: float | None = None, clients: int = 4
+) -> Counter[int]:
     """Send ``requests`` requests (fewer if ``duration`` seconds pass); statuses seen."""
     deadline = None if duration is None else time.monotonic() + duration
     paths = iter(_paths(requests))
     lock = threading.Lock()
     stopping = threading.Event()
-    statuses: Counter = Counter()
+    statuses: Counter[int] = Counter()
     failures: list[BaseException] = []
 
     def client() -> None:

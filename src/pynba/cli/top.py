@@ -15,7 +15,7 @@ from hashlib import blake2b
 from time import monotonic
 from typing import Generic, TypeVar
 
-from .decode import PinbaRequest
+from ..wire.decode import PinbaRequest
 from .display import pairs, printable
 from .listener import Received
 
@@ -44,8 +44,8 @@ class ScriptStats:
     requests: int = 0
     time_total: float = 0.0
     cpu_total: float = 0.0
-    statuses: Counter = field(default_factory=Counter)
-    times: deque = field(default_factory=lambda: deque(maxlen=_SAMPLES))
+    statuses: Counter[int] = field(default_factory=Counter)
+    times: deque[float] = field(default_factory=lambda: deque(maxlen=_SAMPLES))
 
 
 @dataclass
@@ -134,12 +134,12 @@ class Report:
         self.started = monotonic()
         self.max_rows = max_rows
         self.scripts: Rows[str, ScriptStats] = Rows(max_rows, ScriptStats)
-        self.timers: Rows[tuple, TimerStats] = Rows(max_rows, TimerStats)
+        self.timers: Rows[tuple[tuple[str, str], ...], TimerStats] = Rows(max_rows, TimerStats)
         self.received = 0
         self.dropped = 0
-        self.drop_reasons: Counter = Counter()
+        self.drop_reasons: Counter[str] = Counter()
         #: Datagrams pynba could not read (no verdict), by why.
-        self.unread: Counter = Counter()
+        self.unread: Counter[str] = Counter()
 
     def add(self, received: Received) -> None:
         """Count one datagram: its request, why a server would drop it, or why it is unread."""
@@ -195,15 +195,15 @@ class Report:
             f" {'p95 ms':>9} {'p99 ms':>9} {'cpu ms/req':>10}  status",
         ]
         ranked = sorted(scripts.rows.items(), key=lambda item: -item[1].time_total)
-        for name, stats in ranked:
-            lines.append(_script_line(printable(name), stats, elapsed))
+        for name, script in ranked:
+            lines.append(_script_line(printable(name), script, elapsed))
         if scripts.other is not None:
             lines.append(_script_line(f"(other: ~{scripts.folded} names)", scripts.other, elapsed))
         if timers.rows:
             lines += ["", f"{'timer tags':<48} {'hits':>8} {'total ms':>10} {'mean ms':>9}"]
             ranked_timers = sorted(timers.rows.items(), key=lambda item: -item[1].total)
-            for tags, stats in ranked_timers:
-                lines.append(_timer_line(pairs(tags), stats))
+            for tags, timer in ranked_timers:
+                lines.append(_timer_line(pairs(tags), timer))
             if timers.other is not None:
                 lines.append(_timer_line(f"(other: ~{timers.folded} tag sets)", timers.other))
         if self.drop_reasons:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
-from .decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
-from .validate import Problem, check
+from ..address import DEFAULT_PORT, ServerAddress
+from ..wire.decode import DecodeError, PinbaRequest, UnreadableError, decode_request, unframe
+from ..wire.validate import Problem, check
 
-__all__ = ["DEFAULT_PORT", "Listener", "PortInUseError", "Received", "examine"]
-
-#: The port Pinba clients and pinba_engine use (pinba2's own default is 3002).
-DEFAULT_PORT = 30002
+__all__ = ["Listener", "PortInUseError", "Received", "examine"]
 
 _RECEIVE_BUFFER = 4 << 20
 
@@ -29,13 +28,20 @@ class Received:
     """One datagram as a Pinba server would read it."""
 
     datagram: bytes
-    sender: tuple | None = None
+    sender: tuple[Any, ...] | None = None
     framing: str | None = None
     request: PinbaRequest | None = None
     error: str | None = None
     problems: list[Problem] = field(default_factory=list)
     #: Why pynba cannot read the datagram (a server might): then there is no verdict.
     unreadable: str | None = None
+
+    @property
+    def origin(self) -> str | None:
+        """The sender as ``"host:port"`` (``"[::1]:port"`` for IPv6); None when unknown."""
+        if not self.sender:
+            return None
+        return str(ServerAddress(self.sender[0], self.sender[1]))  # a client prints as a server
 
     @property
     def drop_reasons(self) -> list[str]:
@@ -52,10 +58,10 @@ class Received:
         """Decoded, and a Pinba server would accept it."""
         return self.request is not None and not self.drop_reasons
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         """Plain JSON-ready values."""
         return {
-            "sender": _format_address(self.sender) if self.sender else None,
+            "sender": self.origin,
             "size": len(self.datagram),
             "framing": self.framing,
             "accepted": self.accepted,
@@ -67,7 +73,7 @@ class Received:
         }
 
 
-def examine(datagram: bytes, sender: tuple | None = None) -> Received:
+def examine(datagram: bytes, sender: tuple[Any, ...] | None = None) -> Received:
     """Decode ``datagram`` and check it against pinba2's rules; never raises."""
     received = Received(bytes(datagram), sender)
     try:
@@ -124,6 +130,11 @@ class Listener:
         """``(host, port)``, as ``Reporter`` and the middleware take it."""
         return (self.host, self.port)
 
+    @property
+    def server(self) -> str:
+        """``"host:port"`` (``"[::1]:port"`` for IPv6), as ``PINBA_SERVER`` takes it."""
+        return str(ServerAddress(self.host, self.port))
+
     def receive(self, timeout: float | None = None) -> Received | None:
         """The next datagram, examined; None when ``timeout`` seconds pass without one."""
         self.sock.settimeout(timeout)
@@ -143,9 +154,4 @@ class Listener:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Listener {_format_address(self.address)}>"
-
-
-def _format_address(address: tuple) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"<Listener {self.server}>"

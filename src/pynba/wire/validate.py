@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from .decode import (
     FIELD_NAMES,
@@ -139,25 +140,30 @@ def _check_message(data: bytes, packed_ok: bool) -> list[Problem]:
         if number not in KNOWN:
             warn(f"unexpected field {number} ({FIELD_NAMES.get(number, 'unknown')}), ignored")
 
-    scalars: dict[int, list] = {number: [] for number in (*UINT32S, *FLOATS)}
-    dictionary = []
-    packed = []
+    # uint32 fields hold ints, float fields their raw float32 bytes.
+    scalars: dict[int, list[Any]] = {number: [] for number in (*UINT32S, *FLOATS)}
+    dictionary: list[bytes] = []
+    packed: list[str] = []
     for number, wire_type, value in walked:
         name = FIELD_NAMES.get(number, str(number))
         if number in STRINGS or number == 18:
             if wire_type != LENGTH_DELIMITED:
                 drop(f"{name}: wrong wire type {wire_type}")
-            elif number == 15:
+            elif number == 15 and isinstance(value, bytes):
                 dictionary.append(value)
             continue
         if number not in scalars:
             continue
         expected = FIXED32 if number in FLOATS else VARINT
         if wire_type == expected:
-            if wire_type == VARINT and value > UINT32_MAX:
+            if isinstance(value, int) and value > UINT32_MAX:  # a varint
                 warn(f"{name}: varint {value} does not fit uint32")
             scalars[number].append(value)
-        elif wire_type == LENGTH_DELIMITED and number in REPEATED_SCALARS:
+        elif (
+            wire_type == LENGTH_DELIMITED
+            and number in REPEATED_SCALARS
+            and isinstance(value, bytes)
+        ):
             if name not in packed:
                 packed.append(name)
             try:

@@ -13,12 +13,12 @@ from pathlib import Path
 import lz4.block
 import pytest
 
+from pinba_pb2 import Request
 from pynba import Reporter
-from pynba.decode import PinbaRequest
-from pynba.display import describe, json_line, printable
-from pynba.listener import Received, examine
-from pynba.pinba_pb2 import Request
-from pynba.report import Report
+from pynba.cli.display import describe, json_line, printable
+from pynba.cli.listener import Received, examine
+from pynba.cli.top import Report
+from pynba.wire.decode import PinbaRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -298,9 +298,9 @@ WITHOUT_LZ4 = (
     "import sys\n"
     "sys.modules['lz4'] = None  # as if the optional extra were not installed\n"
     "sys.modules['lz4.block'] = None\n"
-    "from pynba import framing\n"
+    "from pynba.wire import framing\n"
     "assert not framing.LZ4_AVAILABLE\n"
-    "from pynba.__main__ import main\n"
+    "from pynba.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -380,7 +380,7 @@ CHECK_WITHOUT_LZ4 = (
     "import sys\n"
     "sys.modules['lz4'] = None\n"
     "sys.modules['lz4.block'] = None\n"
-    "from pynba import decode, validate\n"
+    "from pynba.wire import decode, validate\n"
     "datagram = bytes.fromhex(sys.argv[1])\n"
     "try:\n"
     "    decode.unframe(datagram)\n"

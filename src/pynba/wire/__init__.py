@@ -1,0 +1,1 @@
+"""The Pinba wire: encoding, framing, decoding, validation."""
