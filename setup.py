@@ -24,7 +24,7 @@ def _compiled_modules() -> tuple[str, ...]:
 COMPILED_MODULES = _compiled_modules()
 #: Compiled modules that cimport one another: each needs the others. The
 #: encoder stands alone (it finds the Timer reader at run time).
-LINKED = {f"pynba.{name}" for name in COMPILED_MODULES if name != "_encoder"}
+LINKED = {f"pynba.{name}" for name in COMPILED_MODULES if name != "wire._encoder"}
 
 
 class OptionalBuildExt(build_ext):
@@ -82,7 +82,7 @@ def extensions():
         return []
     modules = []
     for name in COMPILED_MODULES:
-        source = HERE / "src" / "pynba" / f"{name}.pyx"
+        source = HERE / "src" / "pynba" / (name.replace(".", "/") + ".pyx")
         if not source.exists():
             source = source.with_suffix(".py")
         modules.append(Extension(f"pynba.{name}", [str(source.relative_to(HERE))]))
@@ -110,7 +110,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["examples", "examples.*"]),
-    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd"]},
+    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd", "wire/*.pyx"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     extras_require={

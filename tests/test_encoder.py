@@ -14,8 +14,8 @@ import pytest
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields, violations
 from pinba_pb2 import Request
-from pynba import _pure_encoder
-from pynba.encoder import ARGUMENTS, MAX_TEXT_BYTES
+from pynba.wire import fallback
+from pynba.wire.encoder import ARGUMENTS, MAX_TEXT_BYTES
 
 FLT_MIN = 1.1754943508222875e-38  # 2**-126
 FLT_MAX = 3.4028234663852886e38  # (2 - 2**-23) * 2**127
@@ -443,7 +443,7 @@ def test_long_text_with_surrogates_and_nuls_is_valid_utf8(encode, text):
     ],
 )
 def test_long_bytes_are_cut_as_text_is(encode, data):
-    expected = _pure_encoder.cut(_pure_encoder.to_bytes(data), TAG_LIMIT)
+    expected = fallback.cut(fallback.to_bytes(data), TAG_LIMIT)
     assert TAG_LIMIT - 3 <= len(expected) <= TAG_LIMIT
     message = roundtrip(encode, tags={"n": data}, timers=[timer({"t": data})])
     assert request_tags(message) == [(b"n", expected)]
@@ -480,7 +480,7 @@ def test_compiled_and_pure_encoders_cut_alike():
             "tags": {text: data, "d": text},
             "timers": [timer({text: text, "b": data}), timer([(data, text)])],
         }
-        assert make(compiled.encode, **arguments) == make(_pure_encoder.encode, **arguments)
+        assert make(compiled.encode, **arguments) == make(fallback.encode, **arguments)
 
 
 # -- merging timers ---------------------------------------------------------------------
@@ -1056,7 +1056,7 @@ def test_compiled_and_pure_encoders_give_identical_bytes():
     if compiled is None:
         pytest.skip("the compiled encoder is not built")
     for arguments in [*(case for case, _ in GOLDEN.values()), *varied_requests()]:
-        pure = make(_pure_encoder.encode, **arguments)
+        pure = make(fallback.encode, **arguments)
         assert make(compiled.encode, **arguments) == pure, arguments
 
 

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from pinba_pb2 import Request
-from pynba import encoder
 from pynba.address import DEFAULT_PORT, ServerAddress, parse_addresses
 from pynba.reporter import Reporter
+from pynba.wire import encoder
 from resolving import route_of, wait_for_addresses, wait_until
 
 REQUEST = {
@@ -36,7 +36,7 @@ REQUEST = {
 
 
 def encoded(**request):
-    """The bytes ``pynba.encoder.encode`` makes for ``request``."""
+    """The bytes ``pynba.wire.encoder.encode`` makes for ``request``."""
     return encoder.encode(
         request["hostname"],
         request["server_name"],

@@ -47,9 +47,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any
 
 from .collector import RequestCollector
-from .errors import internal_error
 from .config import resolve
 from .context import DISABLED, activate, deactivate
+from .errors import internal_error
 from .names import ClientNames
 from .reporter import Reporter
 from .wsgi import CLIENT_CLOSED_REQUEST

@@ -28,7 +28,6 @@ from types import MappingProxyType
 from typing import Any
 
 from . import rusage
-from .encoder import STATUS_MAX
 from .errors import internal_error
 from .names import default_hostname
 from .pinboard import pinboard_timers
@@ -37,6 +36,7 @@ from .rusage import resident_set_size
 from .strict import is_strict
 from .tags import TagPairs, TagValue, check_tag_name, flatten_tags, timer_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, TimerRecord, check_seconds
+from .wire.encoder import STATUS_MAX
 
 __all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestCollector"]
 

@@ -43,9 +43,9 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from .collector import RequestCollector
-from .errors import internal_error
 from .config import resolve
 from .context import DISABLED, activate, deactivate
+from .errors import internal_error
 from .names import ClientNames
 from .reporter import Reporter
 

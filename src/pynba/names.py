@@ -14,7 +14,6 @@ paths. The integrations share what bounds them:
 
 from __future__ import annotations
 
-
 import ipaddress
 import re
 import socket

@@ -26,9 +26,9 @@ import weakref
 from collections.abc import Sized
 
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
-from .encoder import MAX_DATAGRAM, encode
 from .ratelimit import LogLimiter
 from .wire import framing
+from .wire.encoder import MAX_DATAGRAM, encode
 
 __all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 
@@ -341,7 +341,7 @@ class Reporter:
     ) -> None:
         """Encode one request and send it to every server, in its wire form.
 
-        A request whose datagram would exceed ``pynba.encoder.MAX_DATAGRAM``
+        A request whose datagram would exceed ``pynba.wire.encoder.MAX_DATAGRAM``
         (after packing and compression, for pinba2 servers) is sent without
         its timers, else also without its request tags, with a warning: never
         lost for its size. Never raises unless ``raise_on_fail`` is
@@ -535,7 +535,7 @@ class Reporter:
 
         Sent without its timers; if still too large, without its request tags
         too: what is left, the fields pinba2 requires, always fits (the
-        encoder caps every string, see ``pynba.encoder.MAX_TEXT_BYTES``).
+        encoder caps every string, see ``pynba.wire.encoder.MAX_TEXT_BYTES``).
         """
         timers, tags = request[13], request[12]
         timer_count = _length(timers)

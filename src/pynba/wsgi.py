@@ -46,9 +46,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .collector import RequestCollector, logger
-from .errors import internal_error
 from .config import resolve
 from .context import DISABLED, activate, current_collector, deactivate
+from .errors import internal_error
 from .names import ClientNames
 from .reporter import Reporter
 

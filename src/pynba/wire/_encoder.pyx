@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Pinba datagram encoder, compiled.
 
-The twin of ``_pure_encoder.py``: same signature, same bytes. Everything
+The twin of ``fallback.py``: same signature, same bytes. Everything
 that is not a plain str, bytes, float, int, bool or None takes the pure
 module's conversion functions, so both agree on the rare cases by
 construction; this module only makes the common cases fast.
@@ -34,13 +34,13 @@ from libc.string cimport memchr, memcmp, memcpy, memset
 
 from pynba._timer_fields cimport ReadTimerFields, TimerFields
 
-from pynba._pure_encoder import to_bytes as _py_to_bytes
-from pynba._pure_encoder import to_seconds as _py_to_seconds
-from pynba._pure_encoder import to_uint32 as _py_to_uint32
-from pynba._pure_encoder import _pairs as _py_pairs
-from pynba._pure_encoder import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
-from pynba._pure_encoder import timer_tuple as _py_timer_tuple
-from pynba._pure_encoder import encode as _py_encode
+from pynba.wire.fallback import to_bytes as _py_to_bytes
+from pynba.wire.fallback import to_seconds as _py_to_seconds
+from pynba.wire.fallback import to_uint32 as _py_to_uint32
+from pynba.wire.fallback import _pairs as _py_pairs
+from pynba.wire.fallback import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
+from pynba.wire.fallback import timer_tuple as _py_timer_tuple
+from pynba.wire.fallback import encode as _py_encode
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)

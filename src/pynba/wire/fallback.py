@@ -1,6 +1,6 @@
 """Pinba datagram encoder in pure Python.
 
-The twin of ``_encoder.pyx``: same signature, same bytes. ``pynba.encoder``
+The twin of ``_encoder.pyx``: same signature, same bytes. ``pynba.wire.encoder``
 picks one of them at import time.
 """
 
