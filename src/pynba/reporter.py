@@ -376,14 +376,15 @@ class Reporter:
     def report_request(self, request: RequestRecord | tuple) -> None:
         """``report()`` for a ``RequestRecord``, or a plain tuple of its fields in order.
 
-        The collectors' path: it saves building and binding keyword arguments.
+        The collectors' path: it saves building and binding keyword arguments
+        (and a plain tuple is the cheapest request to build and to encode).
         Its timers may be the request's Timers themselves, read as they stand
         when encoded: an override must encode them before it returns.
         """
         first_failure = None
         for wire, servers in self._wires:
             datagram = self._encode(request, wire)
-            # an Exception: cannot be encoded, counted and logged
+            # an Exception when it cannot be encoded (counted and logged)
             failure = (
                 datagram if isinstance(datagram, Exception) else self._send_to(servers, datagram)
             )
