@@ -1,6 +1,7 @@
 """The UDP reporter, against real sockets on the loopback interface."""
 
 import errno
+import inspect
 import logging
 import math
 import os
@@ -13,8 +14,9 @@ import pytest
 
 from pinba_pb2 import Request
 from pynba.address import DEFAULT_PORT, ServerAddress, parse_addresses
+from pynba.record import RequestRecord
 from pynba.reporter import Reporter
-from pynba.wire import encoder
+from pynba.wire import encoder, fallback, framing
 from resolving import route_of, wait_for_addresses, wait_until
 
 REQUEST = {
@@ -292,6 +294,45 @@ def test_report_fields_are_keyword_only(reporter_factory):
     reporter = reporter_factory("127.0.0.1:30002")
     with pytest.raises(TypeError):
         reporter.report("h", "s", "/")
+
+
+def test_the_request_record_holds_the_encoders_arguments_in_order():
+    arguments = tuple(inspect.signature(fallback.encode).parameters)
+    assert RequestRecord._fields == arguments[: len(RequestRecord._fields)]
+    assert arguments[len(RequestRecord._fields) :] == ("packed",)
+    assert RequestRecord._fields == encoder.ARGUMENTS
+
+
+def test_report_request_takes_a_record_or_a_plain_tuple_of_its_fields(
+    udp_listener, reporter_factory
+):
+    reporter = reporter_factory(udp_listener.address)
+    record = RequestRecord(**REQUEST)
+    reporter.report_request(record)
+    reporter.report_request(tuple(record))
+    reporter.report(**REQUEST)
+    assert receive_exactly(udp_listener, 3) == [encoded(**REQUEST)] * 3
+    assert reporter.stats == {"sent": 3, "failed": 0, "oversize": 0}
+
+
+@pytest.mark.parametrize("form", [RequestRecord._make, tuple], ids=["record", "plain tuple"])
+@pytest.mark.parametrize("wire", ["", "pinba2://"])
+def test_an_oversize_request_reported_as_a_record_or_a_tuple_is_sent_degraded(
+    udp_listener, reporter_factory, form, wire
+):
+    timers = [({"n": f"{number:06d}" + "v" * 60}, 0.5, 1, 0.0, 0.0) for number in range(2000)]
+    blobs = {f"blob{i}": str(i).ljust(1024, "b") for i in range(encoder.MAX_DATAGRAM // 1000)}
+    reporter = reporter_factory(f"{wire}127.0.0.1:{udp_listener.port}")
+    reporter.report_request(form(RequestRecord(**{**REQUEST, "timers": timers})))
+    reporter.report_request(form(RequestRecord(**{**REQUEST, "tags": blobs})))
+    without_timers, without_tags = (
+        decode(framing.unframe(data)) for data in receive_exactly(udp_listener, 2)
+    )
+    assert list(without_timers.timer_value) == []
+    assert request_tags(without_timers) == {"region": "eu", "release": "42"}
+    assert (list(without_tags.timer_value), request_tags(without_tags)) == ([], {})
+    assert reporter.stats["oversize"] == 2
+    assert reporter.stats["oversize_tags"] == 1
 
 
 def test_fan_out_sends_identical_bytes(udp_listener_factory, reporter_factory):

@@ -202,6 +202,18 @@ def test_the_lookup_thread_ends_with_its_reporter(udp_listener, end):
     assert not thread.is_alive()
 
 
+def test_a_collected_reporter_leaves_no_after_fork_handler_behind(udp_listener):
+    from pynba import reporter as reporter_module
+
+    gc.collect()
+    before = len(reporter_module._fork_handlers)
+    reporters = [Reporter(f"localhost:{udp_listener.port}") for _ in range(10)]
+    assert len(reporter_module._fork_handlers) == before + 10
+    del reporters
+    gc.collect()
+    assert len(reporter_module._fork_handlers) <= before
+
+
 def test_a_hanging_lookup_does_not_keep_the_interpreter_alive():
     script = textwrap.dedent(
         """

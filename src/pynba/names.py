@@ -190,8 +190,17 @@ class ClientNames:
     ``stats[kind + "_invalid"]``.
     """
 
-    __slots__ = ("known", "_reporter", "_overflow", "_invalid", "_limit", "_normalize")
-    __slots__ += ("_allowed", "_admitted", "_lock")
+    __slots__ = (
+        "known",
+        "_reporter",
+        "_overflow",
+        "_invalid",
+        "_limit",
+        "_normalize",
+        "_allowed",
+        "_admitted",
+        "_lock",
+    )
 
     def __init__(
         self,

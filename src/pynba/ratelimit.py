@@ -34,7 +34,12 @@ class LogLimiter:
         return len(self._last)
 
     def log(
-        self, level: int, kind: str, message: str, *args: object, exc_info: object = None
+        self,
+        level: int,
+        kind: str,
+        message: str,
+        *args: object,
+        exc_info: BaseException | None = None,
     ) -> None:
         """Log ``message % args`` unless a message of ``kind`` was logged within the interval."""
         now = time.monotonic()

@@ -47,5 +47,6 @@ cdef class Reporter:
     cdef _add(self, kind, n)
     cpdef report_request(self, request)
     cpdef _encode(self, request, wire)
+    cdef tuple _datagram(self, request, wire)
     @cython.locals(server=_Server, route=_Route, sent=Py_ssize_t)
     cpdef _send_to(self, tuple servers, datagram)

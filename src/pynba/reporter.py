@@ -23,10 +23,12 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
+from typing import Any
 
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .ratelimit import LogLimiter
+from .record import RequestRecord
 from .wire import framing
 from .wire.encoder import MAX_DATAGRAM, encode
 
@@ -38,6 +40,9 @@ logger = logging.getLogger("pynba")
 #: Ethernet MTU (1,500) less the IPv4 and UDP headers. Larger ones are
 #: fragmented by IP, and one lost fragment loses the request.
 DEFAULT_COMPRESS_ABOVE = 1472
+
+#: What looking a server up finds: ``(family, sockaddr)``, or why it failed.
+_Found = tuple[int, tuple] | OSError
 
 #: A name whose first lookups fail is looked up again after this many
 #: seconds, then twice as long each time, up to ``resolve_interval``.
@@ -137,15 +142,18 @@ class _Refresher:
 
     One thread per reporter that has names to look up (a reporter of IP
     literals has none): a resolver that hangs on one reporter's name delays
-    no other reporter. The thread starts on the first send, again in a
-    forked child, holds the reporter only weakly between lookups, and ends
-    once the reporter is closed or collected.
+    no other reporter. The thread starts with the reporter, again in a
+    forked child, hands each lookup's outcome to ``on_lookup`` (the
+    reporter's method, held only weakly between lookups), and ends once the
+    reporter is closed or collected.
     """
 
-    __slots__ = ("_reporter", "_servers", "_lock", "_wake", "_thread", "_stopped")
+    __slots__ = ("_on_lookup", "_servers", "_lock", "_wake", "_thread", "_stopped")
 
-    def __init__(self, reporter: Reporter, servers: tuple[_Server, ...]) -> None:
-        self._reporter = weakref.ref(reporter)
+    def __init__(
+        self, on_lookup: Callable[[_Server, _Found], None], servers: tuple[_Server, ...]
+    ) -> None:
+        self._on_lookup = weakref.WeakMethod(on_lookup)
         self._servers = servers
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -191,18 +199,18 @@ class _Refresher:
             if pause > 0:
                 wake.wait(pause)
                 continue
-            reporter = None
+            on_lookup = None
             try:
                 found = _look_up(server.address, numeric=False)
-                reporter = self._reporter()
-                if reporter is None or self._stopped:
-                    return
-                reporter._found(server, found)
+                on_lookup = self._on_lookup()
+                if on_lookup is None or self._stopped:
+                    return  # the reporter was collected, or closed
+                on_lookup(server, found)
             except Exception:
                 server.next_lookup = time.monotonic() + _FIRST_RETRY
                 logger.exception("pynba: looking up %s failed", server.address)
             finally:
-                reporter = None  # not kept alive by this thread while it waits
+                on_lookup = None  # the reporter is not kept alive by this thread while it waits
 
 
 class Reporter:
@@ -220,7 +228,7 @@ class Reporter:
     encoded once per wire form, whatever the number of servers.
 
     Host names are looked up by a daemon thread of the reporter's own,
-    started by the first send: never on a request's path. Datagrams for a
+    started with the reporter: never on a request's path. Datagrams for a
     server whose address is not known yet are dropped (counted as
     ``"resolve"``); a first lookup that fails is tried again after 0.5 s,
     1 s, 2 s, ... up to ``resolve_interval``. Once found, a name is looked up
@@ -274,12 +282,12 @@ class Reporter:
         self._socket_lock = threading.Lock()
         self._closed = False
         names = tuple(server for server in self._servers if not server.is_literal)
-        self._refresher = _Refresher(self, names) if names else None
+        self._refresher = _Refresher(self._found, names) if names else None
         # Reporters are commonly dropped without close(): their sockets go
         # quietly with them rather than warn, and their lookup thread ends.
         weakref.finalize(self, _shut_down, self._sockets, self._refresher)
         self._limiter = LogLimiter(self.log_interval)
-        _live_reporters.add(self)
+        _fork_handlers.add(weakref.WeakMethod(self._forget_inherited_state, _fork_handlers.discard))
         if self._refresher is not None:
             # Looked up from now on: the first requests need not find no address yet.
             self._refresher.start()
@@ -324,22 +332,22 @@ class Reporter:
     def report(
         self,
         *,
-        hostname,
-        server_name,
-        script_name,
-        request_count=1,
-        document_size=0,
-        memory_peak=0,
-        request_time=0.0,
-        ru_utime=0.0,
-        ru_stime=0.0,
-        status=0,
-        memory_footprint=0,
-        schema=None,
-        tags=(),
-        timers=(),
+        hostname: str,
+        server_name: str,
+        script_name: str,
+        request_count: int = 1,
+        document_size: int = 0,
+        memory_peak: int = 0,
+        request_time: float = 0.0,
+        ru_utime: float = 0.0,
+        ru_stime: float = 0.0,
+        status: int = 0,
+        memory_footprint: int = 0,
+        schema: str | None = None,
+        tags: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+        timers: Iterable[Any] = (),
     ) -> None:
-        """Encode one request and send it to every server, in its wire form.
+        """Encode one request (see ``RequestRecord``) and send it to every server, in its wire form.
 
         A request whose datagram would exceed ``pynba.wire.encoder.MAX_DATAGRAM``
         (after packing and compression, for pinba2 servers) is sent without
@@ -347,38 +355,39 @@ class Reporter:
         lost for its size. Never raises unless ``raise_on_fail`` is
         set; then the first failure is raised once every server has been tried.
         """
-        request = (
-            hostname,
-            server_name,
-            script_name,
-            request_count,
-            document_size,
-            memory_peak,
-            request_time,
-            ru_utime,
-            ru_stime,
-            status,
-            memory_footprint,
-            schema,
-            tags,
-            timers,
+        record = RequestRecord(
+            hostname=hostname,
+            server_name=server_name,
+            script_name=script_name,
+            request_count=request_count,
+            document_size=document_size,
+            memory_peak=memory_peak,
+            request_time=request_time,
+            ru_utime=ru_utime,
+            ru_stime=ru_stime,
+            status=status,
+            memory_footprint=memory_footprint,
+            schema=schema,
+            tags=tags,
+            timers=timers,
         )
-        self.report_request(request)
+        self.report_request(record)
 
-    def report_request(self, request: tuple) -> None:
-        """``report()`` with the request as the encoder's positional arguments.
+    def report_request(self, request: RequestRecord | tuple) -> None:
+        """``report()`` for a ``RequestRecord``, or a plain tuple of its fields in order.
 
-        The collectors' path: it saves building and binding keyword arguments.
+        The collectors' path: it saves building and binding keyword arguments
+        (and a plain tuple is the cheapest request to build and to encode).
         Its timers may be the request's Timers themselves, read as they stand
         when encoded: an override must encode them before it returns.
         """
         first_failure = None
         for wire, servers in self._wires:
             datagram = self._encode(request, wire)
-            if isinstance(datagram, Exception):  # cannot be encoded: counted and logged
-                failure = datagram
-            else:
-                failure = self._send_to(servers, datagram)
+            # an Exception when it cannot be encoded (counted and logged)
+            failure = (
+                datagram if isinstance(datagram, Exception) else self._send_to(servers, datagram)
+            )
             if first_failure is None:
                 first_failure = failure
         if first_failure is not None and self.raise_on_fail:
@@ -495,13 +504,10 @@ class Reporter:
         servers = [str(server.address) for server in self._servers]
         return f"{type(self).__name__}({servers!r})"
 
-    def _encode(self, request: tuple, wire: str) -> bytes | Exception:
+    def _encode(self, request: RequestRecord | tuple, wire: str) -> bytes | Exception:
         """The datagram for ``request`` in the ``wire`` form, or why it cannot be encoded."""
         try:
-            if wire == WIRE_CLASSIC:
-                datagram, compressed = encode(*request), False
-            else:
-                datagram, compressed = self._datagram(request, wire)
+            datagram, compressed = self._datagram(request, wire)
             if len(datagram) > MAX_DATAGRAM:
                 datagram, compressed = self._degraded(request, wire, len(datagram))
         except Exception as error:
@@ -514,7 +520,7 @@ class Reporter:
             self._add("compressed", 1)
         return datagram
 
-    def _datagram(self, request: tuple, wire: str) -> tuple[bytes, bool]:
+    def _datagram(self, request: RequestRecord | tuple, wire: str) -> tuple[bytes, bool]:
         """``(datagram, whether it is LZ4-compressed)`` for ``request`` in the ``wire`` form."""
         if wire == WIRE_CLASSIC:
             return encode(*request), False
@@ -530,28 +536,30 @@ class Reporter:
                 return compressed, True
         return datagram, False
 
-    def _degraded(self, request: tuple, wire: str, full_size: int) -> tuple[bytes, bool]:
+    def _degraded(
+        self, request: RequestRecord | tuple, wire: str, full_size: int
+    ) -> tuple[bytes, bool]:
         """``request``, too large for a datagram, made to fit: ``(datagram, compressed)``.
 
         Sent without its timers; if still too large, without its request tags
         too: what is left, the fields pinba2 requires, always fits (the
         encoder caps every string, see ``pynba.wire.encoder.MAX_TEXT_BYTES``).
         """
-        timers, tags = request[13], request[12]
-        timer_count = _length(timers)
+        record = RequestRecord._make(request)
+        timer_count = _length(record.timers)
         lost = []
         kind = "oversize"
         datagram = b""
         compressed = False
         if timer_count != 0:  # without timers, a request of none would be the same size
             lost.append(_several(timer_count, "timer"))
-            datagram, compressed = self._datagram((*request[:13], ()), wire)
+            datagram, compressed = self._datagram(record._replace(timers=()), wire)
         if timer_count == 0 or len(datagram) > MAX_DATAGRAM:
             kind = "oversize_tags"
-            tag_count = _length(tags)
+            tag_count = _length(record.tags)
             if tag_count != 0:
                 lost.append(_several(tag_count, "request tag"))
-            datagram, compressed = self._datagram((*request[:12], (), ()), wire)
+            datagram, compressed = self._datagram(record._replace(tags=(), timers=()), wire)
             self._add(kind, 1)
         self._add("oversize", 1)
         done = ["without its " + " and ".join(lost)] if lost else ["as it is"]
@@ -601,7 +609,7 @@ class Reporter:
         else:
             server.resolved = found
 
-    def _found(self, server: _Server, found: tuple[int, tuple] | OSError) -> None:
+    def _found(self, server: _Server, found: _Found) -> None:
         """Take the outcome of a lookup of ``server``'s name (in the lookup thread)."""
         now = time.monotonic()
         interval = max(self.resolve_interval, _MIN_LOOKUP_PAUSE)
@@ -644,7 +652,9 @@ class Reporter:
         with self._socket_lock:
             if self._closed:
                 raise OSError(errno.EBADF, "the reporter is closed")
-            family, sockaddr = server.resolved  # read here: a lookup may have just moved it
+            resolved = server.resolved  # read here: a lookup may have just moved it
+            assert resolved is not None, "connected before an address was found"
+            family, sockaddr = resolved
             route = server.route
             if route is not None and route.sockaddr == sockaddr:
                 # Looked up again and found the same address, or another
@@ -672,7 +682,9 @@ class Reporter:
         if not self.raise_on_fail:
             self._log(kind, "cannot send to %s: %s; datagram dropped", server.address, error)
 
-    def _log(self, kind: str, message: str, *args: object, exc_info: object = None) -> None:
+    def _log(
+        self, kind: str, message: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
         """Log a warning unless one of the same kind was logged within log_interval."""
         self._limiter.interval = self.log_interval
         self._limiter.log(logging.WARNING, kind, message, *args, exc_info=exc_info)
@@ -760,10 +772,13 @@ _REPLACE_SOCKET = frozenset((*_SOCKET_GONE, errno.EADDRNOTAVAIL))
 
 
 def _error_kind(error: OSError) -> str:
+    """The errno name of ``error`` (``"EAGAIN"``, ...), else its type's name."""
+    if error.errno is None:
+        return type(error).__name__
     return errno.errorcode.get(error.errno, type(error).__name__)
 
 
-def _look_up(address: ServerAddress, numeric: bool) -> tuple[int, tuple] | OSError:
+def _look_up(address: ServerAddress, numeric: bool) -> _Found:
     """``(family, sockaddr)`` for ``address``, else the error; ``numeric`` for an IP literal."""
     try:
         family, _, _, _, sockaddr = socket.getaddrinfo(
@@ -792,12 +807,15 @@ def _unknown_address(server: _Server) -> OSError:
     return type(error)(*error.args)
 
 
-_live_reporters: weakref.WeakSet[Reporter] = weakref.WeakSet()
+# Each live reporter's own after-fork method, held weakly: it goes with its reporter.
+_fork_handlers: set[weakref.WeakMethod] = set()
 
 
 def _after_fork_in_child() -> None:
-    for reporter in list(_live_reporters):
-        reporter._forget_inherited_state()
+    for handler in list(_fork_handlers):
+        forget_inherited_state = handler()
+        if forget_inherited_state is not None:
+            forget_inherited_state()
 
 
 if hasattr(os, "register_at_fork"):

@@ -14,10 +14,10 @@ thread used while serving them (and a request that has the thread to
 itself gets all of it, as before).
 """
 
-import _thread
 import os
 import resource
 import sys
+import threading
 
 from ._implementation import pure_python_forced
 
@@ -97,13 +97,13 @@ class ThreadCPU:
 
 
 def _os_thread_local() -> type:
-    # gevent's monkey-patching makes threading.local (and _thread._local)
-    # per greenlet; the CPU is the OS thread's, shared by its greenlets.
+    # gevent's monkey-patching makes threading.local per greenlet; the CPU
+    # is the OS thread's, shared by its greenlets.
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:
-        original: type = monkey.get_original("_thread", "_local")
+        original: type = monkey.get_original("threading", "local")
         return original
-    return _thread._local
+    return threading.local
 
 
 _threads = _os_thread_local()()
@@ -123,7 +123,7 @@ cpu_times = _cpu_times
 thread_cpu = _thread_cpu
 if not pure_python_forced():
     try:
-        from ._rusage import ThreadCPU, cpu_times, thread_cpu, usage  # type: ignore[assignment]
+        from ._rusage import ThreadCPU, cpu_times, thread_cpu, usage
     except ImportError:
         pass
 
