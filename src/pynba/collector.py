@@ -657,6 +657,8 @@ class RequestCollector:
         server_name = self._server_name or ""
         if settings.pinboard:
             timers = pinboard_timers(timers, hostname, server_name)
+        # A plain tuple of RequestRecord's fields, in order: building the
+        # record and unpacking it again costs about 0.3 us a request more.
         settings.reporter.report_request(
             (
                 hostname,
