@@ -110,7 +110,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["examples", "examples.*"]),
-    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd", "wire/*.pyx"]},
+    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd", "*.pyi", "wire/*.pyx", "wire/*.pyi"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     extras_require={

@@ -373,7 +373,7 @@ class Reporter:
         )
         self.report_request(record)
 
-    def report_request(self, request: RequestRecord | tuple) -> None:
+    def report_request(self, request: RequestRecord) -> None:
         """``report()`` for a ``RequestRecord``, or a plain tuple of its fields in order.
 
         The collectors' path: it saves building and binding keyword arguments
@@ -504,7 +504,7 @@ class Reporter:
         servers = [str(server.address) for server in self._servers]
         return f"{type(self).__name__}({servers!r})"
 
-    def _encode(self, request: RequestRecord | tuple, wire: str) -> bytes | Exception:
+    def _encode(self, request: RequestRecord, wire: str) -> bytes | Exception:
         """The datagram for ``request`` in the ``wire`` form, or why it cannot be encoded."""
         try:
             datagram, compressed = self._datagram(request, wire)
@@ -520,7 +520,7 @@ class Reporter:
             self._add("compressed", 1)
         return datagram
 
-    def _datagram(self, request: RequestRecord | tuple, wire: str) -> tuple[bytes, bool]:
+    def _datagram(self, request: RequestRecord, wire: str) -> tuple[bytes, bool]:
         """``(datagram, whether it is LZ4-compressed)`` for ``request`` in the ``wire`` form."""
         if wire == WIRE_CLASSIC:
             return encode(*request), False
@@ -537,7 +537,7 @@ class Reporter:
         return datagram, False
 
     def _degraded(
-        self, request: RequestRecord | tuple, wire: str, full_size: int
+        self, request: RequestRecord, wire: str, full_size: int
     ) -> tuple[bytes, bool]:
         """``request``, too large for a datagram, made to fit: ``(datagram, compressed)``.
 
