@@ -385,6 +385,15 @@ def test_the_names_written_as_gone_are_gone():
         assert not resolves(dotted), f"pynba.{dotted} exists: the page should not call it gone"
 
 
+def test_the_imports_the_differences_page_describes():
+    page = (ROOT / "docs" / "differences.md").read_text(encoding="utf-8")
+    assert "`from pynba.wsgi import pynba`\n  fails with `ImportError`" in page
+    with pytest.raises(ImportError):
+        exec("from pynba.wsgi import pynba", {})
+    exec("from pynba.wsgi import monitor, PynbaMiddleware", {})
+    exec("from pynba.util import ScriptMonitor", {})
+
+
 # -- python blocks -------------------------------------------------------------
 
 
