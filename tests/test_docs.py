@@ -64,7 +64,7 @@ NOT_RUN = {
     "pip install '.[docs]'": "installing over the environment under test; .ci/run installs it",
     TEST_COMMAND: "the command running these tests; .ci/run runs it verbatim (checked below)",
     "apt-get install php-cli php-pinba": "a system package manager; .ci/run installs them",
-    "protoc --proto_path=proto --python_out=src/pynba proto/pinba.proto": "regenerates a"
+    "protoc --proto_path=proto --python_out=tests proto/pinba.proto": "regenerates a"
     " tracked file; test_schema.py checks it is in step with the schema",
     "python setup.py build_ext --inplace": "rebuilds the compiled modules under test",
     "python -m pytest -m slow -s tests/test_load.py tests/test_soak.py": "the long runs"
@@ -565,7 +565,10 @@ def check_console_command(command):
     elif words == ["pynba", "--version"]:
         done = run(pynba_args(command))
         assert done.returncode == 0, done.stderr
-        assert done.stdout.startswith(f"pynba {pynba.__version__}")
+        version = re.escape(pynba.__version__)
+        assert re.fullmatch(
+            rf"pynba {version} \((compiled: \w+(, \w+)*|pure Python)\)\n", done.stdout
+        )
     elif words[0] == "python" and words[1].startswith("src/examples/"):
         with PinbaListener() as listener:
             argv = [
