@@ -26,8 +26,9 @@ from typing import Any
 
 from pyramid.interfaces import IBeforeTraversal
 
+from ._http import ROUTE_KEY, recorded_route
 from .config import resolve
-from .wsgi import ROUTE_KEY, PynbaMiddleware, recorded_route
+from .wsgi import PynbaMiddleware
 
 __all__ = ["monitor"]
 
