@@ -343,7 +343,7 @@ def test_name_settings(pinba):
             client.get("/users/1/", HTTP_HOST=host)
         middleware = PynbaMiddleware(lambda request: None)
     assert [receive(pinba).server_name for _ in range(3)] == ["a.test", "<other>", "a.test"]
-    assert middleware.names.host_names.limit == 1
+    assert middleware.monitoring.host_names.limit == 1
     with override_settings(PINBA_NAME_LIMIT="many"):
         with pytest.raises(ImproperlyConfigured, match="PINBA_NAME_LIMIT"):
             PynbaMiddleware(lambda request: None)

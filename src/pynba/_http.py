@@ -1,22 +1,26 @@
 """What the HTTP integrations share (``wsgi``, ``asgi``, ``django``, ``flask``, ``pyramid``).
 
 - ``HTTPOptions``: the options every HTTP middleware takes, listed once;
-- ``RequestNames``: the script and server names a request is reported
-  under when the application sets none (a route, the unmatched name, a
-  path, the ``Host`` header: see ``pynba.names``);
+- ``Monitoring``: a middleware's configuration, resolved, and the script
+  and server names a request is reported under when the application sets
+  none (a route, the unmatched name, a path, the ``Host`` header: see
+  ``pynba.names``); ``MonitoredMiddleware``, the base of the middlewares
+  that hold one (the compiled WSGI one holds typed copies instead);
 - ``content_length()``: the ``Content-Length`` of a response;
 - the status of a failed request, and of one whose client went away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from .collector import settings_for
+from .config import resolve
 from .names import ClientNames
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .config import Settings
     from .reporter import Reporter
 
 __all__ = [
@@ -24,8 +28,8 @@ __all__ = [
     "FAILED_STATUS",
     "ROUTE_KEY",
     "HTTPOptions",
-    "RequestNames",
-    "check_middleware_arguments",
+    "Monitoring",
+    "MonitoredMiddleware",
     "content_length",
     "recorded_route",
 ]
@@ -40,12 +44,16 @@ ROUTE_KEY = "pynba.route"
 
 
 class HTTPOptions(TypedDict, total=False):
-    """The options of every HTTP middleware but ``address``, ``tags`` and ``script_name``.
+    """The options of every HTTP middleware but ``address`` (see ``pynba.config``).
 
     Each left unset (None) is read from the framework's settings, then the
-    environment (see ``pynba.config``).
+    environment. ``tags`` are sent with every request (callables are called
+    per request); ``script_name`` names a request from the framework's
+    request object (None: no route matched).
     """
 
+    tags: Mapping[str, Any] | None
+    script_name: Callable[[Any], str | None] | None
     prefix: str | None
     server_name: str | None
     hostname: str | None
@@ -59,34 +67,56 @@ class HTTPOptions(TypedDict, total=False):
     server_names: Iterable[str] | str | None
 
 
-def check_middleware_arguments(app: Any, script_name: Any, app_kind: str, source: str) -> None:
-    """TypeError unless ``app`` is callable and ``script_name`` None or callable.
+class Monitoring:
+    """What an HTTP middleware was configured with, and the names it reports requests under.
 
-    ``app_kind`` and ``source`` say what they should be in the message:
-    ``"a WSGI application"``, ``"the WSGI environ"``.
-    """
-    if not callable(app):
-        raise TypeError(f"app must be {app_kind}, not {type(app).__name__}")
-    if script_name is not None and not callable(script_name):
-        raise TypeError(f"script_name must be a callable taking {source}")
-
-
-class RequestNames:
-    """The names a middleware reports a request under when the application sets none.
-
-    ``prefix`` goes before every script name; ``server_name`` is the
-    configured server name (None: the ``Host`` header's, through
-    ``host_names``); ``path_names`` bounds the paths reported.
+    ``settings`` are every request's (its ``reporter`` among them);
+    ``script_name`` is the callable that names a request (None: the
+    middleware's own way). A request the application names nothing is
+    reported under ``prefix`` + a route's name, ``unmatched_name`` or its
+    path (``route()``, ``path()``), and under ``server()``: the configured
+    ``server_name``, else the ``Host`` header's.
     """
 
-    __slots__ = ("prefix", "server_name", "unmatched_name", "host_names", "path_names")
+    __slots__ = (
+        "settings",
+        "enabled",
+        "script_name",
+        "prefix",
+        "server_name",
+        "unmatched_name",
+        "host_names",
+        "path_names",
+    )
 
-    def __init__(self, config: Config, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        address: Any,
+        options: HTTPOptions,
+        source: str = "the request",
+        settings: Settings | None = None,
+    ) -> None:
+        """``source`` says what ``script_name`` takes (``"the WSGI environ"``...);
+        ``settings`` are the framework's (see ``pynba.config.resolve``)."""
+        options = options.copy()
+        tags = options.pop("tags", None)
+        script_name = options.pop("script_name", None)
+        if script_name is not None and not callable(script_name):
+            raise TypeError(f"script_name must be a callable taking {source}")
+        config = resolve(address, settings=settings, **options)
+        self.settings = settings_for(config, tags)
+        self.enabled = bool(config.enabled)
+        self.script_name = script_name
         self.prefix: str = config.prefix
         self.server_name: str | None = config.server_name
         self.unmatched_name: str = config.unmatched_name
+        reporter = self.settings.reporter
         self.host_names = ClientNames.hosts(reporter, config.name_limit, config.server_names)
         self.path_names = ClientNames.paths(reporter, config.name_limit)
+
+    @property
+    def reporter(self) -> Reporter:
+        return self.settings.reporter
 
     def route(self, name: str | None) -> str:
         """The script name of a request a router named ``name`` (None: no route matched)."""
@@ -103,6 +133,17 @@ class RequestNames:
         if host:
             return self.host_names.name(host)
         return fallback
+
+
+class MonitoredMiddleware:
+    """The base of the ASGI and Django middlewares: what they were configured with."""
+
+    def __init__(self, monitoring: Monitoring) -> None:
+        self.monitoring = monitoring
+        #: The reporter of the middleware's requests.
+        self.reporter = monitoring.reporter
+        #: Whether requests are reported (else they run unmeasured).
+        self.enabled = monitoring.enabled
 
 
 def recorded_route(environ: Mapping[str, Any]) -> str | None:

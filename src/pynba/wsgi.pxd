@@ -19,14 +19,14 @@ cdef class PynbaMiddleware:
     cdef dict __dict__  # monitor() copies the application's name and docstring
     cdef object __weakref__
     cdef public object app
+    cdef public object monitoring
     cdef public object reporter
     cdef public bint enabled
-    cdef public object script_name
-    cdef public object names
+    cdef public CollectorSettings settings
+    cdef object _script_name
+    cdef object _prefix
     cdef dict _known_hosts
     cdef dict _known_paths
-    cdef object _prefix
-    cdef public CollectorSettings settings
 
     cpdef default_script_name(self, environ)
     cpdef default_server_name(self, environ)

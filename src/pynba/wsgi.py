@@ -42,18 +42,11 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._http import (
-    CLIENT_CLOSED_REQUEST,
-    FAILED_STATUS,
-    RequestNames,
-    check_middleware_arguments,
-    content_length,
-)
-from .collector import internal_error, logger, new_collector, settings_for
-from .config import resolve
+from ._http import CLIENT_CLOSED_REQUEST, FAILED_STATUS, Monitoring, content_length
+from .collector import internal_error, logger, new_collector
 from .context import DISABLED, _get, activate, deactivate
 from .reporter import Reporter
 
@@ -87,28 +80,22 @@ class PynbaMiddleware:
     (``PINBA_SERVER``, ``PINBA_ENABLED``, ...: see ``pynba.config``).
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        address: Any = None,
-        *,
-        tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[dict], str | None] | None = None,
-        **options: Unpack[HTTPOptions],
-    ) -> None:
-        check_middleware_arguments(app, script_name, "a WSGI application", "the WSGI environ")
-        config = resolve(address, **options)
+    def __init__(self, app: WSGIApp, address: Any = None, **options: Unpack[HTTPOptions]) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
         self.app = app
-        self.script_name = script_name
-        self.settings = settings_for(config, tags)
-        self.reporter: Reporter = self.settings.reporter
-        self.enabled = bool(config.enabled)
-        self.names = RequestNames(config, self.reporter)
-        # Read first per request (compiled: typed reads, sparing names' Python
-        # calls and attribute lookups: 1% of a request), names.*() on a miss.
-        self._known_hosts = self.names.host_names.known
-        self._known_paths = self.names.path_names.known
-        self._prefix = self.names.prefix
+        monitoring = Monitoring(address, options, "the WSGI environ")
+        self.monitoring = monitoring
+        self.reporter: Reporter = monitoring.reporter
+        self.enabled = monitoring.enabled
+        # What each request reads, typed here (compiled: C reads rather than
+        # attribute lookups and Python calls, 1% of a request).
+        self.settings = monitoring.settings
+        self._script_name = monitoring.script_name
+        self._prefix = monitoring.prefix
+        # Looked up first; the monitoring's Python calls on a miss.
+        self._known_hosts = monitoring.host_names.known
+        self._known_paths = monitoring.path_names.known
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
@@ -140,11 +127,11 @@ class PynbaMiddleware:
 
     def default_script_name(self, environ: dict) -> str:
         """The script name reported when the application sets none."""
-        if self.script_name is not None:
-            return self.names.route(self.script_name(environ))
+        if self._script_name is not None:
+            return self.monitoring.route(self._script_name(environ))
         path = request_path(environ)
         name = self._known_paths.get(path)
-        return self.names.path(path) if name is None else self._prefix + name
+        return self.monitoring.path(path) if name is None else self._prefix + name
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
@@ -153,7 +140,7 @@ class PynbaMiddleware:
             name = self._known_hosts.get(host)  # none with a server name configured
             if name is not None:
                 return name
-        return self.names.server(host, _lookup(environ, "SERVER_NAME", ""))
+        return self.monitoring.server(host, _lookup(environ, "SERVER_NAME", ""))
 
     def __repr__(self) -> str:
         return f"<PynbaMiddleware {self.app!r} -> {self.reporter!r}>"
