@@ -5,3 +5,6 @@ from pynba.collector cimport RequestCollector
 
 @cython.locals(request=RequestCollector)
 cdef _timer_of(collector, tags)
+
+cpdef activate(collector)
+cpdef deactivate(token)
