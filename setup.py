@@ -121,6 +121,8 @@ setup(
         "django": ["django>=4.2"],
         "flask": ["flask>=2.3"],
         "pyramid": ["pyramid>=2.0"],
+        # Building the documentation site (mkdocs.yml, docs/).
+        "docs": ["mkdocs>=1.6"],
         "test": [
             "protobuf>=4.21",
             "pytest>=7",

@@ -262,3 +262,38 @@ def test_a_failing_tag_callable_leaves_out_only_that_tag(udp_listener, monkeypat
     packet = receive(udp_listener)
     assert (packet.script_name, dict(packet.tags)) == ("/r", {"app": "shop"})
     assert "release" in caplog.text
+
+
+def test_next_job_begins_as_a_new_collector_would_keeping_the_timers_not_run(udp_listener):
+    collector = make_collector(udp_listener, script_name="first", tags={"app": "jobs"})
+    idle = collector.timer(group="idle")  # made, never run: it may still run
+    with collector.timer(group="db"):
+        pass
+    collector.server_name = "one.example.com"
+    collector.hostname = "elsewhere"
+    collector.schema = "https"
+    collector.set_tag("phase", "one")
+    collector.status = 201
+    collector.document_size = 5
+    collector.enabled = False  # this job skips itself: the next one does not
+    collector.flush()
+    busy(0.03)
+    before = time.perf_counter()
+    collector.next_job("second", "two.example.com")
+    assert (collector.script_name, collector.server_name) == ("second", "two.example.com")
+    assert (collector.hostname, collector.schema) == (default_hostname(), None)
+    assert (dict(collector.tags), collector.enabled) == ({"app": "jobs"}, True)
+    assert (collector.status, collector.document_size, collector.request_time) == (None, None, None)
+    assert collector.timers == (idle,)
+    with idle:
+        pass
+    collector.finish()
+    after = time.perf_counter()
+    packet = receive(udp_listener)  # the first job skipped itself: nothing was sent for it
+    assert (packet.script_name, packet.server_name) == ("second", "two.example.com")
+    assert (packet.hostname, packet.HasField("schema")) == (default_hostname(), False)
+    assert (packet.tags, packet.status, packet.document_size) == ([("app", "jobs")], 0, 0)
+    assert packet.timer_tags() == [(("group", "idle"),)]
+    # The clock restarted: the time before next_job() is not the job's.
+    assert packet.request_time <= after - before
+    assert udp_listener.pending(0.05) == []

@@ -217,7 +217,10 @@ def test_name_options_as_arguments_are_parsed_too(udp_listener):
         "none",
     )
     app = PynbaMiddleware(hello, udp_listener.address, server_names="a.test,b.test", name_limit=3)
-    assert (app.host_names.admitted, app.path_names.limit) == ({"a.test", "b.test"}, 3)
+    assert (app.monitoring.host_names.admitted, app.monitoring.path_names.limit) == (
+        {"a.test", "b.test"},
+        3,
+    )
     assert resolve("127.0.0.1", server_names=[]).server_names == ()  # allows no name
 
 

@@ -75,6 +75,16 @@ def async_stream(request):
     return StreamingHttpResponse(chunks())
 
 
+def failing_stream(request):
+    def chunks():
+        yield "first\n"
+        if "status" in request.GET:
+            pynba.status = 206
+        raise ValueError("midway")
+
+    return StreamingHttpResponse(chunks())
+
+
 def download(request):
     import io
 
@@ -99,6 +109,7 @@ urlpatterns = [
     path("async/users/<int:user_id>/", async_user, name="async-user"),
     path("stream/", stream),
     path("async-stream/", async_stream),
+    path("failing-stream/", failing_stream),
     path("download/", download),
     path("boom/", boom),
     path("named/", named),
@@ -155,6 +166,29 @@ def test_streaming_response_timed_to_its_end(pinba):
     assert packet.script_name == "/stream/"
     assert packet.document_size == len(b"chunk0\nchunk1\nchunk2\n")
     assert packet.timer(group="stream").hit_count == 3
+
+
+def test_a_stream_that_fails_or_is_never_read(pinba):
+    response = Client().get("/failing-stream/")
+    content = iter(response.streaming_content)
+    assert next(content) == b"first\n"
+    with pytest.raises(ValueError, match="midway"):
+        next(content)
+    response.close()
+    packet = receive(pinba)
+    assert (packet.script_name, packet.status, packet.document_size) == ("/failing-stream/", 500, 6)
+    # A status the view set wins, as with the WSGI middleware.
+    response = Client().get("/failing-stream/?status")
+    content = iter(response.streaming_content)
+    next(content)
+    with pytest.raises(ValueError):
+        next(content)
+    assert receive(pinba).status == 206
+    # Closed unread (a client gone, a HEAD request): reported then, its size unknown.
+    Client().get("/stream/").close()
+    packet = receive(pinba)
+    assert (packet.script_name, packet.status, packet.document_size) == ("/stream/", 200, 0)
+    assert pinba.pending(0.05) == []
 
 
 def test_file_response(pinba):
@@ -343,7 +377,7 @@ def test_name_settings(pinba):
             client.get("/users/1/", HTTP_HOST=host)
         middleware = PynbaMiddleware(lambda request: None)
     assert [receive(pinba).server_name for _ in range(3)] == ["a.test", "<other>", "a.test"]
-    assert middleware.host_names.limit == 1
+    assert middleware.monitoring.host_names.limit == 1
     with override_settings(PINBA_NAME_LIMIT="many"):
         with pytest.raises(ImproperlyConfigured, match="PINBA_NAME_LIMIT"):
             PynbaMiddleware(lambda request: None)

@@ -204,7 +204,7 @@ def test_name_options_from_the_app_config(udp_listener):
         PINBA_NAME_LIMIT=10,
     )
     middleware = init_app(app, script_name="endpoint")
-    assert middleware.host_names.limit == 10
+    assert middleware.monitoring.host_names.limit == 10
     fetch(app, "/no/such/page", headers={"Host": "shop.test:5000"})
     fetch(app, "/users/1", headers={"Host": "scanner.test"})
     fetch(app, "/users/1", headers={"Host": "xn--bcher-kva.example"})

@@ -258,7 +258,7 @@ def test_wsgi_hosts_and_paths_past_the_limit_are_reported_as_other(udp_listener)
     assert [p.server_name for p in packets] == hosts + hosts[:2]
     assert app.reporter.stats["script_name_overflow"] == 3
     assert app.reporter.stats["server_name_overflow"] == 3
-    assert len(app.path_names.admitted) == len(app.host_names.admitted) == 3
+    assert len(app.monitoring.path_names.admitted) == len(app.monitoring.host_names.admitted) == 3
 
 
 def test_wsgi_default_limit_and_script_name_callable_is_not_limited(udp_listener):
@@ -266,8 +266,11 @@ def test_wsgi_default_limit_and_script_name_callable_is_not_limited(udp_listener
         return environ["PATH_INFO"].upper()
 
     app = PynbaMiddleware(hello, udp_listener.address, script_name=named, name_limit=1)
-    assert app.path_names.limit == 1
-    assert PynbaMiddleware(hello, udp_listener.address).host_names.limit == DEFAULT_NAME_LIMIT
+    assert app.monitoring.path_names.limit == 1
+    assert (
+        PynbaMiddleware(hello, udp_listener.address).monitoring.host_names.limit
+        == DEFAULT_NAME_LIMIT
+    )
     with wsgiref_server(app) as port:
         for path in ("/a", "/b"):
             get(port, path)

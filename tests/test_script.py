@@ -52,6 +52,29 @@ def test_names_given_to_the_monitor(udp_listener):
     assert packet.status == 0
 
 
+def test_script_name_and_server_name_and_their_old_spellings(udp_listener):
+    monitor = ScriptMonitor(udp_listener.address, "h1", "nightly", "batch")  # positional, as in 0.5
+    assert (monitor.script_name, monitor.server_name) == ("nightly", "batch")
+    assert (monitor.scriptname, monitor.servername) == ("nightly", "batch")
+    monitor.send()
+    packet = receive(udp_listener)
+    assert (packet.script_name, packet.server_name) == ("nightly", "batch")
+    monitor.scriptname = "renamed"  # the old name writes the new one, which job() reads
+    assert monitor.script_name == "renamed"
+    with monitor.job():
+        pass
+    assert receive(udp_listener).script_name == "renamed"
+    monitor.close()
+    named = ScriptMonitor(udp_listener.address, script_name="a", server_name="b", autostart=False)
+    assert (named.scriptname, named.servername) == ("a", "b")
+    named.close()
+    with pytest.raises(TypeError, match="script_name or scriptname"):
+        ScriptMonitor(udp_listener.address, script_name="a", scriptname="b")
+    with pytest.raises(TypeError, match="server_name must be a str"):
+        ScriptMonitor(udp_listener.address, server_name=1)
+    assert udp_listener.pending(0.05) == []
+
+
 def test_without_autostart_each_job_begins_with_start(udp_listener):
     monitor = ScriptMonitor(udp_listener.address, scriptname="s", autostart=False)
     with pytest.raises(RuntimeError, match="start"):
@@ -208,3 +231,22 @@ def test_close_leaves_a_shared_reporter_open(udp_listener):
         ScriptMonitor(shared, autostart=False).close()
         shared.send(b"\x0a\x00")
         assert udp_listener.receive() == b"\x0a\x00"
+
+
+def test_a_monitor_reaches_its_own_jobs_only(udp_listener):
+    from pynba.reporter import Reporter
+
+    with Reporter(udp_listener.address) as shared:
+        first = ScriptMonitor(shared, script_name="first", autostart=False)
+        second = ScriptMonitor(shared, script_name="second")
+        own = second.collector  # its own job, begun at once
+        with first.job() as outer:
+            assert (first.collector, second.collector) == (outer, own)
+            with second.job("inner") as inner:
+                assert (first.collector, second.collector) == (None, inner)
+            assert first.collector is outer
+        assert first.collector is None
+        first.close()
+        second.close()
+    packets = receive_all(udp_listener, 3)
+    assert sorted(p.script_name for p in packets) == ["first", "inner", "second"]

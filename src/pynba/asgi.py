@@ -43,16 +43,24 @@ context).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
 
+from ._http import (
+    CLIENT_CLOSED_REQUEST,
+    FAILED_STATUS,
+    MonitoredMiddleware,
+    Monitoring,
+    content_length,
+)
 from .collector import RequestCollector
-from .config import resolve
 from .context import DISABLED, activate, deactivate
 from .errors import internal_error
-from .names import ClientNames
-from .reporter import Reporter
-from .wsgi import CLIENT_CLOSED_REQUEST
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._http import HTTPOptions
 
 __all__ = ["PynbaASGIMiddleware", "route_template"]
 
@@ -92,7 +100,7 @@ def route_template(scope: Mapping[str, Any]) -> str | None:
     return mounted + template
 
 
-class PynbaASGIMiddleware:
+class PynbaASGIMiddleware(MonitoredMiddleware):
     """Monitors an ASGI application: ``PynbaASGIMiddleware(app, "127.0.0.1:30002")``.
 
     Options as for the WSGI ``PynbaMiddleware`` (``prefix``, ``tags``,
@@ -105,53 +113,11 @@ class PynbaASGIMiddleware:
     (``PINBA_SERVER``, ...: see ``pynba.config``).
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        address: Any = None,
-        *,
-        prefix: str | None = None,
-        tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[Scope], str | None] | None = None,
-        server_name: str | None = None,
-        hostname: str | None = None,
-        enabled: bool | None = None,
-        raise_on_fail: bool | None = None,
-        timer_rusage: bool | None = None,
-        memory_footprint: bool | None = None,
-        pinboard: bool | None = None,
-        unmatched_name: str | None = None,
-        name_limit: int | None = None,
-        server_names: Iterable[str] | str | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, address: Any = None, **options: Unpack[HTTPOptions]) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI application, not {type(app).__name__}")
-        if script_name is not None and not callable(script_name):
-            raise TypeError("script_name must be a callable taking the ASGI scope")
-        config = resolve(
-            address,
-            prefix=prefix,
-            server_name=server_name,
-            hostname=hostname,
-            enabled=enabled,
-            raise_on_fail=raise_on_fail,
-            timer_rusage=timer_rusage,
-            memory_footprint=memory_footprint,
-            pinboard=pinboard,
-            unmatched_name=unmatched_name,
-            name_limit=name_limit,
-            server_names=server_names,
-        )
+        super().__init__(Monitoring(address, options, "the ASGI scope"))
         self.app = app
-        self.settings = config.collector_settings(tags)
-        self.reporter: Reporter = self.settings.reporter
-        self.enabled = bool(config.enabled)
-        self.prefix = config.prefix
-        self.script_name = script_name
-        self.server_name = config.server_name
-        self.unmatched_name = config.unmatched_name
-        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
-        self.path_names = ClientNames.paths(self.reporter, config.name_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.enabled:
@@ -164,59 +130,48 @@ class PynbaASGIMiddleware:
                 deactivate(token)
             return
         try:
-            exchange = _Exchange(self, scope, receive, send)
+            request = _MonitoredRequest(self, scope, receive, send)
         except Exception:
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
             await self.app(scope, receive, send)
             return
-        token = activate(exchange.collector)
+        token = activate(request.collector)
         try:
-            await self.app(scope, exchange.receive, exchange.send)
+            await self.app(scope, request.receive, request.send)
         except BaseException as error:
-            exchange.end(error)
+            request.end(error)
             raise
         else:
-            exchange.end(None)
+            request.end(None)
         finally:
             deactivate(token)
 
     def default_script_name(self, scope: Scope) -> str:
         """The script name reported when the application sets none."""
-        if self.script_name is not None:
-            name = self.script_name(scope)
-            return self.prefix + (self.unmatched_name if name is None else name)
+        monitoring = self.monitoring
+        if monitoring.script_name is not None:
+            return monitoring.route(monitoring.script_name(scope))
         template = route_template(scope)
-        if template is not None:
-            return self.prefix + template
-        if "router" in scope:  # Starlette's: it ran, and matched no route
-            return self.prefix + self.unmatched_name
-        return self.prefix + self.path_names.name(scope.get("path", ""))
+        if template is not None or "router" in scope:  # Starlette's router ran
+            return monitoring.route(template)
+        return monitoring.path(scope.get("path", ""))
 
     def default_server_name(self, scope: Scope) -> str:
         """The server name reported when the application sets none."""
-        if self.server_name is not None:
-            return self.server_name
-        for name, value in scope.get("headers") or ():
-            if name == b"host":
-                if value:
-                    return self.host_names.name(value.decode("latin-1"))
-                break
         server = scope.get("server")
-        return str(server[0]) if server else ""
+        return self.monitoring.server(_host(scope), str(server[0]) if server else "")
 
     def __repr__(self) -> str:
         return f"<PynbaASGIMiddleware {self.app!r} -> {self.reporter!r}>"
 
 
-class _Exchange:
+class _MonitoredRequest:
     """One monitored HTTP request: watches the messages both ways."""
 
     __slots__ = (
-        "_middleware",
-        "_scope",
+        "collector",
         "_receive",
         "_send",
-        "collector",
         "_status",
         "_headers",
         "_trailers",
@@ -225,9 +180,9 @@ class _Exchange:
         "_complete",
     )
 
-    def __init__(self, middleware: PynbaASGIMiddleware, scope: Scope, receive: Receive, send: Send):
-        self._middleware = middleware
-        self._scope = scope
+    def __init__(
+        self, middleware: PynbaASGIMiddleware, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         self._receive = receive
         self._send = send
         self._status = 0
@@ -237,7 +192,7 @@ class _Exchange:
         self._disconnected = False
         self._complete = False
         self.collector = RequestCollector(
-            middleware.settings,
+            middleware.monitoring.settings,
             None,
             middleware.default_server_name(scope),
             scope.get("scheme"),
@@ -279,7 +234,7 @@ class _Exchange:
         if body is not None:
             self._size += _body_size(body)
         elif kind == "http.response.pathsend":
-            self._size += self._content_length()
+            self._size += content_length(self._headers, b"content-length")
         if last:
             self._complete = True
             self.collector.end_response()
@@ -289,19 +244,18 @@ class _Exchange:
         if self._disconnected or (not self._complete and isinstance(error, _CLIENT_GONE)):
             status = CLIENT_CLOSED_REQUEST
         elif not self._complete:
-            status = 500  # the server sends a 500 (or drops the connection) in its place
+            status = FAILED_STATUS  # the server sends a 500 (or drops the connection) in its place
         else:
             status = _status_code(self._status)
         self.collector.finish(status, self._size)
 
-    def _content_length(self) -> int:
-        try:
-            for name, value in self._headers:
-                if name.lower() == b"content-length":
-                    return max(int(value), 0)
-        except Exception:  # headers the server will refuse itself
-            return 0
-        return 0
+
+def _host(scope: Scope) -> str | None:
+    """The ``Host`` header of the request (None without one)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"host":
+            return value.decode("latin-1")
+    return None
 
 
 def _status_code(status: Any) -> int:

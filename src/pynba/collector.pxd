@@ -52,6 +52,7 @@ cdef class RequestCollector:
     cpdef _resolved_script_name(self)
     cpdef end_response(self)
     cpdef finish(self, status=*, document_size=*)
+    cpdef next_job(self, script_name=*, server_name=*)
     @cython.locals(timer=Timer, kept=list, out=list, ending=bint)
     cpdef _measure_timers(self, bint keep_running, end)
     cpdef _send(self, timers, end=*)

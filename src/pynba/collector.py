@@ -565,11 +565,27 @@ class RequestCollector:
                 self._send(timers, end)
         except Exception:
             internal_error("cannot flush the request", self._raise_on_fail)
+        self._start_afresh()
+
+    def next_job(self, script_name: str | None = None, server_name: str | None = None) -> None:
+        """Begin a script's next job on this collector, as a new one would begin.
+
+        The names are set anew, the other fields and the request tags go back
+        to their defaults, ``enabled`` to True, and the clock restarts; the
+        timers not sent (made but never run) stay.
+        """
+        self.script_name = script_name
+        self.server_name = server_name
+        self.hostname = self._settings.hostname
+        self.schema = None
+        self._tags = None
+        self._skipped = False
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        """Forget the measures of what was sent, and measure from now on."""
         self._status = self._request_time = self._ru_utime = self._ru_stime = None
         self._document_size = self._memory_peak = self._memory_footprint = None
-        self._restart_clock()
-
-    def _restart_clock(self) -> None:
         self._utime_start, self._stime_start, _ = self._cpu_reading(False)
         self._start = time.perf_counter()
 

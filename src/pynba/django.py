@@ -39,14 +39,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.conf import settings as django_settings
-from django.core.exceptions import ImproperlyConfigured
+from django.conf import settings as django_settings  # type: ignore[import-untyped]
+from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
+from ._http import FAILED_STATUS, MonitoredMiddleware, Monitoring, content_length
 from .collector import RequestCollector
-from .config import resolve
-from .context import DISABLED, activate, deactivate
+from .context import DISABLED, DisabledCollector, activate, deactivate
 from .errors import internal_error
-from .names import ClientNames
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]
@@ -61,7 +60,7 @@ class _DjangoSettings:
         return getattr(django_settings, key, default)
 
 
-class PynbaMiddleware:
+class PynbaMiddleware(MonitoredMiddleware):
     """Django middleware: ``"pynba.django.PynbaMiddleware"`` in ``MIDDLEWARE``."""
 
     sync_capable = True
@@ -73,80 +72,55 @@ class PynbaMiddleware:
         if self.is_async:
             markcoroutinefunction(self)
         try:
-            config = resolve(settings=_DjangoSettings())
+            tags = getattr(django_settings, "PINBA_TAGS", None)
+            super().__init__(Monitoring(None, {"tags": tags}, settings=_DjangoSettings()))
             script_name = getattr(django_settings, "PINBA_SCRIPT_NAME", "route")
             if not callable(script_name) and script_name not in _SCRIPT_NAMES:
                 raise ValueError(
                     'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
                     f"not {script_name!r}"
                 )
-            self.settings = config.collector_settings(getattr(django_settings, "PINBA_TAGS", None))
         except (TypeError, ValueError) as error:
             raise ImproperlyConfigured(f"pynba: {error}") from error
-        self.reporter: Reporter = self.settings.reporter
-        self.enabled = config.enabled
-        self.prefix = config.prefix
-        self.server_name = config.server_name
         self.script_name = script_name
-        self.unmatched_name = config.unmatched_name
-        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
 
     def __call__(self, request: Any) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        collector = self._begin(request)
-        token = activate(collector)
-        try:
+        monitored = self._monitor(request)
+        with monitored:
             response = self.get_response(request)
-        except BaseException:
-            self._fail(collector)
-            raise
-        finally:
-            deactivate(token)
-        return self._watch(collector, response)
+        return monitored.watch(response)
 
     async def __acall__(self, request: Any) -> Any:
-        collector = self._begin(request)
-        token = activate(collector)
-        try:
+        monitored = self._monitor(request)
+        with monitored:
             response = await self.get_response(request)
-        except BaseException:
-            self._fail(collector)
-            raise
-        finally:
-            deactivate(token)
-        return self._watch(collector, response)
+        return monitored.watch(response)
 
     def default_script_name(self, request: Any) -> str:
         """The script name reported when the view sets none."""
+        monitoring = self.monitoring
         if callable(self.script_name):
-            name = self.script_name(request)
-            return self.prefix + (self.unmatched_name if name is None else name)
+            return monitoring.route(self.script_name(request))
         match = getattr(request, "resolver_match", None)
         if match is None:
-            return self.prefix + self.unmatched_name
+            return monitoring.route(None)
         if self.script_name == "view":
-            return self.prefix + match.view_name
-        return self.prefix + "/" + match.route
+            return monitoring.route(match.view_name)
+        return monitoring.route("/" + match.route)
 
     def default_server_name(self, request: Any) -> str:
         """The server name reported when the view sets none."""
-        if self.server_name is not None:
-            return self.server_name
         meta = request.META
-        host = meta.get("HTTP_HOST")
-        if host:
-            return self.host_names.name(host)
-        return meta.get("SERVER_NAME", "")
+        return self.monitoring.server(meta.get("HTTP_HOST"), meta.get("SERVER_NAME", ""))
 
-    # -- one request ---------------------------------------------------------
-
-    def _begin(self, request: Any) -> Any:
+    def _monitor(self, request: Any) -> _MonitoredRequest:
         if not self.enabled:
-            return DISABLED
+            return _MonitoredRequest(DISABLED, self.reporter)
         try:
-            return RequestCollector(
-                self.settings,
+            collector = RequestCollector(
+                self.monitoring.settings,
                 None,
                 self.default_server_name(request),
                 request.scheme,
@@ -155,94 +129,54 @@ class PynbaMiddleware:
             )
         except Exception:
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
-            return DISABLED
+            return _MonitoredRequest(DISABLED, self.reporter)
+        return _MonitoredRequest(collector, self.reporter)
 
-    def _fail(self, collector: Any) -> None:
-        if collector is DISABLED:
-            return
-        if collector._status is None:
-            collector._status = 500
-        collector.finish()
 
-    def _watch(self, collector: Any, response: Any) -> Any:
-        """Report ``response`` now, or when it has been streamed."""
+class _MonitoredRequest:
+    """One request: current while the view runs (``with``), reported once its response is sent."""
+
+    __slots__ = ("collector", "_reporter", "_token", "_status")
+
+    def __init__(self, collector: RequestCollector | DisabledCollector, reporter: Reporter) -> None:
+        self.collector = collector
+        self._reporter = reporter
+        self._token: Any = None
+        self._status: int | None = None  # the response's, once the view returned it
+
+    def __enter__(self) -> None:
+        self._token = activate(self.collector)
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        deactivate(self._token)
+        if error is not None:
+            self.end(error)
+
+    def end(self, error: BaseException | None, size: int | None = None) -> None:
+        """The view or the streamed content raised ``error``, or the content ended: report."""
+        self.collector.finish(FAILED_STATUS if error is not None else self._status, size)
+
+    def watch(self, response: Any) -> Any:
+        """Report ``response`` now, or once it has been streamed."""
         try:
-            if collector is not DISABLED and collector._status is None:
-                collector._status = response.status_code
+            self._status = response.status_code
             if not response.streaming:
-                if collector is not DISABLED:
-                    if collector._document_size is None:
-                        collector._document_size = len(response.content)
-                    collector.finish()
+                self.end(None, len(response.content))
                 return response
             if getattr(response, "file_to_stream", None) is None:
                 content = response.streaming_content
                 if response.is_async:
-                    response.streaming_content = self._async_content(collector, content)
+                    response.streaming_content = _AsyncContent(self, aiter(content))
                 else:
-                    response.streaming_content = self._content(collector, content)
-            if collector is not DISABLED:
-                self._finish_on_close(collector, response)
+                    response.streaming_content = _Content(self, iter(content))
+            if self.collector is not DISABLED:
+                self._end_on_close(response)
         except Exception:
-            internal_error("cannot watch the response", self.reporter.raise_on_fail)
-            if collector is not DISABLED:
-                collector.finish()
+            internal_error("cannot watch the response", self._reporter.raise_on_fail)
+            self.end(None)
         return response
 
-    def _content(self, collector: Any, content: Any) -> Iterator[bytes]:
-        # The context is set around each step so that timers in the code
-        # generating the response report into this request.
-        iterator = iter(content)
-        size = 0
-        try:
-            while True:
-                token = activate(collector)
-                try:
-                    chunk = next(iterator)
-                except StopIteration:
-                    return
-                except BaseException:
-                    self._mark_failed(collector)
-                    raise
-                finally:
-                    deactivate(token)
-                size += len(chunk)
-                yield chunk
-        finally:
-            self._end_stream(collector, size)
-
-    async def _async_content(self, collector: Any, content: Any) -> AsyncIterator[bytes]:
-        iterator = aiter(content)
-        size = 0
-        try:
-            while True:
-                token = activate(collector)
-                try:
-                    chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    return
-                except BaseException:
-                    self._mark_failed(collector)
-                    raise
-                finally:
-                    deactivate(token)
-                size += len(chunk)
-                yield chunk
-        finally:
-            self._end_stream(collector, size)
-
-    def _mark_failed(self, collector: Any) -> None:
-        if collector is not DISABLED and not collector.finished:
-            collector._status = 500
-
-    def _end_stream(self, collector: Any, size: int) -> None:
-        if collector is DISABLED or collector.finished:
-            return
-        if collector._document_size is None:
-            collector._document_size = size
-        collector.finish()
-
-    def _finish_on_close(self, collector: RequestCollector, response: Any) -> None:
+    def _end_on_close(self, response: Any) -> None:
         # The server closes the response when it is done with it, also when
         # it never iterated the content (a client gone, a HEAD request) or
         # handed the file to wsgi.file_wrapper.
@@ -252,16 +186,69 @@ class PynbaMiddleware:
             try:
                 close()
             finally:
-                if not collector.finished:
-                    if collector._document_size is None:
-                        collector._document_size = _content_length(response)
-                    collector.finish()
+                # Nothing sent when the content ended the request already.
+                self.end(None, content_length(response.headers.items()))
 
         response.close = close_and_report
 
 
-def _content_length(response: Any) -> int:
-    try:
-        return max(int(response.headers.get("Content-Length", 0)), 0)
-    except (TypeError, ValueError):
-        return 0
+class _Stream:
+    """A streamed response's content; each step runs as its request, which ends with it.
+
+    ``_Content`` is served synchronously, ``_AsyncContent`` asynchronously
+    (Django tells them apart by ``iter()``).
+    """
+
+    __slots__ = ("_request", "_iterator", "_begun", "_size", "_token")
+
+    def __init__(self, request: _MonitoredRequest, iterator: Any) -> None:
+        self._request = request
+        self._iterator = iterator
+        self._begun = False
+        self._size = 0
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        # Timers in the code generating the response report into its request.
+        self._begun = True
+        self._token = activate(self._request.collector)
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        deactivate(self._token)
+        if isinstance(error, (StopIteration, StopAsyncIteration)):
+            self.close()
+        elif error is not None:
+            self._request.end(error, self._size)
+
+    def _took(self, chunk: bytes) -> bytes:
+        self._size += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Django closes the response: once begun, the request ends with what was taken."""
+        if self._begun:
+            self._request.end(None, self._size)
+
+
+class _Content(_Stream):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        with self:
+            chunk = next(self._iterator)
+        return self._took(chunk)
+
+
+class _AsyncContent(_Stream):
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        with self:
+            chunk = await anext(self._iterator)
+        return self._took(chunk)

@@ -25,8 +25,9 @@ from typing import Any
 
 from flask import Flask, request, request_started
 
+from ._http import ROUTE_KEY, recorded_route
 from .config import resolve
-from .wsgi import ROUTE_KEY, PynbaMiddleware, recorded_route
+from .wsgi import PynbaMiddleware
 
 __all__ = ["Pynba", "init_app"]
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pyramid.interfaces import IBeforeTraversal
+from pyramid.interfaces import IBeforeTraversal  # type: ignore[import-untyped]
 
+from ._http import ROUTE_KEY, recorded_route
 from .config import resolve
-from .wsgi import ROUTE_KEY, PynbaMiddleware, recorded_route
+from .wsgi import PynbaMiddleware
 
 __all__ = ["monitor"]
 

@@ -66,6 +66,28 @@ def program_name() -> str:
     return os.path.basename(argv0.rstrip("/\\")) or argv0
 
 
+def _name_argument(
+    name: str, value: str | None, old_name: str, old_value: str | None
+) -> str | None:
+    """The name given as ``name``, or under its pynba 0.5 spelling ``old_name``: a str, or None."""
+    if old_value is not None:
+        if value is not None:
+            raise TypeError(f"give {name} or {old_name} (its old name), not both")
+        name, value = old_name, old_value
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def _old_name(name: str) -> Any:
+    """Attribute ``name`` under its pynba 0.5 name: ``scriptname = _old_name("script_name")``."""
+    return property(
+        lambda self: getattr(self, name),
+        lambda self, value: setattr(self, name, value),
+        doc=f"``{name}`` under its pynba 0.5 name.",
+    )
+
+
 def _failed(error: BaseException | None) -> bool:
     """Whether ``error``, ending a job's block, means the job failed.
 
@@ -93,8 +115,8 @@ class _OwnJob:
 
     __slots__ = (
         "settings",
-        "scriptname",
-        "servername",
+        "script_name",
+        "server_name",
         "enabled",
         "own_reporter",
         "collector",
@@ -108,14 +130,14 @@ class _OwnJob:
     def __init__(
         self,
         settings: CollectorSettings,
-        scriptname: str,
-        servername: str,
+        script_name: str,
+        server_name: str,
         enabled: bool,
         own_reporter: bool,
     ) -> None:
         self.settings = settings
-        self.scriptname = scriptname
-        self.servername = servername
+        self.script_name = script_name
+        self.server_name = server_name
         self.enabled = enabled
         self.own_reporter = own_reporter
         self.collector: RequestCollector | None = None  # made by the first start()
@@ -136,11 +158,11 @@ class _OwnJob:
             collector: Any = DISABLED
         elif self.collector is None:
             collector = self.collector = RequestCollector(
-                self.settings, self.scriptname, self.servername
+                self.settings, self.script_name, self.server_name
             )
         else:
             collector = self.collector
-            collector._restart_clock()
+            collector.next_job(self.script_name, self.server_name)
         self.running = True
         self.began_by_send = False
         self.pid = os.getpid()
@@ -148,23 +170,15 @@ class _OwnJob:
 
     def sent(self, autostart: bool) -> None:
         """send() has sent the job: the next one runs on (``autostart``), or none."""
+        if not autostart:
+            self.stop()  # start() begins the next one
+            return
         if self.collector is not None:
-            self._forget(self.collector)
-        if autostart:
-            self.began_by_send = True
-            self.pid = os.getpid()
-        else:
-            self.stop()
-
-    def _forget(self, collector: RequestCollector) -> None:
-        # The monitor's own collector serves job after job: what one job set
-        # (its name, tags...) must not carry over to the next.
-        collector.enabled = True  # a job that skipped itself does not skip the next
-        collector._tags = None
-        collector._script_name = self.scriptname
-        collector._server_name = self.servername
-        collector._hostname = self.settings.hostname
-        collector._schema = None
+            # The monitor's own collector serves job after job: what one job
+            # set (its name, tags, enabled...) must not carry over to the next.
+            self.collector.next_job(self.script_name, self.server_name)
+        self.began_by_send = True
+        self.pid = os.getpid()
 
     def stop(self) -> None:
         self.running = False
@@ -222,8 +236,8 @@ class _OwnJob:
         settings = self.settings
         return (
             not any(timer.started or timer.hit_count for timer in collector.timers)
-            and collector.script_name == self.scriptname
-            and collector.server_name == self.servername
+            and collector.script_name == self.script_name
+            and collector.server_name == self.server_name
             and collector.hostname == settings.hostname
             and collector.tags == settings.tags
             and all(getattr(collector, name) is None for name in _UNSET_FIELDS)
@@ -233,9 +247,11 @@ class _OwnJob:
 class ScriptMonitor:
     """Monitors a script or a worker: ``ScriptMonitor(("127.0.0.1", 30002))``.
 
-    ``scriptname`` defaults to the program's name (never its arguments, which
-    would make one report per command line), ``servername`` and ``hostname``
-    to this machine's host name. ``tags`` are sent with every job. Keyword
+    ``script_name`` defaults to the program's name (never its arguments, which
+    would make one report per command line), ``server_name`` and ``hostname``
+    to this machine's host name (``scriptname`` and ``servername``, pynba
+    0.5's spellings, are accepted too: as keywords, and as the attributes'
+    old names). ``tags`` are sent with every job. Keyword
     options as for ``PynbaMiddleware``: ``enabled``, ``raise_on_fail``,
     ``timer_rusage``, ``memory_footprint``, ``pinboard``. ``address`` and the
     options left unset are read from the environment (``PINBA_SERVER``,
@@ -251,25 +267,26 @@ class ScriptMonitor:
         self,
         address: Any = None,
         hostname: str | None = None,
-        scriptname: str | None = None,
-        servername: str | None = None,
+        script_name: str | None = None,
+        server_name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         autostart: bool = True,
         *,
+        scriptname: str | None = None,
+        servername: str | None = None,
         enabled: bool | None = None,
         raise_on_fail: bool | None = None,
         timer_rusage: bool | None = None,
         memory_footprint: bool | None = None,
         pinboard: bool | None = None,
     ) -> None:
-        for name, value in (("scriptname", scriptname), ("servername", servername)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        script_name = _name_argument("script_name", script_name, "scriptname", scriptname)
+        server_name = _name_argument("server_name", server_name, "servername", servername)
         # Options left unset come from the environment (see pynba.config).
         config = resolve(
             address,
             hostname=hostname,
-            server_name=servername,
+            server_name=server_name,
             enabled=enabled,
             raise_on_fail=raise_on_fail,
             timer_rusage=timer_rusage,
@@ -278,21 +295,27 @@ class ScriptMonitor:
         )
         self.settings = config.collector_settings(tags)
         self.reporter: Reporter = self.settings.reporter
-        self.scriptname: str = scriptname or program_name()
-        self.servername: str = config.server_name or self.settings.hostname
+        #: The names of the monitor's jobs (``job()`` blocks read them when they begin).
+        self.script_name: str = script_name or program_name()
+        self.server_name: str = config.server_name or self.settings.hostname
         self.autostart = bool(autostart)
         self._job = _OwnJob(
             self.settings,
-            self.scriptname,
-            self.servername,
+            self.script_name,
+            self.server_name,
             enabled=bool(config.enabled),
             own_reporter=self.reporter is not config.address,
         )
         # Called once: by close(), at the interpreter's exit, or when the
         # monitor is collected; it holds the job, not the monitor.
         self._finalizer = weakref.finalize(self, self._job.end_unattended)
+        # The collectors of the job() blocks running now, by id.
+        self._jobs: dict[int, RequestCollector] = {}
         if self.autostart:
             self._job.start()
+
+    scriptname = _old_name("script_name")
+    servername = _old_name("server_name")
 
     @property
     def hostname(self) -> str:
@@ -319,12 +342,11 @@ class ScriptMonitor:
         if self._job.closed:
             return None
         current = current_collector()
-        if current is not None and self._owns(current):
+        if current is not None and (
+            current is self._job.collector or self._jobs.get(id(current)) is current
+        ):
             return current
         return self._job.current()
-
-    def _owns(self, collector: Any) -> bool:
-        return getattr(collector, "_settings", None) is self.settings
 
     def _require(self) -> RequestCollector | DisabledCollector | None:
         """The job running here; None once closed; RuntimeError when none runs."""
@@ -350,7 +372,7 @@ class ScriptMonitor:
         collector = self._require()
         if collector is None:
             return NOOP_TIMER
-        return collector.new_timer(tags)
+        return collector.timer(**tags)
 
     def send(self) -> None:
         """End the running job: stop its timers and send its packet.
@@ -412,12 +434,13 @@ class ScriptMonitor:
             return
         collector = RequestCollector(
             self.settings,
-            self.scriptname if script_name is None else script_name,
-            self.servername,
+            self.script_name if script_name is None else script_name,
+            self.server_name,
         )
         if tags:
             for name, value in tags.items():
                 collector.set_tag(name, value)
+        self._jobs[id(collector)] = collector
         token = activate(collector)
         try:
             yield collector
@@ -427,7 +450,8 @@ class ScriptMonitor:
             raise
         finally:
             deactivate(token)
+            del self._jobs[id(collector)]
             collector.finish()
 
     def __repr__(self) -> str:
-        return f"<ScriptMonitor {self.scriptname!r} -> {self.reporter!r}>"
+        return f"<ScriptMonitor {self.script_name!r} -> {self.reporter!r}>"

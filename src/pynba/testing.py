@@ -56,6 +56,9 @@ class PinbaListener:
         with self._changed:
             return [r for r in self.received if not r.accepted]
 
+    def __repr__(self) -> str:
+        return f"<PinbaListener {self.server}, {len(self.received)} received>"
+
     def _collect(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -116,6 +119,3 @@ class PinbaListener:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<PinbaListener {self.server}, {len(self.received)} received>"

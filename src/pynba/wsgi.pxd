@@ -19,43 +19,44 @@ cdef class PynbaMiddleware:
     cdef dict __dict__  # monitor() copies the application's name and docstring
     cdef object __weakref__
     cdef public object app
+    cdef public object monitoring
     cdef public object reporter
     cdef public bint enabled
-    cdef public object prefix
-    cdef public object script_name
-    cdef public object server_name
-    cdef public object unmatched_name
-    cdef public object host_names
-    cdef public object path_names
+    cdef public CollectorSettings settings
+    cdef object _script_name
+    cdef object _prefix
     cdef dict _known_hosts
     cdef dict _known_paths
-    cdef public CollectorSettings settings
 
     cpdef default_script_name(self, environ)
     cpdef default_server_name(self, environ)
 
-cdef class _Response:
-    cdef public PynbaMiddleware _middleware
-    cdef public object _environ
-    cdef public object _start_response
-    cdef public object _write
-    cdef public RequestCollector _collector
-    cdef public object _status
-    cdef public object _headers
-    cdef public object _result
-    cdef public Py_ssize_t _size
-    cdef public bint _failed
-    cdef public bint _complete
-    cdef public bint _closed
-    cdef public object _file_close
+cdef class _MonitoredRequest:
+    cdef readonly RequestCollector collector
+    cdef PynbaMiddleware _middleware
+    cdef object _environ
+    cdef object _start_response
+    cdef object _write
+    cdef object _status
+    cdef object _headers
+    cdef object _result
+    cdef Py_ssize_t _size
+    cdef bint _failed
+    cdef bint _complete
+    cdef bint _closed
+    cdef object _file_close
 
     cpdef wrap(self, result)
+    cpdef count(self, chunk)
+    cpdef mark_complete(self)
+    cpdef mark_failed(self)
+    cpdef end(self, error)
     cpdef close(self)
     cpdef close_stream(self, body)
     cpdef _close_body(self, close, bint from_file)
-    cpdef _finish(self, bint from_file=*, bint closed=*)
+    cpdef _report(self, bint from_file=*, bint closed=*)
 
 cdef class _StreamBody:
-    cdef public _Response _response
-    cdef public object _result
-    cdef public object _iterator
+    cdef _MonitoredRequest _request
+    cdef object _result
+    cdef object _iterator

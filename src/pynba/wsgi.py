@@ -42,23 +42,23 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
+from ._http import CLIENT_CLOSED_REQUEST, FAILED_STATUS, Monitoring, content_length
 from .collector import RequestCollector, logger
-from .config import resolve
 from .context import DISABLED, activate, current_collector, deactivate
 from .errors import internal_error
-from .names import ClientNames
 from .reporter import Reporter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._http import HTTPOptions
 
 __all__ = ["PynbaMiddleware", "monitor"]
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-
-#: The status reported when the client went away before the response ended
-#: (nginx's "client closed request").
-CLIENT_CLOSED_REQUEST = 499
 
 
 class PynbaMiddleware:
@@ -81,57 +81,22 @@ class PynbaMiddleware:
     (``PINBA_SERVER``, ``PINBA_ENABLED``, ...: see ``pynba.config``).
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        address: Any = None,
-        *,
-        prefix: str | None = None,
-        tags: Mapping[str, Any] | None = None,
-        script_name: Callable[[dict], str | None] | None = None,
-        server_name: str | None = None,
-        hostname: str | None = None,
-        enabled: bool | None = None,
-        raise_on_fail: bool | None = None,
-        timer_rusage: bool | None = None,
-        memory_footprint: bool | None = None,
-        pinboard: bool | None = None,
-        unmatched_name: str | None = None,
-        name_limit: int | None = None,
-        server_names: Iterable[str] | str | None = None,
-    ) -> None:
-        # Options left unset come from the environment (see pynba.config).
-        config = resolve(
-            address,
-            prefix=prefix,
-            server_name=server_name,
-            hostname=hostname,
-            enabled=enabled,
-            raise_on_fail=raise_on_fail,
-            timer_rusage=timer_rusage,
-            memory_footprint=memory_footprint,
-            pinboard=pinboard,
-            unmatched_name=unmatched_name,
-            name_limit=name_limit,
-            server_names=server_names,
-        )
+    def __init__(self, app: WSGIApp, address: Any = None, **options: Unpack[HTTPOptions]) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI application, not {type(app).__name__}")
-        if script_name is not None and not callable(script_name):
-            raise TypeError("script_name must be a callable taking the WSGI environ")
         self.app = app
-        self.settings = config.collector_settings(tags)
-        self.reporter: Reporter = self.settings.reporter
-        self.enabled = bool(config.enabled)
-        self.prefix = config.prefix
-        self.script_name = script_name
-        self.server_name = config.server_name
-        self.unmatched_name = config.unmatched_name
-        self.host_names = ClientNames.hosts(self.reporter, config.name_limit, config.server_names)
-        self.path_names = ClientNames.paths(self.reporter, config.name_limit)
-        # Read here first (compiled: a typed dict lookup), name() on a miss.
-        self._known_hosts = self.host_names.known
-        self._known_paths = self.path_names.known
+        monitoring = Monitoring(address, options, "the WSGI environ")
+        self.monitoring = monitoring
+        self.reporter: Reporter = monitoring.reporter
+        self.enabled = monitoring.enabled
+        # What each request reads, typed here: compiled, C reads where the
+        # lookups through monitoring cost ~150 instructions (1% of a request).
+        self.settings = monitoring.settings
+        self._script_name = monitoring.script_name
+        self._prefix = monitoring.prefix
+        # Looked up first; the monitoring's Python calls on a miss.
+        self._known_hosts = monitoring.host_names.known
+        self._known_paths = monitoring.path_names.known
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.enabled:
@@ -141,7 +106,7 @@ class PynbaMiddleware:
                 activate(DISABLED)
             return self.app(environ, start_response)
         try:
-            response = _Response(self, environ, start_response)
+            request = _MonitoredRequest(self, environ, start_response)
         except Exception:
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
             return self.app(environ, start_response)
@@ -149,34 +114,32 @@ class PynbaMiddleware:
         # the body's iteration and close below): a server may interleave
         # requests in one thread, calling the next application before the
         # previous body is done.
-        token = activate(response._collector)
+        token = activate(request.collector)
         try:
-            result = self.app(environ, response.start_response)
-        except BaseException:
-            response.abort()
+            result = self.app(environ, request.start_response)
+        except BaseException as error:
+            request.end(error)
             raise
         finally:
             deactivate(token)
-        return response.wrap(result)
+        return request.wrap(result)
 
     def default_script_name(self, environ: dict) -> str:
         """The script name reported when the application sets none."""
-        if self.script_name is not None:
-            name = self.script_name(environ)
-            return self.prefix + (self.unmatched_name if name is None else name)
+        if self._script_name is not None:
+            return self.monitoring.route(self._script_name(environ))
         path = request_path(environ)
         name = self._known_paths.get(path)
-        return self.prefix + (self.path_names.name(path) if name is None else name)
+        return self.monitoring.path(path) if name is None else self._prefix + name
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
-        if self.server_name is not None:
-            return self.server_name
         host = _lookup(environ, "HTTP_HOST")
         if host:
-            name = self._known_hosts.get(host)
-            return self.host_names.name(host) if name is None else name
-        return _lookup(environ, "SERVER_NAME", "")
+            name = self._known_hosts.get(host)  # none with a server name configured
+            if name is not None:
+                return name
+        return self.monitoring.server(host, _lookup(environ, "SERVER_NAME", ""))
 
     def __repr__(self) -> str:
         return f"<PynbaMiddleware {self.app!r} -> {self.reporter!r}>"
@@ -196,10 +159,6 @@ def monitor(address: Any, **config: Any) -> Callable[[WSGIApp], PynbaMiddleware]
         return middleware
 
     return decorate
-
-
-#: Where framework integrations leave the matched route template in environ.
-ROUTE_KEY = "pynba.route"
 
 
 def _lookup(environ: Any, key: str, default: Any = None) -> Any:
@@ -222,11 +181,6 @@ def request_path(environ: dict) -> str:
         except UnicodeEncodeError:
             pass  # not latin-1 as PEP 3333 says: keep what the server gave
     return path
-
-
-def recorded_route(environ: dict) -> str | None:
-    """The route template an integration recorded (``ROUTE_KEY``); None when no route matched."""
-    return _lookup(environ, ROUTE_KEY)
 
 
 # Applications send few distinct status lines: each is parsed once.
@@ -265,22 +219,23 @@ def _byte_count(chunk: Any) -> int:
     return -1
 
 
-class _Response:
+class _MonitoredRequest:
     """One monitored request: wraps start_response and the response body.
 
     A list or tuple body is counted at once and stood in for by this object
-    (which the server iterates and closes); other bodies by a ``_StreamBody``.
-    Nothing it holds refers back to it (but a file wrapper, whose close()
-    becomes this object's): a response the server drops without closing it
-    is freed, and reported, at once.
+    (which the server iterates and closes); other bodies by a ``_StreamBody``,
+    which tells this object what the server took. Nothing it holds refers
+    back to it (but a file wrapper, whose close() becomes this object's): a
+    response the server drops without closing it is freed, and reported, at
+    once.
     """
 
     __slots__ = (
+        "collector",
         "_middleware",
         "_environ",
         "_start_response",
         "_write",
-        "_collector",
         "_status",
         "_headers",
         "_result",
@@ -291,21 +246,23 @@ class _Response:
         "_file_close",
     )
 
-    def __init__(self, middleware: PynbaMiddleware, environ: dict, start_response: Callable):
+    def __init__(
+        self, middleware: PynbaMiddleware, environ: dict, start_response: Callable
+    ) -> None:
         self._middleware = middleware
         self._environ = environ
         self._start_response = start_response
-        self._write = None
-        self._status = None
-        self._headers = None
-        self._result = None
+        self._write: Callable[[bytes], Any] | None = None
+        self._status: str | None = None
+        self._headers: list | None = None
+        self._result: Any = None
         self._size = 0
         self._failed = False
         self._complete = False
         self._closed = True  # nothing to end (see __del__) until the collector is made
-        self._file_close = None
+        self._file_close: Callable[[], Any] | None = None
         # self._middleware, not the argument: compiled, its attributes are typed.
-        self._collector = RequestCollector(
+        self.collector = RequestCollector(
             self._middleware.settings,
             None,
             self._middleware.default_server_name(environ),
@@ -329,7 +286,7 @@ class _Response:
         return self._counted_write
 
     def _counted_write(self, data: bytes) -> Any:
-        written = self._write(data)
+        written = self._write(data)  # type: ignore[misc]  # set by start_response
         size = _byte_count(data)  # counted once the server took it
         if size > 0:
             self._size += size
@@ -342,14 +299,8 @@ class _Response:
             # Counted at once; the server iterates the list itself, and this
             # object stands in for it only to add close().
             self._result = result
-            size = 0
             for chunk in result:
-                chunk_size = _byte_count(chunk)
-                if chunk_size < 0:
-                    self._failed = True  # the server will fail the response
-                else:
-                    size += chunk_size
-            self._size += size
+                self.count(chunk)
             self._complete = True
             return self
         file_wrapper = _lookup(self._environ, "wsgi.file_wrapper")
@@ -376,15 +327,35 @@ class _Response:
             result.close = self.close
         except AttributeError:
             self._closed = True
-            self._finish(from_file=True)
+            self._report(from_file=True)
         return result
 
-    def abort(self) -> None:
-        """The application raised before returning: report a 500."""
+    # -- what the body tells of the server's progress ---------------------------
+
+    def count(self, chunk: Any) -> None:
+        """The server took ``chunk`` of the body; one that is not bytes fails the response."""
+        size = _byte_count(chunk)
+        if size < 0:
+            self._failed = True  # the server will fail the response
+        else:
+            self._size += size
+
+    def mark_complete(self) -> None:
+        """The server took the whole body."""
+        self._complete = True
+
+    def mark_failed(self) -> None:
+        """The application raised while the server iterated or closed the body."""
+        self._failed = True
+
+    # -- the request's end ------------------------------------------------------
+
+    def end(self, error: BaseException) -> None:
+        """The application call raised ``error`` before returning: report a 500."""
         self._failed = True
         self._closed = True
         try:
-            self._finish()
+            self._report()
         except Exception:
             logger.exception("pynba: cannot report the failed request")
 
@@ -394,7 +365,7 @@ class _Response:
             return
         self._closed = True
         if self._file_close is None:
-            self._finish()  # nothing of the application's to run: no context switch
+            self._report()  # nothing of the application's to run: no context switch
             return
         self._close_body(self._file_close, True)
 
@@ -407,7 +378,7 @@ class _Response:
 
     def _close_body(self, close: Any, from_file: bool) -> None:
         """Call the body's own ``close`` (None: it has none) as the request, then end it."""
-        token = activate(self._collector)
+        token = activate(self.collector)
         try:
             if close is not None:
                 close()
@@ -416,11 +387,11 @@ class _Response:
             raise
         finally:
             deactivate(token)
-            self._finish(from_file=from_file)
+            self._report(from_file=from_file)
 
     def __del__(self) -> None:
         # Freed without close(): the server or test client never closed it.
-        if self._closed or self._collector is None:
+        if self._closed or self.collector is None:
             return
         self._closed = True
         try:
@@ -432,72 +403,60 @@ class _Response:
             self._middleware.reporter.count("unclosed")
         except Exception:
             internal_error("cannot count an unclosed response", False)
-        self._finish(from_file=self._file_close is not None, closed=False)
+        self._report(from_file=self._file_close is not None, closed=False)
 
-    def _finish(self, from_file: bool = False, closed: bool = True) -> None:
+    def _report(self, from_file: bool = False, closed: bool = True) -> None:
+        """Send the request's packet, with the status and size measured here."""
         status = None
         size = None
         try:
             if self._failed:
-                status = 500
+                status = FAILED_STATUS
             elif closed and not self._complete:
                 status = CLIENT_CLOSED_REQUEST  # closed before its end
             else:
                 status = _parse_status(self._status)
-            size = self._content_length() if from_file else self._size
+            size = content_length(self._headers or ()) if from_file else self._size
         except Exception:
             internal_error("cannot finish the request", self._middleware.reporter.raise_on_fail)
-        self._collector.finish(status, size)
-
-    def _content_length(self) -> int:
-        try:
-            for name, value in self._headers or ():
-                if name.lower() == "content-length":
-                    return max(int(value), 0)
-        except Exception:  # headers the server will refuse itself
-            return 0
-        return 0
+        self.collector.finish(status, size)
 
 
 class _StreamBody:
-    """A response body the server iterates; counts the bytes it takes."""
+    """A response body the server iterates, run as its request; tells the request what it took."""
 
-    __slots__ = ("_response", "_result", "_iterator")
+    __slots__ = ("_request", "_result", "_iterator")
 
-    def __init__(self, response: _Response, result: Iterable[bytes]) -> None:
-        self._response = response
+    def __init__(self, request: _MonitoredRequest, result: Iterable[bytes]) -> None:
+        self._request = request
         self._result = result
-        self._iterator = None
+        self._iterator: Any = None
 
     def __iter__(self) -> _StreamBody:
-        token = activate(self._response._collector)
+        token = activate(self._request.collector)
         try:
             self._iterator = iter(self._result)
         except BaseException:
-            self._response._failed = True
+            self._request.mark_failed()
             raise
         finally:
             deactivate(token)
         return self
 
     def __next__(self) -> bytes:
-        token = activate(self._response._collector)
+        token = activate(self._request.collector)
         try:
             chunk = next(self._iterator)
         except StopIteration:
-            self._response._complete = True
+            self._request.mark_complete()
             raise
         except BaseException:
-            self._response._failed = True
+            self._request.mark_failed()
             raise
         finally:
             deactivate(token)
-        size = _byte_count(chunk)
-        if size < 0:
-            self._response._failed = True  # the server will fail the response
-        else:
-            self._response._size += size
+        self._request.count(chunk)
         return chunk
 
     def close(self) -> None:
-        self._response.close_stream(self._result)
+        self._request.close_stream(self._result)

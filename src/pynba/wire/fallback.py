@@ -5,8 +5,8 @@ picks one of them at import time.
 """
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 from struct import Struct
+from typing import Any
 
 FLT_MIN = 1.1754943508222875e-38  # smallest normal float32
 FLT_MAX = 3.4028234663852886e38
