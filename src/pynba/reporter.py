@@ -536,9 +536,7 @@ class Reporter:
                 return compressed, True
         return datagram, False
 
-    def _degraded(
-        self, request: RequestRecord, wire: str, full_size: int
-    ) -> tuple[bytes, bool]:
+    def _degraded(self, request: RequestRecord, wire: str, full_size: int) -> tuple[bytes, bool]:
         """``request``, too large for a datagram, made to fit: ``(datagram, compressed)``.
 
         Sent without its timers; if still too large, without its request tags

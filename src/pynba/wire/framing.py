@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 try:
-    import lz4.block as _lz4_block
+    import lz4.block as _lz4_block  # type: ignore[import-untyped]  # lz4 ships no type hints
 except ImportError:  # the optional extra is not installed
     _lz4_block = None
 
