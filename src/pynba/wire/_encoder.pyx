@@ -123,7 +123,7 @@ cdef struct TagRef:
     PyObject* name_obj
     PyObject* value_obj
 
-cdef struct Timer:
+cdef struct MergedTimer:  # one tag set: the timers with these tags, added up
     Py_ssize_t first  # offset into State.pairs (2 entries per tag)
     Py_ssize_t count  # tags
     uint64_t hash
@@ -141,7 +141,7 @@ cdef struct State:
     uint32_t* pairs
     Py_ssize_t npairs
     Py_ssize_t cap_pairs
-    Timer* timers
+    MergedTimer* timers
     Py_ssize_t ntimers
     Py_ssize_t cap_timers
     int32_t* tslots  # open addressing: timer id or -1
@@ -163,7 +163,7 @@ cdef struct State:
     Word s_words[64]
     int32_t s_wslots[128]
     uint32_t s_pairs[256]
-    Timer s_timers[32]
+    MergedTimer s_timers[32]
     int32_t s_tslots[64]
     TagRef s_refs[16]
     uint32_t s_rtags[32]
@@ -368,18 +368,28 @@ cdef inline void remember(State* s, object value, int32_t word_id) noexcept:
         s.cache_id[slot] = word_id
 
 
-cdef int rehash_words(State* s) except -1:
-    cdef Py_ssize_t size = (s.wmask + 1) * 2
+cdef int32_t* empty_slots(Py_ssize_t size) except NULL:
+    """A hash table of ``size`` slots, every one empty (-1)."""
     cdef int32_t* slots = <int32_t*>malloc(size * sizeof(int32_t))
     if slots == NULL:
         raise MemoryError()
     memset(slots, 0xFF, size * sizeof(int32_t))
-    cdef Py_ssize_t i, j
+    return slots
+
+
+cdef inline void place(int32_t* slots, Py_ssize_t mask, uint64_t hash, int32_t i) noexcept nogil:
+    """Puts entry ``i`` in the first free slot from its hash on (linear probing)."""
+    cdef Py_ssize_t j = hash & mask
+    while slots[j] >= 0:
+        j = (j + 1) & mask
+    slots[j] = i
+
+
+cdef int rehash_words(State* s) except -1:
+    cdef Py_ssize_t size = (s.wmask + 1) * 2, i
+    cdef int32_t* slots = empty_slots(size)
     for i in range(s.nwords):
-        j = s.words[i].hash & (size - 1)
-        while slots[j] >= 0:
-            j = (j + 1) & (size - 1)
-        slots[j] = <int32_t>i
+        place(slots, size - 1, s.words[i].hash, <int32_t>i)
     if s.wslots != s.s_wslots:
         free(s.wslots)
     s.wslots = slots
@@ -583,7 +593,7 @@ cdef int add_timer(State* s, object timer) except -1:
     cdef TimerFields fields
     cdef Py_ssize_t i
     cdef double t_value, t_utime, t_stime
-    cdef Timer* t
+    cdef MergedTimer* t
     cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
     if size == 5:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
@@ -672,7 +682,7 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
 
     cdef Py_ssize_t j = h & s.tmask
     cdef int32_t found
-    cdef Timer* t
+    cdef MergedTimer* t
     while True:
         found = s.tslots[j]
         if found < 0:
@@ -686,8 +696,8 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
         j = (j + 1) & s.tmask
 
     if s.ntimers == s.cap_timers:
-        s.timers = <Timer*>grow(s.timers, s.s_timers, s.ntimers, &s.cap_timers,
-                                s.ntimers + 1, sizeof(Timer))
+        s.timers = <MergedTimer*>grow(s.timers, s.s_timers, s.ntimers, &s.cap_timers,
+                                s.ntimers + 1, sizeof(MergedTimer))
     found = <int32_t>s.ntimers
     t = &s.timers[found]
     t.first = s.npairs
@@ -706,17 +716,10 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
 
 
 cdef int rehash_timers(State* s) except -1:
-    cdef Py_ssize_t size = (s.tmask + 1) * 2
-    cdef int32_t* slots = <int32_t*>malloc(size * sizeof(int32_t))
-    if slots == NULL:
-        raise MemoryError()
-    memset(slots, 0xFF, size * sizeof(int32_t))
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t size = (s.tmask + 1) * 2, i
+    cdef int32_t* slots = empty_slots(size)
     for i in range(s.ntimers):
-        j = s.timers[i].hash & (size - 1)
-        while slots[j] >= 0:
-            j = (j + 1) & (size - 1)
-        slots[j] = <int32_t>i
+        place(slots, size - 1, s.timers[i].hash, <int32_t>i)
     if s.tslots != s.s_tslots:
         free(s.tslots)
     s.tslots = slots
@@ -821,7 +824,7 @@ cdef inline unsigned char* put_packed_key(unsigned char* o, unsigned int key,
 cdef unsigned char* put_packed_timers(State* s, unsigned char* o) noexcept nogil:
     """Fields 10-14 in packed form (room reserved by the caller)."""
     cdef Py_ssize_t i, j, k, last, size
-    cdef Timer* t
+    cdef MergedTimer* t
     if s.ntimers == 0:
         return o
     size = 0
@@ -880,7 +883,7 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
                        document_size, memory_peak, request_time, ru_utime, ru_stime,
                        status, memory_footprint, schema, bint packed) except -1:
     cdef Py_ssize_t i, k, last
-    cdef Timer* t
+    cdef MergedTimer* t
     cdef Text text
     cdef unsigned char* o = s.out
     text_of(s, hostname, &text, MAX_HOSTNAME)
