@@ -178,6 +178,7 @@ class RequestCollector:
         make no reference cycle, and a response dropped unclosed is freed
         (and reported) at once.
         """
+        self._cpu: rusage.ThreadCPU | None = None  # read by __del__, even when this raises
         if not isinstance(settings, CollectorSettings):
             raise TypeError(f"settings must be a CollectorSettings, not {type(settings).__name__}")
         self._settings = settings
@@ -201,7 +202,7 @@ class RequestCollector:
         self._namer = namer
         self._source = source
         cpu = rusage.thread_cpu()
-        self._cpu: rusage.ThreadCPU | None = cpu
+        self._cpu = cpu
         self._utime_start, self._stime_start = cpu.begin()
         self._start = time.perf_counter()
 
