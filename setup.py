@@ -1,5 +1,6 @@
 """Build script: the compiled encoder is optional, pure Python is the fallback."""
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -8,15 +9,22 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
-#: Per-request modules compiled from their Python sources (see src/pynba/_implementation.py).
-COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
 
 
-#: Compiled-only modules between timers and the rest (see their docstrings).
-TIMER_GLUE = ("_timer_call", "_timer_fields")
+def _compiled_modules() -> tuple[str, ...]:
+    """``COMPILED_MODULES`` of src/pynba/_implementation.py (read, not imported)."""
+    tree = ast.parse((HERE / "src/pynba/_implementation.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED_MODULES":
+            return ast.literal_eval(node.value)
+    raise LookupError("COMPILED_MODULES is not in src/pynba/_implementation.py")
 
-#: Compiled modules that cimport one another (and ``_rusage``): each needs the others.
-LINKED = {f"pynba.{name}" for name in ("_rusage", *COMPILED_SOURCES, *TIMER_GLUE)}
+
+#: The compiled modules, in build order: a .pyx, or a Python source typed by its .pxd.
+COMPILED_MODULES = _compiled_modules()
+#: Compiled modules that cimport one another: each needs the others. The
+#: encoder stands alone (it finds the Timer reader at run time).
+LINKED = {f"pynba.{name}" for name in COMPILED_MODULES if name != "wire._encoder"}
 
 
 class OptionalBuildExt(build_ext):
@@ -72,14 +80,12 @@ def extensions():
     except ImportError:
         print("pynba: Cython is not installed; using pure Python.", file=sys.stderr)
         return []
-    # The encoder and getrusage have pure-Python twins; the per-request modules are compiled
-    # from their own Python sources (typed by the .pxd files beside them).
-    modules = [
-        Extension("pynba._encoder", ["src/pynba/_encoder.pyx"]),
-        Extension("pynba._rusage", ["src/pynba/_rusage.pyx"]),
-    ]
-    modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.py"]) for name in COMPILED_SOURCES]
-    modules += [Extension(f"pynba.{name}", [f"src/pynba/{name}.pyx"]) for name in TIMER_GLUE]
+    modules = []
+    for name in COMPILED_MODULES:
+        source = HERE / "src" / "pynba" / (name.replace(".", "/") + ".pyx")
+        if not source.exists():
+            source = source.with_suffix(".py")
+        modules.append(Extension(f"pynba.{name}", [str(source.relative_to(HERE))]))
     return cythonize(
         modules,
         compiler_directives={
@@ -104,7 +110,7 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["examples", "examples.*"]),
-    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd"]},
+    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd", "*.pyi", "wire/*.pyx", "wire/*.pyi"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     extras_require={

@@ -13,11 +13,10 @@ import sys
 import timeit
 from pathlib import Path
 
-from pynba import _pure_encoder
-from pynba.wire import framing
+from pynba.wire import fallback, framing
 
 try:
-    from pynba import _encoder as compiled
+    from pynba.wire import _encoder as compiled
 except ImportError:
     compiled = None
 
@@ -104,7 +103,7 @@ def main():
     parser.add_argument("--budget", type=float, default=0.2, help="seconds per timing run")
     args = parser.parse_args()
     encoders = [("compiled", compiled.encode if compiled else None),
-                ("pure", _pure_encoder.encode),
+                ("pure", fallback.encode),
                 ("protobuf", protobuf_encode if Request else None)]  # fmt: skip
     cases = [("bare (0 timers)", 0), ("typical (10 timers)", 10), ("heavy (200 timers)", 200),
              ("25 timers", 25), ("100 timers", 100), ("800 timers", 800)]  # fmt: skip
@@ -113,7 +112,7 @@ def main():
     print(header + f"{'compiled/timer':>16}{'protobuf/compiled':>19}")
     for label, count in cases:
         data = request(count)
-        size = len(_pure_encoder.encode(*data))
+        size = len(fallback.encode(*data))
         row = f"{label:<22}{size:>7}"
         results = {}
         for name, function in encoders:
@@ -130,7 +129,7 @@ def main():
             row += f"{results['protobuf'] / results['compiled']:>18.1f}x"
         print(row)
     print()
-    wire_forms(compiled.encode if compiled else _pure_encoder.encode, args.budget)
+    wire_forms(compiled.encode if compiled else fallback.encode, args.budget)
 
 
 def wire_forms(encode, budget):
@@ -149,7 +148,7 @@ def wire_forms(encode, budget):
     forms = [("unpacked", unpacked), ("packed", packed)]
     if framing.LZ4_AVAILABLE:
         forms.append(("packed+LZ4", packed_lz4))
-    implementation = "compiled" if encode is not _pure_encoder.encode else "pure"
+    implementation = "compiled" if encode is not fallback.encode else "pure"
     print(f"wire forms, {implementation} encoder: µs per encode (best of 5) and bytes")
     print(f"{'request':<22}" + "".join(f"{name + ' µs':>16}{'bytes':>8}" for name, _ in forms))
     for label, count in [("typical (10 timers)", 10), ("heavy (200 timers)", 200)]:

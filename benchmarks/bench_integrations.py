@@ -15,7 +15,7 @@ import socket
 import timeit
 import warnings
 
-from pynba.encoder import IMPLEMENTATION
+from pynba.wire.encoder import IMPLEMENTATION
 
 # Pyramid imports pkg_resources, which warns on recent setuptools.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

@@ -22,9 +22,9 @@ from time import perf_counter
 from pynba import PynbaMiddleware, encode, pynba
 from pynba.collector import CollectorSettings, RequestCollector
 from pynba.context import activate
-from pynba.encoder import IMPLEMENTATION
 from pynba.reporter import Reporter
 from pynba.rusage import usage
+from pynba.wire.encoder import IMPLEMENTATION
 
 RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 GROUPS = ("db", "cache", "http", "queue", "render")

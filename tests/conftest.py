@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from pynba import _pure_encoder
 from pynba.context import _current as _current_request
+from pynba.wire import fallback
 
 # Errors inside pynba are raised, not logged, in the project's own tests.
 os.environ.setdefault("PYNBA_STRICT", "1")
@@ -18,7 +18,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def compiled_encoder():
     """The compiled encoder module, or None when it is not built."""
     try:
-        return importlib.import_module("pynba._encoder")
+        return importlib.import_module("pynba.wire._encoder")
     except ImportError:
         if IN_CI or os.environ.get("PYNBA_REQUIRE_COMPILED") == "1":
             raise
@@ -29,7 +29,7 @@ def compiled_encoder():
 def encode(request):
     """Each encoder's ``encode`` in turn (the compiled one skips when not built)."""
     if request.param == "pure":
-        return _pure_encoder.encode
+        return fallback.encode
     module = compiled_encoder()
     if module is None:
         pytest.skip("the compiled encoder is not built")
@@ -122,10 +122,10 @@ def udp_listener_factory():
 @pytest.fixture(autouse=True)
 def _internal_errors_logged_afresh(monkeypatch):
     """Each test sees pynba's internal errors logged, whatever earlier tests logged."""
-    from pynba import collector
+    from pynba import errors
     from pynba.ratelimit import LogLimiter
 
-    monkeypatch.setattr(collector, "_internal_errors", LogLimiter())
+    monkeypatch.setattr(errors, "_internal_errors", LogLimiter())
 
 
 @pytest.fixture(autouse=True)

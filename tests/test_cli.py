@@ -133,9 +133,10 @@ def test_version_says_which_implementation_runs(pure_python):
         for suffix in EXTENSION_SUFFIXES
         for path in (ROOT / "src" / "pynba").rglob(f"*{suffix}")
     ]
-    built = {path.name.split(".")[0] for path in extensions}
+    package = ROOT / "src" / "pynba"
+    built = {str(path.relative_to(package)).split(".")[0].replace("/", ".") for path in extensions}
     # Every module built that the command loads runs compiled (_timer_fields loads on first use).
-    assert "_encoder" in running and set(running) <= built
+    assert "wire._encoder" in running and set(running) <= built
     assert built - {"_timer_fields"} <= set(running), line
 
 

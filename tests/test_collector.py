@@ -8,7 +8,8 @@ import time
 import pytest
 
 from packets import make_collector, receive
-from pynba.collector import RequestCollector, default_hostname
+from pynba.collector import RequestCollector
+from pynba.names import default_hostname
 
 
 def busy(seconds):

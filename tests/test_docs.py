@@ -567,7 +567,7 @@ def check_console_command(command):
         assert done.returncode == 0, done.stderr
         version = re.escape(pynba.__version__)
         assert re.fullmatch(
-            rf"pynba {version} \((compiled: \w+(, \w+)*|pure Python)\)\n", done.stdout
+            rf"pynba {version} \((compiled: [\w.]+(, [\w.]+)*|pure Python)\)\n", done.stdout
         )
     elif words[0] == "python" and words[1].startswith("src/examples/"):
         with PinbaListener() as listener:

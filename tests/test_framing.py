@@ -11,12 +11,12 @@ import lz4.block
 import pytest
 
 from pinba2_rules import assert_valid
-from pynba import config, encoder
+from pynba import config
 from pynba import reporter as reporter_module
 from pynba.address import WIRE_CLASSIC, WIRE_PINBA2, ServerAddress, parse_addresses
-from pynba.encoder import ARGUMENTS
 from pynba.reporter import DEFAULT_COMPRESS_ABOVE, Reporter
-from pynba.wire import decode, framing
+from pynba.wire import decode, encoder, framing
+from pynba.wire.encoder import ARGUMENTS
 
 BASE = {
     "hostname": "web-1",

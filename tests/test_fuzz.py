@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from conftest import compiled_encoder
 from pinba2_rules import violations
 from pinba_pb2 import Request
-from pynba import _pure_encoder
-from pynba.encoder import MAX_TEXT_BYTES
+from pynba.wire import fallback
+from pynba.wire.encoder import MAX_TEXT_BYTES
 
 EXAMPLES = int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000"))
 DECODER_EXAMPLES = max(EXAMPLES // 5, 1)
@@ -70,7 +70,7 @@ def check(datagram):
 @FUZZ
 @given(requests)
 def test_both_encoders_agree_and_every_datagram_is_valid(request):
-    datagram = _pure_encoder.encode(*request)
+    datagram = fallback.encode(*request)
     assert compiled.encode(*request) == datagram
     check(datagram)
 
@@ -104,7 +104,7 @@ LONG_FUZZ = settings(FUZZ, max_examples=max(EXAMPLES // 20, 50))
 @LONG_FUZZ
 @given(long_requests)
 def test_both_encoders_cut_long_strings_alike(request):
-    datagram = _pure_encoder.encode(*request)
+    datagram = fallback.encode(*request)
     assert compiled.encode(*request) == datagram
     check(datagram)
     message = Request()
@@ -122,7 +122,7 @@ def test_pure_encoder_datagrams_are_valid(request):
     # Runs even without the compiled encoder; with it, the test above also covers this.
     if compiled is not None and EXAMPLES <= 10_000:
         pytest.skip("covered by the comparison with the compiled encoder")
-    check(_pure_encoder.encode(*request))
+    check(fallback.encode(*request))
 
 
 # -- the listener's decoder ------------------------------------------------------
@@ -154,7 +154,7 @@ def test_decoder_reports_random_bytes(datagram):
 @DECODER_FUZZ
 @given(requests, st.data())
 def test_decoder_reports_truncated_and_mutated_datagrams(request, data):
-    datagram = _pure_encoder.encode(*request)
+    datagram = fallback.encode(*request)
     full = listener.examine(datagram)
     assert full.accepted, full.problems
     cut = data.draw(st.integers(0, len(datagram)))

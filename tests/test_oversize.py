@@ -15,10 +15,10 @@ import pytest
 from pinba2_rules import assert_valid
 from pinba_pb2 import Request
 from pynba import reporter
-from pynba.encoder import MAX_DATAGRAM, MAX_TEXT_BYTES
 from pynba.reporter import Reporter
 from pynba.wire import framing, validate
 from pynba.wire.decode import unframe
+from pynba.wire.encoder import MAX_DATAGRAM, MAX_TEXT_BYTES
 
 NAMES = {"hostname": "web-1", "server_name": "example.com", "script_name": "/checkout"}
 FIELDS = {

@@ -28,8 +28,8 @@ def run_python(code, **env):
 
 
 def test_environment_variable_forces_the_pure_encoder():
-    code = "import pynba, pynba.encoder as e; print(pynba.ENCODER, e.encode.__module__)"
-    assert run_python(code, PYNBA_PURE_PYTHON="1") == "pure pynba._pure_encoder"
+    code = "import pynba, pynba.wire.encoder as e; print(pynba.ENCODER, e.encode.__module__)"
+    assert run_python(code, PYNBA_PURE_PYTHON="1") == "pure pynba.wire.fallback"
 
 
 @pytest.mark.parametrize("value", ["", "0", "false"])
@@ -54,8 +54,10 @@ def test_sdist_installs_without_a_compiler(tmp_path):
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
     package = ROOT / "src" / "pynba"
-    build_sources = [f"src/pynba/{path.name}" for path in sorted(package.glob("*.p[yx][xd]"))]
-    assert "src/pynba/_encoder.pyx" in build_sources
+    build_sources = [
+        f"src/pynba/{path.relative_to(package)}" for path in sorted(package.rglob("*.p[yx][xd]"))
+    ]
+    assert "src/pynba/wire/_encoder.pyx" in build_sources
     for needed in (*build_sources, "src/pynba/py.typed", "proto/pinba.proto", "tests/conftest.py"):
         assert any(name.endswith(needed) for name in names), needed
 
@@ -80,7 +82,7 @@ def test_sdist_installs_without_a_compiler(tmp_path):
     )
     assert install.returncode == 0, install.stdout + install.stderr
     assert "installing its pure Python instead" in install.stdout + install.stderr
-    assert not list(target.glob("pynba/_encoder*.so"))
+    assert not list(target.glob("pynba/wire/_encoder*.so"))
     code = (
         "import pynba; "
         "print(pynba.ENCODER, len(pynba.encode('h', 's', '/', 1, 0, 0, 0.1, 0, 0, 200, 0,"
@@ -114,7 +116,7 @@ def test_per_request_modules_are_compiled_when_built():
     names = run_python(code, PYNBA_PURE_PYTHON="").split()
     assert names == sorted(
         [
-            "_encoder",
+            "wire._encoder",
             "_rusage",
             "_timer_call",
             "_timer_fields",
@@ -128,7 +130,7 @@ def test_per_request_modules_are_compiled_when_built():
     )
 
 
-@pytest.mark.parametrize("broken", ["_rusage", "_timer_call"])  # built before them, after them
+@pytest.mark.parametrize("broken", ["_rusage", "_timer_fields"])  # built before them, after them
 def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path, broken):
     """They cimport one another and _rusage: kept without it, they could not be imported."""
     pytest.importorskip("Cython")
@@ -156,8 +158,9 @@ def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_pa
     )
     assert build.returncode == 0, build.stdout + build.stderr
     assert "installing its pure Python instead" in build.stderr
-    built = sorted(path.name.split(".")[0] for path in (tmp_path / "lib" / "pynba").glob("*.so"))
-    assert built == ["_encoder"]
+    lib = tmp_path / "lib" / "pynba"
+    built = sorted(str(path.relative_to(lib)).split(".")[0] for path in lib.rglob("*.so"))
+    assert built == ["wire/_encoder"]
     code = "import pynba, pynba.wsgi; print(' '.join(pynba.compiled_modules()))"
     out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
-    assert out == "_encoder"
+    assert out == "wire._encoder"

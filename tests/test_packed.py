@@ -7,8 +7,7 @@ from hypothesis import given, settings
 
 from pinba2_rules import assert_valid, fields, violations
 from pinba_pb2 import Request
-from pynba import _pure_encoder
-from pynba.wire import decode
+from pynba.wire import decode, fallback
 from test_properties import EXAMPLES, PROPERTY, encode_with, requests, timer_lists
 
 PACKED_FIELDS = (10, 11, 12, 13, 14, 20, 21, 22, 23)
@@ -45,7 +44,7 @@ CASES = {
 
 @pytest.mark.parametrize("arguments", CASES.values(), ids=CASES.keys())
 def test_packed_is_byte_identical_in_both_encoders(encode, arguments):
-    assert encode(*arguments, packed=True) == _pure_encoder.encode(*arguments, packed=True)
+    assert encode(*arguments, packed=True) == fallback.encode(*arguments, packed=True)
 
 
 @pytest.mark.parametrize("arguments", CASES.values(), ids=CASES.keys())
@@ -149,7 +148,7 @@ def test_project_decoder_reads_packed_as_unpacked(encode):
 @given(arguments=requests)
 def test_random_requests_packed(encode, arguments):
     packed = encode_with(lambda *a: encode(*a, packed=True), arguments)
-    assert packed == encode_with(lambda *a: _pure_encoder.encode(*a, packed=True), arguments)
+    assert packed == encode_with(lambda *a: fallback.encode(*a, packed=True), arguments)
     assert_valid(packed, packed_ok=True)
     assert parse(packed) == parse(encode_with(encode, arguments))
 
@@ -159,6 +158,6 @@ def test_random_requests_packed(encode, arguments):
 def test_random_requests_packed_with_many_timers(encode, arguments, timers):
     arguments = {**arguments, "timers": timers}
     packed = encode_with(lambda *a: encode(*a, packed=True), arguments)
-    assert packed == encode_with(lambda *a: _pure_encoder.encode(*a, packed=True), arguments)
+    assert packed == encode_with(lambda *a: fallback.encode(*a, packed=True), arguments)
     assert_valid(packed, packed_ok=True)
     assert parse(packed) == parse(encode_with(encode, arguments))

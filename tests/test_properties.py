@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from conftest import compiled_encoder
 from pinba2_rules import assert_valid, fields
 from pinba_pb2 import Request
-from pynba import _pure_encoder
-from pynba.encoder import ARGUMENTS
+from pynba.wire import fallback
+from pynba.wire.encoder import ARGUMENTS
 
 FLT_MIN = 2.0**-126
 FLT_MAX = (2 - 2.0**-23) * 2.0**127
@@ -269,4 +269,4 @@ COMPILED = compiled_encoder()
 @PROPERTY
 @given(arguments=requests)
 def test_compiled_and_pure_give_identical_bytes(arguments):
-    assert encode_with(COMPILED.encode, arguments) == encode_with(_pure_encoder.encode, arguments)
+    assert encode_with(COMPILED.encode, arguments) == encode_with(fallback.encode, arguments)

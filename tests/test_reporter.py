@@ -13,11 +13,10 @@ import time
 import pytest
 
 from pinba_pb2 import Request
-from pynba import _pure_encoder, encoder
 from pynba.address import DEFAULT_PORT, ServerAddress, parse_addresses
 from pynba.record import RequestRecord
 from pynba.reporter import Reporter
-from pynba.wire import framing
+from pynba.wire import encoder, fallback, framing
 from resolving import route_of, wait_for_addresses, wait_until
 
 REQUEST = {
@@ -39,7 +38,7 @@ REQUEST = {
 
 
 def encoded(**request):
-    """The bytes ``pynba.encoder.encode`` makes for ``request``."""
+    """The bytes ``pynba.wire.encoder.encode`` makes for ``request``."""
     return encoder.encode(
         request["hostname"],
         request["server_name"],
@@ -298,7 +297,7 @@ def test_report_fields_are_keyword_only(reporter_factory):
 
 
 def test_the_request_record_holds_the_encoders_arguments_in_order():
-    arguments = tuple(inspect.signature(_pure_encoder.encode).parameters)
+    arguments = tuple(inspect.signature(fallback.encode).parameters)
     assert RequestRecord._fields == arguments[: len(RequestRecord._fields)]
     assert arguments[len(RequestRecord._fields) :] == ("packed",)
     assert RequestRecord._fields == encoder.ARGUMENTS

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pynba import encoder
 from pynba.reporter import Reporter
+from pynba.wire import encoder
 from resolving import route_of, wait_for_addresses
 
 ROOT = Path(__file__).resolve().parent.parent

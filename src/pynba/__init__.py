@@ -7,11 +7,11 @@ if pure_python_forced():
 
 from .collector import RequestCollector
 from .context import pynba
-from .encoder import IMPLEMENTATION as ENCODER
-from .encoder import encode
 from .reporter import Reporter
 from .script import ScriptMonitor
 from .timer import Timer
+from .wire.encoder import IMPLEMENTATION as ENCODER
+from .wire.encoder import encode
 from .wsgi import PynbaMiddleware, monitor
 
 __all__ = [

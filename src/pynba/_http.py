@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from .collector import settings_for
 from .config import resolve
 from .names import ClientNames
 
@@ -104,7 +103,7 @@ class Monitoring:
         if script_name is not None and not callable(script_name):
             raise TypeError(f"script_name must be a callable taking {source}")
         config = resolve(address, settings=settings, **options)
-        self.settings = settings_for(config, tags)
+        self.settings = config.collector_settings(tags)
         self.enabled = bool(config.enabled)
         self.script_name = script_name
         self.prefix: str = config.prefix

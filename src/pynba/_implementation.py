@@ -6,12 +6,29 @@ their Python sources are the fallback. ``PYNBA_PURE_PYTHON=1`` in the
 environment makes every one of them run from its Python source.
 """
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
 
-#: Modules compiled from their own Python source (the encoder has a twin instead).
-COMPILED_SOURCES = ("tags", "timer", "collector", "context", "wsgi", "reporter")
+#: Every compiled module, in build order. One with a Python source of the
+#: same name is compiled from it (typed by the .pxd beside it), and runs from
+#: that source under ``PYNBA_PURE_PYTHON=1``. The others exist only compiled
+#: (.pyx): the encoder (its pure twin is ``wire.fallback``), getrusage (twin:
+#: ``rusage``), the encoder's reader of compiled Timers, and ``pynba.timer``'s
+#: C fast path (see their docstrings).
+COMPILED_MODULES = (
+    "wire._encoder",
+    "_rusage",
+    "tags",
+    "timer",
+    "collector",
+    "context",
+    "wsgi",
+    "reporter",
+    "_timer_fields",
+    "_timer_call",
+)
 
 
 def pure_python_forced() -> bool:
@@ -23,11 +40,14 @@ def pure_python_forced() -> bool:
 class _SourceFinder:
     """Finds pynba's compiled modules in their Python sources instead."""
 
-    def find_spec(self, fullname, path=None, target=None):
-        package, _, name = fullname.rpartition(".")
-        if package != __package__ or name not in COMPILED_SOURCES:
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        prefix = __package__ + "."
+        name = fullname[len(prefix) :] if fullname.startswith(prefix) else None
+        if name not in COMPILED_MODULES:
             return None
-        source = os.path.join(os.path.dirname(__file__), name + ".py")
+        source = os.path.join(os.path.dirname(__file__), *name.split(".")) + ".py"
         if not os.path.exists(source):
             return None
         return importlib.util.spec_from_file_location(fullname, source)
@@ -40,10 +60,10 @@ def use_pure_python_sources() -> None:
 
 
 def compiled_modules() -> list[str]:
-    """The pynba modules running compiled code."""
+    """The pynba modules running compiled code (of those imported so far)."""
     names = []
-    for name in ("_encoder", "_rusage", *COMPILED_SOURCES, "_timer_call", "_timer_fields"):
+    for name in COMPILED_MODULES:
         module = sys.modules.get(f"{__package__}.{name}")
-        if module is not None and not module.__file__.endswith(".py"):
+        if module is not None and not str(module.__file__).endswith(".py"):
             names.append(name)
     return names

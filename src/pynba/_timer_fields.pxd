@@ -5,11 +5,11 @@ from cpython.object cimport PyObject
 
 
 cdef struct TimerFields:
-    # Borrowed from the timer, as are names and hits: Python code may replace
+    # Borrowed from the timer, as are values and hits: Python code may replace
     # the timer's attributes and free them, so the caller takes references of
     # its own before it does anything that can run Python code.
-    PyObject* tags
-    PyObject* names  # NULL unless tags are the values of these names
+    PyObject* names  # a tuple of str, as many as values
+    PyObject* values  # a tuple
     PyObject* hits
     double value
     double utime

@@ -22,8 +22,8 @@ cdef int read_timer_fields(object timer, TimerFields* fields) except -1:
     if type(timer) is not Timer:
         return 0
     t = <Timer>timer
-    fields.tags = <PyObject*>t._tags
-    fields.names = NULL if t._names is None else <PyObject*>t._names
+    fields.names = <PyObject*>t._names
+    fields.values = <PyObject*>t._values
     fields.hits = <PyObject*>t._hits
     fields.value = t._value
     if t._running:  # as Timer.elapsed: the current run counts

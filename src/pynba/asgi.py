@@ -53,8 +53,9 @@ from ._http import (
     Monitoring,
     content_length,
 )
-from .collector import RequestCollector, internal_error
+from .collector import RequestCollector
 from .context import DISABLED, activate, deactivate
+from .errors import internal_error
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -4,7 +4,8 @@ cimport cpython.time as time  # compiled, time.perf_counter() is a C call
 cimport pynba._rusage as rusage  # and rusage.cpu_times() (see _rusage.pxd)
 
 from pynba.reporter cimport Reporter
-from pynba.timer cimport Timer, new_timer
+from pynba.tags cimport timer_tags
+from pynba.timer cimport Timer
 
 cdef class CollectorSettings:
     cdef public Reporter reporter
@@ -41,9 +42,10 @@ cdef class RequestCollector:
     cdef public object _namer
     cdef public object _source
 
-    cpdef _setup(self, settings, script_name, server_name, schema, namer, source)
-    cpdef _timer(self, tags, names=*)
+    cpdef new_timer(self, tags)
+    cpdef new_checked_timer(self, tuple names, tuple values)
     cpdef add_timer(self, timer)
+    cpdef remove_timer(self, timer)
     @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t)
     cpdef _merge_timers(self)
     cpdef list _merged_timers(self)
@@ -51,11 +53,9 @@ cdef class RequestCollector:
     cpdef end_response(self)
     cpdef finish(self, status=*, document_size=*)
     cpdef next_job(self, script_name=*, server_name=*)
-    @cython.locals(timer=Timer)
-    cpdef _measure_timers(self, keep_running, end)
+    @cython.locals(timer=Timer, kept=list, out=list, ending=bint)
+    cpdef _measure_timers(self, bint keep_running, end)
     cpdef _send(self, timers, end=*)
     cpdef (double, double, long) _cpu_reading(self, bint ending) except *
     cpdef _stop_running(self)
     cpdef suspend(self)
-
-cpdef RequestCollector new_collector(settings, server_name, schema, namer, source=*)

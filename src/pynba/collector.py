@@ -21,33 +21,24 @@ end:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import rusage
-from ._pure_encoder import keyword_pairs, timer_tuple
-from .encoder import STATUS_MAX
-from .ratelimit import LogLimiter
+from .errors import internal_error
+from .names import default_hostname
+from .pinboard import pinboard_timers
 from .reporter import Reporter
+from .rusage import resident_set_size
 from .strict import is_strict
-from .tags import TagPairs, check_tag_name, flatten_tags
-from .timer import NOOP_TIMER, NoopTimer, Timer, check_seconds, new_timer
+from .tags import TagPairs, TagValue, check_tag_name, flatten_tags, timer_tags
+from .timer import NOOP_TIMER, NoopTimer, Timer, TimerRecord, check_seconds
+from .wire.encoder import STATUS_MAX
 
-if TYPE_CHECKING:
-    from .config import Config
-
-__all__ = [
-    "CollectorSettings",
-    "RequestCollector",
-    "default_hostname",
-    "internal_error",
-    "settings_for",
-]
+__all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestCollector"]
 
 logger = logging.getLogger("pynba")
 
@@ -60,63 +51,6 @@ MAX_TAG_SETS = 10_000
 
 # ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
-_STATM = "/proc/self/statm"
-_hostname: str | None = None
-
-
-def default_hostname() -> str:
-    """This machine's host name (looked up once)."""
-    global _hostname
-    if _hostname is None:
-        _hostname = socket.gethostname()
-    return _hostname
-
-
-def internal_error(message: str, raise_on_fail: bool, kind: str | None = None) -> None:
-    """Handle an exception raised inside pynba: log it and carry on.
-
-    Re-raised when ``raise_on_fail`` is set, or when the environment has
-    ``PYNBA_STRICT=1`` (meant for pynba's own tests and for development);
-    otherwise logged with its traceback, at most once a minute per ``kind``
-    (by default the message itself: give a fixed kind when the message
-    names something that varies). Call it from an ``except`` block.
-    """
-    if raise_on_fail or is_strict():
-        raise
-    error = sys.exc_info()[1]
-    # One kind per message: a failing tag or namer logs once a minute, not per request.
-    _internal_errors.log(logging.ERROR, kind or message, "pynba: %s", message, exc_info=error)
-
-
-_internal_errors = LogLimiter()
-
-
-def _resident_set_size() -> int:
-    try:
-        with open(_STATM, "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def pinboard_timers(timers: list, hostname: Any, server_name: Any) -> list[tuple]:
-    """``timers`` (as the encoder takes them) with Pinboard's host and server tags added.
-
-    The Pinboard UI shows a timer only when it carries ``__hostname`` and
-    ``__server_name``; a timer that already has one of these tags keeps its own.
-    """
-    added = (("__hostname", hostname), ("__server_name", server_name))
-    out = []
-    for timer in timers:
-        tags, *measures = timer_tuple(timer)
-        if len(measures) == 5:  # keyword tags: values, ..., names
-            pairs = tuple(keyword_pairs(measures.pop(), tags))
-        else:
-            pairs = tuple(tags.items()) if isinstance(tags, Mapping) else tuple(tags)
-        names = {name for name, _ in pairs}
-        pairs += tuple(pair for pair in added if pair[0] not in names)
-        out.append((pairs, *measures))
-    return out
 
 
 class CollectorSettings:
@@ -164,43 +98,6 @@ class CollectorSettings:
         self.pinboard = bool(pinboard)
 
 
-def settings_for(config: Config, tags: Mapping[str, Any] | None = None) -> CollectorSettings:
-    """The settings of a middleware or monitor configured by ``config`` (see ``pynba.config``).
-
-    ``config.address`` names the servers of a reporter of its own, or is a
-    ``Reporter`` to share; ``raise_on_fail`` switches that reporter's on.
-    """
-    address = config.address
-    reporter = address if isinstance(address, Reporter) else Reporter(address)
-    if config.raise_on_fail:
-        reporter.raise_on_fail = True
-    return CollectorSettings(
-        reporter,
-        hostname=config.hostname,
-        tags=tags,
-        timer_rusage=config.timer_rusage,
-        memory_footprint=config.memory_footprint,
-        pinboard=config.pinboard,
-    )
-
-
-def new_collector(
-    settings: CollectorSettings,
-    server_name: str | None,
-    schema: str | None,
-    namer: Callable[[Any], str] | None,
-    source: Any = None,
-) -> RequestCollector:
-    """``RequestCollector(settings, None, server_name, schema, namer, source)``, made quickly.
-
-    The middleware makes one per request; compiled, this spares the call
-    the generic construction and its argument parsing.
-    """
-    collector = RequestCollector.__new__(RequestCollector)
-    collector._setup(settings, None, server_name, schema, namer, source)
-    return collector
-
-
 def _check_count(name: str, value: Any, top: int | None = None) -> int | None:
     if value is None:
         return None
@@ -228,30 +125,6 @@ def _check_text(name: str, value: Any) -> str | bytes | None:
             str.__str__(value) if isinstance(value, str) else bytes.__getitem__(value, slice(None))
         )
     raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-
-
-class _Field:
-    """A collector attribute checked when the application assigns it.
-
-    Stored in the private attribute of the same name with a leading
-    underscore. The name is given explicitly rather than through
-    ``__set_name__``, which compiled classes do not call.
-    """
-
-    __slots__ = ("check", "name", "private")
-
-    def __init__(self, name: str, check: Callable[[str, Any], Any]) -> None:
-        self.name = name
-        self.private = "_" + name
-        self.check = check
-
-    def __get__(self, collector: Any, owner: type | None = None) -> Any:
-        if collector is None:
-            return self
-        return getattr(collector, self.private)
-
-    def __set__(self, collector: Any, value: Any) -> None:
-        setattr(collector, self.private, self.check(self.name, value))
 
 
 class RequestCollector:
@@ -305,34 +178,24 @@ class RequestCollector:
         make no reference cycle, and a response dropped unclosed is freed
         (and reported) at once.
         """
-        self._setup(settings, script_name, server_name, schema, namer, source)
-
-    def _setup(
-        self,
-        settings: CollectorSettings,
-        script_name: str | None,
-        server_name: str | None,
-        schema: str | None,
-        namer: Callable[[Any], str] | None,
-        source: Any,
-    ) -> None:
+        self._cpu: rusage.ThreadCPU | None = None  # read by __del__, even when this raises
         if not isinstance(settings, CollectorSettings):
             raise TypeError(f"settings must be a CollectorSettings, not {type(settings).__name__}")
         self._settings = settings
-        self._hostname = self._settings.hostname  # compiled: a typed read
-        self._server_name = server_name
-        self._script_name = script_name
-        self._schema = schema
-        self._status = None
-        self._document_size = None
-        self._memory_peak = None
-        self._memory_footprint = None
-        self._request_time = None
-        self._ru_utime = None
-        self._ru_stime = None
-        self._tags = None
+        self._hostname: str | bytes | None = settings.hostname
+        self._server_name: str | bytes | None = server_name
+        self._script_name: str | bytes | None = script_name
+        self._schema: str | bytes | None = schema
+        self._status: int | None = None
+        self._document_size: int | None = None
+        self._memory_peak: int | None = None
+        self._memory_footprint: int | None = None
+        self._request_time: float | None = None
+        self._ru_utime: float | None = None
+        self._ru_stime: float | None = None
+        self._tags: dict[str, Any] | None = None
         self._timers: list[Timer] = []
-        self._merged: dict[tuple, list] | None = None
+        self._merged: dict[TagPairs, list] | None = None
         self._merge_at = MERGE_TIMERS_AT
         self._finished = False
         self._skipped = False
@@ -345,16 +208,95 @@ class RequestCollector:
 
     # -- fields the application may set (None: measured or defaulted at the end)
 
-    hostname = _Field("hostname", _check_text)
-    server_name = _Field("server_name", _check_text)
-    schema = _Field("schema", _check_text)
-    status = _Field("status", lambda name, value: _check_count(name, value, STATUS_MAX))
-    document_size = _Field("document_size", _check_count)
-    memory_peak = _Field("memory_peak", _check_count)
-    memory_footprint = _Field("memory_footprint", _check_count)
-    request_time = _Field("request_time", _check_seconds)
-    ru_utime = _Field("ru_utime", _check_seconds)
-    ru_stime = _Field("ru_stime", _check_seconds)
+    @property
+    def hostname(self) -> str | bytes | None:
+        """The host the request ran on; this machine's name unless set."""
+        return self._hostname
+
+    @hostname.setter
+    def hostname(self, value: str | bytes | None) -> None:
+        self._hostname = _check_text("hostname", value)
+
+    @property
+    def server_name(self) -> str | bytes | None:
+        """The site the request was for (the Host, for web requests)."""
+        return self._server_name
+
+    @server_name.setter
+    def server_name(self, value: str | bytes | None) -> None:
+        self._server_name = _check_text("server_name", value)
+
+    @property
+    def schema(self) -> str | bytes | None:
+        """The request's scheme ("http", "https"...)."""
+        return self._schema
+
+    @schema.setter
+    def schema(self, value: str | bytes | None) -> None:
+        self._schema = _check_text("schema", value)
+
+    @property
+    def status(self) -> int | None:
+        """The response status; the integration's measure unless set."""
+        return self._status
+
+    @status.setter
+    def status(self, value: int | None) -> None:
+        self._status = _check_count("status", value, STATUS_MAX)
+
+    @property
+    def document_size(self) -> int | None:
+        """Bytes of the response body; the integration's measure unless set."""
+        return self._document_size
+
+    @document_size.setter
+    def document_size(self, value: int | None) -> None:
+        self._document_size = _check_count("document_size", value)
+
+    @property
+    def memory_peak(self) -> int | None:
+        """Peak memory in bytes; the process's peak RSS unless set."""
+        return self._memory_peak
+
+    @memory_peak.setter
+    def memory_peak(self, value: int | None) -> None:
+        self._memory_peak = _check_count("memory_peak", value)
+
+    @property
+    def memory_footprint(self) -> int | None:
+        """Memory in use in bytes; 0, or the RSS when configured, unless set."""
+        return self._memory_footprint
+
+    @memory_footprint.setter
+    def memory_footprint(self, value: int | None) -> None:
+        self._memory_footprint = _check_count("memory_footprint", value)
+
+    @property
+    def request_time(self) -> float | None:
+        """Seconds the request took; measured at the end unless set."""
+        return self._request_time
+
+    @request_time.setter
+    def request_time(self, value: float | None) -> None:
+        self._request_time = _check_seconds("request_time", value)
+
+    @property
+    def ru_utime(self) -> float | None:
+        """User CPU seconds; measured at the end unless set."""
+        return self._ru_utime
+
+    @ru_utime.setter
+    def ru_utime(self, value: float | None) -> None:
+        self._ru_utime = _check_seconds("ru_utime", value)
+
+    @property
+    def ru_stime(self) -> float | None:
+        """System CPU seconds; measured at the end unless set."""
+        return self._ru_stime
+
+    @ru_stime.setter
+    def ru_stime(self, value: float | None) -> None:
+        self._ru_stime = _check_seconds("ru_stime", value)
 
     @property
     def script_name(self) -> str | bytes | None:
@@ -449,21 +391,27 @@ class RequestCollector:
     # -- timers --------------------------------------------------------------
 
     def timer(self, /, **tags: Any) -> Timer | NoopTimer:
-        """A new timer of this request, not started, with these tags.
+        """A new timer of this request, not started, with these tags."""
+        return self.new_timer(tags)
 
-        After the request has ended, a timer that does nothing (see ``add_timer``).
+    def new_timer(self, tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Timer | NoopTimer:
+        """A new timer of this request with ``tags`` (a mapping or pairs), not started.
+
+        After the request has ended, the ``NOOP_TIMER`` (see ``add_timer``).
         """
-        return self._timer(tags)
-
-    def _timer(self, tags: Any, names: tuple[str, ...] | None = None) -> Timer | NoopTimer:
-        """A new timer of this request (see ``new_timer`` for ``names``)."""
         if self._finished:
             return self._too_late(tags)
-        timer = new_timer(tags, self, self._settings.timer_rusage, names)
-        self._timers.append(timer)
-        if len(self._timers) >= self._merge_at:
-            self._merge_timers()
-        return timer
+        names, values = timer_tags(tags)
+        return self.new_checked_timer(names, values)
+
+    def new_checked_timer(
+        self, names: tuple[str, ...], values: tuple[TagValue, ...]
+    ) -> Timer | NoopTimer:
+        """``new_timer()`` for tags checked and split already (as ``timer_tags`` gives them).
+
+        ``pynba.timer(...)``'s compiled fast path makes its timers so.
+        """
+        return self.add_timer(Timer.of_request(self, names, values, self._settings.timer_rusage))
 
     def add_timer(self, timer: Timer) -> Timer | NoopTimer:
         """Make ``timer`` (of this request) one the next packet carries.
@@ -479,6 +427,13 @@ class RequestCollector:
         if len(self._timers) >= self._merge_at:
             self._merge_timers()
         return timer
+
+    def remove_timer(self, timer: Timer) -> None:
+        """Leave ``timer`` out of the next packet (no error when it is not there)."""
+        try:
+            self._timers.remove(timer)
+        except ValueError:
+            pass
 
     def _too_late(self, tags: Any) -> NoopTimer:
         if is_strict():
@@ -508,29 +463,20 @@ class RequestCollector:
         kept = []
         dropped = 0
         for timer in self._timers:
-            if timer._running:
+            if timer.started:
                 kept.append(timer)
                 continue
-            if not timer._hits:
-                timer.hand_over()  # never run: it rejoins when started
+            tags, value, hits, utime, stime = timer.hand_over()
+            if not hits:  # never run: it rejoins the request when started
                 continue
-            measured = timer.hand_over()
-            tags = measured[0]
-            names = measured[5] if len(measured) == 6 else None
-            try:
-                key = (names, tuple(tags.items()) if type(tags) is dict else tags)
-                total = merged.get(key)
-            except Exception:  # tags that cannot be a key: sent as they are
-                internal_error("cannot merge a timer", self._raise_on_fail, "merge")
-                key = ("unmergeable", len(merged))
-                total = None
+            total = merged.get(tags)
             if total is not None:
-                total[1] += measured[1]
-                total[2] += measured[2]
-                total[3] += measured[3]
-                total[4] += measured[4]
+                total[1] += value
+                total[2] += hits
+                total[3] += utime
+                total[4] += stime
             elif len(merged) < MAX_TAG_SETS:
-                merged[key] = list(measured)
+                merged[tags] = [tags, value, hits, utime, stime]
             else:
                 dropped += 1
         self._timers = kept
@@ -539,7 +485,7 @@ class RequestCollector:
         if dropped:
             self._settings.reporter.count("timers_dropped", dropped)
 
-    def _merged_timers(self) -> list[tuple]:
+    def _merged_timers(self) -> list[TimerRecord]:
         """The merged totals as the encoder takes them; the request keeps none."""
         merged = self._merged
         self._merged = None
@@ -550,7 +496,7 @@ class RequestCollector:
     def stop_timers(self) -> None:
         """Stop every running timer."""
         for timer in self._timers:
-            if timer._running:
+            if timer.started:
                 timer.stop()
 
     # -- sending -------------------------------------------------------------
@@ -680,35 +626,26 @@ class RequestCollector:
         # A request dropped unfinished must not go on sharing its thread's CPU.
         self._stop_running()
 
-    def _measure_timers(self, keep_running: bool, end: float | None) -> list:
+    def _measure_timers(self, keep_running: bool, end: float | None) -> list[Timer | TimerRecord]:
         """The timers as the encoder takes them; sent ones leave the request.
 
         At the request's end (``end`` None) these are the Timers themselves;
-        a flush sends what they measured so far, as tuples, and resets them.
-        The totals of merged timers go too, as tuples.
+        a flush sends what they measured so far, as records, and resets them
+        (see ``Timer.take_measures``). The totals of merged timers go too.
         """
+        out: list[Timer | TimerRecord] = []
         if self._merged is not None:
-            merged = self._merged_timers()
-            return merged + self._measure_timers(keep_running, end)
+            out.extend(self._merged_timers())
         if not self._timers:
-            return []
-        out = []
+            return out
+        ending = end is None
         kept = []
         for timer in self._timers:
-            if timer._running:
-                if end is None:  # the request ends: stop it
-                    timer._end(time.perf_counter())
-                else:
-                    kept.append(timer)
-                    if not keep_running:  # send the part measured so far; it goes on
-                        out.append(timer.hand_over())
-                    continue
-            if not timer._hits:
-                kept.append(timer)  # created but never run: it may still run
-            elif end is None:  # the request ends: the encoder reads the timer itself
-                out.append(timer)
-            else:  # a flush: what was measured goes, and the timer starts afresh
-                out.append(timer.hand_over())
+            measured = timer.take_measures(ending, keep_running)
+            if measured is not None:
+                out.append(measured)
+            if not ending and (measured is None or timer.started):
+                kept.append(timer)  # running on, or not run yet
         self._timers = kept
         return out
 
@@ -729,7 +666,7 @@ class RequestCollector:
         memory_peak = self._memory_peak
         memory_footprint = self._memory_footprint
         if memory_footprint is None:
-            memory_footprint = _resident_set_size() if settings.memory_footprint else 0
+            memory_footprint = resident_set_size() if settings.memory_footprint else 0
         script_name = self._resolved_script_name()
         if self._finished:
             self._script_name = script_name  # the namer goes with the request
@@ -737,8 +674,10 @@ class RequestCollector:
         server_name = self._server_name or ""
         if settings.pinboard:
             timers = pinboard_timers(timers, hostname, server_name)
+        # A plain tuple of RequestRecord's fields, in order: building the
+        # record and unpacking it again costs about 0.3 us a request more.
         settings.reporter.report_request(
-            (
+            (  # type: ignore[arg-type]
                 hostname,
                 server_name,
                 script_name or "",

@@ -37,7 +37,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .collector import CollectorSettings
 from .names import DEFAULT_NAME_LIMIT, UNMATCHED_NAME, parse_names
+from .reporter import Reporter
 
 __all__ = ["ENVIRONMENT", "Config", "Settings", "parse_flag", "resolve"]
 
@@ -186,6 +188,24 @@ class Config:
     def options(self) -> dict[str, Any]:
         """Every option but ``address``, as keyword arguments of a middleware."""
         return {name: getattr(self, name) for name in ENVIRONMENT if name != "address"}
+
+    def collector_settings(self, tags: Mapping[str, Any] | None = None) -> CollectorSettings:
+        """What the requests of a middleware or monitor so configured share.
+
+        ``address`` names the servers of a reporter of its own, or is a
+        ``Reporter`` to share; ``raise_on_fail`` switches that reporter's on.
+        """
+        reporter = self.address if isinstance(self.address, Reporter) else Reporter(self.address)
+        if self.raise_on_fail:
+            reporter.raise_on_fail = True
+        return CollectorSettings(
+            reporter,
+            hostname=self.hostname,
+            tags=tags,
+            timer_rusage=self.timer_rusage,
+            memory_footprint=self.memory_footprint,
+            pinboard=self.pinboard,
+        )
 
 
 def resolve(

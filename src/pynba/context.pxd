@@ -1,10 +1,5 @@
-# Declarations for compiling context.py with Cython (see timer.pxd).
-cimport cython
-
-from pynba.collector cimport RequestCollector
-
-@cython.locals(request=RequestCollector)
-cdef _timer_of(collector, tags)
-
+# Declarations for compiling context.py with Cython (see timer.pxd): the
+# middleware makes its request current with direct C calls.
+cpdef current_collector()
 cpdef activate(collector)
 cpdef deactivate(token)

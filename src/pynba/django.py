@@ -43,8 +43,9 @@ from django.conf import settings as django_settings  # type: ignore[import-untyp
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 
 from ._http import FAILED_STATUS, MonitoredMiddleware, Monitoring, content_length
-from .collector import RequestCollector, internal_error
+from .collector import RequestCollector
 from .context import DISABLED, DisabledCollector, activate, deactivate
+from .errors import internal_error
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]

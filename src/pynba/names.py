@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -284,3 +285,14 @@ class ClientNames:
 
     def __repr__(self) -> str:
         return f"<ClientNames {len(self._admitted)}/{self._limit}>"
+
+
+_hostname: str | None = None
+
+
+def default_hostname() -> str:
+    """This machine's host name (looked up once)."""
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
-from .encoder import MAX_DATAGRAM, encode
 from .ratelimit import LogLimiter
 from .record import RequestRecord
 from .wire import framing
+from .wire.encoder import MAX_DATAGRAM, encode
 
 __all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 
@@ -349,7 +349,7 @@ class Reporter:
     ) -> None:
         """Encode one request (see ``RequestRecord``) and send it to every server, in its wire form.
 
-        A request whose datagram would exceed ``pynba.encoder.MAX_DATAGRAM``
+        A request whose datagram would exceed ``pynba.wire.encoder.MAX_DATAGRAM``
         (after packing and compression, for pinba2 servers) is sent without
         its timers, else also without its request tags, with a warning: never
         lost for its size. Never raises unless ``raise_on_fail`` is
@@ -373,7 +373,7 @@ class Reporter:
         )
         self.report_request(record)
 
-    def report_request(self, request: RequestRecord | tuple) -> None:
+    def report_request(self, request: RequestRecord) -> None:
         """``report()`` for a ``RequestRecord``, or a plain tuple of its fields in order.
 
         The collectors' path: it saves building and binding keyword arguments
@@ -504,7 +504,7 @@ class Reporter:
         servers = [str(server.address) for server in self._servers]
         return f"{type(self).__name__}({servers!r})"
 
-    def _encode(self, request: RequestRecord | tuple, wire: str) -> bytes | Exception:
+    def _encode(self, request: RequestRecord, wire: str) -> bytes | Exception:
         """The datagram for ``request`` in the ``wire`` form, or why it cannot be encoded."""
         try:
             datagram, compressed = self._datagram(request, wire)
@@ -520,7 +520,7 @@ class Reporter:
             self._add("compressed", 1)
         return datagram
 
-    def _datagram(self, request: RequestRecord | tuple, wire: str) -> tuple[bytes, bool]:
+    def _datagram(self, request: RequestRecord, wire: str) -> tuple[bytes, bool]:
         """``(datagram, whether it is LZ4-compressed)`` for ``request`` in the ``wire`` form."""
         if wire == WIRE_CLASSIC:
             return encode(*request), False
@@ -536,14 +536,12 @@ class Reporter:
                 return compressed, True
         return datagram, False
 
-    def _degraded(
-        self, request: RequestRecord | tuple, wire: str, full_size: int
-    ) -> tuple[bytes, bool]:
+    def _degraded(self, request: RequestRecord, wire: str, full_size: int) -> tuple[bytes, bool]:
         """``request``, too large for a datagram, made to fit: ``(datagram, compressed)``.
 
         Sent without its timers; if still too large, without its request tags
         too: what is left, the fields pinba2 requires, always fits (the
-        encoder caps every string, see ``pynba.encoder.MAX_TEXT_BYTES``).
+        encoder caps every string, see ``pynba.wire.encoder.MAX_TEXT_BYTES``).
         """
         record = RequestRecord._make(request)
         timer_count = _length(record.timers)

@@ -14,13 +14,21 @@ thread used while serving them (and a request that has the thread to
 itself gets all of it, as before).
 """
 
+import os
 import resource
 import sys
 import threading
 
 from ._implementation import pure_python_forced
 
-__all__ = ["RUSAGE_WHO", "ThreadCPU", "cpu_times", "thread_cpu", "usage"]
+__all__ = [
+    "RUSAGE_WHO",
+    "ThreadCPU",
+    "cpu_times",
+    "resident_set_size",
+    "thread_cpu",
+    "usage",
+]
 
 RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 _getrusage = resource.getrusage
@@ -118,3 +126,15 @@ if not pure_python_forced():
         from ._rusage import ThreadCPU, cpu_times, thread_cpu, usage
     except ImportError:
         pass
+
+
+_STATM = "/proc/self/statm"
+
+
+def resident_set_size() -> int:
+    """The process's resident set size in bytes now (Linux); 0 where it cannot be read."""
+    try:
+        with open(_STATM, "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

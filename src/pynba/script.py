@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from contextvars import Token
 from typing import Any
 
-from .collector import CollectorSettings, RequestCollector, settings_for
+from .collector import CollectorSettings, RequestCollector
 from .config import resolve
 from .context import DISABLED, DisabledCollector, activate, current_collector, deactivate
 from .reporter import Reporter
@@ -293,7 +293,7 @@ class ScriptMonitor:
             memory_footprint=memory_footprint,
             pinboard=pinboard,
         )
-        self.settings = settings_for(config, tags)
+        self.settings = config.collector_settings(tags)
         self.reporter: Reporter = self.settings.reporter
         #: The names of the monitor's jobs (``job()`` blocks read them when they begin).
         self.script_name: str = script_name or program_name()

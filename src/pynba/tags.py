@@ -28,10 +28,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["MAX_TAG_DEPTH", "TagPairs", "TagValue", "check_tag_name", "flatten_tags"]
+__all__ = [
+    "MAX_TAG_DEPTH",
+    "SplitTags",
+    "TagPairs",
+    "TagValue",
+    "check_tag_name",
+    "flatten_tags",
+    "timer_tags",
+]
 
 TagValue = str | bytes | int | float | bool | None
 TagPairs = tuple[tuple[str, TagValue], ...]
+#: Tags as a timer keeps them: the names, and the values in the same order.
+SplitTags = tuple[tuple[str, ...], tuple[TagValue, ...]]
 
 #: How many containers (lists, tuples, sets, mappings) a tag value may nest.
 MAX_TAG_DEPTH = 8
@@ -91,6 +101,30 @@ def flatten_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> 
                 " containers deep; does it contain itself?"
             ) from None
     return tuple(out)
+
+
+def timer_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> SplitTags:
+    """A timer's tags, checked and flattened (see ``flatten_tags``), as (names, values).
+
+    A timer keeps its tags so: the names of ``pynba.timer(group=..., op=...)``
+    are a tuple its caller holds already, and only the values are new. A timer
+    needs at least one tag.
+    """
+    split = _split_dict(tags) if type(tags) is dict else None
+    if split is None:
+        pairs = flatten_tags(tags)
+        split = (tuple([name for name, _ in pairs]), tuple([value for _, value in pairs]))
+    if not split[0]:
+        raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
+    return split
+
+
+def _split_dict(tags: dict[Any, Any]) -> SplitTags | None:
+    """``tags`` as (names, values) when they need no flattening (str names and values)."""
+    for name, value in tags.items():
+        if type(name) is not str or type(value) is not str or not name:
+            return None
+    return tuple(tags), tuple(tags.values())
 
 
 def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:

@@ -6,11 +6,14 @@ cimport cython
 cimport cpython.time as time  # compiled, time.perf_counter() is a C call
 cimport pynba._rusage as rusage  # and rusage.cpu_times() (see _rusage.pxd)
 
+from pynba.collector cimport RequestCollector
+from pynba.tags cimport timer_tags
+
 
 cdef class Timer:
-    cdef public object _collector
-    cdef public object _tags
-    cdef public object _names
+    cdef public RequestCollector _collector
+    cdef public tuple _names
+    cdef public tuple _values
     cdef public bint _running
     cdef public double _start
     cdef public double _value
@@ -23,14 +26,16 @@ cdef class Timer:
     cdef public bint _detached
     cdef public object data
 
+    @staticmethod
+    @cython.locals(timer=Timer)
+    cdef Timer of_request(collector, tuple names, tuple values, bint cpu)
+    cpdef _setup(self, tuple names, tuple values, bint cpu, data)
+    cpdef _join(self, RequestCollector collector)
     cpdef _begin(self)
     cpdef _end(self, double now)
     cpdef _rejoin(self)
     cpdef _add_cpu(self)
     cpdef tuple hand_over(self)
+    cpdef take_measures(self, bint ending, bint keep_running=*)
 
-@cython.locals(plain=dict)
-cpdef _timer_tags(tags)
-cpdef Timer _init_timer(Timer timer, tags, names, bint cpu, collector=*)
-cpdef Timer new_timer(tags, collector, bint cpu, names=*)
 cpdef double check_seconds(name, value) except? -1.0

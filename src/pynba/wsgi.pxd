@@ -1,8 +1,8 @@
 # Declarations for compiling wsgi.py with Cython (see timer.pxd).
 cimport cython
 
-from pynba.collector cimport CollectorSettings, RequestCollector, new_collector
-from pynba.context cimport activate, deactivate
+from pynba.collector cimport CollectorSettings, RequestCollector
+from pynba.context cimport activate, current_collector, deactivate
 from pynba.reporter cimport Reporter
 
 cdef dict _STATUS_CODES

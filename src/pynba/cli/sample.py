@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from .. import ENCODER
 from ..reporter import Reporter
@@ -13,7 +13,7 @@ from .listener import Listener
 __all__ = ["SAMPLE", "run_sample"]
 
 #: What a web request to a shop's user page reports: two db timers that merge, one cache timer.
-SAMPLE = {
+SAMPLE: dict[str, Any] = {
     "hostname": "web-1",
     "server_name": "shop.example.com",
     "script_name": "/users/{id}",

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Pinba datagram encoder, compiled.
 
-The twin of ``_pure_encoder.py``: same signature, same bytes. Everything
+The twin of ``fallback.py``: same signature, same bytes. Everything
 that is not a plain str, bytes, float, int, bool or None takes the pure
 module's conversion functions, so both agree on the rare cases by
 construction; this module only makes the common cases fast.
@@ -34,14 +34,13 @@ from libc.string cimport memchr, memcmp, memcpy, memset
 
 from pynba._timer_fields cimport ReadTimerFields, TimerFields
 
-from pynba._pure_encoder import to_bytes as _py_to_bytes
-from pynba._pure_encoder import to_seconds as _py_to_seconds
-from pynba._pure_encoder import to_uint32 as _py_to_uint32
-from pynba._pure_encoder import _pairs as _py_pairs
-from pynba._pure_encoder import KEYWORD_MISMATCH as _KEYWORD_MISMATCH
-from pynba._pure_encoder import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
-from pynba._pure_encoder import timer_tuple as _py_timer_tuple
-from pynba._pure_encoder import encode as _py_encode
+from pynba.wire.fallback import to_bytes as _py_to_bytes
+from pynba.wire.fallback import to_seconds as _py_to_seconds
+from pynba.wire.fallback import to_uint32 as _py_to_uint32
+from pynba.wire.fallback import _pairs as _py_pairs
+from pynba.wire.fallback import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
+from pynba.wire.fallback import timer_tuple as _py_timer_tuple
+from pynba.wire.fallback import encode as _py_encode
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
@@ -124,7 +123,7 @@ cdef struct TagRef:
     PyObject* name_obj
     PyObject* value_obj
 
-cdef struct Timer:
+cdef struct MergedTimer:  # one tag set: the timers with these tags, added up
     Py_ssize_t first  # offset into State.pairs (2 entries per tag)
     Py_ssize_t count  # tags
     uint64_t hash
@@ -142,7 +141,7 @@ cdef struct State:
     uint32_t* pairs
     Py_ssize_t npairs
     Py_ssize_t cap_pairs
-    Timer* timers
+    MergedTimer* timers
     Py_ssize_t ntimers
     Py_ssize_t cap_timers
     int32_t* tslots  # open addressing: timer id or -1
@@ -164,7 +163,7 @@ cdef struct State:
     Word s_words[64]
     int32_t s_wslots[128]
     uint32_t s_pairs[256]
-    Timer s_timers[32]
+    MergedTimer s_timers[32]
     int32_t s_tslots[64]
     TagRef s_refs[16]
     uint32_t s_rtags[32]
@@ -369,18 +368,28 @@ cdef inline void remember(State* s, object value, int32_t word_id) noexcept:
         s.cache_id[slot] = word_id
 
 
-cdef int rehash_words(State* s) except -1:
-    cdef Py_ssize_t size = (s.wmask + 1) * 2
+cdef int32_t* empty_slots(Py_ssize_t size) except NULL:
+    """A hash table of ``size`` slots, every one empty (-1)."""
     cdef int32_t* slots = <int32_t*>malloc(size * sizeof(int32_t))
     if slots == NULL:
         raise MemoryError()
     memset(slots, 0xFF, size * sizeof(int32_t))
-    cdef Py_ssize_t i, j
+    return slots
+
+
+cdef inline void place(int32_t* slots, Py_ssize_t mask, uint64_t hash, int32_t i) noexcept nogil:
+    """Puts entry ``i`` in the first free slot from its hash on (linear probing)."""
+    cdef Py_ssize_t j = hash & mask
+    while slots[j] >= 0:
+        j = (j + 1) & mask
+    slots[j] = i
+
+
+cdef int rehash_words(State* s) except -1:
+    cdef Py_ssize_t size = (s.wmask + 1) * 2, i
+    cdef int32_t* slots = empty_slots(size)
     for i in range(s.nwords):
-        j = s.words[i].hash & (size - 1)
-        while slots[j] >= 0:
-            j = (j + 1) & (size - 1)
-        slots[j] = <int32_t>i
+        place(slots, size - 1, s.words[i].hash, <int32_t>i)
     if s.wslots != s.s_wslots:
         free(s.wslots)
     s.wslots = slots
@@ -515,8 +524,8 @@ cdef Py_ssize_t collect_tags(State* s, object tags) except -1:
     return n
 
 
-cdef Py_ssize_t collect_keyword_tags(State* s, object names, object values) except -1:
-    """Reads one timer's tags given as names and values into ``s.refs``; returns how many.
+cdef Py_ssize_t collect_split_tags(State* s, object names, object values) except -1:
+    """Reads the tags of a compiled Timer, its names and values, into ``s.refs``; returns how many.
 
     ``names`` and ``values`` must stay alive until the datagram is written.
     """
@@ -529,7 +538,7 @@ cdef Py_ssize_t collect_keyword_tags(State* s, object names, object values) exce
         hold(s, values)
     n = PyTuple_GET_SIZE(names)
     if PyTuple_GET_SIZE(values) != n:
-        raise ValueError(_KEYWORD_MISMATCH)
+        raise ValueError("a timer's tag names and values differ in number")
     for i in range(n):
         add_ref(s, i, <object>PyTuple_GET_ITEM(names, i), <object>PyTuple_GET_ITEM(values, i))
     return n
@@ -580,20 +589,18 @@ cdef int add_timer(State* s, object timer) except -1:
     Its parts are read in the pure twin's order, tags, hit count, value, CPU
     times: Python code that converting them runs sees what it sees there.
     """
-    cdef object tags, value, hit_count, utime, stime, names = None
+    cdef object tags, value, hit_count, utime, stime, names
     cdef TimerFields fields
     cdef Py_ssize_t i
     cdef double t_value, t_utime, t_stime
-    cdef Timer* t
+    cdef MergedTimer* t
     cdef Py_ssize_t size = PyTuple_GET_SIZE(timer) if PyTuple_CheckExact(timer) else -1
-    if size == 5 or size == 6:
+    if size == 5:
         tags = <object>PyTuple_GET_ITEM(timer, 0)
         value = <object>PyTuple_GET_ITEM(timer, 1)
         hit_count = <object>PyTuple_GET_ITEM(timer, 2)
         utime = <object>PyTuple_GET_ITEM(timer, 3)
         stime = <object>PyTuple_GET_ITEM(timer, 4)
-        if size == 6:
-            names = <object>PyTuple_GET_ITEM(timer, 5)
     else:
         if not timer_fields_sought:
             seek_timer_fields()
@@ -603,12 +610,11 @@ cdef int add_timer(State* s, object timer) except -1:
             # tag's str()) may replace: references of our own come first,
             # and the tags stay held until the datagram is written (the
             # dictionary borrows their bytes).
-            tags = <object>fields.tags
+            names = <object>fields.names
+            tags = <object>fields.values
             hit_count = <object>fields.hits
+            hold(s, names)
             hold(s, tags)
-            if fields.names != NULL:
-                names = <object>fields.names
-                hold(s, names)
             i = add_timer_fields(s, tags, names, hit_count)
             if i >= 0:
                 t = &s.timers[i]
@@ -616,12 +622,10 @@ cdef int add_timer(State* s, object timer) except -1:
                 t.utime += sanitize(fields.utime)
                 t.stime += sanitize(fields.stime)
             return 0
-        timer = _py_timer_tuple(timer)  # 5 items, or 6 with tag names
+        timer = _py_timer_tuple(timer)  # 5 items
         hold(s, timer)
-        tags, value, hit_count, utime, stime = timer[:5]
-        if len(timer) == 6:
-            names = timer[5]
-    i = add_timer_fields(s, tags, names, hit_count)
+        tags, value, hit_count, utime, stime = timer
+    i = add_timer_fields(s, tags, None, hit_count)
     if i < 0:
         return 0
     t_value = to_seconds(value)
@@ -644,8 +648,8 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
     cdef Py_ssize_t n
     if names is None:
         n = collect_tags(s, tags)
-    else:
-        n = collect_keyword_tags(s, names, tags)
+    else:  # a compiled Timer's: ``tags`` are the values of these names
+        n = collect_split_tags(s, names, tags)
     if n == 0:
         return -1
     cdef Py_ssize_t i
@@ -678,7 +682,7 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
 
     cdef Py_ssize_t j = h & s.tmask
     cdef int32_t found
-    cdef Timer* t
+    cdef MergedTimer* t
     while True:
         found = s.tslots[j]
         if found < 0:
@@ -692,8 +696,8 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
         j = (j + 1) & s.tmask
 
     if s.ntimers == s.cap_timers:
-        s.timers = <Timer*>grow(s.timers, s.s_timers, s.ntimers, &s.cap_timers,
-                                s.ntimers + 1, sizeof(Timer))
+        s.timers = <MergedTimer*>grow(s.timers, s.s_timers, s.ntimers, &s.cap_timers,
+                                s.ntimers + 1, sizeof(MergedTimer))
     found = <int32_t>s.ntimers
     t = &s.timers[found]
     t.first = s.npairs
@@ -712,17 +716,10 @@ cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
 
 
 cdef int rehash_timers(State* s) except -1:
-    cdef Py_ssize_t size = (s.tmask + 1) * 2
-    cdef int32_t* slots = <int32_t*>malloc(size * sizeof(int32_t))
-    if slots == NULL:
-        raise MemoryError()
-    memset(slots, 0xFF, size * sizeof(int32_t))
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t size = (s.tmask + 1) * 2, i
+    cdef int32_t* slots = empty_slots(size)
     for i in range(s.ntimers):
-        j = s.timers[i].hash & (size - 1)
-        while slots[j] >= 0:
-            j = (j + 1) & (size - 1)
-        slots[j] = <int32_t>i
+        place(slots, size - 1, s.timers[i].hash, <int32_t>i)
     if s.tslots != s.s_tslots:
         free(s.tslots)
     s.tslots = slots
@@ -827,7 +824,7 @@ cdef inline unsigned char* put_packed_key(unsigned char* o, unsigned int key,
 cdef unsigned char* put_packed_timers(State* s, unsigned char* o) noexcept nogil:
     """Fields 10-14 in packed form (room reserved by the caller)."""
     cdef Py_ssize_t i, j, k, last, size
-    cdef Timer* t
+    cdef MergedTimer* t
     if s.ntimers == 0:
         return o
     size = 0
@@ -886,7 +883,7 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
                        document_size, memory_peak, request_time, ru_utime, ru_stime,
                        status, memory_footprint, schema, bint packed) except -1:
     cdef Py_ssize_t i, k, last
-    cdef Timer* t
+    cdef MergedTimer* t
     cdef Text text
     cdef unsigned char* o = s.out
     text_of(s, hostname, &text, MAX_HOSTNAME)

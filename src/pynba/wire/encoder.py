@@ -5,8 +5,8 @@ encoder. ``IMPLEMENTATION`` tells which one was chosen: ``"compiled"`` or
 ``"pure"``.
 """
 
-from ._implementation import pure_python_forced
-from ._pure_encoder import FLT_MAX, FLT_MIN, MAX_TEXT_BYTES, STATUS_MAX, UINT32_MAX
+from .._implementation import pure_python_forced
+from .fallback import FLT_MAX, FLT_MIN, MAX_TEXT_BYTES, STATUS_MAX, UINT32_MAX
 
 __all__ = [
     "ARGUMENTS",
@@ -45,12 +45,12 @@ if not pure_python_forced():
     try:
         from ._encoder import encode
     except ImportError:
-        from ._pure_encoder import encode
+        from .fallback import encode
 
         IMPLEMENTATION = "pure"
     else:
         IMPLEMENTATION = "compiled"
 else:
-    from ._pure_encoder import encode
+    from .fallback import encode
 
     IMPLEMENTATION = "pure"

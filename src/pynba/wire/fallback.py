@@ -1,11 +1,12 @@
 """Pinba datagram encoder in pure Python.
 
-The twin of ``_encoder.pyx``: same signature, same bytes. ``pynba.encoder``
+The twin of ``_encoder.pyx``: same signature, same bytes. ``pynba.wire.encoder``
 picks one of them at import time.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from struct import Struct
+from typing import Any
 
 FLT_MIN = 1.1754943508222875e-38  # smallest normal float32
 FLT_MAX = 3.4028234663852886e38
@@ -139,28 +140,17 @@ def _pairs(tags):
     return tuple(tags)
 
 
-KEYWORD_MISMATCH = "a timer's tag names and values differ in number"
 TIMER_SHAPE = "a timer is (tags, value, hit_count, ru_utime, ru_stime) or a Timer"
 
 
 def timer_tuple(timer):
-    """``timer`` as a tuple of 5 items, or 6 with tag names: as given, or a Timer's measurements."""
+    """``timer`` as a tuple of 5 items: as given, or a Timer's measurements."""
     if not isinstance(timer, (tuple, list)) and hasattr(timer, "elapsed"):  # a Timer
         return (timer.tags, timer.elapsed, timer.hit_count, timer.ru_utime, timer.ru_stime)
     timer = tuple(timer)
-    if len(timer) == 6 and timer[5] is None:  # no tag names: tags as usual
-        return timer[:5]
-    if len(timer) not in (5, 6):
+    if len(timer) != 5:
         raise ValueError(f"{TIMER_SHAPE}, not {len(timer)} items")
     return timer
-
-
-def keyword_pairs(names, values):
-    """The pairs of a timer whose tags come as names and values."""
-    names, values = tuple(names), tuple(values)
-    if len(names) != len(values):
-        raise ValueError(KEYWORD_MISMATCH)
-    return zip(names, values, strict=True)
 
 
 def _key(field, wire_type):
@@ -189,29 +179,27 @@ _K.update({n: _key(n, 5) for n in (7, 8, 9, 11, 22, 23)})
 
 
 def encode(
-    hostname,
-    server_name,
-    script_name,
-    request_count,
-    document_size,
-    memory_peak,
-    request_time,
-    ru_utime,
-    ru_stime,
-    status,
-    memory_footprint,
-    schema,
-    tags,
-    timers,
-    packed=False,
-):
+    hostname: str | bytes,
+    server_name: str | bytes,
+    script_name: str | bytes,
+    request_count: int,
+    document_size: int,
+    memory_peak: int,
+    request_time: float,
+    ru_utime: float,
+    ru_stime: float,
+    status: int,
+    memory_footprint: int,
+    schema: str | bytes | None,
+    tags: Mapping[Any, Any] | Iterable[Any],
+    timers: Iterable[Any],
+    packed: bool = False,
+) -> bytes:
     """Encode one request as a Pinba datagram.
 
     ``tags`` is a mapping or a sequence of ``(name, value)`` pairs; ``timers``
-    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples, of
-    ``(values, value, hit_count, ru_utime, ru_stime, names)`` tuples, whose
-    tags are the ``names`` paired with the ``values`` (two sequences of the
-    same length), or of pynba Timers (read as their ``tags``, ``elapsed``,
+    a sequence of ``(tags, value, hit_count, ru_utime, ru_stime)`` tuples
+    (tags as for the request), or of pynba Timers (read as their ``tags``, ``elapsed``,
     ``hit_count``, ``ru_utime`` and ``ru_stime``). Timers with the same tag
     set are merged, timers without tags dropped.
 
@@ -219,10 +207,10 @@ def encode(
     unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
     packed form (one key and length per field), which pinba2 also reads.
     """
-    index = {}
-    words = []
+    index: dict[bytes, int] = {}
+    words: list[bytes] = []
 
-    def word(data):
+    def word(data: bytes) -> int:
         i = index.get(data)
         if i is None:
             i = index[data] = len(words)
@@ -235,22 +223,20 @@ def encode(
         tag_names.append(word(tag_bytes(name)))
         tag_values.append(word(tag_bytes(value)))
 
-    slots = {}  # tag-set key -> position in merged
-    merged = []  # [key, value, hit_count, ru_utime, ru_stime]
+    slots: dict[tuple[int, ...], int] = {}  # tag-set key -> position in merged
+    merged: list[list[Any]] = []  # [key, value, hit_count, ru_utime, ru_stime]
     for timer in tuple(timers):  # as _pairs: the timers as they were
         if type(timer) is not tuple or len(timer) != 5:
             timer = timer_tuple(timer)
-        timer_tags, value, hit_count, t_utime, t_stime, *names = timer
-        if names:
-            timer_tags = keyword_pairs(names[0], timer_tags)
+        timer_tags, value, hit_count, t_utime, t_stime = timer
         pairs = sorted((tag_bytes(n), tag_bytes(v)) for n, v in _pairs(timer_tags))
         if not pairs:
             continue
-        key = []
+        words_of_pairs = []
         for name, val in pairs:
-            key.append(word(name))
-            key.append(word(val))
-        key = tuple(key)
+            words_of_pairs.append(word(name))
+            words_of_pairs.append(word(val))
+        key = tuple(words_of_pairs)
         hits = to_uint32(hit_count) or 1
         slot = slots.get(key)
         if slot is None:
@@ -311,11 +297,11 @@ def encode(
     out += _varint(to_uint32(status, STATUS_MAX))
     out += _K[17]
     out += _varint(to_uint32(memory_footprint))
-    schema = cut(to_bytes(schema), MAX_TEXT_BYTES["schema"])
-    if schema:
+    schema_bytes = cut(to_bytes(schema), MAX_TEXT_BYTES["schema"])
+    if schema_bytes:
         out += _K[19]
-        out += _varint(len(schema))
-        out += schema
+        out += _varint(len(schema_bytes))
+        out += schema_bytes
     if packed:
         _packed(out, 20, _varints(tag_names))
         _packed(out, 21, _varints(tag_values))
