@@ -34,7 +34,7 @@ from .pinboard import pinboard_timers
 from .reporter import Reporter
 from .rusage import resident_set_size
 from .strict import is_strict
-from .tags import TagPairs, TagValue, check_tag_name, flatten_tags, timer_tags
+from .tags import SplitTags, TagPairs, TagValue, check_tag_name, flatten_tags, timer_tags
 from .timer import NOOP_TIMER, NoopTimer, Timer, TimerRecord, check_seconds
 from .wire.encoder import STATUS_MAX
 
@@ -195,7 +195,7 @@ class RequestCollector:
         self._ru_stime: float | None = None
         self._tags: dict[str, Any] | None = None
         self._timers: list[Timer] = []
-        self._merged: dict[TagPairs, list] | None = None
+        self._merged: dict[SplitTags, list] | None = None
         self._merge_at = MERGE_TIMERS_AT
         self._finished = False
         self._skipped = False
@@ -466,17 +466,18 @@ class RequestCollector:
             if timer.started:
                 kept.append(timer)
                 continue
-            tags, value, hits, utime, stime = timer.hand_over()
+            value, hits, utime, stime = timer.hand_over_measures()
             if not hits:  # never run: it rejoins the request when started
                 continue
-            total = merged.get(tags)
+            tag_set = timer.tag_set
+            total = merged.get(tag_set)
             if total is not None:
                 total[1] += value
                 total[2] += hits
                 total[3] += utime
                 total[4] += stime
             elif len(merged) < MAX_TAG_SETS:
-                merged[tags] = [tags, value, hits, utime, stime]
+                merged[tag_set] = [timer.tags, value, hits, utime, stime]
             else:
                 dropped += 1
         self._timers = kept

@@ -36,6 +36,7 @@ cdef class Timer:
     cpdef _rejoin(self)
     cpdef _add_cpu(self)
     cpdef tuple hand_over(self)
+    cpdef tuple hand_over_measures(self)
     cpdef take_measures(self, bint ending, bint keep_running=*)
 
 cpdef double check_seconds(name, value) except? -1.0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import rusage
 from .rusage import cpu_times  # re-exported, as before
-from .tags import TagPairs, TagValue, timer_tags
+from .tags import SplitTags, TagPairs, TagValue, timer_tags
 
 if TYPE_CHECKING:
     from .collector import RequestCollector
@@ -190,7 +190,16 @@ class Timer:
 
         A stopped timer also leaves its request (its request sends what was
         handed over): started again, it rejoins it. A running one goes on
-        from now. Its request calls this to flush it or merge it with others.
+        from now. Its request calls this to flush it.
+        """
+        value, hits, utime, stime = self.hand_over_measures()
+        return (self.tags, value, hits, utime, stime)
+
+    def hand_over_measures(self) -> tuple[float, int, float, float]:
+        """``hand_over()`` without the tags: (seconds, hits, user CPU, system CPU).
+
+        Its request merges timers by ``tag_set`` with this, making the
+        pairs of each tag set once, not once a timer.
         """
         if self._running:
             now = time.perf_counter()
@@ -201,7 +210,7 @@ class Timer:
                 self._utime_start, self._stime_start = rusage.cpu_times()
         else:
             self._detached = True
-        measured = (self.tags, self._value, self._hits, self._utime, self._stime)
+        measured = (self._value, self._hits, self._utime, self._stime)
         self._value = self._utime = self._stime = 0.0
         self._hits = 0
         return measured
@@ -262,6 +271,11 @@ class Timer:
     @tags.setter
     def tags(self, tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
         self._names, self._values = timer_tags(tags)
+
+    @property
+    def tag_set(self) -> SplitTags:
+        """The tags as (names, values): timers with equal tag sets are one row in a report."""
+        return (self._names, self._values)
 
     @property
     def started(self) -> bool:
