@@ -114,7 +114,6 @@ setup(
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     extras_require={
-        "tools": ["protobuf>=4.21"],
         "lz4": ["lz4>=4"],
         # The framework integrations (pynba.asgi needs nothing but an ASGI server).
         "asgi": [],

@@ -158,7 +158,7 @@ def wire_forms(encode, budget):
             row += f"{cost(function, data, budget):>16.3f}{len(function(*data)):>8}"
         print(row)
     if not framing.LZ4_AVAILABLE:
-        print("(packed+LZ4 needs the lz4 package: pip install 'pynba[lz4]')")
+        print("(packed+LZ4 needs the lz4 package: pip install lz4)")
 
 
 if __name__ == "__main__":

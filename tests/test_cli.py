@@ -327,7 +327,7 @@ def test_commands_need_no_third_party_package():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[0] == (
-        "compressed (LZ4): cannot read it without the lz4 package (pip install 'pynba[lz4]') []"
+        "compressed (LZ4): cannot read it without the lz4 package (pip install lz4) []"
     )
     assert "40 packets received, 0 a Pinba server would drop" in done.stdout
 

@@ -358,7 +358,7 @@ def unframe(datagram: bytes) -> tuple[bytes, str]:
         payload = framing.unframe(data)
     except framing.LZ4UnavailableError:
         raise UnreadableError(
-            "compressed (LZ4): cannot read it without the lz4 package (pip install 'pynba[lz4]')",
+            "compressed (LZ4): cannot read it without the lz4 package (pip install lz4)",
             kind,
         ) from None
     except framing.FramingError as error:

@@ -11,7 +11,7 @@ A v1 datagram is a 4-byte header followed by the payload:
 A classic (v0) datagram is the bare protobuf message, which always starts
 with the hostname key ``0x0a``: the first byte's high nibble tells them apart.
 pinba2 built with LZ4 accepts v1; pinba_engine and pinba2 built without LZ4
-drop it. Compressing needs the optional ``lz4`` package (``pynba[lz4]``).
+drop it. Compressing needs the optional ``lz4`` package (``pip install lz4``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def compress(request: bytes) -> bytes:
     bytes, and RuntimeError when the ``lz4`` package is not installed.
     """
     if _lz4_block is None:
-        raise RuntimeError("LZ4 framing needs the lz4 package: pip install 'pynba[lz4]'")
+        raise RuntimeError("LZ4 framing needs the lz4 package: pip install lz4")
     size = len(request)
     if size > MAX_UNCOMPRESSED:
         raise ValueError(
