@@ -9,15 +9,13 @@ named after the URL pattern (``/users/<int:user_id>/``). Without
 http://127.0.0.1:8000/ until interrupted.
 """
 
-import os
 import sys
-import threading
 import time
-import urllib.request
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import django
+from _serve import run_wsgi
 from django.conf import settings
+from django.core.wsgi import get_wsgi_application
 from django.http import HttpResponse
 from django.urls import path
 
@@ -37,7 +35,7 @@ def user(request, user_id):
 urlpatterns = [path("", home), path("users/<int:user_id>/", user)]
 
 
-def configure(address):
+def make_app(address):
     settings.configure(
         ROOT_URLCONF=__name__,
         ALLOWED_HOSTS=["127.0.0.1", "localhost"],
@@ -48,36 +46,8 @@ def configure(address):
         PINBA_RAISE_ON_FAIL=True,  # a demo should say when sending fails
     )
     django.setup()
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def main(argv):
-    from django.core.wsgi import get_wsgi_application
-
-    serve = "--serve" in argv
-    args = [a for a in argv if a != "--serve"]
-    configure(args[0] if args else os.environ.get("PINBA_SERVER", "127.0.0.1:30002"))
-    app = get_wsgi_application()
-    server = make_server("127.0.0.1", 8000 if serve else 0, app, handler_class=QuietHandler)
-    if serve:
-        server.serve_forever()
-        return
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        for page_path in ("/", "/users/42/", "/users/7/"):
-            url = f"http://127.0.0.1:{server.server_port}{page_path}"
-            with urllib.request.urlopen(url) as page:
-                print(page.status, page_path, page.read().decode())
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    return get_wsgi_application()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_wsgi(make_app, ["/", "/users/42/", "/users/7/"], sys.argv[1:])

@@ -9,20 +9,14 @@ answers a few requests itself and exits; with it, it serves
 http://127.0.0.1:8000/ until interrupted.
 """
 
-import logging
-import os
 import sys
-import threading
 import time
-import urllib.request
 
+from _serve import run_wsgi
 from flask import Flask
-from werkzeug.serving import make_server
 
 from pynba import pynba
 from pynba.flask import Pynba
-
-PINBA_SERVER = os.environ.get("PINBA_SERVER", "127.0.0.1:30002")
 
 app = Flask(__name__)
 monitoring = Pynba()  # configured in make_app(), as with other Flask extensions
@@ -48,26 +42,5 @@ def make_app(address):
     return app
 
 
-def main(argv):
-    serve = "--serve" in argv
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    args = [a for a in argv if a != "--serve"]
-    server = make_server(
-        "127.0.0.1", 8000 if serve else 0, make_app(args[0] if args else PINBA_SERVER)
-    )
-    if serve:
-        server.serve_forever()
-        return
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    try:
-        for path in ("/", "/users/42", "/users/7"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}") as page:
-                print(page.status, path, page.read().decode())
-    finally:
-        server.shutdown()
-        thread.join()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_wsgi(make_app, ["/", "/users/42", "/users/7"], sys.argv[1:])

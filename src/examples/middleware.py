@@ -8,18 +8,13 @@ Sends to PINBA_SERVER (argument or environment variable; default
 exits; with it, it serves http://127.0.0.1:8000/ until interrupted.
 """
 
-import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
-from threading import Thread
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from _serve import run_wsgi
 
 from pynba import PynbaMiddleware, pynba
-
-PINBA_SERVER = os.environ.get("PINBA_SERVER", "127.0.0.1:30002")
 
 CACHE = {}
 
@@ -83,33 +78,5 @@ def make_app(address):
     )
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def main(argv):
-    serve = "--serve" in argv
-    args = [a for a in argv if a != "--serve"]
-    app = make_app(args[0] if args else PINBA_SERVER)
-    server = make_server("127.0.0.1", 8000 if serve else 0, app, handler_class=QuietHandler)
-    if serve:
-        server.serve_forever()
-        return
-    thread = Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        for path in ("/", "/users/42", "/users/42", "/users/7", "/missing"):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}") as page:
-                    print(page.status, path, page.read().decode().strip())
-            except urllib.error.HTTPError as error:
-                print(error.code, path)
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_wsgi(make_app, ["/", "/users/42", "/users/42", "/users/7", "/missing"], sys.argv[1:])

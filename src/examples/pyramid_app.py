@@ -9,20 +9,15 @@ answers a few requests itself and exits; with it, it serves
 http://127.0.0.1:8000/ until interrupted.
 """
 
-import os
 import sys
-import threading
 import time
-import urllib.request
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from _serve import run_wsgi
 from pyramid.config import Configurator
 from pyramid.response import Response
 
 from pynba import pynba
 from pynba.pyramid import monitor
-
-PINBA_SERVER = os.environ.get("PINBA_SERVER", "127.0.0.1:30002")
 
 
 def home(request):
@@ -46,30 +41,5 @@ def make_app(address):
     return monitor(app, tags={"app": "pyramid-example"})
 
 
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def main(argv):
-    serve = "--serve" in argv
-    args = [a for a in argv if a != "--serve"]
-    app = make_app(args[0] if args else PINBA_SERVER)
-    server = make_server("127.0.0.1", 8000 if serve else 0, app, handler_class=QuietHandler)
-    if serve:
-        server.serve_forever()
-        return
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        for path in ("/", "/users/42", "/users/7"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}{path}") as page:
-                print(page.status, path, page.read().decode())
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_wsgi(make_app, ["/", "/users/42", "/users/7"], sys.argv[1:])
