@@ -2,7 +2,7 @@
 
     python src/examples/asgi_app.py [PINBA_SERVER] [--serve]
 
-Needs ``pip install pynba[asgi] starlette``. Sends to PINBA_SERVER (argument
+Needs ``pip install '.[asgi]' starlette``. Sends to PINBA_SERVER (argument
 or environment variable; default 127.0.0.1:30002), one packet per request,
 named after the route template (``/users/{id}``). Without ``--serve`` it
 answers a few requests itself and exits; with it, it serves

@@ -2,7 +2,7 @@
 
     python src/examples/django_app.py [PINBA_SERVER] [--serve]
 
-Needs ``pip install pynba[django]``. Sends to PINBA_SERVER (argument or
+Needs ``pip install '.[django]'``. Sends to PINBA_SERVER (argument or
 environment variable; default 127.0.0.1:30002), one packet per request,
 named after the URL pattern (``/users/<int:user_id>/``). Without
 ``--serve`` it answers a few requests itself and exits; with it, it serves

@@ -2,7 +2,7 @@
 
     python src/examples/pyramid_app.py [PINBA_SERVER] [--serve]
 
-Needs ``pip install pynba[pyramid]``. Sends to PINBA_SERVER (argument or
+Needs ``pip install '.[pyramid]'``. Sends to PINBA_SERVER (argument or
 environment variable; default 127.0.0.1:30002), one packet per request,
 named after the route pattern (``/users/{id}``). Without ``--serve`` it
 answers a few requests itself and exits; with it, it serves
