@@ -268,7 +268,7 @@ class Timer:
         values = self._values
         if len(names) != len(values):  # as the compiled encoder reads a Timer
             raise ValueError("a timer's tag names and values differ in number")
-        return tuple(zip(names, values))
+        return tuple(zip(names, values, strict=True))
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
