@@ -151,6 +151,33 @@ def test_request_calls_refuse_bad_arguments_where_written(collector, call, error
     collector.finish()  # and the request still reports cleanly
 
 
+@pytest.mark.parametrize(
+    "names, values, error, named",
+    [
+        (["group"], ("db",), TypeError, "names"),
+        (("group",), ["db"], TypeError, "values"),
+        (None, None, TypeError, "names"),
+        (("group", "op"), ("db",), ValueError, "as many"),
+        (("group",), ("db", "select"), ValueError, "as many"),
+        ((), (), ValueError, "at least one tag"),
+        (("",), ("db",), ValueError, "tag names"),
+        ((1,), ("db",), TypeError, "tag names"),
+        (("group",), (["db", "cache"],), TypeError, "'group'"),
+        (("group",), (Unprintable(),), TypeError, "'group'"),
+    ],
+)
+def test_new_checked_timer_refuses_tags_not_split_as_timer_tags_gives_them(
+    collector, udp_listener, names, values, error, named
+):
+    # Public: a wrong call must neither lose the request's packet nor send a bad one.
+    with pytest.raises(error, match=named):
+        collector.new_checked_timer(names, values)
+    assert collector.timers == ()
+    collector.new_checked_timer(("group",), ("db",)).add(0.5)
+    collector.finish()
+    assert Packet(udp_listener.receive()).timer_tags() == [(("group", "db"),)]
+
+
 def test_the_proxy_refuses_bad_arguments_outside_and_inside_a_request(udp_listener):
     with pytest.raises(RuntimeError, match="no monitored request"):
         pynba.status = 200

@@ -461,3 +461,39 @@ def test_a_typed_attribute_set_to_none_is_logged_not_a_crash(udp_listener, targe
 def test_a_typed_attribute_set_to_none_is_raised_when_strict(udp_listener, target):
     output = isolated(typed_attribute_set_to_none, target, udp_listener.port, strict=True)
     assert f"raised {NONE_TARGETS[target]}" in output
+
+
+# -- a timer's tag fields replaced from Python --------------------------------------------------
+
+REPLACED_TAGS = {
+    # (names, values) put in a timer's fields: why its request's packet cannot be encoded
+    "values-longer": ((("group",), ("db", "select")), "ValueError"),
+    "names-longer": ((("group", "op"), ("db",)), "ValueError"),
+    "names-none": ((None, ("gd",)), "TypeError"),
+    "values-none": ((("group",), None), "TypeError"),
+}
+
+
+def timer_with_replaced_tags(case, port):
+    from packets import make_collector
+
+    class Listener:
+        address = ("127.0.0.1", port)
+
+    log_to_stdout()
+    collector = make_collector(Listener())
+    timer = collector.new_timer({"group": "db"}).add(0.5)
+    collector.new_timer({"group": "kept"}).add(0.5)
+    # Private fields, set as a careless user could: the compiled build must neither
+    # crash nor read one as the other; both builds fail alike.
+    timer._names, timer._values = REPLACED_TAGS[case][0]
+    collector.finish()
+    print("finished")
+
+
+@pytest.mark.parametrize("case", REPLACED_TAGS)
+def test_a_timer_whose_tag_fields_were_replaced_fails_alike_in_both_builds(udp_listener, case):
+    output = isolated(timer_with_replaced_tags, case, udp_listener.port)
+    assert f"cannot encode the request: {REPLACED_TAGS[case][1]}(" in output
+    assert "finished" in output
+    assert udp_listener.pending() == []  # no packet with tags read wrongly

@@ -62,6 +62,14 @@ def test_the_proxy_makes_the_collector_s_timer(collector, tags):
     assert outcome(lambda: pynba.timer(**tags)) == expected
 
 
+def test_a_name_given_as_a_str_subclass_is_kept_as_plain_str(collector, udp_listener):
+    # ``**mapping`` passes its keys as they are: the timer holds plain str, as
+    # collector.timer(...) does, and runs no method of the subclass later.
+    timer = pynba.timer(**{Name("group"): "db"})
+    assert [type(name) for name, _ in timer.tags] == [str]
+    assert timer.tags == collector.timer(**{Name("group"): "db"}).tags
+
+
 def test_positional_arguments_are_refused_as_by_python(collector):
     with pytest.raises(TypeError, match="positional"):
         pynba.timer("db")

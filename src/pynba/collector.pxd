@@ -4,7 +4,7 @@ cimport cpython.time as time  # compiled, time.perf_counter() is a C call
 cimport pynba._rusage as rusage  # and rusage.cpu_times() (see _rusage.pxd)
 
 from pynba.reporter cimport Reporter
-from pynba.tags cimport timer_tags
+from pynba.tags cimport check_split_tags, timer_tags
 from pynba.timer cimport Timer
 
 cdef class CollectorSettings:
@@ -43,7 +43,8 @@ cdef class RequestCollector:
     cdef public object _source
 
     cpdef new_timer(self, tags)
-    cpdef new_checked_timer(self, tuple names, tuple values)
+    cpdef new_checked_timer(self, names, values)
+    cdef _new_split_timer(self, tuple names, tuple values)
     cpdef add_timer(self, timer)
     cpdef remove_timer(self, timer)
     @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t)

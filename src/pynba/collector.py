@@ -34,7 +34,15 @@ from .pinboard import pinboard_timers
 from .reporter import Reporter
 from .rusage import resident_set_size
 from .strict import is_strict
-from .tags import SplitTags, TagPairs, TagValue, check_tag_name, flatten_tags, timer_tags
+from .tags import (
+    SplitTags,
+    TagPairs,
+    TagValue,
+    check_split_tags,
+    check_tag_name,
+    flatten_tags,
+    timer_tags,
+)
 from .timer import NOOP_TIMER, NoopTimer, Timer, TimerRecord, check_seconds
 from .wire.encoder import STATUS_MAX
 
@@ -402,15 +410,25 @@ class RequestCollector:
         if self._finished:
             return self._too_late(tags)
         names, values = timer_tags(tags)
-        return self.new_checked_timer(names, values)
+        return self._new_split_timer(names, values)
 
     def new_checked_timer(
         self, names: tuple[str, ...], values: tuple[TagValue, ...]
     ) -> Timer | NoopTimer:
-        """``new_timer()`` for tags checked and split already (as ``timer_tags`` gives them).
+        """``new_timer()`` for tags split already, as ``timer_tags`` gives them.
 
-        ``pynba.timer(...)``'s compiled fast path makes its timers so.
+        ``pynba.timer(...)``'s compiled fast path makes its timers so. Tags
+        in another form are a TypeError or ValueError (see ``check_split_tags``).
         """
+        check_split_tags(names, values)
+        return self._new_split_timer(names, values)
+
+    def _new_split_timer(
+        self, names: tuple[str, ...], values: tuple[TagValue, ...]
+    ) -> Timer | NoopTimer:
+        # Compiled, a C method (see collector.pxd): pynba.timer(...)'s fast
+        # path calls it once it has checked the tags itself, sparing the
+        # second check (about 0.1 us a timer).
         return self.add_timer(Timer.of_request(self, names, values, self._settings.timer_rusage))
 
     def add_timer(self, timer: Timer) -> Timer | NoopTimer:

@@ -1,6 +1,10 @@
 # Declarations for compiling tags.py with Cython (see timer.pxd): the
 # recursive walk is a C function, called without Python's call machinery.
+cimport cython
+
 cdef _flatten(name, value, list out, set seen, bint called, Py_ssize_t depth)
 
 cpdef tuple timer_tags(tags)
+@cython.locals(i=Py_ssize_t)
+cpdef check_split_tags(names, values)
 cdef _split_dict(dict tags)

@@ -33,6 +33,7 @@ __all__ = [
     "SplitTags",
     "TagPairs",
     "TagValue",
+    "check_split_tags",
     "check_tag_name",
     "flatten_tags",
     "timer_tags",
@@ -117,6 +118,42 @@ def timer_tags(tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> SplitTags
     if not split[0]:
         raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
     return split
+
+
+def check_split_tags(names: Any, values: Any) -> None:
+    """TypeError/ValueError unless (names, values) are tags as ``timer_tags`` gives them.
+
+    That is: two tuples, as many values as names, at least one name, every
+    name a non-empty ``str``, every value a plain scalar (see ``TagValue``).
+    """
+    if type(names) is not tuple:
+        raise TypeError(f"names must be a tuple of tag names, not {type(names).__name__}")
+    if type(values) is not tuple:
+        raise TypeError(f"values must be a tuple of tag values, not {type(values).__name__}")
+    if len(names) != len(values):
+        raise ValueError(
+            f"names and values must be as many, got {len(names)} names, {len(values)} values"
+        )
+    if not names:
+        raise ValueError("a timer needs at least one tag, e.g. timer(group='db')")
+    for i in range(len(names)):
+        name = names[i]
+        if type(name) is not str or not name:
+            check_tag_name(name)  # names the fault
+            raise TypeError(f"tag names must be plain str, got {type(name).__name__}")
+        cls = type(values[i])
+        if not (
+            cls is str
+            or cls is bytes
+            or cls is int
+            or cls is float
+            or cls is bool
+            or values[i] is None
+        ):
+            raise TypeError(
+                f"tag {name!r}: a checked value is a str, bytes, int, float, bool or None,"
+                f" not {cls.__name__} (timer_tags flattens the others)"
+            )
 
 
 def _split_dict(tags: dict[Any, Any]) -> SplitTags | None:

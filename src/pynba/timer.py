@@ -266,7 +266,9 @@ class Timer:
         """
         names = self._names
         values = self._values
-        return tuple([(names[i], values[i]) for i in range(len(names))])
+        if len(names) != len(values):  # as the compiled encoder reads a Timer
+            raise ValueError("a timer's tag names and values differ in number")
+        return tuple(zip(names, values, strict=True))
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:

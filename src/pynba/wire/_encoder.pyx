@@ -615,7 +615,7 @@ cdef int add_timer(State* s, object timer) except -1:
             hit_count = <object>fields.hits
             hold(s, names)
             hold(s, tags)
-            i = add_timer_fields(s, tags, names, hit_count)
+            i = add_timer_fields(s, tags, names, True, hit_count)
             if i >= 0:
                 t = &s.timers[i]
                 t.value += sanitize(fields.value)
@@ -625,7 +625,7 @@ cdef int add_timer(State* s, object timer) except -1:
         timer = _py_timer_tuple(timer)  # 5 items
         hold(s, timer)
         tags, value, hit_count, utime, stime = timer
-    i = add_timer_fields(s, tags, None, hit_count)
+    i = add_timer_fields(s, tags, None, False, hit_count)
     if i < 0:
         return 0
     t_value = to_seconds(value)
@@ -638,17 +638,18 @@ cdef int add_timer(State* s, object timer) except -1:
     return 0
 
 
-cdef Py_ssize_t add_timer_fields(State* s, object tags, object names,
+cdef Py_ssize_t add_timer_fields(State* s, object tags, object names, bint split,
                                  object hit_count) except -2:
     """Adds one timer's tags and hits, merged with an earlier timer of the same tag set.
 
+    ``split``: ``tags`` are the values of ``names`` (a compiled Timer's), else pairs.
     Returns that timer's index in ``s.timers`` (the caller adds its measures),
     or -1 when it has no tags: it is dropped.
     """
     cdef Py_ssize_t n
-    if names is None:
+    if not split:
         n = collect_tags(s, tags)
-    else:  # a compiled Timer's: ``tags`` are the values of these names
+    else:  # a compiled Timer's: ``tags`` are the values of these names (None: TypeError)
         n = collect_split_tags(s, names, tags)
     if n == 0:
         return -1
