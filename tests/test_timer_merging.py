@@ -84,6 +84,20 @@ def test_tag_sets_beyond_the_limit_are_dropped_and_counted(udp_listener, monkeyp
     assert len(packet.timers) < 1000
 
 
+def test_merging_keeps_equal_values_of_other_types_apart(udp_listener):
+    """1, 1.0 and True are equal in Python; 1.0 is sent as other text than 1 (and True)."""
+    collector = make_collector(udp_listener)
+    for _ in range(collector_module.MERGE_TIMERS_AT):
+        for value in (1, 1.0, True):
+            collector.timer(group="typed", n=value).start().stop()
+    collector.finish()
+    packet = receive(udp_listener)
+    hits = collector_module.MERGE_TIMERS_AT
+    assert packet.timer(group="typed", n="1").hit_count == 2 * hits
+    assert packet.timer(group="typed", n="1.0").hit_count == hits
+    assert len(packet.timers) == 2
+
+
 def test_a_flush_sends_the_merged_totals_and_starts_afresh(udp_listener):
     collector = make_collector(udp_listener)
     for _ in range(2 * collector_module.MERGE_TIMERS_AT):

@@ -35,7 +35,6 @@ from .reporter import Reporter
 from .rusage import resident_set_size
 from .strict import is_strict
 from .tags import (
-    SplitTags,
     TagPairs,
     TagValue,
     check_split_tags,
@@ -203,7 +202,7 @@ class RequestCollector:
         self._ru_stime: float | None = None
         self._tags: dict[str, Any] | None = None
         self._timers: list[Timer] = []
-        self._merged: dict[SplitTags, list] | None = None
+        self._merged: dict[tuple[Any, ...], list] | None = None
         self._merge_at = MERGE_TIMERS_AT
         self._finished = False
         self._skipped = False

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import rusage
 from .rusage import cpu_times  # re-exported, as before
-from .tags import SplitTags, TagPairs, TagValue, timer_tags
+from .tags import TagPairs, TagValue, timer_tags
 
 if TYPE_CHECKING:
     from .collector import RequestCollector
@@ -268,16 +268,22 @@ class Timer:
         values = self._values
         if len(names) != len(values):  # as the compiled encoder reads a Timer
             raise ValueError("a timer's tag names and values differ in number")
-        return tuple(zip(names, values, strict=True))
+        # Indexed rather than zip(): compiled, this is about 10 times quicker.
+        return tuple([(names[i], values[i]) for i in range(len(names))])
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
         self._names, self._values = timer_tags(tags)
 
     @property
-    def tag_set(self) -> SplitTags:
+    def tag_set(self) -> tuple[Any, ...]:
         """The tags as (names, values): timers with equal tag sets are one row in a report."""
-        return (self._names, self._values)
+        values = self._values
+        for value in values:
+            if type(value) is not str:
+                # 1 and 1.0 are equal, but sent as other text: types are part of the key.
+                return (self._names, values, tuple([type(v) for v in values]))
+        return (self._names, values)
 
     @property
     def started(self) -> bool:
