@@ -6,6 +6,7 @@ encoder. ``IMPLEMENTATION`` tells which one was chosen: ``"compiled"`` or
 """
 
 from .._implementation import pure_python_forced
+from ..record import RequestRecord
 from .fallback import FLT_MAX, FLT_MIN, MAX_TEXT_BYTES, STATUS_MAX, UINT32_MAX
 
 __all__ = [
@@ -20,23 +21,8 @@ __all__ = [
     "encode",
 ]
 
-#: The names of ``encode``'s arguments, in order.
-ARGUMENTS = (
-    "hostname",
-    "server_name",
-    "script_name",
-    "request_count",
-    "document_size",
-    "memory_peak",
-    "request_time",
-    "ru_utime",
-    "ru_stime",
-    "status",
-    "memory_footprint",
-    "schema",
-    "tags",
-    "timers",
-)
+#: The names of ``encode``'s arguments, in order: a request's fields.
+ARGUMENTS = RequestRecord._fields
 
 #: The largest UDP payload over IPv4.
 MAX_DATAGRAM = 65507
