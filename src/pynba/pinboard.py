@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .timer import Timer, TimerRecord
+from .wire.fallback import timer_tuple
 
 __all__ = ["pinboard_timers"]
 
@@ -23,10 +24,7 @@ def pinboard_timers(
     added = (("__hostname", hostname), ("__server_name", server_name))
     out = []
     for timer in timers:
-        if isinstance(timer, Timer):
-            record = (timer.tags, timer.elapsed, timer.hit_count, timer.ru_utime, timer.ru_stime)
-        else:
-            record = timer
+        record = timer_tuple(timer)
         tags = record[0]
         names = {name for name, _ in tags}
         tags += tuple(pair for pair in added if pair[0] not in names)
