@@ -151,6 +151,45 @@ def test_callable_tags_in_settings_are_called_for_each_request(udp_listener):
     assert receive(udp_listener).tags == [("n", "1")]
 
 
+def test_a_callable_given_to_set_tag_or_to_tags_is_called_once_where_it_is_given(udp_listener):
+    calls = []
+
+    def country():
+        calls.append("country")
+        return "fr"
+
+    def release():
+        calls.append("release")
+        return "2.14"
+
+    collector = make_collector(udp_listener)
+    collector.tags = {"release": release}
+    collector.set_tag("country", country)
+    assert calls == ["release", "country"]
+    collector.finish()
+    assert receive(udp_listener).tags == [("release", "2.14"), ("country", "fr")]
+    assert calls == ["release", "country"]
+
+
+def test_request_tags_that_flatten_into_the_same_pair_send_it_once(udp_listener):
+    collector = make_collector(udp_listener, tags={"a.b": "1", "a": {"b": "1"}})
+    collector.finish()
+    collector = make_collector(udp_listener)
+    collector.set_tag("a.b", "1")
+    collector.set_tag("a", {"b": "1", "c": "2"})
+    collector.set_tag("d", ["3", "3"])
+    collector.finish()
+    assert receive(udp_listener).tags == [("a.b", "1")]
+    assert receive(udp_listener).tags == [("a.b", "1"), ("a.c", "2"), ("d", "3")]
+
+
+def test_a_configured_callable_may_set_a_tag_while_the_packet_is_made(udp_listener):
+    collector = make_collector(udp_listener, tags={"n": lambda: collector.set_tag("late", "x")})
+    collector.set_tag("early", "y")
+    collector.finish()  # the tags as they were when the packet was begun
+    assert receive(udp_listener).tags == [("n", ""), ("early", "y")]
+
+
 def test_memory_footprint_is_measured_only_when_asked(udp_listener):
     make_collector(udp_listener, memory_footprint=True).finish()
     assert receive(udp_listener).memory_footprint > 1 << 20  # a Python process is bigger
@@ -230,10 +269,14 @@ def test_internal_errors_are_logged_not_raised(collector, udp_listener, monkeypa
     assert udp_listener.pending() == []
 
 
-def test_internal_errors_are_raised_with_raise_on_fail(collector, monkeypatch):
+def test_internal_errors_are_raised_with_raise_on_fail(udp_listener, monkeypatch):
     monkeypatch.delenv("PYNBA_STRICT")
+
+    def mapping_with_a_float_key():
+        return {1.5: "y"}
+
+    collector = make_collector(udp_listener, tags={"x": mapping_with_a_float_key})
     collector.reporter.raise_on_fail = True
-    collector._tags = {"x": {1.5: "y"}}
     with pytest.raises(TypeError):
         collector.finish()
 

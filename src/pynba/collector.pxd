@@ -11,6 +11,7 @@ cdef class CollectorSettings:
     cdef public Reporter reporter
     cdef public object hostname
     cdef public object tags
+    cdef public dict tag_entries
     cdef public object tag_pairs
     cdef public bint timer_rusage
     cdef public bint memory_footprint
@@ -57,6 +58,8 @@ cdef class RequestCollector:
     @cython.locals(timer=Timer, kept=list, out=list, ending=bint)
     cpdef _measure_timers(self, bint keep_running, end)
     cpdef _send(self, timers, end=*)
+    @cython.locals(out=list, alone=bint, pairs=tuple)
+    cpdef tuple _request_tags(self, dict entries)
     cpdef (double, double, long) _cpu_reading(self, bint ending) except *
     cpdef _stop_running(self)
     cpdef suspend(self)

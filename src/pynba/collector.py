@@ -57,6 +57,10 @@ MERGE_TIMERS_AT = 1000
 MAX_TAG_SETS = 10_000
 
 # ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
+#: A request tag as a collector keeps it: its value, and its pairs (None for a
+#: configured callable, flattened when the packet is made).
+TagEntry = tuple[Any, TagPairs | None]
+
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
@@ -67,6 +71,7 @@ class CollectorSettings:
         "reporter",
         "hostname",
         "tags",
+        "tag_entries",
         "tag_pairs",
         "timer_rusage",
         "memory_footprint",
@@ -91,13 +96,18 @@ class CollectorSettings:
         self.reporter = reporter
         self.hostname = hostname or default_hostname()
         self.tags: dict[str, Any] = dict(tags or {})
-        for name in self.tags:
-            check_tag_name(name)
-        # Checked now, where they are configured; callables are called per
-        # request, when the packet is made.
-        plain = {name: value for name, value in self.tags.items() if not callable(value)}
-        pairs = flatten_tags(plain)
-        self.tag_pairs: TagPairs | None = pairs if len(plain) == len(self.tags) else None
+        # Checked and flattened now, where they are configured; callables are
+        # called per request, when the packet is made (see RequestCollector.tags).
+        self.tag_entries: dict[str, TagEntry] = {
+            check_tag_name(name): (value, None if callable(value) else flatten_tags([(name, value)]))
+            for name, value in self.tags.items()
+        }
+        #: What every request sends when it changes no tag and none is a callable.
+        self.tag_pairs: TagPairs | None = None
+        if all(entry[1] is not None for entry in self.tag_entries.values()):
+            self.tag_pairs = flatten_tags(
+                [pair for _, pairs in self.tag_entries.values() for pair in pairs]
+            )
         self.timer_rusage = bool(timer_rusage)
         self.memory_footprint = bool(memory_footprint)
         #: Pinboard compatibility: every timer also carries the packet's
@@ -200,7 +210,7 @@ class RequestCollector:
         self._request_time: float | None = None
         self._ru_utime: float | None = None
         self._ru_stime: float | None = None
-        self._tags: dict[str, Any] | None = None
+        self._tags: dict[str, TagEntry] | None = None
         self._timers: list[Timer] = []
         self._merged: dict[tuple[Any, ...], list] | None = None
         self._merge_at = MERGE_TIMERS_AT
@@ -366,34 +376,50 @@ class RequestCollector:
 
     # -- request tags --------------------------------------------------------
 
+    # Each tag is kept as its value and its pairs, flattened once, when it is
+    # set; the pairs are None for a configured callable, called at the end.
+
     @property
     def tags(self) -> Mapping[str, Any]:
-        """The request tags (read-only view); change them with set_tag()/delete_tag().
+        """The request tags (read-only); change them with set_tag()/delete_tag().
 
-        Assigning a mapping replaces them all.
+        Assigning a mapping replaces them all. A callable value given here or
+        to set_tag() is called at once; one in the ``tags`` option of a
+        middleware or monitor is called for each request, at its end.
         """
-        tags = self._tags
-        return MappingProxyType(self._settings.tags if tags is None else tags)
+        entries = self._tags
+        if entries is None:
+            return MappingProxyType(self._settings.tags)
+        return MappingProxyType({name: entry[0] for name, entry in entries.items()})
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any]) -> None:
         if not isinstance(tags, Mapping):
             raise TypeError(f"tags must be a mapping, not {type(tags).__name__}")
-        flatten_tags(tags)
-        self._tags = dict(tags)
+        entries = {}
+        for name, value in tags.items():
+            name = check_tag_name(name)
+            entries[name] = (value, flatten_tags([(name, value)]))
+        self._tags = entries
 
     def set_tag(self, name: str, value: Any) -> None:
         """Set one request tag (lists, sets and mappings flatten as for timers)."""
-        flatten_tags({check_tag_name(name): value})
-        if self._tags is None:
-            self._tags = dict(self._settings.tags)
-        self._tags[name] = value
+        if type(name) is str and type(value) is str and name:
+            pairs: TagPairs = ((name, value),)  # what flatten_tags gives, without the call
+        else:
+            name = check_tag_name(name)
+            pairs = flatten_tags([(name, value)])
+        entries = self._tags
+        if entries is None:
+            entries = self._tags = dict(self._settings.tag_entries)
+        entries[name] = (value, pairs)
 
     def delete_tag(self, name: str) -> None:
         """Remove one request tag (no error when it is not set)."""
-        if self._tags is None:
-            self._tags = dict(self._settings.tags)
-        self._tags.pop(name, None)
+        entries = self._tags
+        if entries is None:
+            entries = self._tags = dict(self._settings.tag_entries)
+        entries.pop(name, None)
 
     # -- timers --------------------------------------------------------------
 
@@ -672,12 +698,11 @@ class RequestCollector:
         if end is None:
             end = time.perf_counter()
         settings = self._settings
+        tags = settings.tag_pairs
         if self._tags is not None:
             tags = self._request_tags(self._tags)
-        elif settings.tag_pairs is None:
-            tags = self._request_tags(settings.tags)
-        else:
-            tags = settings.tag_pairs
+        elif tags is None:
+            tags = self._request_tags(settings.tag_entries)
         request_time = self._request_time
         ru_utime = self._ru_utime
         ru_stime = self._ru_stime
@@ -713,24 +738,36 @@ class RequestCollector:
             )
         )
 
-    def _request_tags(self, tags: Mapping[str, Any]) -> TagPairs:
-        """The request tags flattened; a tag whose callable fails is left out."""
-        try:
-            return flatten_tags(tags)
-        except Exception:
-            pass
-        pairs: list = []
-        for name, value in tags.items():
-            try:
-                pairs.extend(flatten_tags({name: value}))
-            except Exception:
-                self._settings.reporter.count("tag_failed")
-                internal_error(
-                    f"request tag {name!r} failed; sent without it",
-                    self._raise_on_fail,
-                    "request tag failed",
-                )
-        return tuple(pairs)
+    def _request_tags(self, entries: dict[str, TagEntry]) -> TagPairs:
+        """The pairs of the request tags, as they were flattened when set."""
+        out: list = []
+        alone = True  # each tag one pair of its own name: no two can be equal
+        for name, entry in entries.items():
+            pairs = entry[1]
+            if pairs is None:
+                return self._request_tags_calling(entries)
+            if len(pairs) != 1 or pairs[0][0] != name:
+                alone = False
+            out += pairs
+        return tuple(out) if alone else flatten_tags(out)
+
+    def _request_tags_calling(self, entries: dict[str, TagEntry]) -> TagPairs:
+        """``_request_tags()`` calling the callables; a tag whose callable fails is left out."""
+        out: list = []
+        for name, (value, pairs) in list(entries.items()):  # a callable may set a tag
+            if pairs is None:
+                try:
+                    pairs = flatten_tags([(name, value)])
+                except Exception:
+                    self._settings.reporter.count("tag_failed")
+                    internal_error(
+                        f"request tag {name!r} failed; sent without it",
+                        self._raise_on_fail,
+                        "request tag failed",
+                    )
+                    continue
+            out += pairs
+        return flatten_tags(out)
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else "running"

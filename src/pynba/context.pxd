@@ -3,3 +3,5 @@
 cpdef current_collector()
 cpdef activate(collector)
 cpdef deactivate(token)
+cpdef set_tag(name, value)
+cpdef delete_tag(name)

@@ -99,6 +99,22 @@ def timer(**tags: Any) -> Timer | NoopTimer | UnboundTimer:
     return collector.new_timer(tags)
 
 
+def set_tag(name: str, value: Any) -> None:
+    """Set a tag of the current request (see ``RequestCollector.set_tag``)."""
+    collector = _get()
+    if collector is None:
+        collector = _current_or_outside("set_tag")
+    collector.set_tag(name, value)
+
+
+def delete_tag(name: str) -> None:
+    """Remove a tag of the current request (see ``RequestCollector.delete_tag``)."""
+    collector = _get()
+    if collector is None:
+        collector = _current_or_outside("delete_tag")
+    collector.delete_tag(name)
+
+
 _timer = timer
 if not pure_python_forced():
     try:
@@ -114,7 +130,10 @@ class PynbaProxy:
 
     __slots__ = ()
 
+    # Called on nearly every request: plain functions, not __getattr__.
     timer = staticmethod(_timer)
+    set_tag = staticmethod(set_tag)
+    delete_tag = staticmethod(delete_tag)
 
     @property
     def collector(self) -> Collector | None:

@@ -1,0 +1,401 @@
+"""pynba next to PHP's C extension (php-pinba), the same work in the same run.
+
+A long-running PHP process (php-cli with the pinba extension) and this
+process take turns, round by round: each round runs every row on both sides,
+and each side keeps its best round. Each side subtracts its own empty loop
+(PHP: the loop computing the same tag values; pynba: the same loop in a bare
+WSGI app served the same way), so each figure is what the client itself
+costs per request. Both report to one loopback UDP socket that another
+process keeps drained. The bytes column is the size of one datagram of the
+row, captured on a second socket.
+
+Rows: a bare request (the middleware vs ``pinba_flush()``); 3 request tags
+(their cost on top of a bare request); 3 tags + 10 timers started and
+stopped, per-timer CPU on (PHP's default; pynba's ``timer_rusage=True``);
+10 timers added with a measured value; and building the datagram of a
+10-timer request (``PinbaClient`` + ``setTimer`` + ``getData`` vs the
+encoder).
+
+Run: python benchmarks/bench_vs_php.py [--rounds 7] [--number 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import timeit
+from collections.abc import Callable
+
+from bench_request import ENVIRON, GROUPS, BODY, DrainedSocket, serve
+
+from pynba import PynbaMiddleware, compiled_modules, encode, pynba
+from pynba.reporter import Reporter
+
+SCRIPT_NAME = ENVIRON["PATH_INFO"]
+SERVER_NAME = ENVIRON["HTTP_HOST"]
+SCHEMA = ENVIRON["wsgi.url_scheme"]
+HOSTNAME = socket.gethostname()
+
+# Each row is a PHP closure running its work $n times; the driver reads
+# "ROW N" lines and answers with the nanoseconds taken (and, for "bytes ROW",
+# with the size of what getData() returned, when the row returns data).
+PHP_DRIVER = r"""<?php
+const GROUPS = ['db', 'cache', 'http', 'queue', 'render'];
+const FLUSH = PINBA_FLUSH_RESET_DATA;
+const SCRIPT = '%(script)s';
+pinba_server_name_set('%(server)s');
+pinba_schema_set('%(schema)s');
+
+function tags3() {
+    pinba_tag_set('app', 'shop');
+    pinba_tag_set('country', 'fr');
+    pinba_tag_set('version', '2.14');
+}
+
+$rows = [
+    'empty' => function ($n) {
+        for ($i = 0; $i < $n; $i++) {}
+    },
+    'bare' => function ($n) {
+        for ($i = 0; $i < $n; $i++) { pinba_flush(SCRIPT, FLUSH); }
+    },
+    'tags3' => function ($n) {
+        for ($i = 0; $i < $n; $i++) { tags3(); pinba_flush(SCRIPT, FLUSH); }
+    },
+    'loop10' => function ($n) {
+        for ($i = 0; $i < $n; $i++) {
+            for ($j = 0; $j < 10; $j++) { $group = GROUPS[$j %% 5]; $op = "op$j"; }
+        }
+    },
+    'timers10' => function ($n) {
+        for ($i = 0; $i < $n; $i++) {
+            tags3();
+            for ($j = 0; $j < 10; $j++) {
+                $group = GROUPS[$j %% 5]; $op = "op$j";
+                pinba_timer_stop(pinba_timer_start(['group' => $group, 'op' => $op]));
+            }
+            pinba_flush(SCRIPT, FLUSH);
+        }
+    },
+    'add10' => function ($n) {
+        for ($i = 0; $i < $n; $i++) {
+            for ($j = 0; $j < 10; $j++) {
+                $group = GROUPS[$j %% 5]; $op = "op$j";
+                pinba_timer_add(['group' => $group, 'op' => $op], 0.001);
+            }
+            pinba_flush(SCRIPT, FLUSH);
+        }
+    },
+    'build10' => function ($n) {
+        $data = null;
+        for ($i = 0; $i < $n; $i++) {
+            $client = new PinbaClient(['%(sink)s']);
+            $client->setHostname('%(hostname)s');
+            $client->setServername('%(server)s');
+            $client->setScriptname(SCRIPT);
+            $client->setRequestCount(1);
+            $client->setDocumentSize(11);
+            $client->setMemoryPeak(25165824);
+            $client->setRequestTime(0.001);
+            $client->setRusage([0.001, 0.0]);
+            $client->setStatus(200);
+            $client->setSchema('%(schema)s');
+            for ($j = 0; $j < 10; $j++) {
+                $group = GROUPS[$j %% 5]; $op = "op$j";
+                $client->setTimer(['group' => $group, 'op' => $op], 0.0001);
+            }
+            $data = $client->getData();
+        }
+        return $data;
+    },
+];
+
+while (($line = fgets(STDIN)) !== false) {
+    [$command, $argument] = explode(' ', trim($line));
+    if ($command === 'bytes') {
+        $data = $rows[$argument](1);
+        echo $data === null ? -1 : strlen($data), "\n";
+        continue;
+    }
+    $start = hrtime(true);
+    $rows[$command]((int)$argument);
+    echo hrtime(true) - $start, "\n";
+}
+"""
+
+
+class PHPDriver:
+    """The PHP side: a php-cli process running PHP_DRIVER, one row per request line."""
+
+    def __init__(self, php: str, server: tuple[str, int], cpu: int | None) -> None:
+        source = PHP_DRIVER % {
+            "script": SCRIPT_NAME,
+            "server": SERVER_NAME,
+            "schema": SCHEMA,
+            "hostname": HOSTNAME,
+            "sink": "%s:%d" % server,
+        }
+        self.file = tempfile.NamedTemporaryFile("w", suffix=".php", delete=False)
+        self.file.write(source)
+        self.file.close()
+        self.process = subprocess.Popen(
+            [php, "-d", "pinba.enabled=1", "-d", "pinba.server=%s:%d" % server, self.file.name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if cpu is not None:
+            os.sched_setaffinity(self.process.pid, {cpu})
+
+    def ask(self, line: str) -> int:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the PHP driver stopped at {line!r}")
+        return int(answer)
+
+    def per_call(self, row: str, number: int) -> float:
+        """µs per iteration of ``row``."""
+        return self.ask(f"{row} {number}") / number / 1e3
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        os.unlink(self.file.name)
+
+
+def set_request_tags() -> None:
+    pynba.set_tag("app", "shop")
+    pynba.set_tag("country", "fr")
+    pynba.set_tag("version", "2.14")
+
+
+def bare_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return BODY
+
+
+def app_tags3(environ, start_response):
+    set_request_tags()
+    return bare_app(environ, start_response)
+
+
+def app_loop10(environ, start_response):
+    for j in range(10):
+        group, op = GROUPS[j % 5], f"op{j}"  # noqa: F841
+    return bare_app(environ, start_response)
+
+
+def app_timers10(environ, start_response):
+    set_request_tags()
+    timer = pynba.timer
+    for j in range(10):
+        group, op = GROUPS[j % 5], f"op{j}"
+        with timer(group=group, op=op):
+            pass
+    return bare_app(environ, start_response)
+
+
+def app_add10(environ, start_response):
+    timer = pynba.timer
+    for j in range(10):
+        group, op = GROUPS[j % 5], f"op{j}"
+        timer(group=group, op=op).add(0.001)
+    return bare_app(environ, start_response)
+
+
+def loop10() -> None:
+    for j in range(10):
+        group, op = GROUPS[j % 5], f"op{j}"  # noqa: F841
+
+
+def build10() -> bytes:
+    timers = []
+    for j in range(10):
+        group, op = GROUPS[j % 5], f"op{j}"
+        timers.append(((("group", group), ("op", op)), 0.0001, 1, 0.0, 0.0))
+    return encode(
+        HOSTNAME, SERVER_NAME, SCRIPT_NAME, 1, 11, 24 << 20, 0.001, 0.001, 0.0,
+        200, 0, SCHEMA, (), timers,
+    )  # fmt: skip
+
+
+class Row:
+    """One row of the table: a PHP row and the pynba work, each with its empty loop."""
+
+    def __init__(
+        self,
+        label: str,
+        php: tuple[str, str],
+        pynba_work: Callable[[], object],
+        pynba_empty: Callable[[], object],
+        capture: Callable[[], int],
+    ) -> None:
+        self.label = label
+        self.php_row, self.php_empty = php
+        self.pynba_work = pynba_work
+        self.pynba_empty = pynba_empty
+        self.capture = capture
+        self.best = {"php": float("inf"), "php_empty": float("inf")}
+        self.best.update(pynba=float("inf"), pynba_empty=float("inf"))
+
+    def keep(self, side: str, value: float) -> None:
+        self.best[side] = min(self.best[side], value)
+
+    def php_cost(self) -> float:
+        return self.best["php"] - self.best["php_empty"]
+
+    def pynba_cost(self) -> float:
+        return self.best["pynba"] - self.best["pynba_empty"]
+
+
+def per_call(func: Callable[[], object], number: int) -> float:
+    return timeit.timeit(func, number=number) / number * 1e6
+
+
+def in_fresh_context(func: Callable[[], float]) -> float:
+    return contextvars.copy_context().run(func)
+
+
+class Capture:
+    """A UDP socket that keeps the last datagram sent to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5.0)
+        self.address = self.sock.getsockname()
+
+    def receive(self) -> int:
+        return len(self.sock.recv(70000))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--number", type=int, default=20000, help="iterations per round")
+    parser.add_argument("--php", default=shutil.which("php"))
+    options = parser.parse_args()
+    if options.php is None:
+        print("php is not installed (apt-get install php-cli php-pinba)", file=sys.stderr)
+        return 1
+
+    sink = DrainedSocket()  # also pins this process to one CPU, the drain to the others
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    php = PHPDriver(options.php, sink.address, cpus[0] if cpus else None)
+    capture = Capture()
+    php_bytes = PHPDriver(options.php, capture.address, None)
+
+    reporter = Reporter(sink.address)
+    capture_reporter = Reporter(capture.address)
+
+    def middleware(app, reporter=reporter, **options) -> PynbaMiddleware:
+        return PynbaMiddleware(app, reporter, **options)
+
+    def served(app) -> Callable[[], None]:
+        return lambda: serve(app)
+
+    def pynba_bytes(app, **options) -> Callable[[], int]:
+        def one() -> int:
+            contextvars.copy_context().run(serve, middleware(app, capture_reporter, **options))
+            return capture.receive()
+
+        return one
+
+    def php_datagram(row: str) -> Callable[[], int]:
+        def one() -> int:
+            php_bytes.ask(f"{row} 1")
+            return capture.receive()
+
+        return one
+
+    def php_data(row: str) -> Callable[[], int]:
+        return lambda: php_bytes.ask(f"bytes {row}")
+
+    rows = [
+        Row(
+            "bare request: middleware vs pinba_flush()",
+            ("bare", "empty"),
+            served(middleware(bare_app)),
+            served(bare_app),
+            pynba_bytes(bare_app),
+        ),
+        Row(
+            "3 request tags: set_tag vs pinba_tag_set (added cost)",
+            ("tags3", "bare"),
+            served(middleware(app_tags3)),
+            served(middleware(bare_app)),
+            pynba_bytes(app_tags3),
+        ),
+        Row(
+            "3 tags + 10 timers start/stop, per-timer CPU",
+            ("timers10", "loop10"),
+            served(middleware(app_timers10, timer_rusage=True)),
+            served(app_loop10),
+            pynba_bytes(app_timers10, timer_rusage=True),
+        ),
+        Row(
+            "10 timers added: timer.add vs pinba_timer_add",
+            ("add10", "loop10"),
+            served(middleware(app_add10)),
+            served(app_loop10),
+            pynba_bytes(app_add10),
+        ),
+        Row(
+            "build a 10-timer datagram: encode vs PinbaClient",
+            ("build10", "loop10"),
+            build10,
+            loop10,
+            lambda: len(build10()),
+        ),
+    ]
+    php_sizes = [
+        php_datagram("bare"),
+        php_datagram("tags3"),
+        php_datagram("timers10"),
+        php_datagram("add10"),
+        php_data("build10"),
+    ]
+
+    number = options.number
+    for _ in range(options.rounds):
+        for row in rows:
+            row.keep("php", php.per_call(row.php_row, number))
+            row.keep("php_empty", php.per_call(row.php_empty, number))
+            row.keep("pynba", in_fresh_context(lambda: per_call(row.pynba_work, number)))
+            row.keep("pynba_empty", in_fresh_context(lambda: per_call(row.pynba_empty, number)))
+    sizes = [(row.capture(), php_size()) for row, php_size in zip(rows, php_sizes, strict=True)]
+    php.close()
+    php_bytes.close()
+
+    version = subprocess.run(
+        [options.php, "-r", 'echo PHP_VERSION, " pinba ", phpversion("pinba");'],
+        capture_output=True,
+        text=True,
+    ).stdout
+    build = ", ".join(compiled_modules()) or "pure Python"
+    print(f"PHP {version}; pynba ({build})")
+    print(f"best of {options.rounds} interleaved rounds of {number}; µs per request")
+    print()
+    header = f"{'row':<55} {'pynba':>7} {'PHP':>7} {'ratio':>6}  {'bytes pynba/PHP':>15}"
+    print(header)
+    print("-" * len(header))
+    for row, (pynba_size, php_size) in zip(rows, sizes, strict=True):
+        ratio = row.pynba_cost() / row.php_cost()
+        print(
+            f"{row.label:<55} {row.pynba_cost():>7.2f} {row.php_cost():>7.2f} {ratio:>6.2f}"
+            f"  {pynba_size:>7}/{php_size:<7}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
