@@ -6,8 +6,11 @@ drives each path in turn on loopback (phases bare, monitored, monitored, bare,
 so that drift over the run cancels out) and counts the responses. A UDP
 listener with a large receive buffer counts the monitored requests' packets;
 the kernel's count of datagrams it dropped (``/proc/net/udp``) is reported
-separately. Prints req/s monitored and bare, their ratio (the goal is >= 0.97)
-and the packet counts, for the sync and gthread workers.
+separately. A third path, the floor, is the bare app plus the system calls
+every Pinba client makes per request (2 getrusage and one send of a
+same-sized datagram). Prints req/s monitored, bare and floor, monitored/bare,
+monitored/floor (the goal is >= 0.97) and the packet counts, for the sync
+and gthread workers.
 
 Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync gthread]
 """
@@ -34,6 +37,7 @@ SOURCES = ROOT / "src"
 HELLO_APP = textwrap.dedent(
     """
     import os
+    import resource
     import socket
 
     from pynba import PynbaMiddleware, encode, pynba
@@ -54,8 +58,9 @@ HELLO_APP = textwrap.dedent(
 
     monitored = PynbaMiddleware(timed_hello, os.environ["PYNBA_LOAD_SERVER"])
 
-    # The floor: the bare app plus one sendto of a packet of the same size to a
-    # listener like the monitored one, i.e. the datagram's cost without pynba's.
+    # The floor: the bare app plus the system calls any Pinba client makes, two
+    # getrusage (at the request's start and end) and one send of a packet of
+    # the same size to a listener like the monitored one.
     host, port = os.environ["PYNBA_LOAD_FLOOR_SERVER"].rsplit(":", 1)
     FLOOR_ADDRESS = (host, int(port))
     FLOOR_DATAGRAM = encode(
@@ -66,8 +71,13 @@ HELLO_APP = textwrap.dedent(
     floor_socket.setblocking(False)
 
 
+    RUSAGE_WHO = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
     def floor(environ, start_response):
+        resource.getrusage(RUSAGE_WHO)
         response = hello(environ, start_response)
+        resource.getrusage(RUSAGE_WHO)
         floor_socket.sendto(FLOOR_DATAGRAM, FLOOR_ADDRESS)
         return response
 
@@ -458,9 +468,9 @@ def describe(figures: dict) -> str:
         f"bare {bare['rate']:.0f} req/s ({bare['requests']} in {bare['seconds']:.1f} s), "
         f"monitored {monitored['rate']:.0f} req/s "
         f"({monitored['requests']} in {monitored['seconds']:.1f} s), "
-        f"ratio {figures['ratio']:.3f} (goal >= 0.97); "
-        f"floor (bare + one sendto) {figures['floor']['rate']:.0f} req/s, "
-        f"monitored/floor {figures['ratio_to_floor']:.3f}; "
+        f"monitored/bare {figures['ratio']:.3f}; "
+        f"floor (bare + 2 getrusage + one send) {figures['floor']['rate']:.0f} req/s, "
+        f"monitored/floor {figures['ratio_to_floor']:.3f} (goal >= 0.97); "
         f"packets {figures['packets_received']}/{figures['monitored_requests']}, "
         f"kernel drops {figures['kernel_drops']}, errors "
         f"{bare['errors'] + monitored['errors']}"

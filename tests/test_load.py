@@ -2,7 +2,7 @@
 
 Every monitored request's packet must reach a listener with a large receive
 buffer. The request rates, monitored and bare in the same run, are printed,
-never asserted (the goal, monitored >= 0.97 x bare, is checked by reading the
+never asserted (the goal, monitored >= 0.97 x the floor, is checked by reading the
 output of the long run: ``python -m pytest -m slow -s tests/test_load.py``, or
 ``python benchmarks/load.py --seconds 30``). The default suite runs a short
 load; ``PYNBA_LOAD_SECONDS`` sets the long run's seconds per app (default 30).
