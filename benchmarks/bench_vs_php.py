@@ -32,7 +32,7 @@ import tempfile
 import timeit
 from collections.abc import Callable
 
-from bench_request import ENVIRON, GROUPS, BODY, DrainedSocket, serve
+from bench_request import BODY, ENVIRON, GROUPS, DrainedSocket, serve
 
 from pynba import PynbaMiddleware, compiled_modules, encode, pynba
 from pynba.reporter import Reporter
@@ -139,13 +139,14 @@ class PHPDriver:
             "server": SERVER_NAME,
             "schema": SCHEMA,
             "hostname": HOSTNAME,
-            "sink": "%s:%d" % server,
+            "sink": f"{server[0]}:{server[1]}",
         }
         self.file = tempfile.NamedTemporaryFile("w", suffix=".php", delete=False)
         self.file.write(source)
         self.file.close()
+        settings = ["-d", "pinba.enabled=1", "-d", f"pinba.server={server[0]}:{server[1]}"]
         self.process = subprocess.Popen(
-            [php, "-d", "pinba.enabled=1", "-d", "pinba.server=%s:%d" % server, self.file.name],
+            [php, *settings, self.file.name],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -370,8 +371,8 @@ def main() -> int:
         for row in rows:
             row.keep("php", php.per_call(row.php_row, number))
             row.keep("php_empty", php.per_call(row.php_empty, number))
-            row.keep("pynba", in_fresh_context(lambda: per_call(row.pynba_work, number)))
-            row.keep("pynba_empty", in_fresh_context(lambda: per_call(row.pynba_empty, number)))
+            for side, work in (("pynba", row.pynba_work), ("pynba_empty", row.pynba_empty)):
+                row.keep(side, in_fresh_context(lambda work=work: per_call(work, number)))
     sizes = [(row.capture(), php_size()) for row, php_size in zip(rows, php_sizes, strict=True)]
     php.close()
     php_bytes.close()

@@ -98,10 +98,10 @@ class CollectorSettings:
         self.tags: dict[str, Any] = dict(tags or {})
         # Checked and flattened now, where they are configured; callables are
         # called per request, when the packet is made (see RequestCollector.tags).
-        self.tag_entries: dict[str, TagEntry] = {
-            check_tag_name(name): (value, None if callable(value) else flatten_tags([(name, value)]))
-            for name, value in self.tags.items()
-        }
+        self.tag_entries: dict[str, TagEntry] = {}
+        for name, value in self.tags.items():
+            pairs = None if callable(value) else flatten_tags([(name, value)])
+            self.tag_entries[check_tag_name(name)] = (value, pairs)
         #: What every request sends when it changes no tag and none is a callable.
         self.tag_pairs: TagPairs | None = None
         if all(entry[1] is not None for entry in self.tag_entries.values()):
