@@ -103,11 +103,10 @@ class CollectorSettings:
             pairs = None if callable(value) else flatten_tags([(name, value)])
             self.tag_entries[check_tag_name(name)] = (value, pairs)
         #: What every request sends when it changes no tag and none is a callable.
+        flattened = [entry[1] for entry in self.tag_entries.values()]
         self.tag_pairs: TagPairs | None = None
-        if all(entry[1] is not None for entry in self.tag_entries.values()):
-            self.tag_pairs = flatten_tags(
-                [pair for _, pairs in self.tag_entries.values() for pair in pairs]
-            )
+        if None not in flattened:
+            self.tag_pairs = flatten_tags([pair for pairs in flattened for pair in pairs or ()])
         self.timer_rusage = bool(timer_rusage)
         self.memory_footprint = bool(memory_footprint)
         #: Pinboard compatibility: every timer also carries the packet's
@@ -396,7 +395,7 @@ class RequestCollector:
     def tags(self, tags: Mapping[str, Any]) -> None:
         if not isinstance(tags, Mapping):
             raise TypeError(f"tags must be a mapping, not {type(tags).__name__}")
-        entries = {}
+        entries: dict[str, TagEntry] = {}
         for name, value in tags.items():
             name = check_tag_name(name)
             entries[name] = (value, flatten_tags([(name, value)]))
