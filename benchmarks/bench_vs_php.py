@@ -393,7 +393,7 @@ def main() -> int:
         ratio = row.pynba_cost() / row.php_cost()
         print(
             f"{row.label:<55} {row.pynba_cost():>7.2f} {row.php_cost():>7.2f} {ratio:>6.2f}"
-            f"  {pynba_size:>7}/{php_size:<7}"
+            f"  {pynba_size:>7}/{php_size}"
         )
     return 0
 

@@ -531,3 +531,36 @@ def test_difference_nul_in_tag_php_cuts_pynba_replaces(encode, udp_listener):
     pynba_data = encode_as_php_did(encode, php_data, timers=timers)
     assert timers_of(decode(php_data))[0].tags == [("query", "x")]
     assert timers_of(decode(pynba_data))[0].tags == [("query", "x\ufffdy")]
+
+
+def test_the_side_by_side_benchmark_runs_both_clients_and_prints_every_row():
+    """benchmarks/bench_vs_php.py, in a short run: both sides measured, every row printed.
+
+    Its figures are not asserted (timings belong to the script's output);
+    the datagram sizes are, as they do not depend on the machine's speed.
+    """
+    import os
+    import re
+    import sys
+    from pathlib import Path
+
+    import pynba
+
+    root = Path(__file__).resolve().parent.parent
+    tested = str(Path(pynba.__file__).resolve().parent.parent)  # this pynba, not another
+    done = subprocess.run(
+        [sys.executable, "bench_vs_php.py", "--rounds", "1", "--number", "200", "--php", PHP],
+        cwd=root / "benchmarks",
+        env={**os.environ, "PYTHONPATH": tested},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.search(r" \d+/\d+ *$", line)]
+    assert len(rows) == 5, done.stdout
+    for line in rows:
+        pynba_cost, php_cost, ratio = (float(word) for word in line.split()[-4:-1])
+        assert pynba_cost > 0 and php_cost > 0 and ratio > 0, line
+        pynba_bytes, php_bytes = (int(n) for n in line.split()[-1].split("/"))
+        assert pynba_bytes <= php_bytes, line
