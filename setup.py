@@ -142,6 +142,17 @@ setup(
             "gevent>=23",
             # The fault, load and soak tests run a real pre-forking server.
             "gunicorn>=21",
+            # The automatic timers' tests, each library against a real server
+            # (PostgreSQL, Redis, memcached, HTTP on 127.0.0.1).
+            "psycopg[binary]>=3.1",
+            "psycopg2-binary>=2.9",
+            "sqlalchemy>=2.0",
+            "redis>=5",
+            "pymemcache>=4",
+            "requests>=2.31",
+            "urllib3>=2",
+            "jinja2>=3.1",
+            "opentelemetry-sdk>=1.20",
         ],
     },
     entry_points={

@@ -24,6 +24,7 @@ __all__ = [
     "ScriptMonitor",
     "Timer",
     "encode",
+    "instrument",
     "monitor",
     "pynba",
 ]
@@ -35,6 +36,13 @@ def compiled_modules() -> list[str]:
     from ._implementation import compiled_modules
 
     return compiled_modules()
+
+
+def instrument(*names: str) -> tuple[str, ...]:
+    """Time the libraries a request uses, with no code: see ``pynba.instrumentation``."""
+    from .instrumentation import instrument
+
+    return instrument(*names)
 
 
 def __getattr__(name: str) -> object:

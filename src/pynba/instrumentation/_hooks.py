@@ -1,0 +1,126 @@
+"""What the integrations share: their timers, started and stopped without ever failing the call.
+
+An integration wraps a library call like this::
+
+    timer = start_timer(("group", "op"), ("db", sql_verb(statement)))
+    try:
+        return call(...)
+    finally:
+        stop_timer(timer)
+
+``start_timer`` gives None outside a monitored request (or when monitoring
+is disabled there), and ``stop_timer(None)`` does nothing: outside a
+request a hook costs a context variable read. A failure inside either is
+pynba's own: logged (re-raised in strict mode, as in the test suite), never
+passed to the application, and the call goes on untimed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..context import current_collector
+from ..errors import internal_error
+from ..tags import TagValue
+from ..timer import NoopTimer, Timer
+
+__all__ = ["SQL_VERBS", "bounded", "sql_verb", "start_timer", "stop_timer"]
+
+#: The ``op`` tag of a database timer: a statement's verb, or ``other``.
+SQL_VERBS = frozenset(["select", "insert", "update", "delete", "begin", "commit", "rollback"])
+
+# Statements repeat (an application has few distinct ones): each is read
+# once. Bounded, as anything keyed by what the application sends must be.
+_VERB_CACHE: dict[Any, str] = {}
+_VERB_CACHE_MAX = 1024
+
+
+def start_timer(names: tuple[str, ...], values: tuple[TagValue, ...]) -> Timer | NoopTimer | None:
+    """A started timer of the current request with these tags; None outside a request."""
+    collector = current_collector()
+    if collector is None or not collector.enabled:
+        return None
+    try:
+        timer = collector.new_checked_timer(names, values)  # type: ignore[union-attr]
+        timer.start()
+    except Exception:
+        internal_error("cannot start an automatic timer", False)
+        return None
+    return timer
+
+
+def stop_timer(timer: Timer | NoopTimer | None, hit_count: int = 1) -> None:
+    """Stop a timer ``start_timer`` gave, counting ``hit_count`` hits (rows of an executemany)."""
+    if timer is None:
+        return
+    try:
+        timer.stop()
+        if hit_count > 1:
+            timer.add(0.0, hit_count - 1)
+    except Exception:
+        internal_error("cannot stop an automatic timer", False)
+
+
+def sql_verb(statement: Any) -> str:
+    """The ``op`` tag of ``statement``: its first keyword when in SQL_VERBS, else ``other``.
+
+    Never the statement's text: it carries values and would make every
+    query a timer of its own.
+    """
+    verb = _VERB_CACHE.get(statement) if type(statement) in (str, bytes) else None
+    if verb is not None:
+        return verb
+    try:
+        verb = _first_keyword(statement)
+    except Exception:  # a composed statement whose str() fails: still timed
+        verb = "other"
+    if type(statement) in (str, bytes):
+        if len(_VERB_CACHE) >= _VERB_CACHE_MAX:
+            _VERB_CACHE.clear()
+        _VERB_CACHE[statement] = verb
+    return verb
+
+
+def _first_keyword(statement: Any) -> str:
+    if isinstance(statement, bytes):
+        statement = statement[:200].decode("ascii", "replace")
+    elif not isinstance(statement, str):
+        statement = str(statement)  # a composed statement (psycopg.sql, SQLAlchemy's text())
+    text = statement[:200]
+    position = 0
+    length = len(text)
+    while position < length:
+        char = text[position]
+        if char.isspace() or char == "(" or char == ";":
+            position += 1
+        elif text.startswith("--", position):
+            end = text.find("\n", position)
+            position = length if end < 0 else end + 1
+        elif text.startswith("/*", position):
+            end = text.find("*/", position + 2)
+            position = length if end < 0 else end + 2
+        else:
+            break
+    end = position
+    while end < length and text[end].isalpha():
+        end += 1
+    word = text[position:end].lower()
+    if word == "start":  # START TRANSACTION
+        return "begin"
+    if word == "end":  # END [TRANSACTION], PostgreSQL's COMMIT
+        return "commit"
+    return word if word in SQL_VERBS else "other"
+
+
+def bounded(value: str, seen: set[str], limit: int, other: str = "other") -> str:
+    """``value`` while ``seen`` holds fewer than ``limit`` distinct values, then ``other``.
+
+    For tags whose values come from outside (remote hosts, template names):
+    a Pinba report keeps one row per distinct value.
+    """
+    if value in seen:
+        return value
+    if len(seen) >= limit:
+        return other
+    seen.add(value)
+    return value
