@@ -859,6 +859,15 @@ cdef unsigned char* put_packed_timers(State* s, unsigned char* o) noexcept nogil
     return o
 
 
+cdef bint timer_cpu(State* s) noexcept nogil:
+    """Whether a timer has CPU times to send: without, fields 22 and 23 are left out."""
+    cdef Py_ssize_t i
+    for i in range(s.ntimers):
+        if sanitize(s.timers[i].utime) != 0.0 or sanitize(s.timers[i].stime) != 0.0:
+            return True
+    return False
+
+
 cdef unsigned char* put_packed_tail(State* s, unsigned char* o) noexcept nogil:
     """Fields 20-23 in packed form (room reserved by the caller)."""
     cdef Py_ssize_t i, k, size
@@ -870,7 +879,7 @@ cdef unsigned char* put_packed_tail(State* s, unsigned char* o) noexcept nogil:
             o = put_packed_key(o, 0xA2 if k == 0 else 0xAA, size)
             for i in range(k, s.nrtags, 2):
                 o = put_varint(o, s.rtags[i])
-    if s.ntimers:
+    if timer_cpu(s):
         o = put_packed_key(o, 0xB2, 4 * s.ntimers)
         for i in range(s.ntimers):
             o = put_float(o, sanitize(s.timers[i].utime))
@@ -960,6 +969,9 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     for i in range(1, s.nrtags, 2):
         o = put_key(o, 0xA8)
         o = put_varint(o, s.rtags[i])
+    if not timer_cpu(s):
+        s.olen = o - s.out
+        return 0
     for i in range(s.ntimers):
         o = put_key(o, 0xB5)
         o = put_float(o, sanitize(s.timers[i].utime))
