@@ -8,6 +8,8 @@ import collections
 import math
 import random
 import struct
+import sys
+import threading
 
 import pytest
 
@@ -579,6 +581,92 @@ def test_a_timer_whose_tags_change_while_encoding_sends_the_tags_read(encode):
         ([(b"group", b"db-unique-value")], 0.5, 1, 0.0, 0.0),
         ([(b"x", b"1")], 0.25, 1, 0.0, 0.0),
     ]
+
+
+# -- an encode inside another: each keeps its own storage ------------------------------------
+
+INNER = {
+    "tags": {"inner": "tag"},
+    "timers": [timer({"group": f"inner-{i}", "op": "x"}, 0.5, 1, 0.25) for i in range(60)],
+}
+
+
+def outer_timers(middle_tags):
+    """Enough timers that the encoder's storage grows before and after the middle one."""
+    before = [timer({"group": f"outer-{i}"}, 0.125) for i in range(100)]
+    after = [timer({"group": f"after-{i}"}, 0.125) for i in range(100)]
+    return [*before, timer(middle_tags), *after]
+
+
+def test_an_encode_inside_a_tag_conversion_leaves_both_datagrams_intact(encode):
+    inner = []
+
+    class Encodes:
+        def __str__(self):
+            inner.append(make(encode, **INNER))
+            return "value"
+
+    datagram = make(encode, timers=outer_timers({"x": Encodes()}))
+    assert inner == [make(encode, **INNER)]
+    assert datagram == make(encode, timers=outer_timers({"x": "value"}))
+
+
+def test_an_encode_run_by_a_finalizer_at_the_end_of_an_encode(encode):
+    """The last reference to a tag value goes when the encoder lets it go: its __del__ encodes."""
+    inner = []
+
+    class Encodes:
+        def __del__(self):
+            inner.append(make(encode, **INNER))
+
+        def __str__(self):
+            return "gone"
+
+    class Clears:
+        def __str__(self):
+            timer_tags.clear()  # the encoder holds the only reference to the Encodes now
+            return "cleared"
+
+    timer_tags = {"a": Encodes(), "b": Clears()}
+    datagram = make(encode, timers=outer_timers(timer_tags))
+    assert inner == [make(encode, **INNER)]
+    expected = outer_timers({"a": "gone", "b": "cleared"})
+    assert datagram == make(encode, timers=expected)
+
+
+def test_encodes_in_two_threads_at_once_keep_their_own_bytes(encode):
+    class Slow:
+        """A tag value whose conversion runs Python code: a point where threads switch."""
+
+        def __init__(self, text):
+            self.text = text
+
+        def __str__(self):
+            return self.text
+
+    requests = [
+        [timer({"thread": str(n), "slow": Slow(f"v{i % 7}")}, 0.5, 1, 0.25) for i in range(150)]
+        for n in range(2)
+    ]
+    expected = [make(encode, timers=timers_) for timers_ in requests]
+    failures = []
+
+    def run(n):
+        for _ in range(40):
+            if make(encode, timers=requests[n]) != expected[n]:
+                failures.append(n)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
 
 
 def test_timers_as_named_tuples_and_lists(encode):
