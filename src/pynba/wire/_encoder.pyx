@@ -472,13 +472,31 @@ cdef inline void place(int32_t* slots, Py_ssize_t mask, uint64_t hash, int32_t i
     slots[j] = i
 
 
-cdef int rehash_words(State* s) except -1:
-    cdef Py_ssize_t size = (s.wmask + 1) * 2, i
-    empty_slots(&s.wslots, &s.cap_wslots, size)
-    s.wmask = size - 1
-    for i in range(s.nwords):
-        place(s.wslots, s.wmask, s.words[i].hash, <int32_t>i)
+cdef int rehash(int32_t** slots, Py_ssize_t* cap, Py_ssize_t* mask, const char* hashes,
+                Py_ssize_t count, size_t stride) except -1:
+    """Doubles a hash table and places its ``count`` entries again.
+
+    ``hashes`` points at the first entry's hash, the next ones ``stride`` bytes apart
+    (the words' or the merged timers').
+    """
+    cdef Py_ssize_t size = (mask[0] + 1) * 2, i
+    empty_slots(slots, cap, size)
+    mask[0] = size - 1
+    for i in range(count):
+        place(slots[0], mask[0], (<const uint64_t*>(hashes + i * stride))[0], <int32_t>i)
     return 0
+
+
+cdef inline int32_t occupy(int32_t** slots, Py_ssize_t* cap, Py_ssize_t* mask, Py_ssize_t j,
+                           int32_t entry, const char* hashes, size_t stride) except -1:
+    """Puts the new last ``entry`` in the free slot ``j``; the table doubles when half full.
+
+    Returns ``entry``. ``hashes`` and ``stride`` are as for ``rehash``.
+    """
+    slots[0][j] = entry
+    if (entry + 1) * 2 > mask[0]:
+        rehash(slots, cap, mask, hashes, entry + 1, stride)
+    return entry
 
 
 cdef inline bint same_bytes(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
@@ -513,10 +531,8 @@ cdef int32_t word_id(State* s, const char* ptr, Py_ssize_t size, uint64_t h) exc
     w.size = size
     w.hash = h
     s.nwords += 1
-    s.wslots[j] = found
-    if s.nwords * 2 > s.wmask:
-        rehash_words(s)
-    return found
+    return occupy(&s.wslots, &s.cap_wslots, &s.wmask, j, found,
+                  <const char*>&s.words[0].hash, sizeof(Word))
 
 
 cdef int32_t object_id(State* s, object value) except -1:
@@ -704,17 +720,15 @@ cdef Py_ssize_t merge_timer(State* s, Py_ssize_t n, PyObject* hit_count) except 
             hits = 1
 
     cdef Py_ssize_t j = h & s.tmask
-    cdef int32_t found
+    cdef int32_t found = s.tslots[j]
     cdef MergedTimer* t
-    while True:
-        found = s.tslots[j]
-        if found < 0:
-            break
+    while found >= 0:  # linear probing, as for words
         t = &s.timers[found]
         if t.hash == h and t.count == n and same_pairs(s.pairs + t.first, pairs, 2 * n):
             t.hits = t.hits + hits if t.hits + hits < UINT32_MAX else UINT32_MAX
             return found
         j = (j + 1) & s.tmask
+        found = s.tslots[j]
 
     if s.ntimers == s.cap_timers:
         s.timers = <MergedTimer*>grow(s.timers, &s.cap_timers, s.ntimers + 1,
@@ -730,19 +744,8 @@ cdef Py_ssize_t merge_timer(State* s, Py_ssize_t n, PyObject* hit_count) except 
     t.stime = 0.0
     s.npairs += 2 * n
     s.ntimers += 1
-    s.tslots[j] = found
-    if s.ntimers * 2 > s.tmask:
-        rehash_timers(s)
-    return found
-
-
-cdef int rehash_timers(State* s) except -1:
-    cdef Py_ssize_t size = (s.tmask + 1) * 2, i
-    empty_slots(&s.tslots, &s.cap_tslots, size)
-    s.tmask = size - 1
-    for i in range(s.ntimers):
-        place(s.tslots, s.tmask, s.timers[i].hash, <int32_t>i)
-    return 0
+    return occupy(&s.tslots, &s.cap_tslots, &s.tmask, j, found,
+                  <const char*>&s.timers[0].hash, sizeof(MergedTimer))
 
 
 cdef ReadTimerFields read_timer_fields = NULL
@@ -885,6 +888,18 @@ cdef inline unsigned char* put_float(unsigned char* o, double x) noexcept nogil:
     return o + 4
 
 
+cdef inline unsigned char* put_varint_field(unsigned char* o, unsigned char key,
+                                            uint64_t n) noexcept nogil:
+    o[0] = key  # fields 1-15: a one-byte key
+    return put_varint(o + 1, n)
+
+
+cdef inline unsigned char* put_float_field(unsigned char* o, unsigned char key,
+                                           double x) noexcept nogil:
+    o[0] = key
+    return put_float(o + 1, x)
+
+
 cdef inline unsigned char* put_key(unsigned char* o, unsigned int key) noexcept nogil:
     # keys of fields 16-23 take two bytes
     if key >= 0x80:
@@ -926,9 +941,24 @@ cdef inline unsigned char* put_packed_key(unsigned char* o, unsigned int key,
     return put_varint(o, <uint64_t>size)
 
 
+cdef unsigned char* put_packed_pairs(unsigned char* o, unsigned int names_key,
+                                     unsigned int values_key, const uint32_t* pairs,
+                                     Py_ssize_t count) noexcept nogil:
+    """Tag pairs' dictionary ids (name, value by turns) as two packed fields: names, values."""
+    cdef Py_ssize_t k, j, size
+    for k in range(2):  # names in the even slots, values in the odd ones
+        size = 0
+        for j in range(k, count, 2):
+            size += varint_size(pairs[j])
+        o = put_packed_key(o, names_key if k == 0 else values_key, size)
+        for j in range(k, count, 2):
+            o = put_varint(o, pairs[j])
+    return o
+
+
 cdef unsigned char* put_packed_timers(State* s, unsigned char* o) noexcept nogil:
     """Fields 10-14 in packed form (room reserved by the caller)."""
-    cdef Py_ssize_t i, j, k, size
+    cdef Py_ssize_t i, size
     if s.ntimers == 0:
         return o
     size = 0
@@ -946,36 +976,23 @@ cdef unsigned char* put_packed_timers(State* s, unsigned char* o) noexcept nogil
     o = put_packed_key(o, 0x62, size)
     for i in range(s.ntimers):
         o = put_varint(o, <uint64_t>s.timers[i].count)
-    for k in range(2):  # 13: tag names (even slots), 14: tag values (odd slots)
-        size = 0
-        for j in range(k, s.npairs, 2):
-            size += varint_size(s.pairs[j])
-        o = put_packed_key(o, 0x6A if k == 0 else 0x72, size)
-        for j in range(k, s.npairs, 2):
-            o = put_varint(o, s.pairs[j])
-    return o
+    return put_packed_pairs(o, 0x6A, 0x72, s.pairs, s.npairs)  # 13, 14
 
 
 cdef bint timer_cpu(State* s) noexcept nogil:
     """Whether a timer has CPU times to send: without, fields 22 and 23 are left out."""
     cdef Py_ssize_t i
     for i in range(s.ntimers):
-        if sanitize(s.timers[i].utime) != 0.0 or sanitize(s.timers[i].stime) != 0.0:
+        if s.timers[i].utime != 0.0 or s.timers[i].stime != 0.0:  # as the pure twin
             return True
     return False
 
 
 cdef unsigned char* put_packed_tail(State* s, unsigned char* o) noexcept nogil:
     """Fields 20-23 in packed form (room reserved by the caller)."""
-    cdef Py_ssize_t i, k, size
+    cdef Py_ssize_t i
     if s.nrtags:
-        for k in range(2):  # 20: tag names (even slots), 21: tag values (odd slots)
-            size = 0
-            for i in range(k, s.nrtags, 2):
-                size += varint_size(s.rtags[i])
-            o = put_packed_key(o, 0xA2 if k == 0 else 0xAA, size)
-            for i in range(k, s.nrtags, 2):
-                o = put_varint(o, s.rtags[i])
+        o = put_packed_pairs(o, 0xA2, 0xAA, s.rtags, s.nrtags)  # 20, 21
     if timer_cpu(s):
         o = put_packed_key(o, 0xB2, 4 * s.ntimers)
         for i in range(s.ntimers):
@@ -1009,37 +1026,26 @@ cdef int write_request(State* s, hostname, server_name, script_name, request_cou
     # Every fixed-size part at once: 6 bytes a varint field, 5 a float field.
     # (the extra 32 bytes hold the keys and lengths of packed fields)
     o = reserve(s, o, 96 + s.ntimers * 28 + s.npairs * 6 + s.nrtags * 7)
-    o[0] = 0x20
-    o = put_varint(o + 1, count)
-    o[0] = 0x28
-    o = put_varint(o + 1, size)
-    o[0] = 0x30
-    o = put_varint(o + 1, peak)
-    o[0] = 0x3D
-    o = put_float(o + 1, wall)
-    o[0] = 0x45
-    o = put_float(o + 1, utime)
-    o[0] = 0x4D
-    o = put_float(o + 1, stime)
+    o = put_varint_field(o, 0x20, count)
+    o = put_varint_field(o, 0x28, size)
+    o = put_varint_field(o, 0x30, peak)
+    o = put_float_field(o, 0x3D, wall)
+    o = put_float_field(o, 0x45, utime)
+    o = put_float_field(o, 0x4D, stime)
     if packed:
         o = put_packed_timers(s, o)
     for i in range(0 if packed else s.ntimers):
-        o[0] = 0x50
-        o = put_varint(o + 1, s.timers[i].hits)
+        o = put_varint_field(o, 0x50, s.timers[i].hits)
     for i in range(0 if packed else s.ntimers):
-        o[0] = 0x5D
-        o = put_float(o + 1, sanitize(s.timers[i].value))
+        o = put_float_field(o, 0x5D, sanitize(s.timers[i].value))
     for i in range(0 if packed else s.ntimers):
-        o[0] = 0x60
-        o = put_varint(o + 1, <uint64_t>s.timers[i].count)
+        o = put_varint_field(o, 0x60, <uint64_t>s.timers[i].count)
     # The merged timers' tags lie in s.pairs in the timers' order, name and
     # value by turns: 13 takes every name, 14 every value.
     for k in range(0, 0 if packed else s.npairs, 2):
-        o[0] = 0x68
-        o = put_varint(o + 1, s.pairs[k])
+        o = put_varint_field(o, 0x68, s.pairs[k])
     for k in range(1, 0 if packed else s.npairs, 2):
-        o[0] = 0x70
-        o = put_varint(o + 1, s.pairs[k])
+        o = put_varint_field(o, 0x70, s.pairs[k])
     for i in range(s.nwords):
         o = put_text(s, o, 0x7A, s.words[i].ptr, s.words[i].size)
     o = reserve(s, o, 64 + s.nrtags * 7 + s.ntimers * 14)

@@ -304,7 +304,8 @@ def encode(
         out += _K[19]
         out += _varint(len(schema_bytes))
         out += schema_bytes
-    timer_cpu = any(to_seconds(entry[3]) or to_seconds(entry[4]) for entry in merged)
+    # The sums of sanitized times are 0 or normal floats: nonzero is what is sent nonzero.
+    timer_cpu = any(entry[3] or entry[4] for entry in merged)
     if packed:
         _packed(out, 20, _varints(tag_names))
         _packed(out, 21, _varints(tag_values))
