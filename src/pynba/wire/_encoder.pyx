@@ -193,8 +193,12 @@ cdef struct State:
     Py_ssize_t nrtags
     Py_ssize_t olen
     Py_ssize_t nheld
+    # The identity cache: an entry counts when its call is this one (cache_call
+    # equals call), so that a call need not clear the cache first.
+    uint32_t call
     PyObject* cache_obj[CACHE]
     int32_t cache_id[CACHE]
+    uint32_t cache_call[CACHE]
 
 
 cdef State* spare = NULL  # the storage kept for the next call
@@ -242,7 +246,10 @@ cdef State* take_state() except NULL:
             spare = s
             spare_in_use = True
     s.nwords = s.npairs = s.ntimers = s.nrtags = s.olen = s.nheld = 0
-    memset(s.cache_obj, 0, sizeof(s.cache_obj))
+    s.call += 1
+    if s.call == 0:  # after 2**32 calls: no entry may count by chance
+        memset(s.cache_call, 0, sizeof(s.cache_call))
+        s.call = 1
     try:
         s.wmask = WORD_SLOTS - 1
         empty_slots(&s.wslots, &s.cap_wslots, WORD_SLOTS)
@@ -451,7 +458,7 @@ cdef inline int32_t cached_id(State* s, PyObject* value) noexcept nogil:
     no other object can take its address.
     """
     cdef size_t slot = (<size_t>value >> 4) & (CACHE - 1)
-    if s.cache_obj[slot] == value:
+    if s.cache_obj[slot] == value and s.cache_call[slot] == s.call:
         return s.cache_id[slot]
     return -1
 
@@ -462,6 +469,7 @@ cdef inline void remember(State* s, PyObject* value, int32_t word_id) noexcept:
         slot = (<size_t>value >> 4) & (CACHE - 1)
         s.cache_obj[slot] = value
         s.cache_id[slot] = word_id
+        s.cache_call[slot] = s.call
 
 
 cdef inline void place(int32_t* slots, Py_ssize_t mask, uint64_t hash, int32_t i) noexcept nogil:
