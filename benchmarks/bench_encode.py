@@ -1,8 +1,10 @@
 """Encoder cost per request: compiled, pure Python, and Google protobuf.
 
 Prints µs per encode (best of several runs) for a bare request, a typical
-one (10 timers x 2 tags, 3 request tags) and a heavy one (200 timers), then
-25/100/800 timers to show the per-timer cost. A second table compares the
+one (10 timers x 2 tags, 3 request tags) and a heavy one (200 timers), the
+heavy one again as the request path hands it over (200 stopped pynba Timer
+objects), then 25/100/800/2,000 timers: the µs per timer column shows
+whether the per-timer cost stays flat. A second table compares the
 wire forms on the typical and heavy requests: unpacked (classic), packed and
 packed + LZ4 (pinba2), their cost with the compiled encoder and their size.
 Run: python benchmarks/bench_encode.py
@@ -45,6 +47,14 @@ def request(timer_count):
         "web-1", "shop.example.com", "/users/{id}", 1, 5120, 24 << 20,
         0.0421, 0.0183, 0.0021, 200, 0, "https", REQUEST_TAGS, timers(timer_count),
     )  # fmt: skip
+
+
+def timer_objects_request(timer_count):
+    """``request(timer_count)`` with its timers as stopped pynba Timers, as a request ends."""
+    from pynba.timer import Timer
+
+    objects = [Timer(tags).start().stop() for tags, *_ in timers(timer_count)]
+    return (*request(0)[:-1], objects)
 
 
 def protobuf_encode(hostname, server_name, script_name, request_count, document_size,
@@ -105,18 +115,21 @@ def main():
     encoders = [("compiled", compiled.encode if compiled else None),
                 ("pure", fallback.encode),
                 ("protobuf", protobuf_encode if Request else None)]  # fmt: skip
-    cases = [("bare (0 timers)", 0), ("typical (10 timers)", 10), ("heavy (200 timers)", 200),
-             ("25 timers", 25), ("100 timers", 100), ("800 timers", 800)]  # fmt: skip
+    cases = [("bare (0 timers)", 0, request), ("typical (10 timers)", 10, request),
+             ("heavy (200 timers)", 200, request),
+             ("heavy, Timer objects", 200, timer_objects_request),
+             ("25 timers", 25, request), ("100 timers", 100, request),
+             ("800 timers", 800, request), ("2000 timers", 2000, request)]  # fmt: skip
     header = f"{'request':<22}{'bytes':>7}" + "".join(f"{name:>12}" for name, _ in encoders)
     print("µs per encode, best of 5")
     print(header + f"{'compiled/timer':>16}{'protobuf/compiled':>19}")
-    for label, count in cases:
-        data = request(count)
+    for label, count, make in cases:
+        data = make(count)
         size = len(fallback.encode(*data))
         row = f"{label:<22}{size:>7}"
         results = {}
         for name, function in encoders:
-            if function is None:
+            if function is None or (name == "protobuf" and make is not request):
                 row += f"{'n/a':>12}"
                 continue
             results[name] = cost(function, data, args.budget)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from conftest import decode
-from pinba2_rules import assert_valid
+from pinba2_rules import assert_valid, timer_cpu
 
 
 @dataclass
@@ -37,8 +37,7 @@ class Packet:
                     tuple(sorted((words[n], words[v]) for n, v in zip(names, values, strict=True))),
                     message.timer_value[i],
                     message.timer_hit_count[i],
-                    message.timer_ru_utime[i],
-                    message.timer_ru_stime[i],
+                    *timer_cpu(message, i),
                 )
             )
 

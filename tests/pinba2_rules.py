@@ -13,7 +13,15 @@ from pinba_pb2 import Request
 from pynba.wire import validate
 from pynba.wire.decode import FIELD_NAMES, DecodeError, iter_fields, read_varint
 
-__all__ = ["FIELD_NAMES", "WireError", "assert_valid", "fields", "read_varint", "violations"]
+__all__ = [
+    "FIELD_NAMES",
+    "WireError",
+    "assert_valid",
+    "fields",
+    "read_varint",
+    "timer_cpu",
+    "violations",
+]
 
 WireError = DecodeError
 float32_problem = validate.float32_problem
@@ -43,3 +51,14 @@ def assert_valid(datagram, packed_ok=False):
     """Fail with every broken rule when pinba2 would not accept ``datagram``."""
     problems = violations(datagram, packed_ok=packed_ok)
     assert not problems, "datagram breaks pinba2 rules:\n  " + "\n  ".join(problems)
+
+
+def timer_cpu(message, i):
+    """Timer ``i``'s ``(ru_utime, ru_stime)`` as pinba2 reads them: a missing entry is 0.
+
+    pinba2 and pinba_engine both take fields 22 and 23 as optional: a client
+    without per-timer CPU may leave them out.
+    """
+    utime = message.timer_ru_utime[i] if i < len(message.timer_ru_utime) else 0.0
+    stime = message.timer_ru_stime[i] if i < len(message.timer_ru_stime) else 0.0
+    return utime, stime

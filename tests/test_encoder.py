@@ -8,11 +8,13 @@ import collections
 import math
 import random
 import struct
+import sys
+import threading
 
 import pytest
 
 from conftest import compiled_encoder
-from pinba2_rules import assert_valid, fields, violations
+from pinba2_rules import assert_valid, fields, timer_cpu, violations
 from pinba_pb2 import Request
 from pynba.wire import fallback
 from pynba.wire.encoder import ARGUMENTS, MAX_TEXT_BYTES
@@ -97,8 +99,7 @@ def timers(message):
                 tags,
                 message.timer_value[i],
                 message.timer_hit_count[i],
-                message.timer_ru_utime[i],
-                message.timer_ru_stime[i],
+                *timer_cpu(message, i),
             )
         )
     return out
@@ -188,7 +189,7 @@ def test_fields_follow_the_reference_client_order(encode):
         timers=[
             timer({"x": "1", "y": "2"}),
             timer({"x": "2"}),
-            timer({"z": "1", "x": "1", "y": "2"}),
+            timer({"z": "1", "x": "1", "y": "2"}, ru_stime=0.5),  # CPU: 22 and 23 are sent
         ],
     )
     timer_count, pairs, tags = 3, 6, 3
@@ -243,6 +244,45 @@ def test_status_and_memory_footprint_are_always_sent(encode):
 def test_no_timers_means_no_timer_fields(encode):
     datagram = make(encode, timers=[])
     assert not set(numbers(datagram)) & {10, 11, 12, 13, 14, 22, 23}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_timer_cpu_is_left_out_when_no_timer_has_any(encode, packed):
+    """Fields 22 and 23 of zeros carry nothing: pinba2 reads a missing entry as 0."""
+    zeros = [
+        timer({"a": "1"}),
+        timer({"a": "2"}, ru_utime=-1.0, ru_stime=NAN),  # sent as 0
+        timer({"a": "3"}, ru_utime=1e-40, ru_stime=INF),  # float32 subnormal, infinite: 0
+        timer({"a": "1"}, ru_utime=None, ru_stime=0),  # merged with the first
+    ]
+    datagram = make(encode, timers=zeros) if not packed else encode_packed(encode, zeros)
+    assert not {22, 23} & set(numbers(datagram))
+    message = decode(datagram)
+    assert len(message.timer_ru_utime) == len(message.timer_ru_stime) == 0
+    assert [entry[3:] for entry in timers(message)] == [(0.0, 0.0)] * 3
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_one_timer_with_cpu_sends_cpu_for_every_timer(encode, packed):
+    entries = [
+        timer({"a": "1"}),
+        timer({"a": "2"}, ru_stime=0.25),
+        timer({"a": "3"}),
+        timer({"a": "1"}, ru_utime=-1.0),  # merged with the first, still 0
+    ]
+    datagram = make(encode, timers=entries) if not packed else encode_packed(encode, entries)
+    message = decode(datagram)
+    assert list(message.timer_ru_utime) == [0.0, 0.0, 0.0]
+    assert list(message.timer_ru_stime) == [0.0, 0.25, 0.0]
+    expected = [22, 23] if packed else [22] * 3 + [23] * 3
+    assert [n for n in numbers(datagram) if n in (22, 23)] == expected
+
+
+def encode_packed(encode, timers_):
+    """The packed datagram of DEFAULTS with these timers, checked against pinba2's rules."""
+    datagram = encode(*(DEFAULTS[name] for name in ARGUMENTS[:-1]), timers_, packed=True)
+    assert_valid(datagram, packed_ok=True)
+    return datagram
 
 
 # -- request tags ----------------------------------------------------------------------
@@ -541,6 +581,92 @@ def test_a_timer_whose_tags_change_while_encoding_sends_the_tags_read(encode):
         ([(b"group", b"db-unique-value")], 0.5, 1, 0.0, 0.0),
         ([(b"x", b"1")], 0.25, 1, 0.0, 0.0),
     ]
+
+
+# -- an encode inside another: each keeps its own storage ------------------------------------
+
+INNER = {
+    "tags": {"inner": "tag"},
+    "timers": [timer({"group": f"inner-{i}", "op": "x"}, 0.5, 1, 0.25) for i in range(60)],
+}
+
+
+def outer_timers(middle_tags):
+    """Enough timers that the encoder's storage grows before and after the middle one."""
+    before = [timer({"group": f"outer-{i}"}, 0.125) for i in range(100)]
+    after = [timer({"group": f"after-{i}"}, 0.125) for i in range(100)]
+    return [*before, timer(middle_tags), *after]
+
+
+def test_an_encode_inside_a_tag_conversion_leaves_both_datagrams_intact(encode):
+    inner = []
+
+    class Encodes:
+        def __str__(self):
+            inner.append(make(encode, **INNER))
+            return "value"
+
+    datagram = make(encode, timers=outer_timers({"x": Encodes()}))
+    assert inner == [make(encode, **INNER)]
+    assert datagram == make(encode, timers=outer_timers({"x": "value"}))
+
+
+def test_an_encode_run_by_a_finalizer_at_the_end_of_an_encode(encode):
+    """The last reference to a tag value goes when the encoder lets it go: its __del__ encodes."""
+    inner = []
+
+    class Encodes:
+        def __del__(self):
+            inner.append(make(encode, **INNER))
+
+        def __str__(self):
+            return "gone"
+
+    class Clears:
+        def __str__(self):
+            timer_tags.clear()  # the encoder holds the only reference to the Encodes now
+            return "cleared"
+
+    timer_tags = {"a": Encodes(), "b": Clears()}
+    datagram = make(encode, timers=outer_timers(timer_tags))
+    assert inner == [make(encode, **INNER)]
+    expected = outer_timers({"a": "gone", "b": "cleared"})
+    assert datagram == make(encode, timers=expected)
+
+
+def test_encodes_in_two_threads_at_once_keep_their_own_bytes(encode):
+    class Slow:
+        """A tag value whose conversion runs Python code: a point where threads switch."""
+
+        def __init__(self, text):
+            self.text = text
+
+        def __str__(self):
+            return self.text
+
+    requests = [
+        [timer({"thread": str(n), "slow": Slow(f"v{i % 7}")}, 0.5, 1, 0.25) for i in range(150)]
+        for n in range(2)
+    ]
+    expected = [make(encode, timers=timers_) for timers_ in requests]
+    failures = []
+
+    def run(n):
+        for _ in range(40):
+            if make(encode, timers=requests[n]) != expected[n]:
+                failures.append(n)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
 
 
 def test_timers_as_named_tuples_and_lists(encode):
@@ -971,6 +1097,66 @@ GOLDEN = {
         " a00100 a80101"
         " b50100000000 b5010000003e"
         " bd010000003f bd0100000000",
+    ),
+    "timers without CPU times": (
+        dict(
+            hostname="h",
+            server_name="s",
+            script_name="/",
+            request_count=1,
+            document_size=0,
+            memory_peak=0,
+            request_time=1.0,
+            ru_utime=0.0,
+            ru_stime=0.0,
+            status=0,
+            memory_footprint=0,
+            schema=None,
+            tags=(),
+            timers=(({"g": "a"}, 0.5, 1, 0.0, 0.0), ({"g": "b"}, 0.25, 1, -1.0, NAN)),
+        ),
+        # dictionary: g=0 a=1 b=2; fields 22 and 23 are left out: every value is 0.
+        "0a0168 120173 1a012f 2001 2800 3000 3d0000803f 4500000000 4d00000000"
+        " 5001 5001"
+        " 5d0000003f 5d0000803e"
+        " 6001 6001"
+        " 6800 6800"
+        " 7001 7002"
+        " 7a0167 7a0161 7a0162"
+        " 800100 880100",
+    ),
+    "one timer with CPU times among three": (
+        dict(
+            hostname="h",
+            server_name="s",
+            script_name="/",
+            request_count=1,
+            document_size=0,
+            memory_peak=0,
+            request_time=1.0,
+            ru_utime=0.0,
+            ru_stime=0.0,
+            status=0,
+            memory_footprint=0,
+            schema=None,
+            tags=(),
+            timers=(
+                ({"g": "a"}, 0.5, 1, 0.0, 0.0),
+                ({"g": "b"}, 0.25, 1, 0.0, 0.125),
+                ({"g": "c"}, 1.0, 1, 0.0, 0.0),
+            ),
+        ),
+        # dictionary: g=0 a=1 b=2 c=3; every timer carries 22 and 23, zeros included.
+        "0a0168 120173 1a012f 2001 2800 3000 3d0000803f 4500000000 4d00000000"
+        " 5001 5001 5001"
+        " 5d0000003f 5d0000803e 5d0000803f"
+        " 6001 6001 6001"
+        " 6800 6800 6800"
+        " 7001 7002 7003"
+        " 7a0167 7a0161 7a0162 7a0163"
+        " 800100 880100"
+        " b50100000000 b50100000000 b50100000000"
+        " bd0100000000 bd010000003e bd0100000000",
     ),
 }
 

@@ -86,9 +86,13 @@ def test_packed_is_smaller_from_a_few_timers_on(encode):
     for timer_count in (3, 10, 200):
         arguments = request(timer_count)
         assert len(encode(*arguments, packed=True)) < len(encode(*arguments))
-    # A one-value field costs a length byte more packed than unpacked.
-    one = request(1)
-    assert len(encode(*one, packed=True)) == len(encode(*one)) + 3
+    # A one-value field costs a length byte more packed than unpacked: fields 10-12
+    # (+3), and 22 and 23 when the timer has CPU times (+2); the request tags' fields
+    # 20 and 21 hold two values each and save a byte each (-2).
+    one = request(1)  # its timer has no CPU times
+    assert len(encode(*one, packed=True)) == len(encode(*one)) + 1
+    with_cpu = (*one[:-1], [(*one[-1][0][:3], 0.5, 0.0)])
+    assert len(encode(*with_cpu, packed=True)) == len(encode(*with_cpu)) + 3
 
 
 def f32(value):
@@ -119,6 +123,31 @@ def test_golden_bytes_of_a_small_packed_request(encode):
         b"\xba\x01\x04" + f32(0.0),  # 23 packed: [0.0]
     ])  # fmt: skip
     assert datagram == expected
+
+
+def test_golden_bytes_of_a_small_packed_request_without_timer_cpu(encode):
+    datagram = encode(
+        "h", "s", "/", 1, 2, 3, 0.5, 0.25, 0.0, 200, 0, None,
+        {"a": "b"}, [({"g": "db"}, 1.0, 300, 0.0, 0.0), ({"g": "x"}, 0.5, 1, -1.0, 0.0)],
+        packed=True,
+    )  # fmt: skip
+    expected = b"".join([
+        b"\x0a\x01h", b"\x12\x01s", b"\x1a\x01/",
+        b"\x20\x01", b"\x28\x02", b"\x30\x03",
+        b"\x3d" + f32(0.5), b"\x45" + f32(0.25), b"\x4d" + f32(0.0),
+        b"\x52\x03\xac\x02\x01",        # 10 packed: [300, 1]
+        b"\x5a\x08" + f32(1.0) + f32(0.5),  # 11 packed
+        b"\x62\x02\x01\x01",            # 12 packed: [1, 1]
+        b"\x6a\x02\x02\x02",            # 13 packed: "g", "g"
+        b"\x72\x02\x03\x04",            # 14 packed: "db", "x"
+        b"\x7a\x01a", b"\x7a\x01b", b"\x7a\x01g", b"\x7a\x02db", b"\x7a\x01x",
+        b"\x80\x01\xc8\x01", b"\x88\x01\x00",
+        b"\xa2\x01\x01\x00", b"\xaa\x01\x01\x01",
+        # no 22, no 23: every timer's CPU times are 0 (-1.0 is sent as 0)
+    ])  # fmt: skip
+    assert datagram == expected
+    assert_valid(datagram, packed_ok=True)
+    assert not parse(datagram).timer_ru_utime and not parse(datagram).timer_ru_stime
 
 
 def test_packed_varint_lengths_count_bytes_not_values(encode):

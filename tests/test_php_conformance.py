@@ -33,6 +33,11 @@ Documented differences, each asserted on both sides by a test named for it:
 - PHP keeps timer values in whole microseconds (1.5e-6 → 1e-6, 1e-7 → 0);
   pynba sends the float as given, narrowed to float32.
 - PHP cuts a tag at a NUL byte; pynba replaces the NUL with U+FFFD.
+- PHP sends ``timer_ru_utime`` and ``timer_ru_stime`` (fields 22, 23) for every
+  timer, always; pynba leaves both out when every timer's are zero, which
+  pinba2 and pinba_engine read as zeros. So the comparison counts PHP's
+  all-zero fields 22 and 23 as absent, and still compares each timer's CPU
+  values, a missing one read as 0 as the servers do.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import IN_CI, decode
+from pinba2_rules import timer_cpu
 
 PHP_TIMEOUT = 30.0  # seconds for one PHP run; each takes well under one
 
@@ -204,13 +210,13 @@ class Timer:
 def timers_of(message):
     """Each timer with its tags resolved through the dictionary."""
     words = list(message.dictionary)
-    assert (
-        len(message.timer_hit_count)
-        == len(message.timer_value)
-        == len(message.timer_tag_count)
-        == len(message.timer_ru_utime)
-        == len(message.timer_ru_stime)
-    ), "one hit count, value, tag count and CPU time pair per timer"
+    count = len(message.timer_tag_count)
+    assert len(message.timer_hit_count) == len(message.timer_value) == count, (
+        "one hit count, value and tag count per timer"
+    )
+    assert len(message.timer_ru_utime) == len(message.timer_ru_stime) in (0, count), (
+        "a CPU time pair per timer, or none"
+    )
     assert sum(message.timer_tag_count) == len(message.timer_tag_name)
     assert len(message.timer_tag_name) == len(message.timer_tag_value)
     timers = []
@@ -219,13 +225,14 @@ def timers_of(message):
         names = message.timer_tag_name[start : start + count]
         values = message.timer_tag_value[start : start + count]
         start += count
+        ru_utime, ru_stime = timer_cpu(message, i)
         timers.append(
             Timer(
                 tags=[(words[n], words[v]) for n, v in zip(names, values, strict=True)],
                 hit_count=message.timer_hit_count[i],
                 value=message.timer_value[i],
-                ru_utime=message.timer_ru_utime[i],
-                ru_stime=message.timer_ru_stime[i],
+                ru_utime=ru_utime,
+                ru_stime=ru_stime,
             )
         )
     return timers
@@ -244,6 +251,14 @@ def present_fields(message):
     return {field.name for field, _ in message.ListFields()}
 
 
+def carries_timer_cpu(message):
+    """Whether fields 22 and 23 say anything: all zeros mean what their absence means."""
+    return any(message.timer_ru_utime) or any(message.timer_ru_stime)
+
+
+TIMER_CPU_FIELDS = {22: "timer_ru_utime", 23: "timer_ru_stime"}
+
+
 def close(value):
     """Float tolerance: float32 rounding, and PHP's sums of whole microseconds."""
     return pytest.approx(value, rel=1e-6, abs=1e-9)
@@ -252,10 +267,13 @@ def close(value):
 def assert_same_meaning(php_data, pynba_data):
     """The two datagrams tell a Pinba server the same thing, field by field."""
     assert php_data[:1] == pynba_data[:1] == b"\x0a"
-    assert field_numbers(pynba_data) == field_numbers(php_data)
     php, ours = decode(php_data), decode(pynba_data)
-
-    assert present_fields(ours) == present_fields(php)
+    php_numbers, php_fields = field_numbers(php_data), present_fields(php)
+    if not carries_timer_cpu(php):  # PHP sends zeros, pynba nothing: the same to a server
+        php_numbers = [n for n in php_numbers if n not in TIMER_CPU_FIELDS]
+        php_fields -= set(TIMER_CPU_FIELDS.values())
+    assert field_numbers(pynba_data) == php_numbers
+    assert present_fields(ours) == php_fields
     assert {"status", "memory_footprint"} <= present_fields(php)
     for name in (
         "hostname",
@@ -523,6 +541,19 @@ def test_difference_timer_values_whole_microseconds_in_php(encode, udp_listener)
         close(1e-7),
         close(0.1234567),
     ]
+
+
+def test_difference_timer_cpu_zeros_sent_by_php_left_out_by_pynba(encode, udp_listener):
+    timers = (({"group": "db"}, 0.5), ({"group": "cache"}, 0.25))
+    php_data = php_datagram(udp_listener, "".join(php_timer_add(t, v) for t, v in timers))
+    pynba_data = encode_as_php_did(encode, php_data, timers=timers)
+    php, ours = decode(php_data), decode(pynba_data)
+    assert list(php.timer_ru_utime) == list(php.timer_ru_stime) == [0.0, 0.0]
+    assert field_numbers(php_data)[-4:] == [22, 22, 23, 23]
+    assert not ours.timer_ru_utime and not ours.timer_ru_stime
+    assert not {22, 23} & set(field_numbers(pynba_data))
+    assert [(t.ru_utime, t.ru_stime) for t in timers_of(ours)] == [(0.0, 0.0)] * 2
+    assert_same_meaning(php_data, pynba_data)
 
 
 def test_difference_nul_in_tag_php_cuts_pynba_replaces(encode, udp_listener):

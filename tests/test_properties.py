@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import compiled_encoder
-from pinba2_rules import assert_valid, fields
+from pinba2_rules import assert_valid, fields, timer_cpu
 from pinba_pb2 import Request
 from pynba.wire import fallback
 from pynba.wire.encoder import ARGUMENTS
@@ -150,8 +150,7 @@ def read_back(datagram):
                 [(dictionary[n], dictionary[v]) for n, v in zip(names, values, strict=True)],
                 message.timer_value[i],
                 message.timer_hit_count[i],
-                message.timer_ru_utime[i],
-                message.timer_ru_stime[i],
+                *timer_cpu(message, i),
             )
         )
     schema = [value for number, _, value in walked if number == 19]

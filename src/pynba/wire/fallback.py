@@ -206,6 +206,8 @@ def encode(
     Repeated fields are unpacked (one key per value, like the PHP extension)
     unless ``packed`` is true: then fields 10-14 and 20-23 take the proto2
     packed form (one key and length per field), which pinba2 also reads.
+    The per-timer CPU times (fields 22 and 23) are left out when every timer's
+    are zero: both servers read a missing entry as 0.
     """
     index: dict[bytes, int] = {}
     words: list[bytes] = []
@@ -302,11 +304,14 @@ def encode(
         out += _K[19]
         out += _varint(len(schema_bytes))
         out += schema_bytes
+    # The sums of sanitized times are 0 or normal floats: nonzero is what is sent nonzero.
+    timer_cpu = any(entry[3] or entry[4] for entry in merged)
     if packed:
         _packed(out, 20, _varints(tag_names))
         _packed(out, 21, _varints(tag_values))
-        _packed(out, 22, _floats([entry[3] for entry in merged]))
-        _packed(out, 23, _floats([entry[4] for entry in merged]))
+        if timer_cpu:
+            _packed(out, 22, _floats([entry[3] for entry in merged]))
+            _packed(out, 23, _floats([entry[4] for entry in merged]))
         return bytes(out)
     for i in tag_names:
         out += _K[20]
@@ -314,6 +319,8 @@ def encode(
     for i in tag_values:
         out += _K[21]
         out += _varint(i)
+    if not timer_cpu:
+        return bytes(out)
     for entry in merged:
         out += _K[22]
         out += _pack_float(to_seconds(entry[3]))
