@@ -3,6 +3,8 @@ cimport cython
 cimport cpython.time as time  # compiled, time.perf_counter() is a C call
 cimport pynba._rusage as rusage  # and rusage.cpu_times() (see _rusage.pxd)
 
+cdef long _MAXRSS_UNIT  # ru_maxrss * _MAXRSS_UNIT is a C product
+
 from pynba.reporter cimport Reporter
 from pynba.tags cimport check_split_tags, timer_tags
 from pynba.timer cimport Timer
@@ -43,6 +45,10 @@ cdef class RequestCollector:
     cdef public object _namer
     cdef public object _source
 
+    @staticmethod
+    @cython.locals(collector=RequestCollector)
+    cdef RequestCollector of_request(settings, server_name, schema, namer, source)
+    cdef _setup(self, settings, script_name, server_name, schema, namer, source)
     cpdef new_timer(self, tags)
     cpdef new_checked_timer(self, names, values)
     cdef _new_split_timer(self, tuple names, tuple values)
@@ -57,6 +63,7 @@ cdef class RequestCollector:
     cpdef next_job(self, script_name=*, server_name=*)
     @cython.locals(timer=Timer, kept=list, out=list, ending=bint)
     cpdef _measure_timers(self, bint keep_running, end)
+    @cython.locals(maxrss=long)
     cpdef _send(self, timers, end=*)
     @cython.locals(out=list, alone=bint, pairs=tuple)
     cpdef tuple _request_tags(self, dict entries)
