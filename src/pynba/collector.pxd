@@ -9,6 +9,12 @@ from pynba.reporter cimport Reporter
 from pynba.tags cimport check_split_tags, timer_tags
 from pynba.timer cimport Timer
 
+cdef class Namer:
+    cpdef name(self, source)
+
+@cython.locals(known=Namer)
+cdef _default_name(namer, source)
+
 cdef class CollectorSettings:
     cdef public Reporter reporter
     cdef public object hostname

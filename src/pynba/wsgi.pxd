@@ -1,7 +1,7 @@
 # Declarations for compiling wsgi.py with Cython (see timer.pxd).
 cimport cython
 
-from pynba.collector cimport CollectorSettings, RequestCollector
+from pynba.collector cimport CollectorSettings, Namer, RequestCollector
 from pynba.context cimport activate, current_collector, deactivate
 from pynba.reporter cimport Reporter
 
@@ -30,11 +30,13 @@ cdef class PynbaMiddleware:
     cpdef default_script_name(self, environ)
     cpdef default_server_name(self, environ)
 
-cdef class _ScriptNamer:
+cdef class _ScriptNamer(Namer):
     cdef object _monitoring
     cdef object _script_name
     cdef object _prefix
     cdef dict _known_paths
+
+    cpdef name(self, environ)
 
 cdef class _MonitoredRequest:
     cdef readonly RequestCollector collector

@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._http import CLIENT_CLOSED_REQUEST, FAILED_STATUS, Monitoring, content_length
-from .collector import RequestCollector, logger
+from .collector import Namer, RequestCollector, logger
 from .context import DISABLED, activate, current_collector, deactivate
 from .errors import internal_error
 from .reporter import Reporter
@@ -125,7 +125,7 @@ class PynbaMiddleware:
 
     def default_script_name(self, environ: dict) -> str:
         """The script name reported when the application sets none."""
-        return self.script_namer(environ)
+        return self.script_namer.name(environ)
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
@@ -140,11 +140,11 @@ class PynbaMiddleware:
         return f"<PynbaMiddleware {self.app!r} -> {self.reporter!r}>"
 
 
-class _ScriptNamer:
+class _ScriptNamer(Namer):
     """``PynbaMiddleware.default_script_name``, the namer of the middleware's collectors.
 
-    Made once: a bound method would be made anew for each request (about
-    300 instructions), and this holds no reference to the middleware.
+    Made once (a bound method would be made anew for each request, about
+    300 instructions), and holding no reference to the middleware.
     """
 
     __slots__ = ("_monitoring", "_script_name", "_prefix", "_known_paths")
@@ -156,7 +156,8 @@ class _ScriptNamer:
         # Looked up first; the monitoring's Python call on a miss.
         self._known_paths = monitoring.path_names.known
 
-    def __call__(self, environ: dict) -> str:
+    def name(self, environ: dict) -> str:
+        """The script name of the request ``environ`` stands for."""
         if self._script_name is not None:
             return self._monitoring.route(self._script_name(environ))
         path = request_path(environ)
