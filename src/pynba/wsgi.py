@@ -162,7 +162,9 @@ class _ScriptNamer(Namer):
             return self._monitoring.route(self._script_name(environ))
         path = request_path(environ)
         name = self._known_paths.get(path)
-        return self._monitoring.path(path) if name is None else self._prefix + name
+        if name is None:
+            return self._monitoring.path(path)
+        return self._prefix + name if self._prefix else name  # no call to add ""
 
 
 def monitor(address: Any, **config: Any) -> Callable[[WSGIApp], PynbaMiddleware]:
