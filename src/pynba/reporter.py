@@ -509,7 +509,7 @@ class Reporter:
         try:
             if wire == WIRE_CLASSIC:
                 # _datagram()'s first case, without a tuple made and unpacked
-                # (about 150 instructions a request).
+                # (about 230 instructions a request).
                 datagram = encode(*request)
                 compressed = False
             else:

@@ -58,7 +58,7 @@ cdef class _MonitoredRequest:
     cdef _MonitoredRequest begin(PynbaMiddleware middleware, environ, start_response)
     cdef _start(self, PynbaMiddleware middleware, environ, start_response)
     cpdef wrap(self, result)
-    @cython.locals(size=Py_ssize_t)
+    @cython.locals(size=Py_ssize_t)  # no int made per chunk (about 100 instructions a request)
     cpdef count(self, chunk)
     cpdef mark_complete(self)
     cpdef mark_failed(self)
