@@ -8,7 +8,7 @@ import time
 import pytest
 
 from packets import make_collector, receive
-from pynba.collector import RequestCollector
+from pynba.collector import Namer, RequestCollector
 from pynba.names import default_hostname
 
 
@@ -340,3 +340,47 @@ def test_next_job_begins_as_a_new_collector_would_keeping_the_timers_not_run(udp
     # The clock restarted: the time before next_job() is not the job's.
     assert packet.request_time <= after - before
     assert udp_listener.pending(0.05) == []
+
+
+class PathNamer(Namer):
+    """Names a request by the path its source carries."""
+
+    def __init__(self):
+        self.sources = []
+
+    def name(self, source):
+        self.sources.append(source)
+        return "/named" + source["path"]
+
+
+def namer_collector(listener, namer, source):
+    from pynba.collector import CollectorSettings
+    from pynba.reporter import Reporter
+
+    settings = CollectorSettings(Reporter(listener.address))
+    return RequestCollector(settings, None, "example.com", "https", namer, source)
+
+
+def test_a_namer_object_names_the_request_it_is_given_the_source_of(udp_listener):
+    namer = PathNamer()
+    source = {"path": "/x"}
+    collector = namer_collector(udp_listener, namer, source)
+    assert collector.script_name == "/named/x"  # readable during the request
+    collector.finish()
+    assert receive(udp_listener).script_name == "/named/x"
+    assert namer.sources == [source, source]
+    assert namer(source) == "/named/x"  # a Namer is a callable namer too
+
+
+def test_a_namer_object_that_fails_names_the_request_empty(udp_listener, monkeypatch, caplog):
+    monkeypatch.delenv("PYNBA_STRICT")
+
+    class Failing(Namer):
+        def name(self, source):
+            raise KeyError("route")
+
+    collector = namer_collector(udp_listener, Failing(), {})
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        collector.finish()
+    assert receive(udp_listener).script_name == ""
+    assert "script_name failed" in caplog.text

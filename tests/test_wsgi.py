@@ -331,8 +331,9 @@ def test_prefix_and_script_name_callable_read_at_the_end_of_the_request(udp_list
     run(app, SCRIPT_NAME="/app", PATH_INFO="/users/42", QUERY_STRING="a=1")
     assert receive(udp_listener).script_name == "api:/users/{id}"
     plain = PynbaMiddleware(hello, udp_listener.address, prefix="api:")
-    run(plain, SCRIPT_NAME="/app", PATH_INFO="/users/42")
-    assert receive(udp_listener).script_name == "api:/app/users/42"
+    for _ in range(2):  # a path seen before is named from the known ones
+        run(plain, SCRIPT_NAME="/app", PATH_INFO="/users/42")
+        assert receive(udp_listener).script_name == "api:/app/users/42"
 
 
 def test_a_script_name_set_by_the_app_is_sent_as_is(udp_listener):

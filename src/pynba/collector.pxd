@@ -7,6 +7,15 @@ from pynba.reporter cimport Reporter
 from pynba.tags cimport check_split_tags, timer_tags
 from pynba.timer cimport Timer
 
+# maxrss * _MAXRSS_UNIT in _send is a C product: one int made, not two (about 180 instructions).
+cdef long _MAXRSS_UNIT
+
+cdef class Namer:
+    cpdef name(self, source)
+
+@cython.locals(known=Namer)
+cdef _default_name(namer, source)
+
 cdef class CollectorSettings:
     cdef public Reporter reporter
     cdef public object hostname
@@ -43,6 +52,10 @@ cdef class RequestCollector:
     cdef public object _namer
     cdef public object _source
 
+    @staticmethod
+    @cython.locals(collector=RequestCollector)
+    cdef RequestCollector of_request(settings, server_name, schema, namer, source)
+    cdef _setup(self, settings, script_name, server_name, schema, namer, source)
     cpdef new_timer(self, tags)
     cpdef new_checked_timer(self, names, values)
     cdef _new_split_timer(self, tuple names, tuple values)
@@ -57,6 +70,7 @@ cdef class RequestCollector:
     cpdef next_job(self, script_name=*, server_name=*)
     @cython.locals(timer=Timer, kept=list, out=list, ending=bint)
     cpdef _measure_timers(self, bint keep_running, end)
+    @cython.locals(maxrss=long)
     cpdef _send(self, timers, end=*)
     @cython.locals(out=list, alone=bint, pairs=tuple)
     cpdef tuple _request_tags(self, dict entries)

@@ -507,7 +507,13 @@ class Reporter:
     def _encode(self, request: RequestRecord, wire: str) -> bytes | Exception:
         """The datagram for ``request`` in the ``wire`` form, or why it cannot be encoded."""
         try:
-            datagram, compressed = self._datagram(request, wire)
+            if wire == WIRE_CLASSIC:
+                # _datagram()'s first case, without a tuple made and unpacked
+                # (about 230 instructions a request).
+                datagram = encode(*request)
+                compressed = False
+            else:
+                datagram, compressed = self._datagram(request, wire)
             if len(datagram) > MAX_DATAGRAM:
                 datagram, compressed = self._degraded(request, wire, len(datagram))
         except Exception as error:

@@ -1,7 +1,7 @@
 # Declarations for compiling wsgi.py with Cython (see timer.pxd).
 cimport cython
 
-from pynba.collector cimport CollectorSettings, RequestCollector
+from pynba.collector cimport CollectorSettings, Namer, RequestCollector
 from pynba.context cimport activate, current_collector, deactivate
 from pynba.reporter cimport Reporter
 
@@ -12,6 +12,7 @@ cdef tuple _PLAIN_BODIES
 cdef _lookup(environ, key, default=*)
 cdef _dict_get(dict environ, key, default)
 cpdef request_path(environ)
+cdef bint _is_ascii(str text) except -1
 cpdef int _parse_status(status) except? -1
 cdef Py_ssize_t _byte_count(chunk) except? -2
 
@@ -23,13 +24,19 @@ cdef class PynbaMiddleware:
     cdef public object reporter
     cdef public bint enabled
     cdef public CollectorSettings settings
-    cdef object _script_name
-    cdef object _prefix
     cdef dict _known_hosts
-    cdef dict _known_paths
+    cdef readonly _ScriptNamer script_namer
 
     cpdef default_script_name(self, environ)
     cpdef default_server_name(self, environ)
+
+cdef class _ScriptNamer(Namer):
+    cdef object _monitoring
+    cdef object _script_name
+    cdef object _prefix
+    cdef dict _known_paths
+
+    cpdef name(self, environ)
 
 cdef class _MonitoredRequest:
     cdef readonly RequestCollector collector
@@ -46,7 +53,12 @@ cdef class _MonitoredRequest:
     cdef bint _closed
     cdef object _file_close
 
+    @staticmethod
+    @cython.locals(request=_MonitoredRequest)
+    cdef _MonitoredRequest begin(PynbaMiddleware middleware, environ, start_response)
+    cdef _start(self, PynbaMiddleware middleware, environ, start_response)
     cpdef wrap(self, result)
+    @cython.locals(size=Py_ssize_t)  # no int made per chunk (about 100 instructions a request)
     cpdef count(self, chunk)
     cpdef mark_complete(self)
     cpdef mark_failed(self)
