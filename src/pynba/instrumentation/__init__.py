@@ -93,7 +93,14 @@ def instrument(*names: str) -> tuple[str, ...]:
             if names and name in names:
                 raise ImportError(f"instrument: {name!r} needs {INTEGRATIONS[name][1]!r} installed")
             continue
-        module = importlib.import_module(f"{__name__}.{name}")
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            if names and name in names:
+                raise ImportError(f"instrument: {name!r} is not available yet") from None
+            continue  # an integration still to come
         module.instrument()
         done.append(name)
     return tuple(done)
@@ -103,4 +110,10 @@ def uninstrument(*names: str) -> None:
     """Turn off the integrations named (all of them when none is)."""
     for name in parse_names(names or ["all"]):
         if _installed(name):
-            importlib.import_module(f"{__name__}.{name}").uninstrument()
+            try:
+                module = importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as error:
+                if error.name != f"{__name__}.{name}":
+                    raise
+                continue
+            module.uninstrument()
