@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Iterable
+from types import ModuleType
 
 __all__ = ["GROUPS", "INTEGRATIONS", "instrument", "parse_names", "uninstrument"]
 
@@ -72,35 +73,36 @@ def parse_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def _installed(name: str) -> bool:
+def _integration(name: str) -> ModuleType | str:
+    """The module of integration ``name``, or why it cannot be turned on."""
+    library = INTEGRATIONS[name][1]
     try:
-        importlib.import_module(INTEGRATIONS[name][1])
+        importlib.import_module(library)
     except ImportError:
-        return False
-    return True
+        return f"needs {library!r} installed"
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
+        return "is not available yet"
 
 
 def instrument(*names: str) -> tuple[str, ...]:
     """Turn on the integrations named (all of them when none is), those installed.
 
     Returns the names of the integrations turned on. Calling it again is
-    harmless: an integration already on stays as it is.
+    harmless: an integration already on stays as it is. An integration
+    named on its own (not through a group or ``"all"``) that cannot be
+    turned on is an ImportError saying why.
     """
-    chosen = parse_names(names or ["all"])
     done = []
-    for name in chosen:
-        if not _installed(name):
-            if names and name in names:
-                raise ImportError(f"instrument: {name!r} needs {INTEGRATIONS[name][1]!r} installed")
+    for name in parse_names(names or ["all"]):
+        module = _integration(name)
+        if isinstance(module, str):
+            if name in names:
+                raise ImportError(f"instrument: {name!r} {module}")
             continue
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
-            if names and name in names:
-                raise ImportError(f"instrument: {name!r} is not available yet") from None
-            continue  # an integration still to come
         module.instrument()
         done.append(name)
     return tuple(done)
@@ -109,11 +111,6 @@ def instrument(*names: str) -> tuple[str, ...]:
 def uninstrument(*names: str) -> None:
     """Turn off the integrations named (all of them when none is)."""
     for name in parse_names(names or ["all"]):
-        if _installed(name):
-            try:
-                module = importlib.import_module(f"{__name__}.{name}")
-            except ModuleNotFoundError as error:
-                if error.name != f"{__name__}.{name}":
-                    raise
-                continue
+        module = _integration(name)
+        if not isinstance(module, str):
             module.uninstrument()
