@@ -416,6 +416,8 @@ cdef int converted_text(State* s, object value, const char** ptr, Py_ssize_t* si
                         Py_ssize_t limit) except -1:
     """The bytes the pure module makes of ``value``, held, at most ``limit`` of them."""
     data = _py_to_bytes(value)
+    if not PyBytes_Check(data):  # its memory is read as a bytes object's
+        raise TypeError(f"to_bytes gave {type(data).__name__}, not bytes")
     hold(s, data)
     ptr[0] = PyBytes_AS_STRING(data)
     size[0] = cut(ptr[0], PyBytes_GET_SIZE(data), limit)

@@ -45,9 +45,9 @@ def to_bytes(value):
     """Tag, name or value as the bytes sent: see README "Tag values"."""
     if isinstance(value, str):
         try:
-            data = value.encode("utf-8")
+            data = str.encode(value, "utf-8")
         except UnicodeEncodeError:  # lone surrogates
-            data = value.encode("utf-8", "replace")
+            data = str.encode(value, "utf-8", "replace")
     elif isinstance(value, bytes):
         data = value
     elif value is True:
@@ -58,14 +58,14 @@ def to_bytes(value):
         data = bytes(value)
     elif isinstance(value, int):
         try:
-            data = str(value).encode()
+            data = str.encode(str(value))
         except ValueError:  # beyond Python's limit on int-to-text digits
             data = hex(value).encode()
     else:
-        data = str(value).encode("utf-8", "replace")
-    if b"\x00" in data:
+        data = str.encode(str(value), "utf-8", "replace")
+    if bytes.__contains__(data, b"\x00"):
         # The servers keep C strings: a NUL would cut the string short.
-        data = data.replace(b"\x00", REPLACEMENT)
+        data = bytes.replace(data, b"\x00", REPLACEMENT)
     return data
 
 
