@@ -4,7 +4,7 @@ cimport cpython.time as time  # compiled, time.monotonic() is a C call
 cimport pynba._posix as os  # and os.fstat(), os.write() (see _posix.pxd)
 
 cdef bint _COUNTS_NEED_A_LOCK
-cdef Py_ssize_t MAX_DATAGRAM  # compared with a length in C (about 70 instructions a request)
+cdef Py_ssize_t MAX_DATAGRAM  # compared with a length in C (about 90 instructions a request)
 
 cdef class _Route:
     cdef public object sock
@@ -47,7 +47,7 @@ cdef class Reporter:
     cpdef count(self, kind, n=*)
     cdef _add(self, kind, n)
     cpdef report_request(self, request)
-    # C methods, no Python-level override looked for (about 30 instructions a request)
+    # C methods, no Python-level override looked for (about 50 instructions a request)
     cdef _encode(self, request, wire)
     cdef tuple _datagram(self, request, wire)
     @cython.locals(server=_Server, route=_Route, sent=Py_ssize_t)

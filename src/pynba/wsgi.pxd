@@ -9,8 +9,8 @@ cdef dict _STATUS_CODES
 cdef Py_ssize_t _STATUS_CODES_MAX
 cdef tuple _PLAIN_BODIES
 
+@cython.locals(plain=dict)
 cdef _lookup(environ, key, default=*)
-cdef _dict_get(dict environ, key, default)
 cpdef request_path(environ)
 cdef bint _is_ascii(str text) except -1
 cpdef int _parse_status(status) except? -1

@@ -187,13 +187,10 @@ def monitor(address: Any, **config: Any) -> Callable[[WSGIApp], PynbaMiddleware]
 def _lookup(environ: Any, key: str, default: Any = None) -> Any:
     """``environ.get(key, default)``."""
     if type(environ) is dict:
-        return _dict_get(environ, key, default)
-    return environ.get(key, default)
-
-
-def _dict_get(environ: dict[str, Any], key: str, default: Any) -> Any:
-    # A function of its own for the plain dict PEP 3333 prescribes: compiled,
-    # its typed argument makes .get() a C call (about 1% of a request).
+        # The plain dict PEP 3333 prescribes: compiled, ``plain`` is typed
+        # (see wsgi.pxd) and .get() is a C call (about 1% of a request).
+        plain = environ
+        return plain.get(key, default)
     return environ.get(key, default)
 
 
