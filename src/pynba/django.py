@@ -46,6 +46,8 @@ from ._http import FAILED_STATUS, MonitoredMiddleware, Monitoring, content_lengt
 from .collector import RequestCollector
 from .context import DISABLED, DisabledCollector, activate, deactivate
 from .errors import internal_error
+from .instrumentation import instrument
+from .instrumentation.django_db import timing_queries, timing_queries_async
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]
@@ -80,7 +82,10 @@ class PynbaMiddleware(MonitoredMiddleware):
                     'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
                     f"not {script_name!r}"
                 )
-        except (TypeError, ValueError) as error:
+            instrumented = getattr(django_settings, "PINBA_INSTRUMENT", None)
+            if instrumented:
+                instrument(*_names(instrumented))
+        except (TypeError, ValueError, ImportError) as error:
             raise ImproperlyConfigured(f"pynba: {error}") from error
         self.script_name = script_name
 
@@ -88,14 +93,15 @@ class PynbaMiddleware(MonitoredMiddleware):
         if self.is_async:
             return self.__acall__(request)
         monitored = self._monitor(request)
-        with monitored:
+        with monitored, timing_queries():
             response = self.get_response(request)
         return monitored.watch(response)
 
     async def __acall__(self, request: Any) -> Any:
         monitored = self._monitor(request)
         with monitored:
-            response = await self.get_response(request)
+            with await timing_queries_async():
+                response = await self.get_response(request)
         return monitored.watch(response)
 
     def default_script_name(self, request: Any) -> str:
@@ -131,6 +137,13 @@ class PynbaMiddleware(MonitoredMiddleware):
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
             return _MonitoredRequest(DISABLED, self.reporter)
         return _MonitoredRequest(collector, self.reporter)
+
+
+def _names(value: Any) -> list[str]:
+    """``PINBA_INSTRUMENT``'s names: a comma-separated string or a list."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return [name.strip() for name in value if name.strip()]
 
 
 class _MonitoredRequest:
