@@ -39,6 +39,8 @@ from django.test import Client  # noqa: E402
 from django.test.utils import setup_databases, teardown_databases  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from pynba.instrumentation import django_db  # noqa: E402
+
 
 def three_queries(request):
     names = [content_type.model for content_type in ContentType.objects.all()]
@@ -76,6 +78,14 @@ def failing(request):
     return HttpResponse("no error?")
 
 
+def turned_off_and_on(request):
+    django_db.uninstrument()
+    ContentType.objects.count()  # not timed
+    django_db.instrument()
+    ContentType.objects.filter(app_label="pynba").exists()
+    return HttpResponse("ok")
+
+
 def other_alias(request):
     count = ContentType.objects.using("other").count()
     return HttpResponse(str(count))
@@ -89,6 +99,7 @@ urlpatterns = [
     path("rows/", rows),
     path("failing/", failing),
     path("other/", other_alias),
+    path("off-and-on/", turned_off_and_on),
 ]
 
 

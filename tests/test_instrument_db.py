@@ -445,6 +445,42 @@ def test_sqlalchemy_sqlite_in_memory_and_one_engine(udp_listener):
     assert receive(udp_listener).timers == []
 
 
+def test_sqlalchemy_no_parameters_and_another_listener(udp_listener):
+    engine = sqlalchemy.create_engine("sqlite://")
+    theirs_engine = sqlalchemy.create_engine("sqlite://")
+    seen = []
+
+    def theirs(cursor, statement, parameters, context):
+        seen.append(statement)
+        return False  # SQLAlchemy makes the call
+
+    # Registered before the engine's first statement: pynba leaves do_execute
+    # to SQLAlchemy (its listener would make the call, and theirs not run).
+    sqlalchemy.event.listen(theirs_engine, "do_execute", theirs)
+    sqlalchemy_timers.instrument_engine(engine, name="lite")
+    sqlalchemy_timers.instrument_engine(theirs_engine, name="theirs")
+    try:
+        with monitored(udp_listener):
+            with engine.connect() as connection:
+                connection.execution_options(no_parameters=True)  # this connection's
+                assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+            with theirs_engine.connect() as connection:
+                assert connection.execute(sqlalchemy.text("SELECT 2")).scalar() == 2
+                connection.execution_options(no_parameters=True)
+                assert connection.exec_driver_sql("SELECT 3").scalar() == 3
+    finally:
+        sqlalchemy_timers.uninstrument_engine(engine)
+        sqlalchemy_timers.uninstrument_engine(theirs_engine)
+    assert seen == ["SELECT 2"]
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [
+        (("db", "lite"), ("group", "db"), ("op", "select")),
+        (("db", "theirs"), ("group", "db"), ("op", "select")),  # SELECT 3: no params
+    ]
+    assert packet.timer(group="db", op="select", db="lite").hit_count == 1
+    assert packet.timer(group="db", op="select", db="theirs").hit_count == 1
+
+
 def test_sqlalchemy_uninstrument_and_outside_a_request(pg_engine, udp_listener):
     sqlalchemy_timers.instrument()
     sqlalchemy_timers.instrument()
@@ -454,16 +490,8 @@ def test_sqlalchemy_uninstrument_and_outside_a_request(pg_engine, udp_listener):
     finally:
         sqlalchemy_timers.uninstrument()
     sqlalchemy_timers.uninstrument()
-    for name in ("before_cursor_execute", "after_cursor_execute", "handle_error"):
-        assert not [
-            listener
-            for listener in (
-                sqlalchemy_timers._before_cursor_execute,
-                sqlalchemy_timers._after_cursor_execute,
-                sqlalchemy_timers._handle_error,
-            )
-            if sqlalchemy.event.contains(sqlalchemy.engine.Engine, name, listener)
-        ]
+    for name, listener in sqlalchemy_timers._LISTENERS:
+        assert not sqlalchemy.event.contains(sqlalchemy.engine.Engine, name, listener)
     with monitored(udp_listener):
         with pg_engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 4"))
@@ -499,6 +527,7 @@ DJANGO_PATHS = [
     "/rows/",
     "/failing/",
     "/other/",
+    "/off-and-on/",
 ]
 
 
@@ -572,3 +601,11 @@ def test_django_query_time_executemany_error_and_alias(django_site):
     assert statuses["/failing/"] == (500, "ProgrammingError")
     assert packets["/failing/"].timer(group="db", op="select", db="default").hit_count == 1
     assert packets["/other/"].timer_tags() == [(("db", "other"), ("group", "db"), ("op", "select"))]
+
+
+def test_django_uninstrument_stops_the_timing_at_once(django_site):
+    statuses, packets = django_site
+    assert statuses["/off-and-on/"][0] == 200
+    packet = packets["/off-and-on/"]
+    assert packet.timer_tags() == [(("db", "default"), ("group", "db"), ("op", "select"))]
+    assert packet.timer(group="db", op="select", db="default").hit_count == 1

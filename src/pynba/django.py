@@ -12,7 +12,10 @@ environment variable of the same name, see ``pynba.config``):
 ``PINBA_SERVER_NAME``, ``PINBA_RAISE_ON_FAIL``, ``PINBA_TIMER_RUSAGE``,
 ``PINBA_MEMORY_FOOTPRINT``, ``PINBA_PINBOARD``, ``PINBA_UNMATCHED_NAME``,
 ``PINBA_NAME_LIMIT``, ``PINBA_SERVER_NAMES``; and, settings only,
-``PINBA_TAGS`` (request tags for every request) and ``PINBA_SCRIPT_NAME``:
+``PINBA_TAGS`` (request tags for every request), ``PINBA_INSTRUMENT`` (the
+automatic timers to turn on, as ``pynba.instrument()`` takes them: a list
+or a comma-separated string, such as ``"db"``; see ``pynba.instrumentation``)
+and ``PINBA_SCRIPT_NAME``:
 
 - ``"route"`` (the default): the URL pattern that resolved the request,
   with a leading slash (``/users/<int:user_id>/``);
@@ -47,7 +50,6 @@ from .collector import RequestCollector
 from .context import DISABLED, DisabledCollector, activate, deactivate
 from .errors import internal_error
 from .instrumentation import instrument
-from .instrumentation.django_db import timing_queries, timing_queries_async
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]
@@ -93,15 +95,14 @@ class PynbaMiddleware(MonitoredMiddleware):
         if self.is_async:
             return self.__acall__(request)
         monitored = self._monitor(request)
-        with monitored, timing_queries():
+        with monitored:
             response = self.get_response(request)
         return monitored.watch(response)
 
     async def __acall__(self, request: Any) -> Any:
         monitored = self._monitor(request)
         with monitored:
-            with await timing_queries_async():
-                response = await self.get_response(request)
+            response = await self.get_response(request)
         return monitored.watch(response)
 
     def default_script_name(self, request: Any) -> str:

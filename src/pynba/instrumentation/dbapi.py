@@ -27,6 +27,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ..context import current_collector
 from ._hooks import bounded, row_count, sql_verb, start_timer, stop_timer
 
 __all__ = ["instrument", "uninstrument", "wrap_connect", "wrap_connection"]
@@ -37,6 +38,9 @@ _NAMES = ("group", "op", "db")
 DB_NAME_LIMIT = 100
 _seen_db_names: set[str] = set()
 
+# Statements repeat: the tags of each are made once (per connection).
+_STATEMENTS_KEPT = 256
+
 # Drivers whose connection commits (rollbacks on an error) at the end of its
 # ``with`` block. PyMySQL's closes instead.
 _COMMITTING_EXIT = frozenset(["sqlite3", "psycopg", "psycopg2"])
@@ -45,166 +49,163 @@ _COMMITTING_EXIT = frozenset(["sqlite3", "psycopg", "psycopg2"])
 _FRAMEWORKS = ("django.db.", "sqlalchemy.")
 
 
-class _Cursor:
+class _Tags:
+    """The tags of a connection's timers: ``db=`` its name, ``op=`` each statement's verb."""
+
+    __slots__ = ("db", "commit", "rollback", "other", "_statements")
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self.commit = ("db", "commit", db)
+        self.rollback = ("db", "rollback", db)
+        self.other = ("db", "other", db)
+        self._statements: dict[Any, tuple[str, str, str]] = {}
+
+    def of(self, statement: Any) -> tuple[str, str, str]:
+        """The tags of a timer of ``statement``."""
+        statements = self._statements
+        tags = statements.get(statement) if type(statement) is str else None
+        if tags is None:
+            tags = ("db", sql_verb(statement), self.db)
+            if type(statement) is str:
+                if len(statements) >= _STATEMENTS_KEPT:
+                    statements.clear()
+                statements[statement] = tags
+        return tags
+
+
+class _Proxy:
+    """A driver's object, that others take for it: what it does not do itself goes to it."""
+
+    __slots__ = ("_wrapped", "_tags")
+
+    def __init__(self, wrapped: Any, tags: _Tags) -> None:
+        object.__setattr__(self, "_wrapped", wrapped)
+        object.__setattr__(self, "_tags", tags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._wrapped, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._wrapped, name)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance() sees the driver's object
+        return type(self._wrapped)
+
+    def __repr__(self) -> str:
+        return repr(self._wrapped)
+
+    def __enter__(self) -> Any:
+        wrapped = self._wrapped
+        enter = getattr(type(wrapped), "__enter__", None)
+        if enter is None:  # as ``with`` says it of the driver's object
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
+            )
+        entered = enter(wrapped)
+        return self if entered is wrapped else entered
+
+
+class _Cursor(_Proxy):
     """A DB-API cursor whose statements are timed."""
 
-    __slots__ = ("_cursor", "_db")
-
-    def __init__(self, cursor: Any, db: str) -> None:
-        object.__setattr__(self, "_cursor", cursor)
-        object.__setattr__(self, "_db", db)
+    __slots__ = ()
 
     def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        cursor = self._cursor
-        timer = start_timer(_NAMES, ("db", sql_verb(statement), self._db))
-        try:
+        cursor = self._wrapped
+        if current_collector() is None:
             result = cursor.execute(statement, *args, **kwargs)
-        finally:
-            stop_timer(timer)
+        else:
+            timer = start_timer(_NAMES, self._tags.of(statement))
+            try:
+                result = cursor.execute(statement, *args, **kwargs)
+            finally:
+                stop_timer(timer)
         # psycopg and sqlite3 give the cursor back (for chaining): give its wrapper.
         return self if result is cursor else result
 
     def executemany(self, statement: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
-        cursor = self._cursor
-        timer = start_timer(_NAMES, ("db", sql_verb(statement), self._db))
-        try:
-            result = cursor.executemany(statement, rows, *args, **kwargs)
-        finally:
-            stop_timer(timer, row_count(rows))
+        cursor = self._wrapped
+        tags = self._tags.of(statement)
+        result = _timed(tags, row_count(rows), cursor.executemany, statement, rows, *args, **kwargs)
         return self if result is cursor else result
 
     def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        cursor = self._cursor
-        timer = start_timer(_NAMES, ("db", "other", self._db))
-        try:
-            result = cursor.callproc(*args, **kwargs)
-        finally:
-            stop_timer(timer)
+        cursor = self._wrapped
+        result = _timed(self._tags.other, 1, cursor.callproc, *args, **kwargs)
         return self if result is cursor else result
 
     # What a cursor does most, besides executing, is spared __getattr__'s detour.
     def fetchone(self) -> Any:
-        return self._cursor.fetchone()
+        return self._wrapped.fetchone()
 
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        return self._cursor.fetchmany(*args, **kwargs)
+        return self._wrapped.fetchmany(*args, **kwargs)
 
     def fetchall(self) -> Any:
-        return self._cursor.fetchall()
+        return self._wrapped.fetchall()
 
     def __iter__(self) -> Any:
-        return iter(self._cursor)
+        return iter(self._wrapped)
 
     def __next__(self) -> Any:
-        return next(self._cursor)
-
-    def __enter__(self) -> Any:
-        entered = _enter(self._cursor)
-        return self if entered is self._cursor else entered
+        return next(self._wrapped)
 
     def __exit__(self, *exc_info: Any) -> Any:
-        return type(self._cursor).__exit__(self._cursor, *exc_info)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursor, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._cursor, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(self._cursor, name)
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance() sees the driver's cursor
-        return type(self._cursor)
-
-    def __repr__(self) -> str:
-        return repr(self._cursor)
+        return type(self._wrapped).__exit__(self._wrapped, *exc_info)
 
 
-class _Connection:
+class _Connection(_Proxy):
     """A DB-API connection whose cursors are timed, and its commits and rollbacks."""
 
-    __slots__ = ("_connection", "_db", "_commits_on_exit")
+    __slots__ = ("_commits_on_exit",)
 
     def __init__(self, connection: Any, db: str, commits_on_exit: bool) -> None:
-        object.__setattr__(self, "_connection", connection)
-        object.__setattr__(self, "_db", db)
+        super().__init__(connection, _Tags(db))
         object.__setattr__(self, "_commits_on_exit", commits_on_exit)
 
     def cursor(self, *args: Any, **kwargs: Any) -> _Cursor:
-        return _Cursor(self._connection.cursor(*args, **kwargs), self._db)
+        return _Cursor(self._wrapped.cursor(*args, **kwargs), self._tags)
 
     def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        timer = start_timer(_NAMES, ("db", sql_verb(statement), self._db))
-        try:
-            cursor = self._connection.execute(statement, *args, **kwargs)
-        finally:
-            stop_timer(timer)
-        return _Cursor(cursor, self._db)
+        call = self._wrapped.execute
+        return _Cursor(
+            _timed(self._tags.of(statement), 1, call, statement, *args, **kwargs), self._tags
+        )
 
     def executemany(self, statement: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
-        timer = start_timer(_NAMES, ("db", sql_verb(statement), self._db))
-        try:
-            cursor = self._connection.executemany(statement, rows, *args, **kwargs)
-        finally:
-            stop_timer(timer, row_count(rows))
-        return _Cursor(cursor, self._db)
+        call = self._wrapped.executemany
+        tags = self._tags.of(statement)
+        return _Cursor(
+            _timed(tags, row_count(rows), call, statement, rows, *args, **kwargs), self._tags
+        )
 
     def commit(self) -> Any:
-        timer = start_timer(_NAMES, ("db", "commit", self._db))
-        try:
-            return self._connection.commit()
-        finally:
-            stop_timer(timer)
+        return _timed(self._tags.commit, 1, self._wrapped.commit)
 
     def rollback(self) -> Any:
-        timer = start_timer(_NAMES, ("db", "rollback", self._db))
-        try:
-            return self._connection.rollback()
-        finally:
-            stop_timer(timer)
-
-    def __enter__(self) -> Any:
-        entered = _enter(self._connection)
-        return self if entered is self._connection else entered
+        return _timed(self._tags.rollback, 1, self._wrapped.rollback)
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> Any:
-        connection = self._connection
+        connection = self._wrapped
         exit_ = type(connection).__exit__
         if not self._commits_on_exit:
             return exit_(connection, kind, error, traceback)
-        op = "commit" if kind is None else "rollback"
-        timer = start_timer(_NAMES, ("db", op, self._db))
-        try:
-            return exit_(connection, kind, error, traceback)
-        finally:
-            stop_timer(timer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._connection, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._connection, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(self._connection, name)
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # isinstance() sees the driver's connection
-        return type(self._connection)
-
-    def __repr__(self) -> str:
-        return repr(self._connection)
+        tags = self._tags.commit if kind is None else self._tags.rollback
+        return _timed(tags, 1, exit_, connection, kind, error, traceback)
 
 
-def _enter(wrapped: Any) -> Any:
-    enter = getattr(type(wrapped), "__enter__", None)
-    if enter is None:  # as ``with`` says it of the driver's object
-        raise TypeError(
-            f"'{type(wrapped).__name__}' object does not support the context manager protocol"
-        )
-    return enter(wrapped)
+def _timed(tags: tuple[str, str, str], hits: int, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` in a timer with ``tags``, counting ``hits``."""
+    timer = start_timer(_NAMES, tags)
+    try:
+        return call(*args, **kwargs)
+    finally:
+        stop_timer(timer, hits)
 
 
 def wrap_connection(connection: Any, name: str | None = None) -> Any:
@@ -217,12 +218,9 @@ def wrap_connection(connection: Any, name: str | None = None) -> Any:
     if type(connection) is _Connection:
         return connection
     driver = type(connection).__module__.partition(".")[0]
-    db = (
-        name
-        if name is not None
-        else bounded(_db_name(connection, driver), _seen_db_names, DB_NAME_LIMIT)
-    )
-    return _Connection(connection, db, driver in _COMMITTING_EXIT)
+    if name is None:
+        name = bounded(_db_name(connection, driver), _seen_db_names, DB_NAME_LIMIT)
+    return _Connection(connection, name, driver in _COMMITTING_EXIT)
 
 
 def _db_name(connection: Any, driver: str) -> str:
