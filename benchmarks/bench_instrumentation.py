@@ -26,6 +26,7 @@ import argparse
 import contextvars
 import importlib.util
 import socket
+import time
 import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,10 +186,18 @@ def in_requests(func: Callable[[], object], reporter: Reporter, number: int) -> 
     return total / (number // CALLS_PER_REQUEST)
 
 
-def measure(case: Case, reporter: Reporter, number: int, repeat: int) -> dict[str, float]:
-    """The best of ``repeat`` runs of each way, the runs interleaved (a load hits them alike)."""
+def measure(case: Case, reporter: Reporter, seconds: float) -> tuple[dict[str, float], int]:
+    """The best run of each way, and how many runs: short runs, interleaved, for ``seconds``.
+
+    A run makes calls for about 2 ms. Interleaved, the ways share what else
+    the machine does; many short runs give each a chance to run alone.
+    """
+    one = per_call(case.bare, CALLS_PER_REQUEST) / 1e6
+    requests = max(1, round(0.002 / (one * CALLS_PER_REQUEST)))
+    number = requests * CALLS_PER_REQUEST
     runs: dict[str, list[float]] = {way: [] for way in WAYS}
-    for _ in range(repeat):
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(runs["bare"]) < 10:
         runs["bare"].append(in_requests(case.bare, reporter, number))
         runs["hand"].append(in_requests(case.hand_written, reporter, number))
         runs["auto"].append(in_requests(case.automatic, reporter, number))
@@ -196,7 +205,7 @@ def measure(case: Case, reporter: Reporter, number: int, repeat: int) -> dict[st
         runs["auto outside"].append(
             contextvars.copy_context().run(per_call, case.automatic, number)
         )
-    return {way: min(values) for way, values in runs.items()}
+    return {way: min(values) for way, values in runs.items()}, len(runs["bare"])
 
 
 WAYS = ("bare", "hand", "auto", "bare outside", "auto outside")
@@ -206,13 +215,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs (noisier)")
     options = parser.parse_args()
-    number, repeat = (1000, 5) if options.quick else (2000, 40)
+    seconds = 1.0 if options.quick else 10.0
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     reporter = Reporter(sink.getsockname())
 
-    print(f"encoder: {IMPLEMENTATION}; best of {repeat} interleaved runs of {number}; µs per call")
-    header = f"{'case':<68} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8}  ok"
+    print(f"encoder: {IMPLEMENTATION}; µs per call, the best of short runs interleaved for "
+          f"{seconds:g} s a case")  # fmt: skip
+    header = (
+        f"{'case':<68} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8} "
+        f"{'runs':>5}  ok"
+    )
     print(header)
     for make in CASES:
         case = make()
@@ -222,7 +235,7 @@ def main() -> None:
         try:
             for call in (case.bare, case.hand_written, case.automatic):
                 call()  # warm: the first call opens, compiles, caches
-            best = measure(case, reporter, number, repeat)
+            best, runs = measure(case, reporter, seconds)
         finally:
             if case.close is not None:
                 case.close()
@@ -231,7 +244,8 @@ def main() -> None:
         untimed = best["auto outside"] - best["bare outside"]
         ok = "yes" if over <= BAR else "NO"
         print(
-            f"{case.name:<68} {bare:7.2f} {hand:7.2f} {auto:7.2f} {over:9.2f} {untimed:8.2f}  {ok}"
+            f"{case.name:<68} {bare:7.2f} {hand:7.2f} {auto:7.2f} {over:9.2f} {untimed:8.2f} "
+            f"{runs:5d}  {ok}"
         )
     print(f"auto-hand: the automatic timer over the hand-written one (bar: <= {BAR} µs); "
           "outside: the integration's cost outside any request")  # fmt: skip

@@ -390,6 +390,30 @@ def test_sqlalchemy_on_postgresql(pg_engine, table, sqlalchemy_on, udp_listener)
     assert len(db_timers(packet)) == 3
 
 
+def test_sqlalchemy_async_engine(postgres, udp_listener):
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run():
+        engine = create_async_engine(postgres.url("psycopg"))
+        sqlalchemy_timers.instrument_engine(engine, name="async")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(sqlalchemy.text("SELECT 1"))  # the dialect's first
+                with monitored(udp_listener):
+                    statement = sqlalchemy.text("SELECT pg_sleep(:seconds)")
+                    await connection.execute(statement, {"seconds": SLEEP})
+        finally:
+            sqlalchemy_timers.uninstrument_engine(engine)
+            await engine.dispose()
+
+    asyncio.run(run())
+    packet = receive(udp_listener)
+    timer = packet.timer(group="db", op="select", db="async")
+    assert (timer.hit_count, timer.value >= SLEEP) == (1, True)
+
+
 def test_sqlalchemy_failing_statement(pg_engine, sqlalchemy_on, udp_listener):
     with monitored(udp_listener):
         with pg_engine.connect() as connection:

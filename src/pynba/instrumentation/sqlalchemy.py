@@ -198,7 +198,8 @@ def uninstrument() -> None:
 
 
 def instrument_engine(engine: Any, name: str | None = None) -> None:
-    """Time the statements of ``engine``, as ``db=name`` when given."""
+    """Time the statements of ``engine`` (an ``AsyncEngine`` too), as ``db=name`` when given."""
+    engine = getattr(engine, "sync_engine", engine)
     _name_engine(engine, name)
     for event_name, listener in _LISTENERS:
         if not event.contains(engine, event_name, listener):
@@ -214,6 +215,7 @@ def _decide_again() -> None:
 
 def uninstrument_engine(engine: Any) -> None:
     """Stop timing ``engine`` (unless ``instrument()`` times every engine)."""
+    engine = getattr(engine, "sync_engine", engine)
     for event_name, listener in _LISTENERS:
         if event.contains(engine, event_name, listener):
             event.remove(engine, event_name, listener)
