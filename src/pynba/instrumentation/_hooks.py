@@ -124,3 +124,14 @@ def bounded(value: str, seen: set[str], limit: int, other: str = "other") -> str
         return other
     seen.add(value)
     return value
+
+
+def row_count(rows: Any) -> int:
+    """The hits of an ``executemany(statement, rows)``: its rows, at least 1.
+
+    An iterator is counted 1: its rows are the driver's to take.
+    """
+    try:
+        return max(len(rows), 1)
+    except TypeError:
+        return 1

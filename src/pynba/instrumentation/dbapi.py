@@ -1,0 +1,321 @@
+"""DB-API 2 drivers: each statement a timer, ``group=db``, ``op=`` its verb, ``db=`` the database.
+
+``instrument()`` wraps the connections that ``sqlite3.connect``,
+``psycopg.connect`` (and ``psycopg.Connection.connect``, which pools call),
+``psycopg2.connect`` and ``pymysql.connect`` open from then on;
+``uninstrument()`` restores those functions. ``wrap_connect(connect)``
+does it for any other driver's ``connect``, ``wrap_connection(connection)``
+for one connection.
+
+A wrapped connection times ``commit()``, ``rollback()`` and the commit (or
+rollback) of its ``with`` block (sqlite3, psycopg, psycopg2), and gives
+wrapped cursors, which time ``execute()``, ``executemany()`` (one hit per
+row) and ``callproc()``; psycopg's and sqlite3's ``connection.execute()``
+too. Everything else goes to the driver's object unchanged, and the
+wrappers pass for it (``isinstance(connection, sqlite3.Connection)``).
+
+The connections Django and SQLAlchemy open are left unwrapped: their
+integrations (``django_db``, ``sqlalchemy``) time those queries, and
+their backends hand the connection to the driver's C functions, which
+accept only the driver's own type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..context import current_collector
+from ._hooks import bounded, row_count, sql_verb, start_timer, stop_timer
+
+__all__ = ["instrument", "uninstrument", "wrap_connect", "wrap_connection"]
+
+_NAMES = ("group", "op", "db")
+
+#: The database names a timer can carry; beyond, ``db=other``.
+DB_NAME_LIMIT = 100
+_seen_db_names: set[str] = set()
+
+# Statements repeat: the tags of each are made once (per connection).
+_STATEMENTS_KEPT = 256
+
+# Drivers whose connection commits (rollbacks on an error) at the end of its
+# ``with`` block. PyMySQL's closes instead.
+_COMMITTING_EXIT = frozenset(["sqlite3", "psycopg", "psycopg2"])
+
+# Callers whose connections other integrations time (see the module's docstring).
+_FRAMEWORKS = ("django.db.", "sqlalchemy.")
+
+
+class _Tags:
+    """The tags of a connection's timers: ``db=`` its name, ``op=`` each statement's verb."""
+
+    __slots__ = ("db", "commit", "rollback", "other", "_statements")
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self.commit = ("db", "commit", db)
+        self.rollback = ("db", "rollback", db)
+        self.other = ("db", "other", db)
+        self._statements: dict[Any, tuple[str, str, str]] = {}
+
+    def of(self, statement: Any) -> tuple[str, str, str]:
+        """The tags of a timer of ``statement``."""
+        statements = self._statements
+        tags = statements.get(statement) if type(statement) is str else None
+        if tags is None:
+            tags = ("db", sql_verb(statement), self.db)
+            if type(statement) is str:
+                if len(statements) >= _STATEMENTS_KEPT:
+                    statements.clear()
+                statements[statement] = tags
+        return tags
+
+
+class _Proxy:
+    """A driver's object, that others take for it: what it does not do itself goes to it."""
+
+    __slots__ = ("_wrapped", "_tags")
+
+    def __init__(self, wrapped: Any, tags: _Tags) -> None:
+        object.__setattr__(self, "_wrapped", wrapped)
+        object.__setattr__(self, "_tags", tags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._wrapped, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._wrapped, name)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance() sees the driver's object
+        return type(self._wrapped)
+
+    def __repr__(self) -> str:
+        return repr(self._wrapped)
+
+    def __enter__(self) -> Any:
+        wrapped = self._wrapped
+        enter = getattr(type(wrapped), "__enter__", None)
+        if enter is None:  # as ``with`` says it of the driver's object
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
+            )
+        entered = enter(wrapped)
+        return self if entered is wrapped else entered
+
+
+class _Cursor(_Proxy):
+    """A DB-API cursor whose statements are timed."""
+
+    __slots__ = ()
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        cursor = self._wrapped
+        if current_collector() is None:
+            result = cursor.execute(statement, *args, **kwargs)
+        else:
+            timer = start_timer(_NAMES, self._tags.of(statement))
+            try:
+                result = cursor.execute(statement, *args, **kwargs)
+            finally:
+                stop_timer(timer)
+        # psycopg and sqlite3 give the cursor back (for chaining): give its wrapper.
+        return self if result is cursor else result
+
+    def executemany(self, statement: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        cursor = self._wrapped
+        tags = self._tags.of(statement)
+        result = _timed(tags, row_count(rows), cursor.executemany, statement, rows, *args, **kwargs)
+        return self if result is cursor else result
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = self._wrapped
+        result = _timed(self._tags.other, 1, cursor.callproc, *args, **kwargs)
+        return self if result is cursor else result
+
+    # What a cursor does most, besides executing, is spared __getattr__'s detour.
+    def fetchone(self) -> Any:
+        return self._wrapped.fetchone()
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped.fetchmany(*args, **kwargs)
+
+    def fetchall(self) -> Any:
+        return self._wrapped.fetchall()
+
+    def __iter__(self) -> Any:
+        return iter(self._wrapped)
+
+    def __next__(self) -> Any:
+        return next(self._wrapped)
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return type(self._wrapped).__exit__(self._wrapped, *exc_info)
+
+
+class _Connection(_Proxy):
+    """A DB-API connection whose cursors are timed, and its commits and rollbacks."""
+
+    __slots__ = ("_commits_on_exit",)
+
+    def __init__(self, connection: Any, db: str, commits_on_exit: bool) -> None:
+        super().__init__(connection, _Tags(db))
+        object.__setattr__(self, "_commits_on_exit", commits_on_exit)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> _Cursor:
+        return _Cursor(self._wrapped.cursor(*args, **kwargs), self._tags)
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        call = self._wrapped.execute
+        return _Cursor(
+            _timed(self._tags.of(statement), 1, call, statement, *args, **kwargs), self._tags
+        )
+
+    def executemany(self, statement: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        call = self._wrapped.executemany
+        tags = self._tags.of(statement)
+        return _Cursor(
+            _timed(tags, row_count(rows), call, statement, rows, *args, **kwargs), self._tags
+        )
+
+    def commit(self) -> Any:
+        return _timed(self._tags.commit, 1, self._wrapped.commit)
+
+    def rollback(self) -> Any:
+        return _timed(self._tags.rollback, 1, self._wrapped.rollback)
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> Any:
+        connection = self._wrapped
+        exit_ = type(connection).__exit__
+        if not self._commits_on_exit:
+            return exit_(connection, kind, error, traceback)
+        tags = self._tags.commit if kind is None else self._tags.rollback
+        return _timed(tags, 1, exit_, connection, kind, error, traceback)
+
+
+def _timed(tags: tuple[str, str, str], hits: int, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` in a timer with ``tags``, counting ``hits``."""
+    timer = start_timer(_NAMES, tags)
+    try:
+        return call(*args, **kwargs)
+    finally:
+        stop_timer(timer, hits)
+
+
+def wrap_connection(connection: Any, name: str | None = None) -> Any:
+    """``connection`` (of any DB-API 2 driver), its statements timed; ``db=name``.
+
+    Without ``name``, ``db=`` is the database's name where the driver tells
+    it (psycopg, psycopg2, PyMySQL), else the driver's module (``sqlite3``).
+    A connection wrapped already is returned as it is.
+    """
+    if type(connection) is _Connection:
+        return connection
+    driver = type(connection).__module__.partition(".")[0]
+    if name is None:
+        name = bounded(_db_name(connection, driver), _seen_db_names, DB_NAME_LIMIT)
+    return _Connection(connection, name, driver in _COMMITTING_EXIT)
+
+
+def _db_name(connection: Any, driver: str) -> str:
+    try:
+        if driver in ("psycopg", "psycopg2"):
+            name = connection.info.dbname
+        elif driver == "pymysql":
+            name = connection.db
+        else:
+            name = None
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+    except Exception:  # a driver of another version: its module names it
+        name = None
+    return name if isinstance(name, str) and name else driver
+
+
+def wrap_connect(connect: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
+    """``connect`` (a driver's), whose connections are wrapped (see ``wrap_connection``)."""
+
+    def timed_connect(*args: Any, **kwargs: Any) -> Any:
+        connection = connect(*args, **kwargs)
+        if _opened_by_framework():
+            return connection
+        return wrap_connection(connection, name)
+
+    timed_connect.__wrapped__ = connect  # type: ignore[attr-defined]
+    timed_connect.__doc__ = connect.__doc__
+    return timed_connect
+
+
+def _opened_by_framework() -> bool:
+    frame = inspect.currentframe()
+    # This function's caller is timed_connect; its caller opens the connection.
+    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+    module = caller.f_globals.get("__name__", "") if caller is not None else ""
+    return isinstance(module, str) and module.startswith(_FRAMEWORKS)
+
+
+# Each module-level ``connect`` instrument() replaces (PyMySQL's is its Connection class).
+_CONNECTS = (
+    ("sqlite3", "connect"),
+    ("sqlite3.dbapi2", "connect"),
+    ("psycopg2", "connect"),
+    ("pymysql", "connect"),
+    ("pymysql", "Connect"),
+)
+
+# What instrument() replaced: (owner, attribute, the original as found in
+# the owner's __dict__), restored by uninstrument().
+_patched: list[tuple[Any, str, Any]] = []
+
+
+def instrument() -> None:
+    """Time the connections the installed drivers open from now on."""
+    if _patched:
+        return
+    for module_name, attribute in _CONNECTS:
+        module = _imported(module_name)
+        if module is not None:
+            _patch(module, attribute, wrap_connect(getattr(module, attribute)))
+    psycopg = _imported("psycopg")
+    if psycopg is not None:
+        # psycopg.connect is Connection.connect, bound; pools call the classmethod.
+        connect = vars(psycopg.Connection)["connect"]
+        _patch(psycopg.Connection, "connect", classmethod(_wrap_classmethod(connect.__func__)))
+        _patch(psycopg, "connect", psycopg.Connection.connect)
+
+
+def uninstrument() -> None:
+    """Restore the drivers' ``connect`` functions (connections wrapped stay so)."""
+    while _patched:
+        owner, attribute, original = _patched.pop()
+        setattr(owner, attribute, original)
+
+
+def _imported(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _patch(owner: Any, attribute: str, replacement: Any) -> None:
+    _patched.append((owner, attribute, vars(owner)[attribute]))
+    setattr(owner, attribute, replacement)
+
+
+def _wrap_classmethod(function: Callable[..., Any]) -> Callable[..., Any]:
+    def connect(cls: type, *args: Any, **kwargs: Any) -> Any:
+        connection = function(cls, *args, **kwargs)
+        if _opened_by_framework():
+            return connection
+        return wrap_connection(connection)
+
+    connect.__wrapped__ = function  # type: ignore[attr-defined]
+    connect.__doc__ = function.__doc__
+    return connect

@@ -1,0 +1,635 @@
+"""Database timers: DB-API drivers, SQLAlchemy and Django's ORM, against a real PostgreSQL.
+
+Every query runs on a private PostgreSQL (``pg_server.postgres``) or sqlite3
+in memory; the packets are decoded and checked: tags, hit counts, and
+values at least as long as the query took.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import pynba
+from conftest import UDPListener
+from packets import Packet, make_collector, receive
+from pynba.context import activate, deactivate
+from pynba.instrumentation import dbapi
+
+psycopg = pytest.importorskip("psycopg")
+psycopg2 = pytest.importorskip("psycopg2")
+sqlalchemy = pytest.importorskip("sqlalchemy")
+
+from pynba.instrumentation import sqlalchemy as sqlalchemy_timers  # noqa: E402
+
+# The postgres fixture: one private PostgreSQL for the session.
+pytest_plugins = ["pg_server"]
+
+TESTS = Path(__file__).resolve().parent
+SLEEP = 0.05
+
+
+@contextmanager
+def monitored(listener):
+    """A monitored request around the block, reported to ``listener`` when it ends."""
+    collector = make_collector(listener)
+    token = activate(collector)
+    try:
+        yield collector
+    finally:
+        deactivate(token)
+        collector.finish()
+
+
+def db_timers(packet, **tags):
+    return [timer for timer in packet.timers if ("group", "db") in timer.tags]
+
+
+@pytest.fixture
+def instrumented():
+    """The drivers' connect functions wrapped for the test, restored after."""
+    dbapi.instrument()
+    yield
+    dbapi.uninstrument()
+
+
+@pytest.fixture
+def table(postgres):
+    """An empty table ``numbers`` (n integer) in the test database."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS numbers")
+        connection.execute("CREATE TABLE numbers (id serial PRIMARY KEY, n integer)")
+    return "numbers"
+
+
+# -- DB-API: psycopg, psycopg2, sqlite3 ----------------------------------------
+
+
+def connect_psycopg(postgres):
+    return psycopg.connect(postgres.dsn())
+
+
+def connect_psycopg2(postgres):
+    return psycopg2.connect(postgres.dsn())
+
+
+DRIVERS = {
+    # name: (connect, placeholder, the db= tag instrument() gives)
+    "psycopg": (connect_psycopg, "%s", "pynba_test"),
+    "psycopg2": (connect_psycopg2, "%s", "pynba_test"),
+}
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_a_query_is_timed_as_long_as_it_took(driver, postgres, instrumented, udp_listener):
+    connect, _, db = DRIVERS[driver]
+    connection = connect(postgres)
+    try:
+        with monitored(udp_listener):
+            cursor = connection.cursor()
+            cursor.execute(f"SELECT pg_sleep({SLEEP})")
+            assert cursor.fetchone() is not None
+    finally:
+        connection.close()
+    packet = receive(udp_listener)
+    timer = packet.timer(group="db", op="select", db=db)
+    assert timer.hit_count == 1
+    assert timer.value >= SLEEP
+    assert len(db_timers(packet)) == 1
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_wrap_connect_names_the_database(driver, postgres, udp_listener):
+    connect = {"psycopg": psycopg.connect, "psycopg2": psycopg2.connect}[driver]
+    timed_connect = dbapi.wrap_connect(connect, name="main")
+    assert connect is {"psycopg": psycopg.connect, "psycopg2": psycopg2.connect}[driver]
+    connection = timed_connect(postgres.dsn())
+    try:
+        with monitored(udp_listener):
+            cursor = connection.cursor()
+            cursor.execute("SELECT pg_sleep(%s)", (SLEEP,))
+            cursor.execute("SELECT 1")
+            connection.commit()
+    finally:
+        connection.close()
+    packet = receive(udp_listener)
+    select = packet.timer(group="db", op="select", db="main")
+    assert (select.hit_count, select.value >= SLEEP) == (2, True)
+    assert packet.timer(group="db", op="commit", db="main").hit_count == 1
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_executemany_counts_its_rows(driver, postgres, table, instrumented, udp_listener):
+    connect, placeholder, db = DRIVERS[driver]
+    connection = connect(postgres)
+    try:
+        with monitored(udp_listener):
+            cursor = connection.cursor()
+            cursor.executemany(
+                f"INSERT INTO numbers (n) VALUES ({placeholder})", [(n,) for n in range(7)]
+            )
+            cursor.executemany(  # an iterator: the driver alone knows its length
+                f"INSERT INTO numbers (n) VALUES ({placeholder})", iter([(7,), (8,)])
+            )
+            connection.commit()
+    finally:
+        connection.close()
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="insert", db=db).hit_count == 7 + 1
+    with psycopg.connect(postgres.dsn()) as check:
+        assert check.execute("SELECT count(*) FROM numbers").fetchone()[0] == 9
+
+
+def test_commit_rollback_and_the_with_block_of_psycopg2(
+    postgres, table, instrumented, udp_listener
+):
+    connection = psycopg2.connect(postgres.dsn())
+    try:
+        with monitored(udp_listener):
+            cursor = connection.cursor()
+            cursor.execute("INSERT INTO numbers (n) VALUES (1)")
+            connection.rollback()
+            cursor.execute("INSERT INTO numbers (n) VALUES (2)")
+            connection.commit()
+            with connection:  # commits at the end
+                connection.cursor().execute("INSERT INTO numbers (n) VALUES (3)")
+            with pytest.raises(ZeroDivisionError), connection:  # rolls back
+                connection.cursor().execute("INSERT INTO numbers (n) VALUES (4)")
+                1 / 0  # noqa: B018
+    finally:
+        connection.close()
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="insert", db="pynba_test").hit_count == 4
+    assert packet.timer(group="db", op="commit", db="pynba_test").hit_count == 2
+    assert packet.timer(group="db", op="rollback", db="pynba_test").hit_count == 2
+    with psycopg.connect(postgres.dsn()) as check:
+        assert check.execute("SELECT n FROM numbers ORDER BY n").fetchall() == [(2,), (3,)]
+
+
+def test_psycopg_shortcuts_and_the_with_blocks(postgres, table, instrumented, udp_listener):
+    with monitored(udp_listener):
+        with psycopg.connect(postgres.dsn()) as connection:  # commits (and closes) at the end
+            assert connection.execute("SELECT %s::int", (5,)).fetchone() == (5,)
+            with connection.cursor() as cursor:
+                assert cursor.execute("INSERT INTO numbers (n) VALUES (1)") is cursor
+                cursor.executemany("INSERT INTO numbers (n) VALUES (%s)", [(2,), (3,)])
+                cursor.execute("SELECT n FROM numbers ORDER BY n")
+                assert [row[0] for row in cursor] == [1, 2, 3]
+            with connection.transaction():
+                connection.execute("UPDATE numbers SET n = n + 1")
+            connection.execute("DELETE FROM numbers WHERE n = 4")
+        assert connection.closed
+    packet = receive(udp_listener)
+    tags = {"group": "db", "db": "pynba_test"}
+    assert packet.timer(op="select", **tags).hit_count == 2
+    assert packet.timer(op="insert", **tags).hit_count == 3
+    assert packet.timer(op="update", **tags).hit_count == 1
+    assert packet.timer(op="delete", **tags).hit_count == 1
+    assert packet.timer(op="commit", **tags).hit_count == 1
+    with psycopg.connect(postgres.dsn()) as check:
+        assert check.execute("SELECT n FROM numbers ORDER BY n").fetchall() == [(2,), (3,)]
+
+
+def test_the_wrappers_pass_for_the_drivers_objects(postgres, instrumented):
+    connection = psycopg.connect(postgres.dsn())
+    try:
+        assert isinstance(connection, psycopg.Connection)
+        assert connection.info.dbname == "pynba_test"
+        connection.autocommit = True
+        assert connection.autocommit is True
+        cursor = connection.cursor()
+        assert isinstance(cursor, psycopg.Cursor)
+        cursor.arraysize = 3
+        assert cursor.arraysize == 3
+        cursor.execute("SELECT generate_series(1, 5)")
+        assert cursor.description[0].name == "generate_series"
+        assert cursor.rowcount == 5
+        assert cursor.fetchone() == (1,)
+        assert cursor.fetchmany() == [(2,), (3,), (4,)]
+        assert cursor.fetchall() == [(5,)]
+        assert repr(connection).startswith("<psycopg.Connection")
+        assert dbapi.wrap_connection(connection) is connection
+    finally:
+        connection.close()
+    assert connection.closed
+
+    old_style = psycopg2.connect(postgres.dsn())
+    try:
+        assert isinstance(old_style, psycopg2.extensions.connection)
+        assert old_style.info.dbname == "pynba_test"
+        with old_style.cursor() as cursor:
+            assert cursor.execute("SELECT 1") is None  # as psycopg2 returns
+            assert cursor.fetchone() == (1,)
+            assert cursor.mogrify("SELECT %s", (1,)) == b"SELECT 1"
+    finally:
+        old_style.close()
+
+
+def test_sqlite3(instrumented, udp_listener):
+    connection = sqlite3.connect(":memory:")
+    assert isinstance(connection, sqlite3.Connection)
+    connection.row_factory = sqlite3.Row
+    with monitored(udp_listener):
+        connection.execute("CREATE TABLE numbers (n integer)")
+        connection.executemany("INSERT INTO numbers VALUES (?)", [(n,) for n in range(5)])
+        with connection:  # commits
+            connection.execute("INSERT INTO numbers VALUES (5)")
+        cursor = connection.cursor()
+        cursor.execute("SELECT n FROM numbers WHERE n > ?", (2,))
+        assert [row["n"] for row in cursor] == [3, 4, 5]
+        assert next(connection.execute("SELECT max(n) FROM numbers"))[0] == 5
+        with pytest.raises(TypeError, match="context manager"):
+            with cursor:  # as with sqlite3's own cursors
+                pass
+    connection.close()
+    packet = receive(udp_listener)
+    tags = {"group": "db", "db": "sqlite3"}
+    assert packet.timer(op="other", **tags).hit_count == 1
+    assert packet.timer(op="insert", **tags).hit_count == 5 + 1
+    assert packet.timer(op="select", **tags).hit_count == 2
+    assert packet.timer(op="commit", **tags).hit_count == 1
+
+
+@pytest.mark.parametrize("driver", sorted(DRIVERS))
+def test_a_failing_query_raises_as_it_would_and_is_timed(
+    driver, postgres, instrumented, udp_listener
+):
+    connect, _, db = DRIVERS[driver]
+    connection = connect(postgres)
+    try:
+        with monitored(udp_listener):
+            cursor = connection.cursor()
+            with pytest.raises(Exception) as raised:
+                cursor.execute("SELECT * FROM no_such_table")
+            connection.rollback()
+    finally:
+        connection.close()
+    assert type(raised.value).__name__ == "UndefinedTable"
+    assert 'relation "no_such_table" does not exist' in str(raised.value)
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="select", db=db).hit_count == 1
+    assert packet.timer(group="db", op="rollback", db=db).hit_count == 1
+
+
+def test_outside_a_request_nothing_is_recorded(postgres, instrumented, udp_listener):
+    connection = psycopg.connect(postgres.dsn())
+    try:
+        assert connection.execute("SELECT 41 + 1").fetchone() == (42,)
+        connection.commit()
+        with monitored(udp_listener):
+            pass
+    finally:
+        connection.close()
+    lite = sqlite3.connect(":memory:")
+    assert lite.execute("SELECT 1").fetchone() == (1,)
+    assert receive(udp_listener).timers == []
+    assert udp_listener.pending() == []
+
+
+def test_uninstrument_restores_each_connect():
+    pymysql = pytest.importorskip("pymysql")
+    originals = {
+        "sqlite3.connect": sqlite3.connect,
+        "sqlite3.dbapi2.connect": sqlite3.dbapi2.connect,
+        "psycopg.connect": psycopg.connect,
+        "psycopg.Connection.connect": vars(psycopg.Connection)["connect"],
+        "psycopg2.connect": psycopg2.connect,
+        "pymysql.connect": pymysql.connect,
+        "pymysql.Connect": pymysql.Connect,
+    }
+
+    def current():
+        return {
+            "sqlite3.connect": sqlite3.connect,
+            "sqlite3.dbapi2.connect": sqlite3.dbapi2.connect,
+            "psycopg.connect": psycopg.connect,
+            "psycopg.Connection.connect": vars(psycopg.Connection)["connect"],
+            "psycopg2.connect": psycopg2.connect,
+            "pymysql.connect": pymysql.connect,
+            "pymysql.Connect": pymysql.Connect,
+        }
+
+    dbapi.instrument()
+    try:
+        dbapi.instrument()  # twice: the same
+        patched = current()
+        assert all(patched[name] is not originals[name] for name in originals)
+        assert psycopg.connect == psycopg.Connection.connect  # the module's is the class's
+    finally:
+        dbapi.uninstrument()
+    dbapi.uninstrument()  # twice: harmless
+    assert all(current()[name] is originals[name] for name in originals), current()
+    assert type(sqlite3.connect(":memory:")) is sqlite3.Connection
+
+
+def test_pynba_instrument_turns_on_the_databases(postgres, udp_listener):
+    assert pynba.instrument("dbapi") == ("dbapi",)
+    try:
+        connection = psycopg.connect(postgres.dsn())
+    finally:
+        pynba.instrumentation.uninstrument("dbapi")
+    try:
+        with monitored(udp_listener):
+            connection.execute("SELECT 1")
+    finally:
+        connection.close()
+    assert receive(udp_listener).timer(group="db", op="select", db="pynba_test").hit_count == 1
+
+
+# -- SQLAlchemy ------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlalchemy_on():
+    sqlalchemy_timers.instrument()
+    yield
+    sqlalchemy_timers.uninstrument()
+
+
+@pytest.fixture
+def pg_engine(postgres):
+    engine = sqlalchemy.create_engine(postgres.url("psycopg"))
+    with engine.connect() as connection:  # the dialect's first queries, before the test
+        connection.exec_driver_sql("SELECT 1")
+    yield engine
+    engine.dispose()
+
+
+def test_sqlalchemy_on_postgresql(pg_engine, table, sqlalchemy_on, udp_listener):
+    text = sqlalchemy.text
+    numbers = sqlalchemy.Table(
+        "numbers",
+        sqlalchemy.MetaData(),
+        sqlalchemy.Column("id", sqlalchemy.Integer, primary_key=True),
+        sqlalchemy.Column("n", sqlalchemy.Integer),
+    )
+    with monitored(udp_listener):
+        with pg_engine.begin() as connection:
+            connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": SLEEP})
+            # executemany: a parameter set per row
+            connection.execute(
+                text("UPDATE numbers SET n = :n WHERE id = :id"),
+                [{"n": n, "id": n} for n in range(6)],
+            )
+            # "insertmanyvalues": one INSERT ... VALUES (...), (...) RETURNING for 7 rows
+            inserted = connection.execute(
+                numbers.insert().returning(numbers.c.id), [{"n": n} for n in range(7)]
+            ).all()
+            assert len(inserted) == 7
+    packet = receive(udp_listener)
+    tags = {"group": "db", "db": "pynba_test"}
+    select = packet.timer(op="select", **tags)
+    assert (select.hit_count, select.value >= SLEEP) == (1, True)
+    assert packet.timer(op="update", **tags).hit_count == 6
+    assert packet.timer(op="insert", **tags).hit_count == 7
+    assert len(db_timers(packet)) == 3
+
+
+def test_sqlalchemy_async_engine(postgres, udp_listener):
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run():
+        engine = create_async_engine(postgres.url("psycopg"))
+        sqlalchemy_timers.instrument_engine(engine, name="async")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(sqlalchemy.text("SELECT 1"))  # the dialect's first
+                with monitored(udp_listener):
+                    statement = sqlalchemy.text("SELECT pg_sleep(:seconds)")
+                    await connection.execute(statement, {"seconds": SLEEP})
+        finally:
+            sqlalchemy_timers.uninstrument_engine(engine)
+            await engine.dispose()
+
+    asyncio.run(run())
+    packet = receive(udp_listener)
+    timer = packet.timer(group="db", op="select", db="async")
+    assert (timer.hit_count, timer.value >= SLEEP) == (1, True)
+
+
+def test_sqlalchemy_failing_statement(pg_engine, sqlalchemy_on, udp_listener):
+    with monitored(udp_listener):
+        with pg_engine.connect() as connection:
+            with pytest.raises(sqlalchemy.exc.ProgrammingError) as raised:
+                connection.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
+            connection.rollback()
+            assert connection.execute(sqlalchemy.text("SELECT 2")).scalar() == 2
+    assert type(raised.value.orig).__name__ == "UndefinedTable"
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="select", db="pynba_test").hit_count == 2
+
+
+def test_sqlalchemy_sqlite_in_memory_and_one_engine(udp_listener):
+    engine = sqlalchemy.create_engine("sqlite://")
+    named = sqlalchemy.create_engine("sqlite://")
+    sqlalchemy_timers.instrument_engine(named, name="cache")
+    try:
+        with monitored(udp_listener):
+            with engine.connect() as connection:  # not instrumented
+                connection.execute(sqlalchemy.text("SELECT 1"))
+            with named.connect() as connection:
+                connection.execute(sqlalchemy.text("CREATE TABLE t (n integer)"))
+                connection.execute(
+                    sqlalchemy.text("INSERT INTO t VALUES (:n)"), [{"n": n} for n in range(4)]
+                )
+                option_engine = connection.execution_options(stream_results=False)
+                option_engine.execute(sqlalchemy.text("SELECT n FROM t"))
+        packet = receive(udp_listener)
+        assert packet.timer_tags() == [
+            (("db", "cache"), ("group", "db"), ("op", "insert")),
+            (("db", "cache"), ("group", "db"), ("op", "other")),
+            (("db", "cache"), ("group", "db"), ("op", "select")),
+        ]
+        assert packet.timer(group="db", op="insert", db="cache").hit_count == 4
+        sqlalchemy_timers.instrument()
+        sqlalchemy_timers.instrument_engine(named, name="cache")  # listening twice: one timer
+        try:
+            with monitored(udp_listener):
+                with engine.connect() as connection:
+                    connection.execute(sqlalchemy.text("SELECT 1"))
+                with named.connect() as connection:
+                    connection.execute(sqlalchemy.text("SELECT 1"))
+        finally:
+            sqlalchemy_timers.uninstrument()
+        packet = receive(udp_listener)
+        assert packet.timer(group="db", op="select", db="sqlite").hit_count == 1
+        assert packet.timer(group="db", op="select", db="cache").hit_count == 1
+    finally:
+        sqlalchemy_timers.uninstrument_engine(named)
+    with monitored(udp_listener):
+        with named.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    assert receive(udp_listener).timers == []
+
+
+def test_sqlalchemy_no_parameters_and_another_listener(udp_listener):
+    engine = sqlalchemy.create_engine("sqlite://")
+    theirs_engine = sqlalchemy.create_engine("sqlite://")
+    seen = []
+
+    def theirs(cursor, statement, parameters, context):
+        seen.append(statement)
+        return False  # SQLAlchemy makes the call
+
+    # Registered before the engine's first statement: pynba leaves do_execute
+    # to SQLAlchemy (its listener would make the call, and theirs not run).
+    sqlalchemy.event.listen(theirs_engine, "do_execute", theirs)
+    sqlalchemy_timers.instrument_engine(engine, name="lite")
+    sqlalchemy_timers.instrument_engine(theirs_engine, name="theirs")
+    try:
+        with monitored(udp_listener):
+            with engine.connect() as connection:
+                connection.execution_options(no_parameters=True)  # this connection's
+                assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+            with theirs_engine.connect() as connection:
+                assert connection.execute(sqlalchemy.text("SELECT 2")).scalar() == 2
+                connection.execution_options(no_parameters=True)
+                assert connection.exec_driver_sql("SELECT 3").scalar() == 3
+    finally:
+        sqlalchemy_timers.uninstrument_engine(engine)
+        sqlalchemy_timers.uninstrument_engine(theirs_engine)
+    assert seen == ["SELECT 2"]
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [
+        (("db", "lite"), ("group", "db"), ("op", "select")),
+        (("db", "theirs"), ("group", "db"), ("op", "select")),  # SELECT 3: no params
+    ]
+    assert packet.timer(group="db", op="select", db="lite").hit_count == 1
+    assert packet.timer(group="db", op="select", db="theirs").hit_count == 1
+
+
+def test_sqlalchemy_uninstrument_and_outside_a_request(pg_engine, udp_listener):
+    sqlalchemy_timers.instrument()
+    sqlalchemy_timers.instrument()
+    try:
+        with pg_engine.connect() as connection:  # outside: nothing recorded, the query runs
+            assert connection.execute(sqlalchemy.text("SELECT 3")).scalar() == 3
+    finally:
+        sqlalchemy_timers.uninstrument()
+    sqlalchemy_timers.uninstrument()
+    for name, listener in sqlalchemy_timers._LISTENERS:
+        assert not sqlalchemy.event.contains(sqlalchemy.engine.Engine, name, listener)
+    with monitored(udp_listener):
+        with pg_engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 4"))
+    assert receive(udp_listener).timers == []
+    assert udp_listener.pending() == []
+
+
+def test_sqlalchemy_connections_are_not_timed_twice(postgres, udp_listener):
+    pynba.instrument("dbapi", "sqlalchemy")
+    try:
+        engine = sqlalchemy.create_engine(postgres.url("psycopg"))
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+            raw = connection.connection.dbapi_connection
+            assert type(raw) is psycopg.Connection  # left to SQLAlchemy's timers
+            with monitored(udp_listener):
+                connection.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    finally:
+        pynba.instrumentation.uninstrument("dbapi", "sqlalchemy")
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [(("db", "pynba_test"), ("group", "db"), ("op", "select"))]
+    assert packet.timer(group="db", op="select", db="pynba_test").hit_count == 1
+
+
+# -- Django ----------------------------------------------------------------------
+
+DJANGO_PATHS = [
+    "/three/",
+    "asgi:/async-three/",
+    "asgi:/sync-under-asgi/",
+    "/sleep/",
+    "/rows/",
+    "/failing/",
+    "/other/",
+    "/off-and-on/",
+]
+
+
+@pytest.fixture(scope="module")
+def django_site(postgres):
+    """Each of DJANGO_PATHS requested from tests/django_pg_app.py; their statuses and packets."""
+    pytest.importorskip("django")
+    listener = UDPListener()
+    databases = {
+        "default": postgres.django_database(),
+        "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    }
+    source = str(Path(pynba.__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYNBA_TEST_DATABASES": json.dumps(databases),
+        "PINBA_SERVER": f"{listener.host}:{listener.port}",
+        "PINBA_INSTRUMENT": "db",
+        "PYTHONPATH": os.pathsep.join([source, str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    try:
+        completed = subprocess.run(
+            [sys.executable, str(TESTS / "django_pg_app.py"), *DJANGO_PATHS],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert completed.returncode == 0, completed.stderr
+        statuses = {url: (status, body) for url, status, body in json.loads(completed.stdout)}
+        packets = {}
+        while True:
+            try:
+                packet = Packet(listener.receive(timeout=1.0))
+            except TimeoutError:
+                break
+            packets[packet.script_name] = packet
+    finally:
+        listener.close()
+    return statuses, packets
+
+
+def test_django_three_orm_queries_three_timers(django_site):
+    statuses, packets = django_site
+    assert statuses["/three/"][0] == 200
+    packet = packets["/three/"]
+    assert packet.timer_tags() == [
+        (("db", "default"), ("group", "db"), ("op", "insert")),
+        (("db", "default"), ("group", "db"), ("op", "select")),
+    ]
+    assert packet.timer(group="db", op="select", db="default").hit_count == 2
+    assert packet.timer(group="db", op="insert", db="default").hit_count == 1
+
+
+@pytest.mark.parametrize("url", ["/async-three/", "/sync-under-asgi/"])
+def test_django_under_asgi(django_site, url):
+    statuses, packets = django_site
+    assert statuses[f"asgi:{url}"][0] == 200
+    packet = packets[url]
+    assert packet.timer(group="db", op="select", db="default").hit_count == 2
+    assert packet.timer(group="db", op="insert", db="default").hit_count == 1
+    assert len(packet.timers) == 2
+
+
+def test_django_query_time_executemany_error_and_alias(django_site):
+    statuses, packets = django_site
+    assert statuses["/sleep/"][0] == 200
+    assert packets["/sleep/"].timer(group="db", op="select", db="default").value >= SLEEP
+    assert packets["/rows/"].timer(group="db", op="insert", db="default").hit_count == 7
+    assert packets["/rows/"].timer(group="db", op="other", db="default").hit_count == 1
+    assert statuses["/failing/"] == (500, "ProgrammingError")
+    assert packets["/failing/"].timer(group="db", op="select", db="default").hit_count == 1
+    assert packets["/other/"].timer_tags() == [(("db", "other"), ("group", "db"), ("op", "select"))]
+
+
+def test_django_uninstrument_stops_the_timing_at_once(django_site):
+    statuses, packets = django_site
+    assert statuses["/off-and-on/"][0] == 200
+    packet = packets["/off-and-on/"]
+    assert packet.timer_tags() == [(("db", "default"), ("group", "db"), ("op", "select"))]
+    assert packet.timer(group="db", op="select", db="default").hit_count == 1
