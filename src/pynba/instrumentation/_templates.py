@@ -18,7 +18,7 @@ from ..context import current_collector
 from ..errors import internal_error
 from ..names import DEFAULT_NAME_LIMIT, OTHER_NAME
 from ..timer import NoopTimer, Timer
-from ._hooks import bounded, start_timer, stop_timer
+from ._hooks import bounded, stop_timer
 
 __all__ = ["IN_RENDER", "STRING_NAME", "TEMPLATE_LIMIT", "async_hook", "sync_hook", "template_tag"]
 
@@ -29,34 +29,38 @@ STRING_NAME = "<string>"
 #: Distinct ``template`` tags per process (as many as a middleware's script names).
 TEMPLATE_LIMIT = DEFAULT_NAME_LIMIT
 
-#: Set while a render is timed: the renders inside it are not timed again.
+#: Set while a render is timed: the renders inside it are not timed again. A
+#: context variable, as Jinja2's asynchronous renders interleave in one thread.
 IN_RENDER: ContextVar[bool] = ContextVar("pynba_render", default=False)
 
 _seen_names: set[str] = set()
-_Started = tuple[Timer | NoopTimer, Token[bool]]
 
 
 def template_tag(name: Any) -> str:
     """The ``template`` tag of a template's name (None: made from a string)."""
     if type(name) is not str or not name:
         return STRING_NAME
+    if name in _seen_names:
+        return name
     return bounded(name, _seen_names, TEMPLATE_LIMIT, OTHER_NAME)
 
 
-def _begin(template: Any) -> _Started | None:
-    collector = current_collector()
-    if collector is None or not collector.enabled or IN_RENDER.get():
-        return None
-    timer = start_timer(NAMES, (GROUP, template_tag(getattr(template, "name", None))))
-    if timer is None:
-        return None
-    return timer, IN_RENDER.set(True)
-
-
-def _end(started: _Started) -> None:
-    stop_timer(started[0])
+def _start(collector: Any, template: Any) -> Timer | NoopTimer | None:
     try:
-        IN_RENDER.reset(started[1])
+        timer = collector.new_checked_timer(
+            NAMES, (GROUP, template_tag(getattr(template, "name", None)))
+        )
+        timer.start()
+    except Exception:
+        internal_error("cannot start a render's timer", False)
+        return None
+    return timer
+
+
+def _stop(timer: Timer | NoopTimer | None, token: Token[bool]) -> None:
+    stop_timer(timer)
+    try:
+        IN_RENDER.reset(token)
     except (ValueError, RuntimeError):  # a coroutine resumed in another context
         internal_error("cannot leave a timed render", False)
 
@@ -65,13 +69,15 @@ def sync_hook(call: Callable[..., Any]) -> Callable[..., Any]:
     """A hook for a template's render method (its first argument: the template)."""
 
     def timed_render(template: Any, *args: Any, **kwargs: Any) -> Any:
-        started = _begin(template)
-        if started is None:
+        collector = current_collector()
+        if collector is None or not collector.enabled or IN_RENDER.get():
             return call(template, *args, **kwargs)
+        timer = _start(collector, template)
+        token = IN_RENDER.set(True)
         try:
             return call(template, *args, **kwargs)
         finally:
-            _end(started)
+            _stop(timer, token)
 
     return timed_render
 
@@ -80,12 +86,14 @@ def async_hook(call: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., A
     """``sync_hook`` for a coroutine method."""
 
     async def timed_render(template: Any, *args: Any, **kwargs: Any) -> Any:
-        started = _begin(template)
-        if started is None:
+        collector = current_collector()
+        if collector is None or not collector.enabled or IN_RENDER.get():
             return await call(template, *args, **kwargs)
+        timer = _start(collector, template)
+        token = IN_RENDER.set(True)
         try:
             return await call(template, *args, **kwargs)
         finally:
-            _end(started)
+            _stop(timer, token)
 
     return timed_render
