@@ -17,6 +17,8 @@ passed to the application, and the call goes on untimed.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from ..context import current_collector
@@ -24,7 +26,14 @@ from ..errors import internal_error
 from ..tags import TagValue
 from ..timer import NoopTimer, Timer
 
-__all__ = ["SQL_VERBS", "bounded", "sql_verb", "start_timer", "stop_timer"]
+__all__ = [
+    "SQL_VERBS",
+    "Patches",
+    "bounded",
+    "sql_verb",
+    "start_timer",
+    "stop_timer",
+]
 
 #: The ``op`` tag of a database timer: a statement's verb, or ``other``.
 SQL_VERBS = frozenset(["select", "insert", "update", "delete", "begin", "commit", "rollback"])
@@ -135,3 +144,41 @@ def row_count(rows: Any) -> int:
         return max(len(rows), 1)
     except TypeError:
         return 1
+
+
+# -- replacing a library's functions, and putting them back -------------------
+
+_ABSENT = object()
+
+
+class Patches:
+    """The functions of a library an integration replaced with hooks.
+
+    ``replace(owner, name, hook_of)`` sets ``owner.name`` to
+    ``hook_of(current)``; ``undo()`` puts back exactly what was there (an
+    attribute ``owner`` inherited is deleted again). ``applied`` tells
+    whether anything is replaced, for an idempotent ``instrument()``.
+    """
+
+    __slots__ = ("_replaced",)
+
+    def __init__(self) -> None:
+        self._replaced: list[tuple[Any, str, Any]] = []
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._replaced)
+
+    def replace(self, owner: Any, name: str, hook_of: Callable[[Any], Any]) -> None:
+        current = getattr(owner, name)
+        hook = functools.wraps(current)(hook_of(current))
+        self._replaced.append((owner, name, vars(owner).get(name, _ABSENT)))
+        setattr(owner, name, hook)
+
+    def undo(self) -> None:
+        while self._replaced:
+            owner, name, saved = self._replaced.pop()
+            if saved is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, saved)

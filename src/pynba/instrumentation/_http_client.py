@@ -1,0 +1,258 @@
+"""What the HTTP client integrations share (httpx, requests, urllib3): their hooks and tags.
+
+A call is one timer, however many requests it makes: the redirects it
+follows, its retries, and the urllib3 calls under a requests call are part
+of the outermost timed call (``IN_CALL``). Its tags (``NAMES``):
+
+- ``group=http``;
+- ``op``: the method in lower case (``get``, ``head``, ``post``, ``put``,
+  ``patch``, ``delete``, ``options``), else ``other``;
+- ``host``: the remote host as ``normalize_host`` spells a server name
+  (lower case, IDNA labels in Unicode, IPv6 compressed) with its port
+  unless it is the scheme's default; at most ``HOST_LIMIT`` distinct ones
+  per process, then ``<other>``; ``<invalid-host>`` for a URL without one;
+- ``status``: the response's status class (``2xx``...; ``other`` outside
+  100-599), or ``error`` when the call raised (no response: a refused
+  connection, a timeout, a cancelled call).
+
+Never the path, the query, the user or the password of a URL.
+
+The timer is made once the call has returned, with all its tags: cheaper
+than starting one and changing its tags. A hook reads what it needs of the
+call's arguments as a key (``KeyOf``), and makes the tags of each distinct
+key once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Coroutine
+from time import perf_counter
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..context import current_collector
+from ..errors import internal_error
+from ..names import DEFAULT_NAME_LIMIT, INVALID_HOST, OTHER_NAME, normalize_host
+from ._hooks import bounded
+
+__all__ = [
+    "ERROR",
+    "HOST_LIMIT",
+    "IN_CALL",
+    "NAMES",
+    "async_hook",
+    "host_tag",
+    "method_op",
+    "origin",
+    "origin_host",
+    "origin_values",
+    "status_class",
+    "sync_hook",
+    "values",
+]
+
+NAMES = ("group", "op", "host", "status")
+GROUP = "http"
+#: The ``status`` of a call that raised.
+ERROR = "error"
+#: Distinct ``host`` tags per process (as many as a middleware's server names).
+HOST_LIMIT = DEFAULT_NAME_LIMIT
+
+
+class _CallState(threading.local):
+    # A flag of the thread rather than a context variable: the libraries that
+    # nest calls (requests, urllib3) are synchronous, and it costs half as much.
+    active = False
+
+
+#: ``IN_CALL.active`` is set while a call is timed: the calls it makes are not timed again.
+IN_CALL = _CallState()
+
+#: What a hook reads of a call: ``key_of(args, kwargs, status)``, a hashable
+#: key starting with the method and ending with the ``status`` tag.
+KeyOf = Callable[[tuple[Any, ...], dict[str, Any], str], tuple[Any, ...]]
+#: The values of ``NAMES`` for a key (see ``values``).
+ValuesOf = Callable[[Any], tuple[str, ...]]
+
+_OPS = {method: method.lower() for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")}
+_OPS["OPTIONS"] = "options"
+# Keyed by status code (an int, or an IntEnum: equal and of the same hash).
+_STATUS_TAGS = {code: f"{code // 100}xx" for code in range(100, 600)}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+# The tags of each key a hook has met, at most this many: as anything keyed
+# by what the application sends, bounded.
+_KEYS_MAX = 4096
+_FAILED = object()  # the response of a call that raised
+_seen_hosts: set[str] = set()
+
+
+def values(method: Any, host: str, status: str) -> tuple[str, ...]:
+    """The values of ``NAMES``: a call's method, its ``host`` tag and its ``status`` tag."""
+    return (GROUP, method_op(method), host, status)
+
+
+def method_op(method: Any) -> str:
+    """The ``op`` tag of an HTTP method."""
+    if type(method) is not str:
+        return "other"
+    op = _OPS.get(method)
+    return _OPS.get(method.upper(), "other") if op is None else op
+
+
+def status_class(status: Any) -> str:
+    """The ``status`` tag of a status code: ``2xx``..., else ``other``."""
+    try:
+        return _STATUS_TAGS.get(status, "other")
+    except TypeError:
+        return "other"
+
+
+def host_tag(host: Any, port: Any) -> str:
+    """The ``host`` tag of a host name or IP address and a port (None: the scheme's default)."""
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str) or not host:
+        return INVALID_HOST
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return INVALID_HOST
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address, as normalize_host reads one
+    name = normalize_host(host)
+    if name == INVALID_HOST:
+        return name
+    if port is not None:
+        if type(port) is not int or not 0 < port < 65536:
+            return INVALID_HOST
+        name = f"{name}:{port}"
+    return bounded(name, _seen_hosts, HOST_LIMIT, OTHER_NAME)
+
+
+def origin(url: str) -> str:
+    """The start of an absolute URL up to its path: scheme and authority (a quick cut, as a key)."""
+    end = url.find("/", url.find("://") + 3)
+    return url if end < 0 else url[:end]
+
+
+def origin_host(url: Any) -> str:
+    """The ``host`` tag of an absolute URL (a str), its path and query aside."""
+    if type(url) is not str:
+        return INVALID_HOST
+    try:
+        parts = urlsplit(url)
+        if not parts.scheme or not parts.netloc:
+            return INVALID_HOST
+        port = parts.port
+    except ValueError:
+        return INVALID_HOST
+    if port == _DEFAULT_PORTS.get(parts.scheme.lower()):
+        port = None
+    return host_tag(parts.hostname, port)
+
+
+def origin_values(key: tuple[Any, str, str]) -> tuple[str, ...]:
+    """``ValuesOf`` for the keys (method, ``origin(url)``, status)."""
+    method, url_start, status = key
+    return values(method, origin_host(url_start), status)
+
+
+def _recorder(key_of: KeyOf, values_of: ValuesOf, status_attribute: str) -> Callable[..., None]:
+    """What records the timer of a call once it has returned (or raised: ``_FAILED``)."""
+    known: dict[Any, tuple[str, ...]] = {}
+
+    def record(
+        collector: Any,
+        outermost: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        response: Any,
+        start: float,
+    ) -> None:
+        seconds = perf_counter() - start
+        try:
+            if outermost:
+                IN_CALL.active = False
+            if response is _FAILED:
+                status = ERROR
+            else:
+                status = _STATUS_TAGS.get(getattr(response, status_attribute), "other")
+            key = key_of(args, kwargs, status)
+            found = known.get(key)
+            if found is None:
+                found = values_of(key)
+                if len(known) < _KEYS_MAX:
+                    known[key] = found
+        except Exception:
+            if response is not _FAILED:
+                internal_error("cannot tag an HTTP call's timer", False)
+                return
+            # The call failed, perhaps as its arguments are not a request.
+            found = (GROUP, "other", INVALID_HOST, ERROR)
+        try:
+            if not collector.finished:  # else its packet is gone
+                collector.new_checked_timer(NAMES, found).add(seconds)
+        except Exception:
+            internal_error("cannot record an HTTP call's timer", False)
+
+    return record
+
+
+def sync_hook(
+    key_of: KeyOf, values_of: ValuesOf, status_attribute: str, outermost: bool
+) -> Callable[[Callable[..., Any]], Any]:
+    """A hook for a function sending a request.
+
+    ``key_of`` reads a call's key (see ``KeyOf``), ``values_of`` makes its
+    tags; ``status_attribute`` is the attribute of the response holding its
+    status code. With ``outermost``, a call inside a timed call is not
+    timed: for libraries whose calls call themselves.
+    """
+    record = _recorder(key_of, values_of, status_attribute)
+
+    def hook_of(call: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            collector = current_collector()
+            if collector is None or not collector.enabled or (outermost and IN_CALL.active):
+                return call(*args, **kwargs)
+            if outermost:
+                IN_CALL.active = True
+            start = perf_counter()
+            try:
+                response = call(*args, **kwargs)
+            except BaseException:
+                record(collector, outermost, args, kwargs, _FAILED, start)
+                raise
+            record(collector, outermost, args, kwargs, response, start)
+            return response
+
+        return timed_call
+
+    return hook_of
+
+
+def async_hook(
+    key_of: KeyOf, values_of: ValuesOf, status_attribute: str
+) -> Callable[[Callable[..., Any]], Any]:
+    """``sync_hook`` for a coroutine function (of a library that makes no nested calls)."""
+    record = _recorder(key_of, values_of, status_attribute)
+
+    def hook_of(call: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+        async def timed_call(*args: Any, **kwargs: Any) -> Any:
+            collector = current_collector()
+            if collector is None or not collector.enabled:
+                return await call(*args, **kwargs)
+            start = perf_counter()
+            try:
+                response = await call(*args, **kwargs)
+            except BaseException:
+                record(collector, False, args, kwargs, _FAILED, start)
+                raise
+            record(collector, False, args, kwargs, response, start)
+            return response
+
+        return timed_call
+
+    return hook_of

@@ -1,0 +1,439 @@
+"""HTTP clients timed automatically (httpx, requests, urllib3), against a real local HTTP server."""
+
+import asyncio
+import contextlib
+import http.server
+import socket
+import threading
+import time
+
+import pytest
+
+from packets import make_collector, receive
+from pynba import instrumentation
+from pynba.context import activate, deactivate
+from pynba.instrumentation import _http_client
+from pynba.instrumentation._http_client import host_tag, method_op, origin_host, status_class
+
+httpx = pytest.importorskip("httpx")
+requests = pytest.importorskip("requests")
+urllib3 = pytest.importorskip("urllib3")
+
+DELAY = 0.05
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """``/status/<code>``, ``/delay`` (DELAY seconds, then 200), ``/redirect`` (to a 200),
+    ``/hold`` (waits for the test's ``release``); any method."""
+
+    protocol_version = "HTTP/1.1"
+
+    def handle_any(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path = self.path.split("?")[0]
+        if path == "/redirect":
+            return self.reply(302, location="/status/200")
+        if path == "/delay":
+            time.sleep(DELAY)
+        elif path == "/hold":
+            self.server.arrived.set()
+            self.server.release.wait(10)
+        elif path.startswith("/status/"):
+            return self.reply(int(path.rsplit("/", 1)[1]))
+        return self.reply(200)
+
+    def reply(self, status, location=None):
+        body = b"" if self.command == "HEAD" else f"{status} {self.command}".encode()
+        self.send_response(status)
+        if location:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_PROPFIND = (
+        handle_any
+    )
+
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real HTTP server on 127.0.0.1 in a thread: its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    httpd.arrived = threading.Event()
+    httpd.release = threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.release.set()
+        httpd.shutdown()
+        thread.join()
+        httpd.server_close()
+
+
+@pytest.fixture
+def base(server):
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def host(server):
+    return f"127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def instrumented():
+    """Turns on the integrations a test names; all of them off again at its end."""
+    instrumentation.uninstrument("http")  # whatever an earlier test left on
+    yield instrumentation.instrument
+    instrumentation.uninstrument("http")
+
+
+@pytest.fixture
+def refused_port():
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def monitored(listener):
+    """A monitored request around the block; the collector, to finish and read."""
+    collector = make_collector(listener)
+    token = activate(collector)
+    try:
+        yield collector
+    finally:
+        deactivate(token)
+        collector.finish()
+
+
+def http_timers(packet):
+    """The packet's timers of group http: {tags without group: (seconds, hits)}, summed."""
+    found = {}
+    for timer in packet.timers:
+        tags = dict(timer.tags)
+        if tags.pop("group") != "http":
+            continue
+        key = tuple(sorted(tags.items()))
+        seconds, hits = found.get(key, (0.0, 0))
+        found[key] = (seconds + timer.value, hits + timer.hit_count)
+    return found
+
+
+def tags(op, host, status):
+    return (("host", host), ("op", op), ("status", status))
+
+
+# -- each client, sync and async ---------------------------------------------
+
+
+def test_httpx_client_times_each_request(udp_listener, instrumented, base, host):
+    instrumented("httpx")
+    with monitored(udp_listener), httpx.Client() as client:
+        assert client.get(f"{base}/delay?token=secret").text == "200 GET"
+        assert client.get(f"{base}/status/404").status_code == 404
+        assert client.post(f"{base}/status/500", content=b"x").status_code == 500
+        assert client.head(f"{base}/status/204").status_code == 204
+    packet = receive(udp_listener)
+    timers = http_timers(packet)
+    assert set(timers) == {
+        tags("get", host, "2xx"),
+        tags("get", host, "4xx"),
+        tags("post", host, "5xx"),
+        tags("head", host, "2xx"),
+    }
+    seconds, hits = timers[tags("get", host, "2xx")]
+    assert hits == 1
+    assert seconds >= DELAY
+    assert b"secret" not in packet.datagram
+    assert b"/delay" not in packet.datagram
+
+
+def test_httpx_async_client_times_each_request(udp_listener, instrumented, base, host):
+    instrumented("httpx")
+
+    async def calls():
+        async with httpx.AsyncClient() as client:
+            first = client.get(f"{base}/delay")
+            second = client.delete(f"{base}/status/404")
+            return await asyncio.gather(first, second)
+
+    with monitored(udp_listener):
+        responses = asyncio.run(calls())
+    assert [response.status_code for response in responses] == [200, 404]
+    timers = http_timers(receive(udp_listener))
+    assert set(timers) == {tags("get", host, "2xx"), tags("delete", host, "4xx")}
+    assert timers[tags("get", host, "2xx")][0] >= DELAY
+    assert timers[tags("delete", host, "4xx")][1] == 1
+
+
+def test_requests_times_each_call(udp_listener, instrumented, base, host):
+    instrumented("requests")
+    with monitored(udp_listener):
+        assert requests.get(f"{base}/delay").text == "200 GET"
+        with requests.Session() as session:
+            assert session.put(f"{base}/status/503").status_code == 503
+            assert session.patch(f"{base}/status/201").status_code == 201
+            assert session.options(f"{base}/status/200").status_code == 200
+    timers = http_timers(receive(udp_listener))
+    assert set(timers) == {
+        tags("get", host, "2xx"),
+        tags("put", host, "5xx"),
+        tags("patch", host, "2xx"),
+        tags("options", host, "2xx"),
+    }
+    assert timers[tags("get", host, "2xx")][0] >= DELAY
+
+
+def test_urllib3_times_pool_manager_and_pool_calls(udp_listener, instrumented, base, host):
+    instrumented("urllib3")
+    port = int(host.rsplit(":", 1)[1])
+    with monitored(udp_listener):
+        assert urllib3.request("GET", f"{base}/delay").status == 200
+        with urllib3.PoolManager() as manager:
+            assert manager.request("POST", f"{base}/status/404").status == 404
+        with urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
+            assert pool.request("PROPFIND", "/status/207").status == 207
+    timers = http_timers(receive(udp_listener))
+    assert timers == {
+        tags("get", host, "2xx"): timers[tags("get", host, "2xx")],
+        tags("post", host, "4xx"): timers[tags("post", host, "4xx")],
+        tags("other", host, "2xx"): timers[tags("other", host, "2xx")],
+    }
+    assert all(hits == 1 for _, hits in timers.values())
+    assert timers[tags("get", host, "2xx")][0] >= DELAY
+
+
+# -- one timer per call --------------------------------------------------------
+
+
+def test_requests_over_urllib3_make_one_timer_per_call(udp_listener, instrumented, base, host):
+    instrumented("requests", "urllib3")
+    with monitored(udp_listener):
+        requests.get(f"{base}/delay")
+        requests.get(f"{base}/redirect")  # two requests on the wire, one call
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {tags("get", host, "2xx")}
+    seconds, hits = timers[tags("get", host, "2xx")]
+    assert hits == 2
+    assert seconds >= DELAY
+
+
+def call(client, url):
+    """A GET of ``url`` with ``client`` (redirects followed); its status code."""
+    if client == "httpx":
+        return httpx.get(url, follow_redirects=True).status_code
+    if client == "requests":
+        return requests.get(url).status_code
+    return urllib3.request("GET", url).status
+
+
+CLIENTS = ["httpx", "requests", "urllib3"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_call_following_a_redirect_is_one_timer(client, udp_listener, instrumented, base, host):
+    instrumented(client)
+    with monitored(udp_listener):
+        assert call(client, f"{base}/redirect") == 200
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {tags("get", host, "2xx")}
+    assert timers[tags("get", host, "2xx")][1] == 1
+
+
+def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host):
+    instrumented("requests", "urllib3")
+    errors = []
+
+    def one_request():
+        try:
+            with monitored(udp_listener):
+                requests.get(f"{base}/delay")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=one_request) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    for _ in threads:
+        timers = http_timers(receive(udp_listener))
+        assert timers.keys() == {tags("get", host, "2xx")}
+        assert timers[tags("get", host, "2xx")][1] == 1
+        assert timers[tags("get", host, "2xx")][0] >= DELAY
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_instrumenting_twice_still_times_once(client, udp_listener, instrumented, base, host):
+    instrumented(client)
+    instrumented(client)
+    with monitored(udp_listener):
+        call(client, f"{base}/status/200")
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {tags("get", host, "2xx")}
+    assert timers[tags("get", host, "2xx")][1] == 1
+
+
+# -- failures, and what is never done ---------------------------------------------
+
+
+def refused(client, url):
+    """The exception ``client`` raises for a GET of ``url``, run with the library as it is."""
+    with pytest.raises(Exception) as raised:
+        if client == "urllib3":
+            urllib3.request("GET", url, retries=False)
+        else:
+            call(client, url)
+    return raised.value
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_refused_connection_raises_as_without_pynba_and_is_timed_as_error(
+    client, udp_listener, instrumented, refused_port
+):
+    url = f"http://127.0.0.1:{refused_port}/status/200"
+    bare = refused(client, url)
+    instrumented(client)
+    with monitored(udp_listener):
+        timed = refused(client, url)
+    assert type(timed) is type(bare)
+    assert str(timed) == str(bare)
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {tags("get", f"127.0.0.1:{refused_port}", "error")}
+    assert timers[tags("get", f"127.0.0.1:{refused_port}", "error")][1] == 1
+
+
+def test_the_timer_of_a_call_still_running_when_its_request_ends_is_dropped(
+    udp_listener, instrumented, server, base
+):
+    instrumented("httpx")
+    collector = make_collector(udp_listener)
+    outcome = []
+
+    def late_call():
+        activate(collector)
+        outcome.append(httpx.get(f"{base}/hold", timeout=10).status_code)
+
+    server.arrived.clear()
+    server.release.clear()
+    thread = threading.Thread(target=late_call)
+    thread.start()
+    try:
+        assert server.arrived.wait(10)
+        collector.finish()
+    finally:
+        server.release.set()
+        thread.join(10)
+    assert outcome == [200]
+    assert http_timers(receive(udp_listener)) == {}
+    assert udp_listener.pending(0.1) == []
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_outside_a_request_calls_go_through_and_send_nothing(
+    client, udp_listener, instrumented, base
+):
+    instrumented(client)
+    assert call(client, f"{base}/status/200") == 200
+    assert udp_listener.pending(0.1) == []
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_disabled_request_records_nothing(client, udp_listener, instrumented, base):
+    instrumented(client)
+    with monitored(udp_listener) as collector:
+        collector.enabled = False
+        assert call(client, f"{base}/status/200") == 200
+    assert udp_listener.pending(0.1) == []
+
+
+def test_uninstrument_puts_every_library_back(udp_listener, base):
+    methods = [
+        (httpx.Client, "send"),
+        (httpx.AsyncClient, "send"),
+        (requests.Session, "send"),
+        (urllib3.PoolManager, "urlopen"),
+        (urllib3.HTTPConnectionPool, "urlopen"),
+        (urllib3.HTTPSConnectionPool, "urlopen"),
+    ]
+    instrumentation.uninstrument("http")  # whatever an earlier test left on
+    before = [(owner, name, vars(owner).get(name)) for owner, name in methods]
+    assert instrumentation.instrument("http") == ("httpx", "requests", "urllib3")
+    try:
+        assert httpx.Client.send is not before[0][2]
+        assert httpx.Client.send.__wrapped__ is before[0][2]
+    finally:
+        instrumentation.uninstrument("http")
+    instrumentation.uninstrument("http")  # twice: harmless
+    assert [(owner, name, vars(owner).get(name)) for owner, name in methods] == before
+    with monitored(udp_listener):
+        for client in CLIENTS:
+            call(client, f"{base}/status/200")
+    assert http_timers(receive(udp_listener)) == {}
+
+
+# -- the tags -----------------------------------------------------------------------
+
+
+def test_the_host_tag_is_the_remote_host_normalised_without_its_default_port():
+    assert origin_host("http://User:password@EXAMPLE.com.:80/path?query=1") == "example.com"
+    assert origin_host("https://example.com:443") == "example.com"
+    assert origin_host("https://example.com:80/") == "example.com:80"
+    assert origin_host("http://example.com:8080?query") == "example.com:8080"
+    assert origin_host("http://[0:0::1]:8000/") == "[::1]:8000"
+    assert origin_host("http://xn--bcher-kva.example/") == "bücher.example"
+    assert origin_host("http://Bücher.example/") == "bücher.example"
+    assert origin_host("http://example.com:99999/") == "<invalid-host>"
+    assert origin_host("http://exa mple.com/") == "<invalid-host>"
+    assert origin_host("/relative") == "<invalid-host>"
+    assert origin_host(None) == "<invalid-host>"
+    assert host_tag(b"xn--bcher-kva.example", None) == "bücher.example"
+    assert host_tag("::1", 8000) == "[::1]:8000"
+    assert host_tag("localhost", None) == "localhost"
+    assert host_tag("", None) == "<invalid-host>"
+    assert host_tag(["not", "a", "host"], None) == "<invalid-host>"
+
+
+def test_past_the_limit_hosts_are_reported_as_other(monkeypatch):
+    monkeypatch.setattr(_http_client, "HOST_LIMIT", 2)
+    monkeypatch.setattr(_http_client, "_seen_hosts", set())
+    assert [origin_host(f"http://host{n}.example/") for n in range(4)] == [
+        "host0.example",
+        "host1.example",
+        "<other>",
+        "<other>",
+    ]
+    assert origin_host("http://HOST1.example/x") == "host1.example"
+    assert origin_host("http://host0.example:8080/") == "<other>"
+
+
+def test_the_op_and_status_tags_come_from_small_fixed_sets():
+    assert [method_op(m) for m in ("GET", "head", "Post", "PROPFIND", b"GET", None)] == [
+        "get",
+        "head",
+        "post",
+        "other",
+        "other",
+        "other",
+    ]
+    assert [status_class(s) for s in (100, 204, 302, 404, 599, 600, 99, None, "x")] == [
+        "1xx",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "other",
+        "other",
+        "other",
+        "other",
+    ]
