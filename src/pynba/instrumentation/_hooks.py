@@ -24,7 +24,7 @@ from ..errors import internal_error
 from ..tags import TagValue
 from ..timer import NoopTimer, Timer
 
-__all__ = ["SQL_VERBS", "bounded", "sql_verb", "start_timer", "stop_timer"]
+__all__ = ["SQL_VERBS", "Patches", "bounded", "sql_verb", "start_timer", "stop_timer"]
 
 #: The ``op`` tag of a database timer: a statement's verb, or ``other``.
 SQL_VERBS = frozenset(["select", "insert", "update", "delete", "begin", "commit", "rollback"])
@@ -124,3 +124,24 @@ def bounded(value: str, seen: set[str], limit: int, other: str = "other") -> str
         return other
     seen.add(value)
     return value
+
+
+class Patches:
+    """The library methods an integration has replaced, to put them back as they were."""
+
+    def __init__(self) -> None:
+        self._replaced: list[tuple[type, str, Any]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._replaced)
+
+    def replace(self, cls: type, name: str, hook: Any) -> None:
+        """Put ``hook`` in the place of ``cls``'s own method ``name``."""
+        self._replaced.append((cls, name, cls.__dict__[name]))
+        setattr(cls, name, hook)
+
+    def restore(self) -> None:
+        """Put back every method replaced, the last replaced first."""
+        while self._replaced:
+            cls, name, original = self._replaced.pop()
+            setattr(cls, name, original)
