@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 
 import pytest
@@ -343,6 +344,63 @@ def test_memcached_commands_are_timed_with_method_and_server(
     assert packet.timer(group="cache", op="get", server=server).hit_count == 2
     assert packet.timer(group="cache", op="set", server=server).hit_count == 2
     assert b"user:4" not in packet.datagram and b"Ada" not in packet.datagram
+
+
+def test_memcached_hooks_take_the_arguments_the_library_takes(
+    udp_listener, memcached_server, memcached
+):
+    server = memcached_server.address
+    with monitored_request(udp_listener):
+        assert memcached.set(key="a", value="1", expire=60, noreply=False) is True
+        assert memcached.get("absent", b"default") == b"default"
+        assert memcached.get(key="absent", default=b"default") == b"default"
+        assert memcached.gets("a")[0] == b"1"
+        assert memcached.stats()[b"curr_items"] >= 1  # stats(self, *args)
+        assert memcached.stats("settings")[b"tcpport"] == memcached_server.port
+        with pytest.raises(TypeError, match="unexpected keyword argument 'keys'"):
+            memcached.get(keys=["a"])  # refused as the library refuses it
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [cache(op, server) for op in ("get", "gets", "set", "stats")]
+    assert packet.timer(group="cache", op="get", server=server).hit_count == 2
+    for name in pymemcache_hooks.COMMANDS:
+        hook, library = Client.__dict__[name], Client.__dict__[name].__wrapped__
+        assert parameters(inspect.signature(hook, follow_wrapped=False)) == parameters(
+            inspect.signature(library)
+        )
+        assert hook.__name__ == library.__name__ and hook.__doc__ == library.__doc__
+
+
+def test_memcached_hooks_are_written_for_every_kind_of_parameter(udp_listener):
+    class Client:
+        server = ("127.0.0.1", 11211)
+
+        def every_kind(self, key, /, value, *rest, flag=False, **options):
+            return key, value, rest, flag, options
+
+        def named_like_the_hook(self, _pynba_op="mine"):  # left to a (*args, **kwargs) hook
+            return _pynba_op
+
+    every_kind = pymemcache_hooks._hook(Client.every_kind, "every_kind")
+    named = pymemcache_hooks._hook(Client.named_like_the_hook, "named")
+    assert parameters(inspect.signature(every_kind)) == parameters(
+        inspect.signature(Client.every_kind)
+    )
+    client = Client()
+    with monitored_request(udp_listener):
+        assert every_kind(client, "k", 1, 2, 3, flag=True, x=4) == ("k", 1, (2, 3), True, {"x": 4})
+        assert every_kind(client, "k", value=1) == ("k", 1, (), False, {})
+        with pytest.raises(TypeError):
+            every_kind(client, key="k", value=1)  # positional only, as in the library
+        assert named(client) == "mine" and named(client, _pynba_op="yours") == "yours"
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [
+        cache("every_kind", "127.0.0.1:11211"),
+        cache("named", "127.0.0.1:11211"),
+    ]
+
+
+def parameters(signature):
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
 
 
 def test_memcached_error_propagates_unchanged_and_is_timed(

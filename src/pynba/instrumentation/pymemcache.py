@@ -14,6 +14,7 @@ the client. Keys and values are never sent.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 from ..context import UnboundTimer, current_collector, pynba
@@ -84,9 +85,70 @@ def uninstrument() -> None:
     _patches.restore()
 
 
+_HOOK = """\
+def _pynba_hook({parameters}):
+    if _pynba_current_collector() is None:  # no tags to work out: the call alone
+        return _pynba_original({arguments})
+    with _pynba_command_timer(_pynba_op, {client}.server):
+        return _pynba_original({arguments})
+"""
+
+_ARGUMENT = {
+    inspect.Parameter.POSITIONAL_ONLY: "{}",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD: "{}",
+    inspect.Parameter.VAR_POSITIONAL: "*{}",
+    inspect.Parameter.KEYWORD_ONLY: "{0}={0}",
+    inspect.Parameter.VAR_KEYWORD: "**{}",
+}
+
+
+class _Source(str):
+    """A default value written as the name that holds it."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _hook(original: Any, op: str) -> Any:
+    """``original``, timed as ``op``: a function of the same parameters.
+
+    Written for those parameters (as ``dataclasses`` writes its methods), it
+    passes a call's arguments on as they came: a ``(self, *args, **kwargs)``
+    wrapper would pack and unpack them again, costing a command as much as
+    the rest of the hook (see ``_generic_hook``, for signatures it cannot write).
+    """
+    signature = inspect.signature(original)
+    namespace = {
+        "_pynba_original": original,
+        "_pynba_op": op,
+        "_pynba_current_collector": current_collector,
+        "_pynba_command_timer": _command_timer,
+    }
+    parameters, arguments = [], []
+    for parameter in signature.parameters.values():
+        if parameter.name.startswith("_pynba_"):
+            return _generic_hook(original, op)
+        if parameter.default is not parameter.empty:
+            name = f"_pynba_default_{parameter.name}"
+            namespace[name] = parameter.default
+            parameter = parameter.replace(default=_Source(name))
+        parameters.append(parameter.replace(annotation=parameter.empty))
+        arguments.append(_ARGUMENT[parameter.kind].format(parameter.name))
+    if not parameters or parameters[0].kind is parameters[0].VAR_POSITIONAL:
+        return _generic_hook(original, op)
+    written = signature.replace(parameters=parameters, return_annotation=signature.empty)
+    source = _HOOK.format(
+        parameters=str(written)[1:-1],
+        arguments=", ".join(arguments),
+        client=parameters[0].name,
+    )
+    exec(compile(source, f"<pynba hook of pymemcache {original.__qualname__}>", "exec"), namespace)
+    return namespace["_pynba_hook"]
+
+
+def _generic_hook(original: Any, op: str) -> Any:
     def command(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if current_collector() is None:  # no tags to work out: the call alone
+        if current_collector() is None:
             return original(self, *args, **kwargs)
         with _command_timer(op, self.server):
             return original(self, *args, **kwargs)
