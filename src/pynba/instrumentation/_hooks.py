@@ -26,14 +26,7 @@ from ..errors import internal_error
 from ..tags import TagValue
 from ..timer import NoopTimer, Timer
 
-__all__ = [
-    "SQL_VERBS",
-    "Patches",
-    "bounded",
-    "sql_verb",
-    "start_timer",
-    "stop_timer",
-]
+__all__ = ["SQL_VERBS", "Patches", "bounded", "row_count", "sql_verb", "start_timer", "stop_timer"]
 
 #: The ``op`` tag of a database timer: a statement's verb, or ``other``.
 SQL_VERBS = frozenset(["select", "insert", "update", "delete", "begin", "commit", "rollback"])
