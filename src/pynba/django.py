@@ -11,7 +11,9 @@ environment variable of the same name, see ``pynba.config``):
 ``PINBA_SERVER``, ``PINBA_ENABLED``, ``PINBA_PREFIX``, ``PINBA_HOSTNAME``,
 ``PINBA_SERVER_NAME``, ``PINBA_RAISE_ON_FAIL``, ``PINBA_TIMER_RUSAGE``,
 ``PINBA_MEMORY_FOOTPRINT``, ``PINBA_PINBOARD``, ``PINBA_UNMATCHED_NAME``,
-``PINBA_NAME_LIMIT``, ``PINBA_SERVER_NAMES``; and, settings only,
+``PINBA_NAME_LIMIT``, ``PINBA_SERVER_NAMES``, ``PINBA_INSTRUMENT`` (a
+list, or a comma-separated string, of the libraries to time: see
+``pynba.instrumentation``); and, settings only,
 ``PINBA_TAGS`` (request tags for every request) and ``PINBA_SCRIPT_NAME``:
 
 - ``"route"`` (the default): the URL pattern that resolved the request,
