@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Mapping
 
 import pytest
 
@@ -251,6 +252,22 @@ def test_concurrent_async_requests_each_get_the_spans_they_end(monitor, udp_list
     assert packets["first"].timer(group="otel", op="first's own").value >= 0.01
 
 
+class Attributes(Mapping):
+    """Span attributes in a mapping of no known kind (without ``copy()``)."""
+
+    def __init__(self, items):
+        self._items = items
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+
 def test_attributes_of_unexpected_types_are_left_out_and_never_raise(
     monitor, udp_listener, tracer, processor
 ):
@@ -289,6 +306,10 @@ def test_attributes_of_unexpected_types_are_left_out_and_never_raise(
             ReadableSpan(None, attributes={"db.system": object()}, start_time=0, end_time=10**9)
         )
         processor.on_end(ReadableSpan("no times"))
+        plain = {"db.system": "sqlite", "db.name": "main", "db.operation": "DELETE"}
+        processor.on_end(
+            ReadableSpan("mapping", attributes=Attributes(plain), start_time=0, end_time=0)
+        )
         processor.on_end(ReadableSpan("backwards", start_time=10**9, end_time=0))
     packet = receive(udp_listener)
     assert packet.timer_tags() == sorted(
@@ -302,6 +323,7 @@ def test_attributes_of_unexpected_types_are_left_out_and_never_raise(
             (("group", "cache"), ("op", "get"), ("server", "cache")),
             (("group", "otel"), ("op", "other")),
             (("group", "otel"), ("op", "backwards")),
+            (("db", "main"), ("group", "db"), ("op", "delete")),
         ]
     )
     other = packet.timer(group="otel", op="other")

@@ -120,10 +120,13 @@ class PinbaSpanProcessor(SpanProcessor):
 
 def _span_tags(span: ReadableSpan) -> Tags | None:
     """``PinbaSpanProcessor.span_tags`` before the values are capped."""
-    if span.kind is SpanKind.SERVER:
+    kind = span.kind
+    if kind is SpanKind.SERVER:
         return None
-    attributes = span.attributes or {}
-    name = span.name if isinstance(span.name, str) else ""
+    attributes = _plain(span.attributes)
+    name = span.name
+    if type(name) is not str:
+        name = ""
     database = _text(attributes, "db.system.name", "db.system")
     if database is not None:
         command = _text(attributes, "db.operation.name", "db.operation") or _first_word(name)
@@ -133,7 +136,7 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
         namespace = _text(attributes, "db.namespace", "db.name") or database
         return ("group", "op", "db"), ("db", command.lower(), namespace)
     method = _text(attributes, "http.request.method", "http.method")
-    if method is not None and span.kind is SpanKind.CLIENT:
+    if method is not None and kind is SpanKind.CLIENT:
         names: tuple[str, ...] = ("group", "op")
         values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
         host = _text(attributes, "server.address", "net.peer.name")
@@ -145,11 +148,8 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
         return names, values
     queue = _text(attributes, "messaging.system")
     if queue is not None:
-        operation = _text(
-            attributes,
-            "messaging.operation.type",
-            "messaging.operation",
-            "messaging.operation.name",
+        operation = _text(attributes, "messaging.operation.type", "messaging.operation") or _text(
+            attributes, "messaging.operation.name"
         )
         return ("group", "op", "system"), ("queue", (operation or name).lower(), queue)
     rpc = _text(attributes, "rpc.system.name", "rpc.system")
@@ -162,13 +162,32 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
     return ("group", "op"), ("otel", name)
 
 
-def _text(attributes: Any, *keys: str) -> str | None:
-    """The first of these attributes that is a non-empty string."""
-    for key in keys:
-        value = attributes.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+def _plain(attributes: Any) -> dict[str, Any]:
+    """A span's attributes as a dict.
+
+    The SDK's ``BoundedAttributes`` (behind a read-only proxy) look keys up
+    in Python, a missing one raising KeyError inside: ten lookups cost more
+    than the span. Its ``copy()`` is a plain dict.
+    """
+    if attributes is None:
+        return {}
+    try:
+        plain = attributes.copy()
+    except (AttributeError, TypeError):  # a mapping of another kind (a span made by hand)
+        plain = None
+    return plain if type(plain) is dict else dict(attributes)
+
+
+def _text(attributes: dict[str, Any], key: str, old: str | None = None) -> str | None:
+    """Attribute ``key`` (else ``old``, its former name) if it is a non-empty string."""
+    value = attributes.get(key)
+    if type(value) is not str or not value:
+        if old is None:
+            return None
+        value = attributes.get(old)
+        if type(value) is not str or not value:
+            return None
+    return value
 
 
 def _first_word(name: str) -> str:
@@ -176,7 +195,7 @@ def _first_word(name: str) -> str:
     return words[0] if words else "other"
 
 
-def _server(attributes: Any) -> str | None:
+def _server(attributes: dict[str, Any]) -> str | None:
     host = _text(attributes, "server.address", "net.peer.name")
     if host is None:
         return None
@@ -186,7 +205,7 @@ def _server(attributes: Any) -> str | None:
     return host
 
 
-def _status_class(attributes: Any) -> str | None:
+def _status_class(attributes: dict[str, Any]) -> str | None:
     """``2xx``, ``4xx``... from the span's HTTP status code, if it has a valid one."""
     code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
     if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
