@@ -47,6 +47,7 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 
 import pynba
+import pynba.instrumentation
 from pynba import PynbaMiddleware
 from pynba.testing import PinbaListener
 
@@ -505,6 +506,7 @@ def test_python_block(block):
             listener.assert_valid()
         RAN[block.path] += 1
     finally:
+        pynba.instrumentation.uninstrument()  # a block's instrument() must not time the next one
         sys.modules.pop("docs_block", None)
         logger.handlers[:] = saved_handlers
         os.environ.clear()

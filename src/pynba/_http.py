@@ -64,6 +64,7 @@ class HTTPOptions(TypedDict, total=False):
     unmatched_name: str | None
     name_limit: int | None
     server_names: Iterable[str] | str | None
+    instrument: Iterable[str] | str | None
 
 
 class Monitoring:
@@ -103,6 +104,7 @@ class Monitoring:
         if script_name is not None and not callable(script_name):
             raise TypeError(f"script_name must be a callable taking {source}")
         config = resolve(address, settings=settings, **options)
+        config.instrument_libraries()
         self.settings = config.collector_settings(tags)
         self.enabled = bool(config.enabled)
         self.script_name = script_name

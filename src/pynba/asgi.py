@@ -106,8 +106,8 @@ class PynbaASGIMiddleware(MonitoredMiddleware):
     Options as for the WSGI ``PynbaMiddleware`` (``prefix``, ``tags``,
     ``server_name``, ``hostname``, ``enabled``, ``raise_on_fail``,
     ``timer_rusage``, ``memory_footprint``, ``pinboard``,
-    ``unmatched_name``, ``name_limit``, ``server_names``), except that a
-    ``script_name`` callable takes the ASGI scope. With Starlette or
+    ``unmatched_name``, ``name_limit``, ``server_names``, ``instrument``),
+    except that a ``script_name`` callable takes the ASGI scope. With Starlette or
     FastAPI: ``app.add_middleware(PynbaASGIMiddleware, address=...)``.
     ``address`` and the options left unset are read from the environment
     (``PINBA_SERVER``, ...: see ``pynba.config``).

@@ -21,22 +21,26 @@ option                environment variable        default
 ``unmatched_name``    ``PINBA_UNMATCHED_NAME``    ``"<unmatched>"``
 ``name_limit``        ``PINBA_NAME_LIMIT``        ``2000``
 ``server_names``      ``PINBA_SERVER_NAMES``      none: any ``Host`` (within ``name_limit``)
+``instrument``        ``PINBA_INSTRUMENT``        none: no library is timed automatically
 ====================  ==========================  ===========================================
 
 ``PINBA_SERVER`` names one server or several separated by commas
 (``"pinba1:30002,pinba2:30002"``), ``PINBA_SERVER_NAMES`` a comma-separated
-list of host names. Flags accept ``1/0``, ``true/false``,
-``yes/no`` and ``on/off`` (any case).
+list of host names, ``PINBA_INSTRUMENT`` the integrations to turn on when
+the middleware or monitor is made (``all``, or a comma-separated list of
+integrations and groups: see ``pynba.instrumentation``). Flags accept
+``1/0``, ``true/false``, ``yes/no`` and ``on/off`` (any case).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from . import instrumentation
 from .collector import CollectorSettings
 from .names import DEFAULT_NAME_LIMIT, UNMATCHED_NAME, parse_names
 from .reporter import Reporter
@@ -66,6 +70,7 @@ ENVIRONMENT: dict[str, str] = {
     "unmatched_name": "PINBA_UNMATCHED_NAME",
     "name_limit": "PINBA_NAME_LIMIT",
     "server_names": "PINBA_SERVER_NAMES",
+    "instrument": "PINBA_INSTRUMENT",
 }
 
 _TRUE = frozenset(("1", "true", "yes", "on"))
@@ -133,6 +138,24 @@ def _address(value: Any, name: str) -> Any:
     return value
 
 
+def _integrations(value: Any, name: str) -> tuple[str, ...]:
+    # Kept as written, not expanded: instrument() skips the integrations of a
+    # group (or of "all") whose library is missing, and refuses one named alone.
+    if isinstance(value, str):
+        names = tuple(word.strip() for word in value.split(",") if word.strip())
+    elif isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)):
+        names = tuple(value)
+    else:
+        raise TypeError(f"{name} must be a str or a list of str, not {type(value).__name__}")
+    try:
+        instrumentation.parse_names(names)
+    except (TypeError, ValueError) as error:
+        if name == "instrument":
+            raise
+        raise type(error)(f"{name}: {error}") from None
+    return names
+
+
 _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "address": _address,
     "enabled": parse_flag,
@@ -146,11 +169,12 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "unmatched_name": _name,
     "name_limit": _count,
     "server_names": _server_names,
+    "instrument": _integrations,
 }
 
 _TEXT_OPTIONS = frozenset(("prefix", "hostname", "server_name"))
 #: Options parsed also when given as arguments (into the form the middlewares use).
-_PARSED_OPTIONS = frozenset(("unmatched_name", "name_limit", "server_names"))
+_PARSED_OPTIONS = frozenset(("unmatched_name", "name_limit", "server_names", "instrument"))
 
 _DEFAULTS: dict[str, Any] = {
     "address": None,
@@ -165,6 +189,7 @@ _DEFAULTS: dict[str, Any] = {
     "unmatched_name": UNMATCHED_NAME,
     "name_limit": DEFAULT_NAME_LIMIT,
     "server_names": None,
+    "instrument": (),
 }
 
 
@@ -184,10 +209,21 @@ class Config:
     unmatched_name: str
     name_limit: int
     server_names: tuple[str, ...] | None
+    instrument: tuple[str, ...]
 
     def options(self) -> dict[str, Any]:
         """Every option but ``address``, as keyword arguments of a middleware."""
         return {name: getattr(self, name) for name in ENVIRONMENT if name != "address"}
+
+    def instrument_libraries(self) -> tuple[str, ...]:
+        """Turn on the integrations ``instrument`` names, when monitoring is; returns them.
+
+        See ``pynba.instrumentation.instrument``: harmless when they are on
+        already. A middleware or monitor that reports nothing times nothing.
+        """
+        if not self.instrument or not self.enabled:
+            return ()
+        return instrumentation.instrument(*self.instrument)
 
     def collector_settings(self, tags: Mapping[str, Any] | None = None) -> CollectorSettings:
         """What the requests of a middleware or monitor so configured share.

@@ -11,11 +11,10 @@ environment variable of the same name, see ``pynba.config``):
 ``PINBA_SERVER``, ``PINBA_ENABLED``, ``PINBA_PREFIX``, ``PINBA_HOSTNAME``,
 ``PINBA_SERVER_NAME``, ``PINBA_RAISE_ON_FAIL``, ``PINBA_TIMER_RUSAGE``,
 ``PINBA_MEMORY_FOOTPRINT``, ``PINBA_PINBOARD``, ``PINBA_UNMATCHED_NAME``,
-``PINBA_NAME_LIMIT``, ``PINBA_SERVER_NAMES``; and, settings only,
-``PINBA_TAGS`` (request tags for every request), ``PINBA_INSTRUMENT`` (the
-automatic timers to turn on, as ``pynba.instrument()`` takes them: a list
-or a comma-separated string, such as ``"db"``; see ``pynba.instrumentation``)
-and ``PINBA_SCRIPT_NAME``:
+``PINBA_NAME_LIMIT``, ``PINBA_SERVER_NAMES``, ``PINBA_INSTRUMENT`` (a
+list, or a comma-separated string, of the libraries to time: see
+``pynba.instrumentation``); and, settings only,
+``PINBA_TAGS`` (request tags for every request) and ``PINBA_SCRIPT_NAME``:
 
 - ``"route"`` (the default): the URL pattern that resolved the request,
   with a leading slash (``/users/<int:user_id>/``);
@@ -49,7 +48,6 @@ from ._http import FAILED_STATUS, MonitoredMiddleware, Monitoring, content_lengt
 from .collector import RequestCollector
 from .context import DISABLED, DisabledCollector, activate, deactivate
 from .errors import internal_error
-from .instrumentation import instrument
 from .reporter import Reporter
 
 __all__ = ["PynbaMiddleware"]
@@ -84,9 +82,6 @@ class PynbaMiddleware(MonitoredMiddleware):
                     'PINBA_SCRIPT_NAME must be "route", "view" or a callable taking the request, '
                     f"not {script_name!r}"
                 )
-            instrumented = getattr(django_settings, "PINBA_INSTRUMENT", None)
-            if instrumented:
-                instrument(*_names(instrumented))
         except (TypeError, ValueError, ImportError) as error:
             raise ImproperlyConfigured(f"pynba: {error}") from error
         self.script_name = script_name
@@ -138,13 +133,6 @@ class PynbaMiddleware(MonitoredMiddleware):
             internal_error("cannot monitor the request", self.reporter.raise_on_fail)
             return _MonitoredRequest(DISABLED, self.reporter)
         return _MonitoredRequest(collector, self.reporter)
-
-
-def _names(value: Any) -> list[str]:
-    """``PINBA_INSTRUMENT``'s names: a comma-separated string or a list."""
-    if isinstance(value, str):
-        value = value.split(",")
-    return [name.strip() for name in value if name.strip()]
 
 
 class _MonitoredRequest:

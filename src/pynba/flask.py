@@ -40,8 +40,8 @@ class Pynba:
     Options as for ``PynbaMiddleware`` (``prefix``, ``tags``,
     ``server_name``, ``hostname``, ``enabled``, ``raise_on_fail``,
     ``timer_rusage``, ``memory_footprint``, ``pinboard``,
-    ``unmatched_name``, ``name_limit``, ``server_names``), plus
-    ``script_name``: ``"rule"`` (the default) or ``"endpoint"``.
+    ``unmatched_name``, ``name_limit``, ``server_names``, ``instrument``),
+    plus ``script_name``: ``"rule"`` (the default) or ``"endpoint"``.
     """
 
     def __init__(

@@ -58,8 +58,8 @@ def monitor(
     Options as for ``PynbaMiddleware`` (``prefix``, ``server_name``,
     ``hostname``, ``enabled``, ``raise_on_fail``, ``timer_rusage``,
     ``memory_footprint``, ``pinboard``, ``unmatched_name``, ``name_limit``,
-    ``server_names``), plus ``script_name``: ``"pattern"`` (the default) or
-    ``"name"``.
+    ``server_names``, ``instrument``), plus ``script_name``: ``"pattern"``
+    (the default) or ``"name"``.
     """
     if script_name not in _SCRIPT_NAMES:
         raise ValueError(f'script_name must be "pattern" or "name", not {script_name!r}')

@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import Token
 from typing import Any
@@ -251,9 +251,9 @@ class ScriptMonitor:
     would make one report per command line), ``server_name`` and ``hostname``
     to this machine's host name (``scriptname`` and ``servername``, pynba
     0.5's spellings, are accepted too: as keywords, and as the attributes'
-    old names). ``tags`` are sent with every job. Keyword
-    options as for ``PynbaMiddleware``: ``enabled``, ``raise_on_fail``,
-    ``timer_rusage``, ``memory_footprint``, ``pinboard``. ``address`` and the
+    old names). ``tags`` are sent with every job. Keyword options as for
+    ``PynbaMiddleware``: ``enabled``, ``raise_on_fail``, ``timer_rusage``,
+    ``memory_footprint``, ``pinboard``, ``instrument``. ``address`` and the
     options left unset are read from the environment (``PINBA_SERVER``,
     ``PINBA_HOSTNAME``, ``PINBA_SERVER_NAME``, ...: see ``pynba.config``).
 
@@ -279,6 +279,7 @@ class ScriptMonitor:
         timer_rusage: bool | None = None,
         memory_footprint: bool | None = None,
         pinboard: bool | None = None,
+        instrument: Iterable[str] | str | None = None,
     ) -> None:
         script_name = _name_argument("script_name", script_name, "scriptname", scriptname)
         server_name = _name_argument("server_name", server_name, "servername", servername)
@@ -292,7 +293,9 @@ class ScriptMonitor:
             timer_rusage=timer_rusage,
             memory_footprint=memory_footprint,
             pinboard=pinboard,
+            instrument=instrument,
         )
+        config.instrument_libraries()
         self.settings = config.collector_settings(tags)
         self.reporter: Reporter = self.settings.reporter
         #: The names of the monitor's jobs (``job()`` blocks read them when they begin).

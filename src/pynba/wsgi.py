@@ -75,8 +75,10 @@ class PynbaMiddleware:
     the application is called directly and ``pynba`` timers do nothing),
     ``raise_on_fail``, ``timer_rusage`` (CPU time per timer: two
     ``getrusage`` calls per timer run), ``memory_footprint`` (resident
-    memory at the end of each request: a file read per request) and
-    ``pinboard`` (tag every timer with ``__hostname`` and ``__server_name``).
+    memory at the end of each request: a file read per request),
+    ``pinboard`` (tag every timer with ``__hostname`` and ``__server_name``)
+    and ``instrument`` (the libraries to time automatically, turned on now:
+    see ``pynba.instrumentation``).
     ``address`` and the options left unset are read from the environment
     (``PINBA_SERVER``, ``PINBA_ENABLED``, ...: see ``pynba.config``).
     """

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from ..context import UnboundTimer, current_collector, pynba
@@ -77,7 +78,12 @@ def instrument() -> None:
     for alias, name in _ALIASES.items():
         hooks[alias] = hooks[name]  # one method under two names stays so
     for name, hook in hooks.items():
-        _patches.replace(Client, name, lambda _original, hook=hook: hook)
+        _patches.replace(Client, name, _made_already(hook))
+
+
+def _made_already(hook: Any) -> Callable[[Any], Any]:
+    """What ``Patches.replace`` takes, for a hook made beforehand."""
+    return lambda _original: hook
 
 
 def uninstrument() -> None:

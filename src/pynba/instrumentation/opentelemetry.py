@@ -1,0 +1,253 @@
+"""OpenTelemetry: the spans of any OpenTelemetry instrumentation, reported as Pinba timers.
+
+Add the span processor to the application's ``TracerProvider``::
+
+    provider.add_span_processor(PinbaSpanProcessor())
+
+or let ``instrument()`` (``pynba.instrument("opentelemetry")``) add one to
+the global provider, when that is an SDK ``TracerProvider``. Each span that
+ends inside a monitored request becomes a timer of that request, its value
+the span's duration, tagged from the span's semantic attributes (see
+``span_tags``). A span is timed by the request current where it ends:
+where a ``pynba.timer`` written at that place would go. A span ended
+outside any request (in a thread of its library's own, say) is not timed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.trace import SpanKind
+
+from ..context import current_collector
+from ..errors import internal_error
+from ._hooks import bounded
+
+__all__ = ["VALUE_LENGTH", "VALUE_LIMIT", "PinbaSpanProcessor", "instrument", "uninstrument"]
+
+logger = logging.getLogger("pynba")
+
+#: Distinct values a processor sends per tag; any other is ``other``.
+VALUE_LIMIT = 200
+#: Tag values read from spans are cut to this many characters.
+VALUE_LENGTH = 100
+
+#: Database systems whose spans are cache timers, as pynba's own integrations make them.
+CACHE_SYSTEMS = frozenset(["redis", "memcached", "valkey"])
+
+Tags = tuple[tuple[str, ...], tuple[str, ...]]
+
+_CAPPED_TAGS_MAX = 4096
+
+
+class PinbaSpanProcessor(SpanProcessor):
+    """Makes each span ended inside a monitored request a timer of that request.
+
+    Set ``enabled`` to False to make it inert: an SDK ``TracerProvider``
+    cannot remove a span processor once added.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        # The values seen per tag name, each set capped at VALUE_LIMIT.
+        self._seen: dict[str, set[str]] = {}
+        # Tags as read from spans, capped: spans repeat, and a value once
+        # admitted (or refused) stays so.
+        self._capped_tags: dict[Tags, Tags] = {}
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Add the span's duration to the current request, as a timer of its tags."""
+        collector = current_collector()
+        if collector is None or not collector.enabled or collector.finished or not self.enabled:
+            return
+        try:
+            start, end = span.start_time, span.end_time
+            if type(start) is not int or type(end) is not int:
+                return
+            tags = self.span_tags(span)
+            if tags is None:
+                return
+            timer = collector.new_checked_timer(*tags)  # type: ignore[union-attr]
+            timer.add(max(end - start, 0) / 1e9)
+        except Exception:
+            internal_error("cannot time an OpenTelemetry span", False)
+
+    def span_tags(self, span: ReadableSpan) -> Tags | None:
+        """The timer tags of ``span`` (names, values); None for a span not timed.
+
+        - a ``SERVER`` span: not timed (it is the request pynba reports);
+        - ``db.system``: ``group=db``, ``op`` (``db.operation.name``, else
+          the span name's first word, lower case), ``db`` (``db.namespace``,
+          else the system); Redis and Memcached: ``group=cache``, ``op``,
+          ``server`` (``server.address:server.port``, else the system);
+        - ``http.request.method`` on a ``CLIENT`` span: ``group=http``,
+          ``op`` (the method, lower case), ``host`` (``server.address``) and
+          ``status`` (``2xx``... from ``http.response.status_code``);
+        - ``messaging.system``: ``group=queue``, ``op``
+          (``messaging.operation.type``), ``system``;
+        - ``rpc.system``: ``group=rpc``, ``op`` (``rpc.method``, after
+          ``rpc.service/`` when given apart), ``system``;
+        - any other: ``group=otel``, ``op`` (the span's name).
+
+        The older names of these attributes (``db.operation``, ``db.name``,
+        ``http.method``, ``net.peer.name``, ``http.status_code``,
+        ``messaging.operation``) are read too. Every value is cut to
+        ``VALUE_LENGTH`` characters and capped at ``VALUE_LIMIT`` distinct
+        values per tag; attributes of another type than expected are left out.
+        """
+        found = _span_tags(span)
+        if found is None:
+            return None
+        tags = self._capped_tags.get(found)
+        if tags is None:
+            if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
+                self._capped_tags.clear()
+            tags = self._capped_tags[found] = self._capped(*found)
+        return tags
+
+    def _capped(self, names: tuple[str, ...], values: tuple[str, ...]) -> Tags:
+        # group is ours; every other value came from the span.
+        capped = [values[0]]
+        for index in range(1, len(names)):
+            seen = self._seen.setdefault(names[index], set())
+            value = values[index][:VALUE_LENGTH] or "other"
+            capped.append(bounded(value, seen, VALUE_LIMIT))
+        return names, tuple(capped)
+
+
+def _span_tags(span: ReadableSpan) -> Tags | None:
+    """``PinbaSpanProcessor.span_tags`` before the values are capped."""
+    kind = span.kind
+    if kind is SpanKind.SERVER:
+        return None
+    attributes = _plain(span.attributes)
+    name = span.name
+    if type(name) is not str:
+        name = ""
+    database = _text(attributes, "db.system.name", "db.system")
+    if database is not None:
+        command = _text(attributes, "db.operation.name", "db.operation") or _first_word(name)
+        if database.lower() in CACHE_SYSTEMS:
+            server = _server(attributes) or database
+            return ("group", "op", "server"), ("cache", command.lower(), server)
+        namespace = _text(attributes, "db.namespace", "db.name") or database
+        return ("group", "op", "db"), ("db", command.lower(), namespace)
+    method = _text(attributes, "http.request.method", "http.method")
+    if method is not None and kind is SpanKind.CLIENT:
+        names: tuple[str, ...] = ("group", "op")
+        values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
+        host = _text(attributes, "server.address", "net.peer.name")
+        if host is not None:
+            names, values = (*names, "host"), (*values, host)
+        status = _status_class(attributes)
+        if status is not None:
+            names, values = (*names, "status"), (*values, status)
+        return names, values
+    queue = _text(attributes, "messaging.system")
+    if queue is not None:
+        operation = _text(attributes, "messaging.operation.type", "messaging.operation") or _text(
+            attributes, "messaging.operation.name"
+        )
+        return ("group", "op", "system"), ("queue", (operation or name).lower(), queue)
+    rpc = _text(attributes, "rpc.system.name", "rpc.system")
+    if rpc is not None:
+        procedure = _text(attributes, "rpc.method") or name
+        service = _text(attributes, "rpc.service")
+        if service is not None and "/" not in procedure:
+            procedure = f"{service}/{procedure}"
+        return ("group", "op", "system"), ("rpc", procedure, rpc)
+    return ("group", "op"), ("otel", name)
+
+
+def _plain(attributes: Any) -> dict[str, Any]:
+    """A span's attributes as a dict.
+
+    The SDK's ``BoundedAttributes`` (behind a read-only proxy) look keys up
+    in Python, a missing one raising KeyError inside: ten lookups cost more
+    than the span. Its ``copy()`` is a plain dict.
+    """
+    if attributes is None:
+        return {}
+    try:
+        plain = attributes.copy()
+    except (AttributeError, TypeError):  # a mapping of another kind (a span made by hand)
+        plain = None
+    return plain if type(plain) is dict else dict(attributes)
+
+
+def _text(attributes: dict[str, Any], key: str, old: str | None = None) -> str | None:
+    """Attribute ``key`` (else ``old``, its former name) if it is a non-empty string."""
+    value = attributes.get(key)
+    if type(value) is not str or not value:
+        if old is None:
+            return None
+        value = attributes.get(old)
+        if type(value) is not str or not value:
+            return None
+    return value
+
+
+def _first_word(name: str) -> str:
+    words = name.split(None, 1)
+    return words[0] if words else "other"
+
+
+def _server(attributes: dict[str, Any]) -> str | None:
+    host = _text(attributes, "server.address", "net.peer.name")
+    if host is None:
+        return None
+    port = attributes.get("server.port", attributes.get("net.peer.port"))
+    if type(port) is int:
+        return f"{host}:{port}"
+    return host
+
+
+def _status_class(attributes: dict[str, Any]) -> str | None:
+    """``2xx``, ``4xx``... from the span's HTTP status code, if it has a valid one."""
+    code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
+        code = int(code)
+    if type(code) is int and 100 <= code < 600:
+        return f"{code // 100}xx"
+    return None
+
+
+# The processor instrument() added to the global provider, and that provider.
+_processor: PinbaSpanProcessor | None = None
+_provider: TracerProvider | None = None
+_warned = False
+
+
+def instrument() -> None:
+    """Add a ``PinbaSpanProcessor`` to the global SDK ``TracerProvider`` (once).
+
+    Without one (no provider set yet, or one of another SDK) only a warning
+    is logged, once: pynba never sets the application's tracing up. Add
+    ``PinbaSpanProcessor()`` to the provider yourself then.
+    """
+    global _processor, _provider, _warned
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        if not _warned:
+            _warned = True
+            logger.warning(
+                "pynba: no OpenTelemetry SDK TracerProvider is set (%s): spans are not timed; "
+                "add pynba.instrumentation.opentelemetry.PinbaSpanProcessor() to yours",
+                type(provider).__name__,
+            )
+        return
+    if _processor is None:
+        _processor = PinbaSpanProcessor()
+    _processor.enabled = True
+    if provider is not _provider:
+        provider.add_span_processor(_processor)
+        _provider = provider
+
+
+def uninstrument() -> None:
+    """Make the processor ``instrument()`` added inert (it stays in the provider)."""
+    if _processor is not None:
+        _processor.enabled = False
