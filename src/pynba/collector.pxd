@@ -56,6 +56,8 @@ cdef class RequestCollector:
     @cython.locals(collector=RequestCollector)
     cdef RequestCollector of_request(settings, server_name, schema, namer, source)
     cdef _setup(self, settings, script_name, server_name, schema, namer, source)
+    @cython.locals(entries=dict, pairs=tuple)
+    cpdef set_tag(self, name, value)
     cpdef new_timer(self, tags)
     cpdef new_checked_timer(self, names, values)
     cdef _new_split_timer(self, tuple names, tuple values)

@@ -808,7 +808,7 @@ class RequestCollector:
                 return self._request_tags_calling(entries)
             if len(pairs) != 1 or pairs[0][0] != name:
                 alone = False
-            out += pairs
+            out.extend(pairs)  # compiled, a C call (``+=`` is the generic in-place add)
         return tuple(out) if alone else flatten_tags(out)
 
     def _request_tags_calling(self, entries: dict[str, TagEntry]) -> TagPairs:

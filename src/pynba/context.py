@@ -102,6 +102,10 @@ def timer(**tags: Any) -> Timer | NoopTimer | UnboundTimer:
 def set_tag(name: str, value: Any) -> None:
     """Set a tag of the current request (see ``RequestCollector.set_tag``)."""
     collector = _get()
+    if type(collector) is RequestCollector:
+        request: RequestCollector = collector  # compiled: set_tag is then a C call
+        request.set_tag(name, value)
+        return
     if collector is None:
         collector = _current_or_outside("set_tag")
     collector.set_tag(name, value)
