@@ -32,6 +32,7 @@ from pynba.celery import (  # noqa: E402
 )
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+EXAMPLES = os.path.join(os.path.dirname(TESTS), "src", "examples")
 READY_TIMEOUT = 30.0
 HOST = socket.gethostname()
 
@@ -55,21 +56,21 @@ def sender(broker):
 class Worker:
     """A ``celery worker`` subprocess on one queue, reporting to its own UDP listener."""
 
-    def __init__(self, pool, broker, tmp_path, concurrency, setting=False):
-        self.queue = pool
+    def __init__(self, pool, broker, tmp_path, concurrency, setting=False, app="celery_tasks"):
+        self.queue = pool if app == "celery_tasks" else "celery"
         self.name = f"{pool}@{HOST}"
         self.listener = UDPListener()
         self.log_path = tmp_path / f"{pool}.log"
-        env = dict(os.environ, PYNBA_TEST_BROKER=broker)
-        env["PYTHONPATH"] = os.pathsep.join([TESTS, env.get("PYTHONPATH", "")])
+        env = dict(os.environ, PYNBA_TEST_BROKER=broker, CELERY_BROKER_URL=broker)
+        env["PYTHONPATH"] = os.pathsep.join([TESTS, EXAMPLES, env.get("PYTHONPATH", "")])
         address = f"{self.listener.host}:{self.listener.port}"
         if setting:  # read from the app's configuration rather than the environment
             env["PYNBA_TEST_PINBA_SETTING"] = address
             env.pop("PINBA_SERVER", None)
         else:
             env["PINBA_SERVER"] = address
-        command = [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker"]
-        command += ["-P", pool, "-c", str(concurrency), "-Q", pool, "-n", f"{pool}@%h"]
+        command = [sys.executable, "-m", "celery", "-A", app, "worker"]
+        command += ["-P", pool, "-c", str(concurrency), "-Q", self.queue, "-n", f"{pool}@%h"]
         command += ["-l", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -321,11 +322,38 @@ def test_gevent_task_terminated_or_timed_out(sender, gevent_worker, broker):
     assert gevent_worker.listener.pending(0.5) == []  # one packet each, not two
 
 
+# -- the example -----------------------------------------------------------------
+
+
+def test_the_example_app(request, broker, tmp_path_factory):
+    worker = Worker("solo", broker, tmp_path_factory.mktemp("example"), 1, app="celery_app")
+    request.addfinalizer(worker.stop)
+    env = dict(os.environ, CELERY_BROKER_URL=broker)
+    example = os.path.join(EXAMPLES, "celery_app.py")
+    done = subprocess.run(
+        [sys.executable, example, "2"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    packets = by_name(worker.packets(3))
+    assert [(packet.script_name, packet.status) for packet in packets] == [
+        ("broken", STATUS_FAILURE),
+        ("thumbnail", STATUS_SUCCESS),
+        ("thumbnail", STATUS_SUCCESS),
+    ]
+    for packet in packets:
+        assert dict(packet.tags) == {"queue": "celery", "worker": worker.name, "app": "images"}
+    assert packets[1].timer_tags() == [
+        (("group", "image"), ("op", "resize")),
+        (("group", "storage"), ("op", "load")),
+    ]
+
+
 # -- in this process: configuration, idempotence -------------------------------
 
 
 @pytest.fixture
 def eager_app():
+    pynba.celery.stop()  # whatever monitor an earlier test left (a docs block's)
     app = celery.Celery("eager", broker="memory://")
     yield app
     pynba.celery.stop()

@@ -38,7 +38,6 @@ logger.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -194,7 +193,7 @@ class CeleryMonitor:
         # Set once a task has run in this process (threads, gevent, solo
         # pools): its own task_postrun reports it, however it ended.
         self._runs_tasks = False
-        self._worker_pid: int | None = None  # the worker's main process
+        self._pool_child = False  # a prefork pool's child process (forked or spawned)
         # The requests this (main) process received, by task id: what a
         # report of a task killed in a child needs. Gone with the requests.
         self._requests: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
@@ -207,6 +206,7 @@ class CeleryMonitor:
     def connect(self) -> None:
         """Connect to Celery's signals (in every process of the worker)."""
         signals.worker_init.connect(self._worker_init, weak=False)
+        signals.worker_process_init.connect(self._worker_process_init, weak=False)
         signals.task_received.connect(self._task_received, weak=False)
         signals.task_prerun.connect(self._task_prerun, weak=False)
         signals.task_postrun.connect(self._task_postrun, weak=False)
@@ -216,6 +216,7 @@ class CeleryMonitor:
     def close(self) -> None:
         """Disconnect from Celery's signals and close the monitor's reporter."""
         signals.worker_init.disconnect(self._worker_init)
+        signals.worker_process_init.disconnect(self._worker_process_init)
         signals.task_received.disconnect(self._task_received)
         signals.task_prerun.disconnect(self._task_prerun)
         signals.task_postrun.disconnect(self._task_postrun)
@@ -337,14 +338,15 @@ class CeleryMonitor:
             isinstance(error, SystemExit)
             and isinstance(error.code, int)
             and error.code < 0
-            and self._worker_pid is not None
-            and os.getpid() != self._worker_pid
+            and self._pool_child
         )
 
     # -- the worker's main process ------------------------------------------
 
+    def _worker_process_init(self, **extra: Any) -> None:
+        self._pool_child = True
+
     def _worker_init(self, **extra: Any) -> None:
-        self._worker_pid = os.getpid()
         # Configured before the pool starts: errors show once, at start, and
         # prefork children inherit the monitor.
         self.configure()
