@@ -34,6 +34,7 @@ from pynba.celery import (  # noqa: E402
 TESTS = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(TESTS), "src", "examples")
 READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 1.0
 HOST = socket.gethostname()
 
 
@@ -101,9 +102,11 @@ class Worker:
 
     def stop(self):
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            # Cold shutdown: no task is left to wait for. A gevent worker
+            # takes seconds even so: killed then (its children die with it).
+            self.process.send_signal(signal.SIGQUIT)
             try:
-                self.process.wait(15)
+                self.process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
@@ -382,3 +385,62 @@ def test_options_come_from_the_apps_configuration(eager_app, udp_listener):
 def test_unknown_options_are_refused_at_once(eager_app):
     with pytest.raises(TypeError, match="'adress'"):
         pynba.celery.monitor(eager_app, adress="127.0.0.1:30002")
+
+
+def test_a_task_run_inside_a_task_is_a_packet_of_its_own(eager_app, udp_listener):
+    from pynba import pynba as current
+
+    pynba.celery.monitor(eager_app, f"127.0.0.1:{udp_listener.port}")
+
+    @eager_app.task(name="inner")
+    def inner():
+        with current.timer(group="inner"):
+            current.status = 201  # a task's own status is kept
+
+    @eager_app.task(name="outer")
+    def outer():
+        with current.timer(group="outer", step="before"):
+            pass
+        inner.apply()
+        with current.timer(group="outer", step="after"):
+            pass
+
+    outer.apply()
+    inner_packet, outer_packet = [Packet(datagram) for datagram in udp_listener.pending()]
+    assert (inner_packet.script_name, inner_packet.status) == ("inner", 201)
+    assert inner_packet.timer_tags() == [(("group", "inner"),)]
+    assert (outer_packet.script_name, outer_packet.status) == ("outer", STATUS_SUCCESS)
+    assert outer_packet.timer_tags() == [
+        (("group", "outer"), ("step", "after")),
+        (("group", "outer"), ("step", "before")),
+    ]
+    assert not current.active  # the tasks' jobs are over
+
+
+def test_a_bad_option_turns_monitoring_off_and_the_tasks_run(eager_app, monkeypatch, caplog):
+    monkeypatch.setenv("PYNBA_STRICT", "0")
+    eager_app.conf.pinba_enabled = "perhaps"
+    pynba.celery.monitor(eager_app, "127.0.0.1:30002")
+
+    @eager_app.task(name="double")
+    def double(x):
+        return 2 * x
+
+    assert double.apply((21,)).get() == 42
+    assert double.apply((1,)).get() == 2
+    errors = [record for record in caplog.records if record.name == "pynba"]
+    assert len(errors) == 1 and "monitoring off" in errors[0].getMessage()
+    assert "PINBA_ENABLED" in str(errors[0].exc_info[1])
+
+
+def test_stop_disconnects(eager_app, udp_listener):
+    pynba.celery.monitor(eager_app, f"127.0.0.1:{udp_listener.port}")
+    pynba.celery.stop()
+
+    @eager_app.task(name="double")
+    def double(x):
+        return 2 * x
+
+    assert double.apply((21,)).get() == 42
+    assert udp_listener.pending() == []
+    assert pynba.celery.monitor(eager_app) is not None  # may start again
