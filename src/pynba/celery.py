@@ -3,10 +3,10 @@
 ::
 
     from celery import Celery
-    import pynba.celery
+    from pynba.celery import monitor
 
     app = Celery("tasks", broker="redis://localhost:6379/0")
-    pynba.celery.monitor(app)  # the server from PINBA_SERVER or app.conf.pinba_server
+    monitor(app)  # the server from app.conf.pinba_server, or PINBA_SERVER
 
 Each task a worker runs is reported as a ``ScriptMonitor`` job (see
 ``pynba.script``), from Celery's ``task_prerun`` to its ``task_postrun``
@@ -266,6 +266,11 @@ class CeleryMonitor:
         self._workers = ClientNames(reporter, WORKER_TAG, config.name_limit)
         return script_monitor
 
+    def _raise_on_fail(self) -> bool:
+        """Whether pynba's errors are raised (to Celery, which logs them), as configured."""
+        script_monitor = self.script_monitor
+        return script_monitor is not None and script_monitor.reporter.raise_on_fail
+
     def _job(
         self, task: Any, delivery_info: Any, hostname: Any
     ) -> AbstractContextManager[Any] | None:
@@ -295,7 +300,7 @@ class CeleryMonitor:
                 return
             collector = job.__enter__()
         except Exception:
-            internal_error("cannot monitor a Celery task", False)
+            internal_error("cannot monitor a Celery task", self._raise_on_fail())
             return
         running = _Running(task_id, job, collector)
         running.token = _running.set(running)
@@ -311,21 +316,21 @@ class CeleryMonitor:
         running = _running.get()
         if running is None or running.task_id != task_id:
             return
-        if running.token is not None:
-            _running.reset(running.token)
         try:
+            if running.token is not None:
+                _running.reset(running.token)
             if state is None and self._killed_child():
                 # Its worker's main process reports it, as when it is killed outright.
                 running.collector.enabled = False
             elif running.collector.status is None:  # unless the task set its own
                 running.collector.status = _status(state, retval)
         except Exception:
-            internal_error("cannot set a Celery task's status", False)
+            internal_error("cannot set a Celery task's status", self._raise_on_fail())
         finally:
             try:
                 running.job.__exit__(None, None, None)
             except Exception:
-                internal_error("cannot report a Celery task", False)
+                internal_error("cannot report a Celery task", self._raise_on_fail())
 
     def _killed_child(self) -> bool:
         """Whether this is a pool child being terminated by a signal (raised through here).
@@ -407,7 +412,7 @@ class CeleryMonitor:
                 collector.ru_utime = collector.ru_stime = 0.0
                 collector.memory_peak = 0
         except Exception:
-            internal_error("cannot report a killed Celery task", False)
+            internal_error("cannot report a killed Celery task", self._raise_on_fail())
 
     def __repr__(self) -> str:
         return f"<CeleryMonitor of {self.app!r} -> {self.script_monitor!r}>"
