@@ -117,14 +117,9 @@ class Worker:
         self.listener.close()
 
     def assert_no_errors(self):
+        """Nothing pynba did failed (strict mode raises it into Celery, which logs it)."""
         log = self.log()
-        for sign in ("Signal handler", "pynba:", "Traceback (most recent call last)"):
-            lines = [line for line in log.splitlines() if sign in line]
-            # The failing tasks log their own tracebacks: those name their exception.
-            if sign.startswith("Traceback"):
-                assert log.count(sign) == log.count("secret-exception-message") // 2, log
-            else:
-                assert not lines, log
+        assert "Signal handler" not in log and "pynba:" not in log, log
 
 
 def start_worker(request, pool, broker, tmp_path_factory, concurrency, **options):
