@@ -153,6 +153,8 @@ setup(
             "urllib3>=2",
             "jinja2>=3.1",
             "opentelemetry-sdk>=1.20",
+            # The task queues' tests run real workers on a private Redis.
+            "celery>=5.3",
         ],
     },
     entry_points={
