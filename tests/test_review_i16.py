@@ -2,8 +2,9 @@
 
 import pytest
 
-from packets import receive
-from pynba import PynbaMiddleware
+from packets import make_collector, receive
+from pynba import PynbaMiddleware, pynba
+from pynba.collector import CollectorSettings, RequestCollector
 from pynba.reporter import Reporter
 
 
@@ -99,3 +100,70 @@ def test_a_counter_amount_of_an_int_subclass_loses_no_update():
         reporter.count("m", True)
     with pytest.raises(ValueError, match="n must be >= 0"):
         reporter.count("m", Amount(-1))
+
+
+# -- request tags -----------------------------------------------------------------
+
+
+def test_delete_tag_takes_a_tag_name_as_set_tag_does(udp_listener):
+    collector = make_collector(udp_listener, tags={"a": "1", "b": "2"})
+    with pytest.raises(TypeError, match="tag names must be str"):
+        collector.delete_tag(1)
+    with pytest.raises(ValueError, match="must not be empty"):
+        collector.delete_tag("")
+    collector.delete_tag(HostileStr("a"))  # its plain text, no method of its own called
+    collector.finish()
+    assert receive(udp_listener).tags == [("b", "2")]
+
+
+def test_hostile_names_and_values_set_through_pynba_in_a_request(udp_listener):
+    def app(environ, start_response):
+        pynba.set_tag(HostileStr("name"), HostileStr("value"))
+        pynba.set_tag("nul\x00name", "nul\x00value")
+        pynba.set_tag("huge", "x" * 100_000)
+        pynba.set_tag("gone", "x")
+        pynba.delete_tag(HostileStr("gone"))
+        with pytest.raises(TypeError):
+            pynba.set_tag(b"bytes", "x")
+        with pytest.raises(TypeError):
+            pynba.delete_tag(None)
+        start_response("200 OK", [])
+        return [b"x"]
+
+    call(PynbaMiddleware(app, udp_listener.address))
+    tags = dict(receive(udp_listener).tags)
+    assert tags.keys() == {"name", "nul\ufffdname", "huge"}
+    assert tags["name"] == "value" and tags["nul\ufffdname"] == "nul\ufffdvalue"
+    assert tags["huge"] == "x" * 1024  # cut to what pinba2 keeps
+
+
+def test_requests_never_change_the_configured_tags(udp_listener):
+    def late():
+        collector.set_tag("late", "1")  # while the packet is made
+        collector.delete_tag("plain")
+        return "called"
+
+    configured = {"plain": "p", "list": ["x", "y"], "late": late}
+    settings = CollectorSettings(Reporter(udp_listener.address), tags=configured)
+    collector = RequestCollector(settings)
+    entries = dict(settings.tag_entries)
+    collector.set_tag("plain", "changed")
+    collector.set_tag("mine", ["a", "b"])
+    collector.delete_tag("list")
+    collector.finish()
+    assert sorted(receive(udp_listener).tags) == [
+        ("late", "called"),
+        ("mine", "a"),
+        ("mine", "b"),
+        ("plain", "changed"),
+    ]
+    collector = RequestCollector(settings)  # changes nothing: the configured tags
+    collector.finish()
+    assert sorted(receive(udp_listener).tags) == [
+        ("late", "called"),
+        ("list", "x"),
+        ("list", "y"),
+        ("plain", "p"),
+    ]
+    assert settings.tag_entries == entries
+    assert settings.tags == {"plain": "p", "list": ["x", "y"], "late": late}
