@@ -471,6 +471,7 @@ class RequestCollector:
 
     def delete_tag(self, name: str) -> None:
         """Remove one request tag (no error when it is not set)."""
+        name = check_tag_name(name)  # a str subclass's __hash__ and __eq__ are not called
         entries = self._tags
         if entries is None:
             entries = self._tags = dict(self._settings.tag_entries)

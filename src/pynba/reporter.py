@@ -307,10 +307,16 @@ class Reporter:
 
     def count(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``stats[kind]``, which starts at 0."""
-        if not isinstance(kind, str):
-            raise TypeError(f"kind must be a str, not {type(kind).__name__}")
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if type(kind) is not str:
+            if not isinstance(kind, str):
+                raise TypeError(f"kind must be a str, not {type(kind).__name__}")
+            # The plain values: a subclass's __hash__, __eq__ or __radd__ would
+            # run between the read and the write of the counter (see _add).
+            kind = str.__str__(kind)
+        if type(n) is not int:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"n must be an int, not {type(n).__name__}")
+            n = int.__index__(n)
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         self._add(kind, n)

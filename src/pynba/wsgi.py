@@ -306,11 +306,15 @@ class _MonitoredRequest:
         self._closed = True  # nothing to end (see __del__) until the collector is made
         self._file_close: Callable[[], Any] | None = None
         # self._middleware, not the argument: compiled, its attributes are typed.
+        namer: Callable[[dict], str] = self._middleware.script_namer
+        if type(middleware) is not PynbaMiddleware:
+            # A subclass may override default_script_name: it names its requests.
+            namer = middleware.default_script_name
         self.collector = RequestCollector.of_request(
             self._middleware.settings,
             self._middleware.default_server_name(environ),
             _lookup(environ, "wsgi.url_scheme"),
-            self._middleware.script_namer,
+            namer,
             environ,
         )
         self._closed = False
