@@ -129,6 +129,63 @@ def test_a_tag_that_contains_itself_is_a_value_error_naming_it(udp_listener, kin
         assert packet.tags == []
 
 
+def tag_setting_itself(how, port):
+    """A tag value that sets a tag holding itself, flattened in a thread of a 1 MiB stack."""
+    from collections.abc import Mapping
+
+    from pynba import PynbaMiddleware, pynba
+
+    log_to_stdout()
+
+    def callable_value():
+        pynba.set_tag("f", callable_value)
+        return "v"
+
+    class Text:
+        def __str__(self):
+            pynba.set_tag("f", self)
+            return "v"
+
+    class Tags(Mapping):
+        def __getitem__(self, key):
+            return "v"
+
+        def __len__(self):
+            return 1
+
+        def __iter__(self):
+            pynba.set_tag("f", self)
+            return iter(["k"])
+
+    value = {"callable": callable_value, "str": Text, "mapping": Tags}[how]
+
+    def app(environ, start_response):
+        try:
+            pynba.set_tag("f", value if how == "callable" else value())
+        except RecursionError:
+            print("RecursionError")
+        pynba.set_tag("g", "kept")
+        return ok_app(environ, start_response)
+
+    threading.stack_size(1 << 20)
+    thread = threading.Thread(
+        target=lambda: print("body:", serve(PynbaMiddleware(app, ("127.0.0.1", port))))
+    )
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.parametrize("how", ["callable", "str", "mapping"])
+def test_a_tag_that_sets_itself_while_flattened_is_a_recursion_error(udp_listener, how):
+    """The C frames of flattening count against the recursion limit: no stack overflow."""
+    from packets import Packet
+
+    output = isolated(tag_setting_itself, how, udp_listener.port)
+    assert "RecursionError" in output
+    assert "body: ok" in output
+    assert ("g", "kept") in Packet(udp_listener.receive()).tags
+
+
 # -- containers changed while the encoder reads them: set cases -------------------------------
 
 #: Every string these tests make: new objects, of one size, so that the memory of

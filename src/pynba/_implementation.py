@@ -59,6 +59,11 @@ def use_pure_python_sources() -> None:
         sys.meta_path.insert(0, _SourceFinder())
 
 
+def runs_compiled(module_file: str) -> bool:
+    """Whether the module at ``module_file`` (its ``__file__``) is a compiled extension."""
+    return module_file.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def compiled_modules() -> list[str]:
     """The pynba modules running compiled code (of those imported so far)."""
     names = []

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import rusage
+from ._implementation import runs_compiled
 from .errors import internal_error
 from .names import default_hostname
 from .pinboard import pinboard_timers
@@ -48,6 +49,8 @@ from .wire.encoder import STATUS_MAX
 __all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestCollector"]
 
 logger = logging.getLogger("pynba")
+
+_INTERPRETED = not runs_compiled(__file__)
 
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
@@ -803,6 +806,10 @@ class RequestCollector:
         """The pairs of the request tags, as they were flattened when set."""
         out: list = []
         alone = True  # each tag one pair of its own name: no two can be equal
+        if _INTERPRETED:
+            # Interpreted, another thread setting a tag can run between two
+            # steps of the loop (compiled, none can: the loop runs no Python code).
+            entries = entries.copy()
         for name, entry in entries.items():
             pairs = entry[1]
             if pairs is None:

@@ -16,7 +16,6 @@ connection of its own under the same number.
 from __future__ import annotations
 
 import errno
-import importlib.machinery
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
+from ._implementation import runs_compiled
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .ratelimit import LogLimiter
 from .record import RequestRecord
@@ -54,7 +54,7 @@ _MIN_LOOKUP_PAUSE = 0.1
 # Compiled, ``stats[kind] = stats.get(kind, 0) + n`` runs no Python code (str
 # keys, int values), so no other thread between the read and the write;
 # interpreted, another thread can run there.
-_COUNTS_NEED_A_LOCK = not __file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+_COUNTS_NEED_A_LOCK = not runs_compiled(__file__)
 
 
 class _Route:

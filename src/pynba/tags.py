@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from . import _recursion
+
 __all__ = [
     "MAX_TAG_DEPTH",
     "SplitTags",
@@ -166,6 +168,17 @@ def _split_dict(tags: dict[Any, Any]) -> SplitTags | None:
 
 def _flatten(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:
     """Adds the pairs of ``value`` to ``out``; ``depth``: how many more containers may nest."""
+    # A callable, str() or a container's own iteration may set a tag itself,
+    # and so flatten again: each level is counted against the recursion limit
+    # (see _recursion.pxd), raising RecursionError before the stack runs out.
+    _recursion.enter()
+    try:
+        _flatten_value(name, value, out, seen, called, depth)
+    finally:
+        _recursion.leave()
+
+
+def _flatten_value(name: str, value: Any, out: list, seen: set, called: bool, depth: int) -> None:
     if isinstance(value, _SCALARS):
         cls = type(value)
         if cls is not str and cls is not int and cls is not bytes and cls is not float:
@@ -205,6 +218,8 @@ def _as_scalar(name: str, value: Any) -> str | bytes:
             return bytes(value)
         text = str(value)
         return text if type(text) is str else _plain(text)
+    except RecursionError:
+        raise  # a __str__ that sets a tag holding itself: each level would wrap the error again
     except Exception as error:
         raise TypeError(
             f"tag {name!r}: its {type(value).__name__} value cannot be made a str: {error!r}"

@@ -167,3 +167,38 @@ def test_requests_never_change_the_configured_tags(udp_listener):
     ]
     assert settings.tag_entries == entries
     assert settings.tags == {"plain": "p", "list": ["x", "y"], "late": late}
+
+
+def test_tags_set_by_another_thread_while_the_request_ends_lose_no_packet(udp_listener):
+    """The request's tags are read from a copy where another thread can change them meanwhile."""
+    import sys
+    import threading
+
+    settings = CollectorSettings(Reporter(udp_listener.address))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a switch between any two steps of the loop
+    try:
+        for _ in range(300):
+            collector = RequestCollector(settings, "/x")
+            for number in range(200):
+                collector.set_tag(f"t{number}", "v")
+            done = threading.Event()
+
+            def churn(collector=collector, done=done):
+                number = 0
+                while not done.is_set():
+                    collector.set_tag(f"x{number}", "v")
+                    collector.delete_tag(f"x{number}")
+                    number += 1
+
+            thread = threading.Thread(target=churn)
+            thread.start()
+            try:
+                collector.finish()
+            finally:
+                done.set()
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert settings.reporter.stats["sent"] == 300
+    assert settings.reporter.stats.get("failed", 0) == 0
