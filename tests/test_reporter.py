@@ -380,6 +380,14 @@ def test_ip_literals_are_parsed_once_without_a_name_lookup(
     assert getaddrinfo_calls == ["127.0.0.1"]
 
 
+def test_ip_literals_need_no_wait_for_an_address(udp_listener, reporter_factory):
+    """A script's last report waits for names only: an IP literal has its address already."""
+    reporter = reporter_factory(udp_listener.address)
+    assert reporter.wait_for_addresses(timeout=0.5) is True
+    reporter.report(**REQUEST)
+    assert len(receive_exactly(udp_listener, 1)) == 1
+
+
 def test_names_are_looked_up_once_per_interval(
     udp_listener_factory, reporter_factory, getaddrinfo_calls
 ):

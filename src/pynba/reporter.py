@@ -293,13 +293,14 @@ class Reporter:
             self._refresher.start()
 
     def wait_for_addresses(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for every server's first address; whether all have one.
+        """Wait at most ``timeout`` seconds for each server name's address; whether all have one.
 
         Never on a request's path: for a script's last report (``ScriptMonitor``),
         which a lookup still under way would otherwise lose.
         """
         deadline = time.monotonic() + timeout
-        while any(server.resolved is None for server in self._servers):
+        # An IP literal needs no lookup: the first send takes it as it is.
+        while any(s.resolved is None and not s.is_literal for s in self._servers):
             if self._closed or time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
