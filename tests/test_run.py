@@ -355,3 +355,38 @@ def test_which_commands_are_run_as_they_are(argv):
     command = plan(argv)
     assert command.python is None
     assert command.script_name == argv[0]
+
+
+def test_without_pynba_in_its_interpreter_the_script_runs_unmonitored(tmp_path, script):
+    from pynba._run_child import BOOTSTRAP
+
+    path = script("import sys; print('ran', sys.argv); sys.exit(4)")
+    read_end, write_end = os.pipe()
+    try:
+        # -I -S: no PYTHONPATH, no site-packages (an installed pynba); HOME holds none either
+        done = subprocess.run(
+            [
+                PYTHON,
+                "-I",
+                "-S",
+                "-c",
+                BOOTSTRAP,
+                str(tmp_path),
+                str(write_end),
+                "0",
+                "job",
+                "path",
+                str(path),
+            ]
+            + ["a"],
+            pass_fds=(write_end,),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b""  # nothing sent, and the pipe was closed
+    assert (done.returncode, done.stdout, done.stderr) == (4, f"ran ['{path}', 'a']\n", "")

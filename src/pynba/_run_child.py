@@ -40,7 +40,7 @@ from .reporter import Reporter
 from .script import ScriptMonitor
 from .wire.encoder import encode
 
-__all__ = ["BOOTSTRAP", "FRAME_HEADER", "peak_memory", "run"]
+__all__ = ["BOOTSTRAP", "FRAME_HEADER", "MAXRSS_UNIT", "peak_memory", "run"]
 
 #: The program given to ``python -c``: it must run on any Python 3 and never
 #: fail the script: without pynba, the script runs unmonitored.
@@ -83,8 +83,8 @@ _FLUSH_RETRY = 0.05
 
 _HOME = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
-# ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
-_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+#: ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
+MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
 def peak_memory() -> int:
@@ -94,7 +94,7 @@ def peak_memory() -> int:
     counts the memory of the process that started it (``pynba run``), kept
     across ``exec``.
     """
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * _MAXRSS_UNIT
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * MAXRSS_UNIT
     try:
         with open("/proc/self/status", "rb") as status:
             for line in status:
@@ -102,7 +102,7 @@ def peak_memory() -> int:
                     return max(peak, int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    return max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT)
+    return max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_UNIT)
 
 
 class _ParentReporter(Reporter):

@@ -52,6 +52,7 @@ from ..collector import CollectorSettings
 from ..config import resolve
 from ..errors import internal_error
 from ..record import RequestRecord
+from ..strict import is_strict
 from ..tags import TagPairs, check_tag_name, flatten_tags
 from ..timer import TimerRecord
 from ..wire.decode import DecodeError, PinbaRequest, decode_request
@@ -67,9 +68,6 @@ EXIT_NOT_FOUND, EXIT_CANNOT_RUN = 127, 126
 # script's last timers once it has exited (a child of its own may hold the pipe).
 _LOOKUP_WAIT = 2.0
 _CHANNEL_WAIT = 2.0
-
-# ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
-_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 _PYTHON = re.compile(r"(python|pypy)(\d+(\.\d+)*)?[a-z]?(\.exe)?", re.IGNORECASE)
 # python's options that take a value; "c", "m" and "W"/"X" may have it attached ("-Wignore").
@@ -284,7 +282,7 @@ class _Run:
         # ru_maxrss also counts pynba run's own memory (see _run_child.peak_memory).
         peak = self.timers.memory_peak
         if peak is None:
-            peak = after.ru_maxrss * _MAXRSS_UNIT
+            peak = after.ru_maxrss * _run_child.MAXRSS_UNIT
         self._send(elapsed, utime, stime, peak, status, tags)
 
     def _send(
@@ -405,24 +403,37 @@ def _prepare(command: Command, server: str | None, tags: dict[str, str]) -> _Run
             return None
         settings = config.collector_settings(tags)
         return _Run(settings, config.server_name or settings.hostname, command)
+    except (TypeError, ValueError) as error:  # a bad option: said in a line, as pynba says errors
+        if is_strict():
+            raise
+        print(f"pynba run: {error}; the command runs unmonitored", file=sys.stderr)
+        return None
     except Exception:
         internal_error("pynba run: cannot monitor the command; it runs unmonitored", False)
         return None
 
 
 def _wait(process: subprocess.Popen, report: _Run | None, flush_every: float | None) -> int:
+    """The command's return code, once it has exited; flushing the report meanwhile."""
     if report is None or flush_every is None:
         return process.wait()
-    next_flush = time.monotonic() + flush_every
-    while True:
-        try:
-            return process.wait(max(next_flush - time.monotonic(), 0.0))
-        except subprocess.TimeoutExpired:
+    # A thread of its own keeps time, so that waiting is one blocking call, not a poll.
+    exited = threading.Event()
+
+    def flush_until_exit() -> None:
+        while not exited.wait(flush_every):
             try:
                 report.flush(process.pid)
             except Exception:
                 internal_error("pynba run: cannot flush the run's report", False)
-            next_flush += flush_every
+
+    flusher = threading.Thread(target=flush_until_exit, name="pynba-run-flush", daemon=True)
+    flusher.start()
+    try:
+        return process.wait()
+    finally:
+        exited.set()
+        flusher.join()
 
 
 def run_command(
