@@ -390,3 +390,22 @@ def test_without_pynba_in_its_interpreter_the_script_runs_unmonitored(tmp_path, 
     with os.fdopen(read_end, "rb") as pipe:
         assert pipe.read() == b""  # nothing sent, and the pipe was closed
     assert (done.returncode, done.stdout, done.stderr) == (4, f"ran ['{path}', 'a']\n", "")
+
+
+def test_a_script_that_closes_the_pipe_keeps_its_files(udp_listener, script, tmp_path):
+    path = script(
+        """
+        import os, sys
+        from pynba import pynba
+        pynba.timer(step="lost").add(0.5)
+        os.closerange(3, 1024)  # as a daemon does: the pipe to pynba run goes too
+        out = open(sys.argv[1], "w")  # the lowest free number: the pipe's
+        out.write("mine")
+        out.flush()
+        """
+    )
+    written = tmp_path / "out.txt"
+    _, [packet] = pynba_run(udp_listener, PYTHON, str(path), str(written))
+    assert written.read_text() == "mine"
+    assert packet.status == 200
+    assert packet.timers == []

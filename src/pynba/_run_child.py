@@ -105,19 +105,54 @@ def peak_memory() -> int:
     return max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_UNIT)
 
 
+class _Pipe:
+    """The write end of the pipe to ``pynba run``, used only while it is still ours.
+
+    A script may close descriptors it did not open (a daemon closing them
+    all) and the number may then be given to a file of its own: nothing is
+    written to, nor closed under, a number that no longer names the pipe.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._identity = self._stat()
+        if self._identity is not None:
+            os.set_inheritable(fd, False)  # the script's own children do not hold it open
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            found = os.fstat(self.fd)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _ours(self) -> bool:
+        return self._identity is not None and self._stat() == self._identity
+
+    def write(self, data: bytes) -> None:
+        if not self._ours():
+            return  # pynba run reports the run without what follows
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def close(self) -> None:
+        if self._ours():
+            os.close(self.fd)
+        self._identity = None
+
+
 class _ParentReporter(Reporter):
     """Hands each packet to ``pynba run`` through a pipe, instead of sending it."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, pipe: _Pipe) -> None:
         # A placeholder that needs no lookup: report_request() below sends nothing.
         super().__init__("127.0.0.1:9")
-        self.fd = fd
+        self.pipe = pipe
 
     def report_request(self, request: Any) -> None:
         datagram = encode(*request)  # now: the timers are read as they stand
-        frame = memoryview(FRAME_HEADER.pack(len(datagram)) + datagram)
-        while frame:
-            frame = frame[os.write(self.fd, frame) :]
+        self.pipe.write(FRAME_HEADER.pack(len(datagram)) + datagram)
 
 
 class _Flusher:
@@ -250,9 +285,9 @@ def _execute(kind: str, target: str) -> None:
     exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
 
 
-def _monitor(fd: int, name: str) -> ScriptMonitor | None:
+def _monitor(pipe: _Pipe, name: str) -> ScriptMonitor | None:
     try:
-        return ScriptMonitor(_ParentReporter(fd), script_name=name, autostart=False)
+        return ScriptMonitor(_ParentReporter(pipe), script_name=name, autostart=False)
     except Exception:
         internal_error("pynba run: cannot monitor the script; it runs unmonitored", False)
         return None
@@ -261,10 +296,9 @@ def _monitor(fd: int, name: str) -> ScriptMonitor | None:
 def run(argv: list[str]) -> None:
     """Run the script of ``argv`` (FD EVERY NAME KIND TARGET args) as one job."""
     fd, every, name, kind, target, *args = argv
-    channel = int(fd)
-    os.set_inheritable(channel, False)  # the script's own children do not hold it open
+    pipe = _Pipe(int(fd))
     sys.argv = [target, *args]
-    monitor = _monitor(channel, name)
+    monitor = _monitor(pipe, name)
     job: AbstractContextManager[Any] = nullcontext() if monitor is None else monitor.job()
     try:
         with job as collector:
@@ -286,7 +320,7 @@ def run(argv: list[str]) -> None:
     finally:
         if monitor is not None:
             monitor.close()
-        os.close(channel)
+        pipe.close()
 
 
 #: The functions of this module on the main thread's stack while the script runs.
