@@ -409,3 +409,52 @@ def test_a_script_that_closes_the_pipe_keeps_its_files(udp_listener, script, tmp
     assert written.read_text() == "mine"
     assert packet.status == 200
     assert packet.timers == []
+
+
+def test_ctrl_c_on_a_terminal_reaches_the_script_once(udp_listener, script):
+    fcntl = pytest.importorskip("fcntl")
+    termios = pytest.importorskip("termios")
+    path = script(
+        """
+        import signal, time
+        interrupts = []
+        signal.signal(signal.SIGINT, lambda number, frame: interrupts.append(number))
+        print("ready", flush=True)
+        deadline = time.monotonic() + 30
+        while not interrupts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # a second SIGINT, forwarded by pynba run, would come meanwhile
+        print("interrupts", len(interrupts), flush=True)
+        """
+    )
+    master, terminal = os.openpty()
+    argv = [PYTHON, "-m", "pynba", "run", "--server", "{}:{}".format(*udp_listener.address)]
+    with subprocess.Popen(
+        [*argv, "--", PYTHON, str(path)],
+        env=environment(),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        # The terminal becomes the session's: Ctrl-C goes to its foreground process group.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    ) as process:
+        os.close(terminal)
+        output = b""
+        while b"ready" not in output:
+            output += os.read(master, 1024)
+        os.write(master, b"\x03")  # Ctrl-C
+        while True:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # EIO: every process on the terminal has closed it
+                break
+            if not chunk:
+                break
+            output += chunk
+        process.wait(timeout=60)
+    os.close(master)
+    assert b"interrupts 1" in output, output
+    assert process.returncode == 0
+    [datagram] = udp_listener.pending(timeout=0.3)
+    assert Packet(datagram).status == 200
