@@ -146,13 +146,16 @@ def _python_script(argv: tuple[str, ...]) -> PythonScript | None:
     return argv[:position], "path", argv[position], argv[position + 1 :]
 
 
-class _Timers:
-    """The script's timers that came back through the pipe, not sent yet: totals per tag set."""
+class _FromScript:
+    """What a Python script sent back through the pipe, not sent on yet.
+
+    Its timers, as totals per tag set, and its script name, request tags
+    and peak memory as its last packet had them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals: dict[TagPairs, list[float]] = {}
-        #: The script name, request tags and peak memory of the script's last packet.
         self.script_name: str | None = None
         self.tags: TagPairs = ()
         self.memory_peak: int | None = None
@@ -180,11 +183,11 @@ class _Timers:
 
 
 class _Channel:
-    """Reads the script's packets from the pipe, in a thread of its own, into ``timers``."""
+    """Reads the script's packets from the pipe, in a thread of its own, into ``from_script``."""
 
-    def __init__(self, fd: int, timers: _Timers, raise_on_fail: bool) -> None:
+    def __init__(self, fd: int, from_script: _FromScript, raise_on_fail: bool) -> None:
         self._file = os.fdopen(fd, "rb", buffering=0)
-        self._timers = timers
+        self._from_script = from_script
         self._raise_on_fail = raise_on_fail
         self._thread = threading.Thread(target=self._read, name="pynba-run-channel", daemon=True)
         self._thread.start()
@@ -199,7 +202,7 @@ class _Channel:
                 datagram = self._read_exactly(header.unpack(head)[0])
                 if datagram is None:
                     return
-                self._timers.add(decode_request(datagram))
+                self._from_script.add(decode_request(datagram))
         except (OSError, DecodeError):
             internal_error("pynba run: cannot read the script's timers", self._raise_on_fail)
         finally:
@@ -220,8 +223,10 @@ class _Channel:
 
 
 def _proc_usage(pid: int) -> tuple[float, float, int]:
-    """(user CPU, system CPU, peak RSS in bytes) of a running process and the children it waited
-    for, where /proc tells; zeros elsewhere."""
+    """(user CPU, system CPU, peak RSS in bytes) of a running process, from /proc; else zeros.
+
+    The CPU counts the children it waited for; the peak is its own.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
@@ -242,7 +247,7 @@ class _Run:
         self.settings = settings
         self.server_name = server_name
         self.command = command
-        self.timers = _Timers()
+        self.from_script = _FromScript()
         self.started = time.perf_counter()
         self.children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         # What the packets sent so far reported: (seconds, user CPU, system CPU).
@@ -252,7 +257,7 @@ class _Run:
 
     def listen(self, fd: int) -> None:
         """Take the script's timers from the pipe ``fd`` (read end)."""
-        self.channel = _Channel(fd, self.timers, bool(self.settings.reporter.raise_on_fail))
+        self.channel = _Channel(fd, self.from_script, bool(self.settings.reporter.raise_on_fail))
 
     def flush(self, pid: int) -> None:
         """Send what the run measured since the last packet; it goes on."""
@@ -280,7 +285,7 @@ class _Run:
             reporter.wait_for_addresses(_LOOKUP_WAIT)
         # The script's own measure, when it is a Python script: the children's
         # ru_maxrss also counts pynba run's own memory (see _run_child.peak_memory).
-        peak = self.timers.memory_peak
+        peak = self.from_script.memory_peak
         if peak is None:
             peak = after.ru_maxrss * _run_child.MAXRSS_UNIT
         self._send(elapsed, utime, stime, peak, status, tags)
@@ -296,10 +301,10 @@ class _Run:
     ) -> None:
         seconds, user, system = self.reported
         self.reported = (max(elapsed, seconds), max(utime, user), max(stime, system))
-        timers = self.timers.take()
-        script_name = self.timers.script_name or self.command.script_name
+        timers = self.from_script.take()
+        script_name = self.from_script.script_name or self.command.script_name
         tags = dict(self.settings.tag_pairs or ())
-        tags.update(self.timers.tags)
+        tags.update(self.from_script.tags)
         tags.update(outcome)
         settings = self.settings
         settings.reporter.report_request(
