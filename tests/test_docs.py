@@ -571,6 +571,13 @@ def check_console_command(command):
         assert re.fullmatch(
             rf"pynba {version} \((compiled: [\w.]+(, [\w.]+)*|pure Python)\)\n", done.stdout
         )
+    elif words[:2] == ["pynba", "run"]:
+        with PinbaListener() as listener:
+            argv = [w.replace("127.0.0.1:30002", listener.server) for w in pynba_args(command)]
+            argv[argv.index("--") + 1] = sys.executable  # the command's "python"
+            done = run(argv)
+            assert done.returncode == 0, done.stderr
+            assert listener.wait_for(1)
     elif words[0] == "python" and words[1].startswith("src/examples/"):
         with PinbaListener() as listener:
             argv = [

@@ -18,12 +18,17 @@ EXAMPLES = ROOT / "src" / "examples"
 
 
 def run_example(name, *args, env=None):
+    return run_example_with(str(EXAMPLES / name), *args, env=env)
+
+
+def run_example_with(*args, env=None):
+    """``python ARGS``' output (the example must succeed)."""
     environ = dict(os.environ, **(env or {}))
     environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [environ.get("PYTHONPATH")])]
     )
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
+        [sys.executable, *args],
         env=environ,
         capture_output=True,
         text=True,
@@ -50,7 +55,7 @@ def timer_tags(packet):
 
 
 def test_every_example_is_tested():
-    tested = {"simple.py", "middleware.py", "worker.py"}
+    tested = {"simple.py", "middleware.py", "worker.py", "batch_script.py"}
     tested |= {"asgi_app.py", "django_app.py", "flask_app.py", "pyramid_app.py"}
     tested |= {"gevent_server.py"}  # integration examples: tests/test_integration_examples.py
     tested |= {"celery_app.py"}  # needs a broker and a worker: tests/test_celery.py
@@ -108,6 +113,19 @@ def test_worker(pinba_listener, via):
             [(("group", "image"), ("op", "resize")), (("group", "queue"), ("op", "get"))]
         )
     assert len(pinba_listener.received) == count
+
+
+def test_batch_script_under_pynba_run(pinba_listener):
+    script = str(EXAMPLES / "batch_script.py")
+    pynba_run = ["-m", "pynba", "run", "--server", address_of(pinba_listener), "--tag", "env=dev"]
+    output = run_example_with(*pynba_run, "--", sys.executable, script, "10")
+    assert output == "processed 10 rows, total 90\n"
+    [packet] = receive_all(pinba_listener, 1)
+    assert (packet.script_name, packet.status, packet.tags) == (script, 200, [("env", "dev")])
+    assert timer_tags(packet) == [
+        (("group", "batch"), ("op", op)) for op in ("load", "transform", "write")
+    ]
+    assert packet.timer(group="batch", op="write").hit_count == 3
 
 
 def test_an_example_against_pynba_listen():

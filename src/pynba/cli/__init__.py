@@ -4,10 +4,12 @@
     pynba top      the same, aggregated into a live report per script and per timer
     pynba demo     run a monitored demo application under load and print its report
     pynba sample   send one sample request to a local listener and show it
+    pynba run      run a command or Python script as one monitored request (see cli/run.py)
 
 Also ``python -m pynba``; ``pynba --version`` says whether the compiled
 modules or pure Python run. Exit status: 0 on success (also when stopped with
-Ctrl-C), 1 on an error, 2 on a usage error, 130 when Ctrl-C interrupts the demo.
+Ctrl-C), 1 on an error, 2 on a usage error, 130 when Ctrl-C interrupts the demo;
+``pynba run`` exits with its command's status.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .. import __version__, compiled_modules
 from ..address import DEFAULT_PORT
 from .display import describe, json_line
 from .listener import Listener, PortInUseError
+from .run import add_parser as add_run_parser
 from .top import DEFAULT_MAX_ROWS, Report
 
 __all__ = ["build_parser", "main", "version_line"]
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", help="send one sample request to a local listener and show it"
     )
     sample_parser.set_defaults(run=sample)
+    add_run_parser(commands)
     return parser
 
 
