@@ -1,0 +1,40 @@
+"""The jobs the RQ tests enqueue: importable by the ``rq worker`` they start."""
+
+import os
+import signal
+import time
+
+from rq import Retry
+
+from pynba import pynba
+
+
+def add(a, b):
+    with pynba.timer(group="rq", op="add"):
+        total = a + b
+    return total
+
+
+def fail(message):
+    with pynba.timer(group="rq", op="fail"):
+        raise ValueError(message)
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+
+
+def burn(seconds):
+    """Spend ``seconds`` of this thread's CPU; returns the CPU it measured itself."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+    return time.thread_time() - start
+
+
+def ask_retry():
+    return Retry(max=1)
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
