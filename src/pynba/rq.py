@@ -220,7 +220,10 @@ class _JobReports:
     def start(self) -> None:
         """The worker starts: set up, so that work horses inherit the servers' addresses."""
         monitor = self.monitor()
-        if monitor is not None and monitor.enabled:
+        if monitor is None or not monitor.enabled:
+            return
+        # IP literals need no lookup (and get their address at their first send only).
+        if not all(server.is_ip_literal for server in monitor.reporter.servers):
             monitor.reporter.wait_for_addresses(_LOOKUP_WAIT)
 
     def close(self) -> None:
@@ -246,7 +249,7 @@ class _JobReports:
         """The report of the job about to be performed here; None when it is not reported."""
         try:
             monitor = self.monitor()
-            if monitor is None or not monitor.enabled:
+            if monitor is None:
                 return None
             names = self._job
             if names is None or names[0] != job.id:
