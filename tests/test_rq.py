@@ -86,6 +86,17 @@ class WorkerProcess:
     """A burst ``rq worker`` reporting to ``listener``, its output in a file of ``directory``."""
 
     def __init__(self, directory, redis_server, listener, worker_class, *queues, **variables):
+        command = worker_command(redis_server, worker_class, *queues)
+        self.start(directory, listener, command, **variables)
+
+    @classmethod
+    def of_command(cls, directory, listener, command):
+        """Any process that runs an RQ worker (an example)."""
+        worker = cls.__new__(cls)
+        worker.start(directory, listener, command)
+        return worker
+
+    def start(self, directory, listener, command, **variables):
         environ = dict(os.environ, PINBA_SERVER=f"127.0.0.1:{listener.port}", **variables)
         paths = [str(ROOT / "src"), str(ROOT / "tests"), environ.get("PYTHONPATH", "")]
         environ["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
@@ -93,7 +104,7 @@ class WorkerProcess:
         self.log_path = Path(directory) / "worker.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                worker_command(redis_server, worker_class, *queues),
+                command,
                 env=environ,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -263,6 +274,24 @@ def test_queue_tag_names_the_jobs_queue(tmp_path, redis_server, redis, udp_liste
 
     tags = [dict(packet.tags)["queue"] for packet in sent]
     assert tags == ["high", "low"]
+
+
+def test_example(tmp_path, redis_server, udp_listener):
+    example = ROOT / "src" / "examples" / "rq_worker.py"
+    command = [sys.executable, str(example), f"redis://{redis_server.address}/0"]
+    command.append(f"127.0.0.1:{udp_listener.port}")
+    sent = WorkerProcess.of_command(tmp_path, udp_listener, command).packets(3)
+
+    assert [(p.script_name, p.status) for p in sent] == [
+        ("rq_worker.thumbnail", 200),
+        ("rq_worker.thumbnail", 200),
+        ("rq_worker.broken", 500),
+    ]
+    for packet in sent:
+        tags = dict(packet.tags)
+        assert sorted(tags) == ["app", "queue", "worker"]
+        assert (tags["app"], tags["queue"]) == ("images", "images")
+    assert [p.timer_tags() for p in sent] == [[(("group", "image"), ("op", "resize"))]] * 2 + [[]]
 
 
 # In the test's own process: a SimpleWorker forks nothing.
