@@ -25,14 +25,15 @@ PINBA_SERVER = os.environ.get("PINBA_SERVER", "127.0.0.1:30002")
 
 
 def thumbnail(image):
-    """A job: it only knows the pynba proxy."""
+    """A job, timed by RQ's worker; a step of it timed with the pynba proxy."""
+    started = time.monotonic()
     with pynba.timer(group="image", op="resize"):
         time.sleep(0.001)
-    return f"{image}-small"
+    print(f"{image} resized in {time.monotonic() - started:.3f} s")
 
 
 def broken(image):
-    """A job that fails."""
+    """A job that fails: its packet has status 500."""
     raise ValueError(f"cannot read {image}")
 
 

@@ -170,8 +170,13 @@ class _JobRun:
         if isinstance(self._error, JobTimeoutException):
             return STATUS_TIMEOUT
         if self._error is not None or self._returned_retry:
-            # Failed: RQ has requeued or scheduled it already if it runs it again.
-            return STATUS_RETRY if job.get_status(refresh=False) in _RETRYING else STATUS_FAILED
+            # RQ has requeued or scheduled the job already if it runs it again.
+            # (RQ 2.0 took a returned Retry for any other value: a success.)
+            status = job.get_status(refresh=False)
+            if status in _RETRYING:
+                return STATUS_RETRY
+            if self._error is not None or status == JobStatus.FAILED:
+                return STATUS_FAILED
         return STATUS_SUCCESS if performed else STATUS_FAILED
 
 
@@ -262,9 +267,12 @@ class _JobReports:
 
     def horse_exited(self, waited: tuple[Any, Any, Any]) -> None:
         """The worker waited for its work horse: ``os.wait4``'s (pid, status, rusage)."""
-        pid, status, usage = waited
-        if pid:
-            self._horse_exit = (status, usage)
+        try:
+            pid, status, usage = waited
+            if pid:
+                self._horse_exit = (status, usage)
+        except Exception:
+            internal_error("cannot read how an RQ work horse ended", False)
 
     def after_horse(self, job: Any, interrupted: bool) -> None:
         """The work horse is gone: report the job it could not (killed, stopped)."""
