@@ -38,3 +38,14 @@ def ask_retry():
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def leave(code):
+    os._exit(code)
+
+
+def outlive_timeout(seconds):
+    """Run past the job's timeout (its alarm blocked, as by C code), then die as if killed."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGKILL)

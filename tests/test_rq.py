@@ -238,8 +238,10 @@ def test_stopped_job(tmp_path, redis_server, redis, queue, udp_listener):
 def test_work_horse_killed_in_its_job(tmp_path, redis_server, queue, udp_listener):
     queue.enqueue(rq_jobs.die)
     queue.enqueue(rq_jobs.add, 1, 2)
-    killed, added = run_worker(
-        tmp_path, redis_server, udp_listener, "pynba.rq.PinbaWorker", count=2
+    queue.enqueue(rq_jobs.leave, 3)
+    queue.enqueue(rq_jobs.outlive_timeout, 1.5, job_timeout=1)
+    killed, added, left, timed_out = run_worker(
+        tmp_path, redis_server, udp_listener, "pynba.rq.PinbaWorker", count=4
     )
 
     assert killed.script_name == "rq_jobs.die"
@@ -250,6 +252,11 @@ def test_work_horse_killed_in_its_job(tmp_path, redis_server, queue, udp_listene
         ("worker", "worker-1"),
     ]
     assert (added.script_name, added.status) == ("rq_jobs.add", STATUS_SUCCESS)
+    assert (left.script_name, left.status) == ("rq_jobs.leave", STATUS_KILLED)
+    assert sorted(left.tags) == [("exit_code", "3"), ("queue", "default"), ("worker", "worker-1")]
+    # The work horse ran past the job's timeout: the worker reports a timeout.
+    assert (timed_out.script_name, timed_out.status) == ("rq_jobs.outlive_timeout", STATUS_TIMEOUT)
+    assert dict(timed_out.tags)["signal"] == "SIGKILL"
 
 
 def test_script_names_are_bounded_across_work_horses(tmp_path, redis_server, queue, udp_listener):

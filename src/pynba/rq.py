@@ -27,6 +27,7 @@ import logging
 import mmap
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -74,6 +75,9 @@ STATUS_KILLED = 502
 
 #: The script name of a job whose function cannot be read (its data does not deserialize).
 UNKNOWN_NAME = "<unknown>"
+
+#: ``ru_maxrss`` is in KiB, but in bytes on macOS (as the collector reads it).
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 #: How long a worker waits, when it starts, for its Pinba servers' addresses (seconds).
 _LOOKUP_WAIT = 2.0
@@ -306,7 +310,7 @@ class _JobReports:
             if usage is not None:
                 collector.ru_utime = usage.ru_utime
                 collector.ru_stime = usage.ru_stime
-                collector.memory_peak = usage.ru_maxrss * 1024  # Linux counts KiB
+                collector.memory_peak = usage.ru_maxrss * _MAXRSS_UNIT
 
     def _job_names(self, job: Any, queue: Any, worker_name: str) -> tuple[str, str, dict[str, str]]:
         """(job id, script name, request tags) of ``job``."""
