@@ -4,9 +4,16 @@ import os
 import signal
 import time
 
+import rq.worker
 from rq import Retry
 
 from pynba import pynba
+from pynba.rq import PinbaWorkerMixin
+
+if hasattr(rq.worker, "SpawnWorker"):  # RQ 2.2 and later
+
+    class PinbaSpawnWorker(PinbaWorkerMixin, rq.worker.SpawnWorker):
+        """Work horses started afresh (posix_spawn), each job reported."""
 
 
 def add(a, b):

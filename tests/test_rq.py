@@ -272,6 +272,27 @@ def test_script_names_are_bounded_across_work_horses(tmp_path, redis_server, que
     assert names == ["rq_jobs.add", "<other>", "rq_jobs.add", "<other>"]
 
 
+@pytest.mark.skipif(not hasattr(rq.worker, "SpawnWorker"), reason="RQ has no SpawnWorker")
+def test_spawn_worker_with_the_mixin(tmp_path, redis_server, queue, udp_listener):
+    queue.enqueue(rq_jobs.add, 1, 2)
+    queue.enqueue(rq_jobs.sleep, 0)
+    queue.enqueue(rq_jobs.add, 3, 4)
+    queue.enqueue(rq_jobs.die)
+    worker_class = "rq_jobs.PinbaSpawnWorker"
+    sent = run_worker(
+        tmp_path, redis_server, udp_listener, worker_class, count=4, PINBA_NAME_LIMIT="1"
+    )
+
+    # Names admitted by the worker, not by each work horse afresh.
+    assert [(p.script_name, p.status) for p in sent] == [
+        ("rq_jobs.add", STATUS_SUCCESS),
+        ("<other>", STATUS_SUCCESS),
+        ("rq_jobs.add", STATUS_SUCCESS),
+        ("<other>", STATUS_KILLED),
+    ]
+    assert sent[0].timer_tags() == [(("group", "rq"), ("op", "add"))]
+
+
 def test_queue_tag_names_the_jobs_queue(tmp_path, redis_server, redis, udp_listener):
     rq.Queue("high", connection=redis).enqueue(rq_jobs.add, 1, 2)
     rq.Queue("low", connection=redis).enqueue(rq_jobs.add, 3, 4)

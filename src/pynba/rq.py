@@ -76,6 +76,11 @@ STATUS_KILLED = 502
 #: The script name of a job whose function cannot be read (its data does not deserialize).
 UNKNOWN_NAME = "<unknown>"
 
+#: The environment variables that hand the job's names to a spawned work horse
+#: (a ``SpawnWorker``'s: it inherits the environment, not the worker's memory).
+_JOB_ID_VARIABLE = "PYNBA_RQ_JOB_ID"
+_SCRIPT_NAME_VARIABLE = "PYNBA_RQ_SCRIPT_NAME"
+
 #: ``ru_maxrss`` is in KiB, but in bytes on macOS (as the collector reads it).
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
@@ -250,6 +255,8 @@ class _JobReports:
                 self._done = mmap.mmap(-1, 1)
             self._done[0] = 0
             self._job = self._job_names(job, queue, worker_name)
+            os.environ[_JOB_ID_VARIABLE] = self._job[0]
+            os.environ[_SCRIPT_NAME_VARIABLE] = self._job[1]
         except Exception:
             self._job = None
             internal_error("cannot name an RQ job", False)
@@ -262,8 +269,10 @@ class _JobReports:
                 return None
             names = self._job
             if names is None or names[0] != job.id:
-                # A process that did not take the job (a SpawnWorker's work horse).
                 names = self._job_names(job, queue, worker_name)
+                if os.environ.get(_JOB_ID_VARIABLE) == job.id:
+                    # A SpawnWorker's work horse: the name its worker admitted.
+                    names = (job.id, os.environ.get(_SCRIPT_NAME_VARIABLE, names[1]), names[2])
             return _JobRun(monitor, names[1], names[2], self._done)
         except Exception:
             internal_error("cannot begin an RQ job's report", False)
