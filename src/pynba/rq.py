@@ -23,7 +23,6 @@ and the job runs on unreported.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import signal
@@ -53,9 +52,8 @@ __all__ = [
     "PinbaSimpleWorker",
     "PinbaWorker",
     "PinbaWorkerMixin",
+    "UNKNOWN_NAME",
 ]
-
-logger = logging.getLogger("pynba")
 
 #: The job returned.
 STATUS_SUCCESS = 200
@@ -100,7 +98,7 @@ class _JobRun:
 
     The packet is sent after RQ's own handling of the outcome (so that a
     retry is known, and a timeout alarm cannot cut the send short), and
-    measures the job's body: ``measure()`` wraps ``job.perform``.
+    measures the job's body: ``attach()`` wraps ``job.perform``.
     """
 
     __slots__ = (
@@ -126,9 +124,13 @@ class _JobRun:
         self._error: BaseException | None = None  # what the body raised
         self._returned_retry = False
 
-    def measure(self, perform: Callable[[], Any]) -> Callable[[], Any]:
-        """``perform`` (the job's body), measured as the job."""
+    def attach(self, job: Any) -> None:
+        """Measure ``job``'s next ``perform()`` (its body) as the job, until ``end()``."""
+        # RQ has no hook around the job's body alone: this job's perform is
+        # measured for this one call, then the class's is back.
+        job.perform = self._measure(job.perform)
 
+    def _measure(self, perform: Callable[[], Any]) -> Callable[[], Any]:
         def measured() -> Any:
             self._begin()
             try:
@@ -161,6 +163,10 @@ class _JobRun:
 
     def end(self, job: Any, performed: bool) -> None:
         """RQ has handled the job (``perform_job`` returned ``performed``): send its packet."""
+        try:
+            del job.perform
+        except AttributeError:
+            internal_error("cannot restore an RQ job's perform()", False)
         collector = self._collector
         if collector is None:
             return  # the body never ran: no job to report
@@ -273,7 +279,9 @@ class _JobReports:
                 if os.environ.get(_JOB_ID_VARIABLE) == job.id:
                     # A SpawnWorker's work horse: the name its worker admitted.
                     names = (job.id, os.environ.get(_SCRIPT_NAME_VARIABLE, names[1]), names[2])
-            return _JobRun(monitor, names[1], names[2], self._done)
+            run = _JobRun(monitor, names[1], names[2], self._done)
+            run.attach(job)
+            return run
         except Exception:
             internal_error("cannot begin an RQ job's report", False)
             return None
@@ -390,17 +398,13 @@ class PinbaWorkerMixin(_WorkerBase):
         return waited
 
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> bool:
-        run = self._pinba.run(job, queue, self.name)
+        run = self._pinba.run(job, queue, self.name)  # measures the job's body from now
         if run is None:
             return super().perform_job(job, queue, *args, **kwargs)
-        # RQ has no hook around the job's body alone: this job's perform is
-        # measured for this one call, then the class's is back.
-        job.perform = run.measure(job.perform)
         performed = False
         try:
             performed = super().perform_job(job, queue, *args, **kwargs)
         finally:
-            del job.perform
             run.end(job, performed)
         return performed
 
