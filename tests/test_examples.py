@@ -53,6 +53,7 @@ def test_every_example_is_tested():
     tested = {"simple.py", "middleware.py", "worker.py"}
     tested |= {"asgi_app.py", "django_app.py", "flask_app.py", "pyramid_app.py"}
     tested |= {"gevent_server.py"}  # integration examples: tests/test_integration_examples.py
+    tested |= {"instrumented_app.py"}  # its servers: tests/test_instrumented_example.py
     tested |= {"_serve.py"}  # not an example: how the web examples serve, run by each of them
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 
