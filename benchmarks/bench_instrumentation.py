@@ -144,27 +144,30 @@ def start_cache_server(binary: str, hello: bytes, answer: bytes) -> Server | str
     return f"{binary} did not start"
 
 
-# An HTTP/1.1 server answering every GET with 2 bytes, connections kept alive
-# (one thread each), in a process of its own: not competing for this one's GIL.
+# An HTTP/1.1 server answering every request with the same 2 bytes, connections
+# kept alive (a thread each), in a process of its own: not competing for this
+# one's GIL. It reads no more than the requests' heads (the benchmark sends GETs):
+# http.server would take some 200 µs a request, and its variations with it.
 _HTTP_SERVER = """
-import http.server
+import socket, threading
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else the body, written apart, waits for a delayed ACK
+ANSWER = b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 2\\r\\n\\r\\nok"
 
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
+def serve(connection):
+    pending = b""
+    with connection:
+        while data := connection.recv(65536):
+            pending += data
+            while b"\\r\\n\\r\\n" in pending:
+                pending = pending.partition(b"\\r\\n\\r\\n")[2]
+                connection.sendall(ANSWER)
 
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-print(server.server_port, flush=True)
-server.serve_forever()
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+while True:
+    connection, _ = listener.accept()
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=serve, args=(connection,), daemon=True).start()
 """
 
 
@@ -530,7 +533,8 @@ def outside(func: Callable[[], object], number: int) -> float:
 def in_requests(func: Callable[[], object], reporter: Reporter, number: int) -> float:
     """``per_call()`` of ``func``, made ``CALLS_PER_REQUEST`` times in each monitored request.
 
-    Only the calls are timed: not the requests' start and end.
+    (``number`` calls in one request, when fewer.) Only the calls are timed:
+    not the requests' start and end.
     """
     total = 0.0
     requests = max(1, number // CALLS_PER_REQUEST)
@@ -570,13 +574,16 @@ WAYS = ("bare", "hand", "auto", "bare outside", "auto outside")
 def measure(case: Case, reporter: Reporter, seconds: float) -> tuple[dict[str, float], int]:
     """The best run of each way, and how many runs: short runs, interleaved, for ``seconds``.
 
-    A run makes calls for about 2 ms (one request at least). Interleaved, the
-    ways share what else the machine does; many short runs give each a
-    chance to run alone.
+    A run makes calls for about 2 ms: requests of ``CALLS_PER_REQUEST``
+    calls, or one request of fewer calls when they are slow (a call to
+    another process waits, now and then, for the scheduler: fewer calls a
+    run, more runs free of such waits). Interleaved, the ways share what
+    else the machine does; many short runs give each a chance to run alone.
     """
-    one = per_call(case.bare, CALLS_PER_REQUEST) / 1e6
-    requests = max(1, round(0.002 / (one * CALLS_PER_REQUEST)))
-    number = requests * CALLS_PER_REQUEST
+    calls = max(1, round(0.002 / (per_call(case.bare, CALLS_PER_REQUEST) / 1e6)))
+    number = calls
+    if calls >= CALLS_PER_REQUEST:
+        number = round(calls / CALLS_PER_REQUEST) * CALLS_PER_REQUEST
     runs: dict[str, list[float]] = {way: [] for way in WAYS}
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(runs["bare"]) < 10:
