@@ -56,6 +56,9 @@ BAR = 1.0
 REDIS_BAR = 1.0
 #: The calls a request makes (its timers then go with its packet, as in a real one).
 CALLS_PER_REQUEST = 50
+#: How long a run of calls lasts, at least one call (s): the best runs are those
+#: nothing else interrupted.
+RUN = 0.0002
 #: The queries of the whole request measured at the end.
 QUERIES = 10
 
@@ -525,81 +528,100 @@ def per_call(func: Callable[[], object], number: int) -> float:
     return timeit.timeit(func, number=number) / number * 1e6
 
 
-def outside(func: Callable[[], object], number: int) -> float:
-    """``per_call()`` outside any request."""
-    return contextvars.copy_context().run(per_call, func, number)
+def best_run(func: Callable[[], object], number: int, run: int) -> float:
+    """The fastest of ``number // run`` runs of ``run`` calls: ``per_call()`` of that run."""
+    return min(per_call(func, run) for _ in range(max(1, number // run)))
 
 
-def in_requests(func: Callable[[], object], reporter: Reporter, number: int) -> float:
-    """``per_call()`` of ``func``, made ``CALLS_PER_REQUEST`` times in each monitored request.
+def outside(func: Callable[[], object], number: int, run: int) -> float:
+    """``best_run()`` outside any request."""
+    return contextvars.copy_context().run(best_run, func, number, run)
+
+
+def in_requests(func: Callable[[], object], reporter: Reporter, number: int, run: int) -> float:
+    """``best_run()`` of ``func`` called in monitored requests of ``CALLS_PER_REQUEST`` calls.
 
     (``number`` calls in one request, when fewer.) Only the calls are timed:
     not the requests' start and end.
     """
-    total = 0.0
-    requests = max(1, number // CALLS_PER_REQUEST)
-    for _ in range(requests):
+    best = float("inf")
+    for _ in range(max(1, number // CALLS_PER_REQUEST)):
         collector = RequestCollector(CollectorSettings(reporter), "/bench")
 
-        def run(collector: RequestCollector = collector) -> float:
+        def one_request(collector: RequestCollector = collector) -> float:
             token = activate(collector)
             try:
-                return per_call(func, min(number, CALLS_PER_REQUEST))
+                return best_run(func, min(number, CALLS_PER_REQUEST), run)
             finally:
                 deactivate(token)
                 collector.finish()
 
-        total += contextvars.copy_context().run(run)
-    return total / requests
+        best = min(best, contextvars.copy_context().run(one_request))
+    return best
 
 
 @contextlib.contextmanager
 def instrumented(case: Case, reporter: Reporter) -> Iterator[None]:
-    """The case's integration on, warmed by a call in a request (its tags worked out once)."""
+    """The case's integration on, for a while; its calls warmed, and the bare ones after.
+
+    Patching a library's class, or putting it back, drops what the
+    interpreter had specialized of the calls to it, and a hook made afresh
+    (pymemcache's) starts unspecialized: some calls first, not timed, in a
+    request (the hook works its tags out once), so that the runs time what
+    an application instrumented once runs.
+    """
     if case.instrument is None:
         yield
         return
     case.instrument()
     try:
-        in_requests(case.automatic, reporter, 1)
+        in_requests(case.automatic, reporter, WARM_CALLS, WARM_CALLS)
         yield
     finally:
         if case.uninstrument is not None:
             case.uninstrument()
+        per_call(case.bare, WARM_CALLS)
+
+
+#: The calls that warm a case's call after its integration is turned on or off.
+WARM_CALLS = 20
 
 
 WAYS = ("bare", "hand", "auto", "bare outside", "auto outside")
 
 
 def measure(case: Case, reporter: Reporter, seconds: float) -> tuple[dict[str, float], int]:
-    """The best run of each way, and how many runs: short runs, interleaved, for ``seconds``.
+    """The best run of each way, and how many rounds: short runs, interleaved, for ``seconds``.
 
-    A run makes calls for about 2 ms: requests of ``CALLS_PER_REQUEST``
-    calls, or one request of fewer calls when they are slow (a call to
-    another process waits, now and then, for the scheduler: fewer calls a
-    run, more runs free of such waits). Interleaved, the ways share what
-    else the machine does; many short runs give each a chance to run alone.
+    A round makes calls for about 2 ms each way, in requests of
+    ``CALLS_PER_REQUEST`` calls (as many as the bare call's time allows),
+    timed in runs of about ``RUN``: a run of slow calls is one or a few
+    (a call to another process waits, now and then, for the scheduler:
+    short runs, more of them free of such waits). Interleaved, the ways
+    share what else the machine does; many short runs give each a chance
+    to run alone.
     """
-    calls = max(1, round(0.002 / (per_call(case.bare, CALLS_PER_REQUEST) / 1e6)))
-    number = calls
-    if calls >= CALLS_PER_REQUEST:
-        number = round(calls / CALLS_PER_REQUEST) * CALLS_PER_REQUEST
+    one = per_call(case.bare, CALLS_PER_REQUEST) / 1e6
+    run = max(1, min(CALLS_PER_REQUEST, round(RUN / one)))
+    number = max(1, round(0.002 / (one * CALLS_PER_REQUEST))) * CALLS_PER_REQUEST
     runs: dict[str, list[float]] = {way: [] for way in WAYS}
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(runs["bare"]) < 10:
-        runs["bare"].append(in_requests(case.bare, reporter, number))
-        runs["hand"].append(in_requests(case.hand_written, reporter, number))
-        runs["bare outside"].append(outside(case.bare, number))
+    rounds = 10 if seconds > 0 else 1  # at least; one for a smoke test (--seconds 0)
+    while time.perf_counter() < deadline or len(runs["bare"]) < rounds:
         with instrumented(case, reporter):
-            runs["auto"].append(in_requests(case.automatic, reporter, number))
-            runs["auto outside"].append(outside(case.automatic, number))
+            runs["auto"].append(in_requests(case.automatic, reporter, number, run))
+            runs["auto outside"].append(outside(case.automatic, number, run))
+        runs["bare"].append(in_requests(case.bare, reporter, number, run))
+        runs["hand"].append(in_requests(case.hand_written, reporter, number, run))
+        runs["bare outside"].append(outside(case.bare, number, run))
     return {way: min(values) for way, values in runs.items()}, len(runs["bare"])
 
 
 def run_case(case: Case, reporter: Reporter, seconds: float) -> tuple[dict[str, float], int]:
     try:
+        # Warm: the first call opens, compiles, caches.
         for call in (case.bare, case.hand_written):
-            call()  # warm: the first call opens, compiles, caches
+            in_requests(call, reporter, 1, 1)
         with instrumented(case, reporter):
             case.automatic()
         return measure(case, reporter, seconds)
@@ -698,7 +720,7 @@ def request_with_queries(address: tuple[str, int], seconds: float) -> dict[str, 
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(runs["untimed"]) < 10:
         for way, call in calls.items():
-            runs[way].append(outside(call, 20))
+            runs[way].append(outside(call, 20, 5))
     return {way: min(values) for way, values in runs.items()}
 
 
@@ -709,7 +731,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 s a case (noisier)")
     parser.add_argument(
-        "--seconds", type=float, default=None, help="seconds of runs a case (default 10)"
+        "--seconds",
+        type=float,
+        default=None,
+        help="seconds of runs a case (default 10; 0: one round, to see the script run)",
     )
     options = parser.parse_args()
     seconds = options.seconds if options.seconds is not None else 1.0 if options.quick else 10.0
@@ -721,7 +746,7 @@ def main() -> None:
           f"{seconds:g} s a case")  # fmt: skip
     header = (
         f"{'case':<68} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8} "
-        f"{'runs':>5}  ok"
+        f"{'rounds':>6}  ok"
     )
     print(header)
     results: dict[str, dict[str, float]] = {}
@@ -730,7 +755,7 @@ def main() -> None:
         if isinstance(case, str):
             print(f"{make.__name__:<68} skipped: {case}")
             continue
-        best, runs = run_case(case, reporter, seconds)
+        best, rounds = run_case(case, reporter, seconds)
         results[make.__name__] = best
         bare, hand, auto = best["bare"], best["hand"], best["auto"]
         over = auto - hand
@@ -738,7 +763,7 @@ def main() -> None:
         ok = "yes" if over <= BAR else "NO"
         print(
             f"{case.name:<68} {bare:7.2f} {hand:7.2f} {auto:7.2f} {over:9.2f} {untimed:8.2f} "
-            f"{runs:5d}  {ok}"
+            f"{rounds:6d}  {ok}"
         )
     print(f"auto-hand: the automatic timer over the hand-written one (bar: <= {BAR} µs); "
           "outside: the integration's cost outside any request")  # fmt: skip
