@@ -390,6 +390,33 @@ def httpx_get() -> Made:
     return http_case("httpx", make_get)
 
 
+def httpx_in_process() -> Made:
+    """The httpx hook alone: a client whose transport answers in this process, no network."""
+    if why := missing("httpx"):
+        return why
+    import httpx
+
+    from pynba.instrumentation import httpx as httpx_integration
+
+    answer = httpx.Response(200, content=b"ok")
+    client = httpx.Client(transport=httpx.MockTransport(lambda request: answer))
+    get = lambda: client.get("http://127.0.0.1:8080/users/42")  # noqa: E731
+
+    def hand_written() -> None:
+        with pynba.timer(group="http", op="get", host="127.0.0.1:8080", status="2xx"):
+            get()
+
+    return Case(
+        "httpx: GET answered in this process (MockTransport, no network)",
+        get,
+        hand_written,
+        get,
+        client.close,
+        httpx_integration.instrument,
+        httpx_integration.uninstrument,
+    )
+
+
 def requests_get() -> Made:
     def make_get(url: str) -> tuple[Callable[[], object], Callable[[], object]]:
         import requests
@@ -512,6 +539,7 @@ CASES: list[Callable[[], Made]] = [
     redis_get,
     pymemcache_get,
     httpx_get,
+    httpx_in_process,
     requests_get,
     urllib3_get,
     jinja2_render,

@@ -40,6 +40,7 @@ class RecommendationsHandler(BaseHTTPRequestHandler):
     """``GET /users/<id>/recommendations``: a JSON list, after SERVICE_DELAY."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # the body, written apart, goes at once
 
     def do_GET(self):
         time.sleep(SERVICE_DELAY)

@@ -26,9 +26,20 @@ timers, run ``pynba listen`` in one terminal, and in another::
     python src/examples/instrumented_app.py --serve      # http://127.0.0.1:8000/users/1
     gunicorn --chdir src/examples 'instrumented_app:create_app()'   # or a real server
 
-``pynba listen`` prints each request with its timers, one line each. The
-``users`` table is made (and filled with three users) at start-up if it
-does not exist.
+``pynba listen`` prints each request with its timers, one line each; the
+first request for a user::
+
+    script_name      '/users/<int:user_id>'
+    ...
+    tags             app=instrumented-example
+    timers           4
+      group=cache op=get server=127.0.0.1:6379: 1 hit(s), 0.374 ms
+      db=shop group=db op=select: 1 hit(s), 0.610 ms
+      group=cache op=set server=127.0.0.1:6379: 1 hit(s), 0.276 ms
+      group=http host=127.0.0.1:8080 op=get status=2xx: 1 hit(s), 2.370 ms
+
+The ``users`` table is made (and filled with three users) at start-up if
+it does not exist.
 """
 
 import os
