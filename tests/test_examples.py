@@ -58,11 +58,9 @@ def test_every_example_is_tested():
     tested = {"simple.py", "middleware.py", "worker.py", "batch_script.py"}
     tested |= {"asgi_app.py", "django_app.py", "flask_app.py", "pyramid_app.py"}
     tested |= {"gevent_server.py"}  # integration examples: tests/test_integration_examples.py
-<<<<<<< HEAD
     tested |= {"celery_app.py"}  # needs a broker and a worker: tests/test_celery.py
-=======
     tested |= {"rq_worker.py"}  # needs a Redis server: tests/test_rq.py
->>>>>>> i18-rq
+    tested |= {"instrumented_app.py"}  # its servers: tests/test_instrumented_example.py
     tested |= {"_serve.py"}  # not an example: how the web examples serve, run by each of them
     assert {path.name for path in EXAMPLES.glob("*.py")} == tested
 

@@ -1,0 +1,57 @@
+"""benchmarks/bench_instrumentation.py in a short run: a row for each integration, the summaries.
+
+Its figures are not asserted (timings belong to the script's output): only
+that each case ran, or said why not, and printed numbers.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pynba
+from conftest import IN_CI
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_instrumentation.py"
+
+
+def cases():
+    """The names of the script's cases."""
+    spec = importlib.util.spec_from_file_location("pynba_bench_instrumentation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return [make.__name__ for make in module.CASES]
+
+
+def test_every_case_prints_its_row():
+    tested = str(Path(pynba.__file__).resolve().parent.parent)  # this pynba, not another
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seconds", "0"],
+        env={**os.environ, "PYTHONPATH": tested},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("case "))
+    footer = next(n for n, line in enumerate(lines) if line.startswith("auto-hand:"))
+    rows = lines[header + 1 : footer]
+    assert len(rows) == len(cases()) == 12, done.stdout
+    for row in rows:
+        if " skipped: " in row:
+            # Under CI every library and server is installed: no case may be left out.
+            assert not IN_CI, row
+            continue
+        words = row.split()
+        assert words[-1] in ("yes", "NO"), row
+        [float(word) for word in words[-7:-2]]  # bare, hand, auto, auto-hand, outside
+        assert int(words[-2]) >= 1  # rounds
+    assert any(line.startswith("next to a") for line in lines), done.stdout
+    assert any(line.startswith("a monitored request making 10") for line in lines), done.stdout
