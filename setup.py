@@ -155,6 +155,7 @@ setup(
             "opentelemetry-sdk>=1.20",
             # The task queues' tests run real workers on a private Redis.
             "celery>=5.3",
+            "rq>=2.0",
         ],
     },
     entry_points={
