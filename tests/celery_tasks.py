@@ -7,6 +7,7 @@ as script names.
 """
 
 import os
+import signal
 import threading
 import time
 
@@ -102,3 +103,9 @@ def hold(key, seconds):
     """Says it started (``key`` in Redis), then sleeps: for revoke and time limits."""
     store().set(key, "started")
     time.sleep(seconds)
+
+
+@app.task(name="die")
+def die():
+    """Kills the process running it, as the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)

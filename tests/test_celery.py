@@ -33,6 +33,7 @@ from pynba.celery import (  # noqa: E402
     STATUS_REVOKED,
     STATUS_SUCCESS,
     STATUS_TIME_LIMIT,
+    STATUS_WORKER_LOST,
 )
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -302,6 +303,13 @@ def test_a_task_killed_by_its_hard_time_limit_is_reported_as_timed_out(
     assert (packet.script_name, packet.status) == ("hold", STATUS_TIME_LIMIT)
     assert 0.5 < packet.request_time < 60
     assert prefork_worker.listener.pending(0.5) == []  # Celery tells of it twice: one packet
+
+
+def test_a_task_whose_child_process_dies_is_reported_as_worker_lost(sender, prefork_worker):
+    send(sender, prefork_worker, "die")
+    (packet,) = prefork_worker.packets(1)
+    assert (packet.script_name, packet.status) == ("die", STATUS_WORKER_LOST)
+    assert prefork_worker.listener.pending(0.5) == []
 
 
 def test_a_task_ended_by_its_soft_time_limit_is_reported_as_timed_out(sender, prefork_worker):

@@ -68,6 +68,7 @@ __all__ = [
     "STATUS_REVOKED",
     "STATUS_SUCCESS",
     "STATUS_TIME_LIMIT",
+    "STATUS_WORKER_LOST",
     "WORKER_TAG",
     "CeleryMonitor",
     "monitor",
@@ -77,8 +78,11 @@ logger = logging.getLogger("pynba")
 
 #: The task returned (or raised ``Ignore``, as ``self.replace()`` does).
 STATUS_SUCCESS = 200
-#: The task raised, its worker process died, or it rejected its message for good.
+#: The task raised, or it rejected its message for good.
 STATUS_FAILURE = 500
+#: The child process running the task died in it (``WorkerLostError``: a
+#: signal, the OOM killer): as ``pynba.rq.STATUS_KILLED``.
+STATUS_WORKER_LOST = 502
 #: The task will run again: ``self.retry()``, ``autoretry_for``, ``Reject(requeue=True)``.
 STATUS_RETRY = 503
 #: The task was stopped while it ran: ``revoke(task_id, terminate=True)``
@@ -369,8 +373,10 @@ class CeleryMonitor:
         # main process reports only the tasks its children could not.
         if self._runs_tasks or not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
             return
-        status = STATUS_TIME_LIMIT if isinstance(exception, TimeLimitExceeded) else STATUS_FAILURE
-        limit = exception.args[0] if isinstance(exception, TimeLimitExceeded) else None
+        if isinstance(exception, TimeLimitExceeded):
+            status, limit = STATUS_TIME_LIMIT, exception.args[0]
+        else:
+            status, limit = STATUS_WORKER_LOST, None
         self._report_killed(sender, task_id, status, limit)
 
     def _task_revoked(
