@@ -61,17 +61,22 @@ class PinbaSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         """Add the span's duration to the current request, as a timer of its tags."""
         collector = current_collector()
-        if collector is None or not collector.enabled or collector.finished or not self.enabled:
+        if collector is None or not self.enabled or not collector.enabled or collector.finished:
             return
         try:
-            start, end = span.start_time, span.end_time
+            start = span.start_time
+            end = span.end_time
             if type(start) is not int or type(end) is not int:
                 return
-            tags = self.span_tags(span)
-            if tags is None:
+            found = _span_tags(span)
+            if found is None:
                 return
-            timer = collector.new_checked_timer(*tags)  # type: ignore[union-attr]
-            timer.add(max(end - start, 0) / 1e9)
+            tags = self._capped_tags.get(found)
+            if tags is None:
+                tags = self._remember(found)
+            collector.new_checked_timer(tags[0], tags[1]).add(  # type: ignore[union-attr]
+                max(end - start, 0) / 1e9
+            )
         except Exception:
             internal_error("cannot time an OpenTelemetry span", False)
 
@@ -102,10 +107,13 @@ class PinbaSpanProcessor(SpanProcessor):
         if found is None:
             return None
         tags = self._capped_tags.get(found)
-        if tags is None:
-            if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
-                self._capped_tags.clear()
-            tags = self._capped_tags[found] = self._capped(*found)
+        return self._remember(found) if tags is None else tags
+
+    def _remember(self, found: Tags) -> Tags:
+        """The capped tags of ``found``, kept for the spans that will find the same."""
+        if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
+            self._capped_tags.clear()
+        tags = self._capped_tags[found] = self._capped(*found)
         return tags
 
     def _capped(self, names: tuple[str, ...], values: tuple[str, ...]) -> Tags:
@@ -118,34 +126,50 @@ class PinbaSpanProcessor(SpanProcessor):
         return names, tuple(capped)
 
 
+# Read once: an Enum member looked up on its class costs as much as a dict lookup or two.
+_SERVER = SpanKind.SERVER
+_CLIENT = SpanKind.CLIENT
+_STATUS_CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
+# The tag names of an HTTP client span, by the optional tags it has (host, status).
+_HTTP_NAMES = {
+    (False, False): ("group", "op"),
+    (True, False): ("group", "op", "host"),
+    (False, True): ("group", "op", "status"),
+    (True, True): ("group", "op", "host", "status"),
+}
+
+
 def _span_tags(span: ReadableSpan) -> Tags | None:
-    """``PinbaSpanProcessor.span_tags`` before the values are capped."""
+    """``PinbaSpanProcessor.span_tags`` before the values are capped.
+
+    Every span ended in a request comes here: the attributes are read with
+    a plain dict's ``get`` and no more function calls than needed.
+    """
     kind = span.kind
-    if kind is SpanKind.SERVER:
+    if kind is _SERVER:
         return None
     attributes = _plain(span.attributes)
-    name = span.name
-    if type(name) is not str:
-        name = ""
-    database = _text(attributes, "db.system.name", "db.system")
+    get = attributes.get
+    database = get("db.system.name")
+    if type(database) is not str or not database:
+        database = _text(attributes, "db.system")
     if database is not None:
-        command = _text(attributes, "db.operation.name", "db.operation") or _first_word(name)
-        if database.lower() in CACHE_SYSTEMS:
-            server = _server(attributes) or database
-            return ("group", "op", "server"), ("cache", command.lower(), server)
-        namespace = _text(attributes, "db.namespace", "db.name") or database
-        return ("group", "op", "db"), ("db", command.lower(), namespace)
-    method = _text(attributes, "http.request.method", "http.method")
-    if method is not None and kind is SpanKind.CLIENT:
-        names: tuple[str, ...] = ("group", "op")
-        values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
-        host = _text(attributes, "server.address", "net.peer.name")
-        if host is not None:
-            names, values = (*names, "host"), (*values, host)
+        return _database_tags(attributes, database, _name(span))
+    method = get("http.request.method")
+    if type(method) is not str or not method:
+        method = _text(attributes, "http.method")
+    if method is not None and kind is _CLIENT:
+        host = get("server.address")
+        if type(host) is not str or not host:
+            host = _text(attributes, "net.peer.name")
         status = _status_class(attributes)
+        values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
+        if host is not None:
+            values += (host,)
         if status is not None:
-            names, values = (*names, "status"), (*values, status)
-        return names, values
+            values += (status,)
+        return _HTTP_NAMES[host is not None, status is not None], values
+    name = _name(span)
     queue = _text(attributes, "messaging.system")
     if queue is not None:
         operation = _text(attributes, "messaging.operation.type", "messaging.operation") or _text(
@@ -160,6 +184,20 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
             procedure = f"{service}/{procedure}"
         return ("group", "op", "system"), ("rpc", procedure, rpc)
     return ("group", "op"), ("otel", name)
+
+
+def _database_tags(attributes: dict[str, Any], database: str, name: str) -> Tags:
+    command = _text(attributes, "db.operation.name", "db.operation") or _first_word(name)
+    if database.lower() in CACHE_SYSTEMS:
+        server = _server(attributes) or database
+        return ("group", "op", "server"), ("cache", command.lower(), server)
+    namespace = _text(attributes, "db.namespace", "db.name") or database
+    return ("group", "op", "db"), ("db", command.lower(), namespace)
+
+
+def _name(span: ReadableSpan) -> str:
+    name = span.name
+    return name if type(name) is str else ""
 
 
 def _plain(attributes: Any) -> dict[str, Any]:
@@ -207,12 +245,17 @@ def _server(attributes: dict[str, Any]) -> str | None:
 
 def _status_class(attributes: dict[str, Any]) -> str | None:
     """``2xx``, ``4xx``... from the span's HTTP status code, if it has a valid one."""
-    code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+    code = attributes.get("http.response.status_code", _ABSENT)
+    if code is _ABSENT:
+        code = attributes.get("http.status_code")
+    if type(code) is int:
+        return _STATUS_CLASSES.get(code)
     if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
-        code = int(code)
-    if type(code) is int and 100 <= code < 600:
-        return f"{code // 100}xx"
+        return _STATUS_CLASSES.get(int(code))
     return None
+
+
+_ABSENT = object()
 
 
 # The processor instrument() added to the global provider, and that provider.
