@@ -57,6 +57,10 @@ class PinbaSpanProcessor(SpanProcessor):
         # Tags as read from spans, capped: spans repeat, and a value once
         # admitted (or refused) stays so.
         self._capped_tags: dict[Tags, Tags] = {}
+        # The timer of each tag set (as read) and the request it is of: the
+        # spans of a request with the same tags add to one timer, as its
+        # packet would merge them.
+        self._timers: dict[Tags, tuple[Any, Any]] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
         """Add the span's duration to the current request, as a timer of its tags."""
@@ -71,14 +75,25 @@ class PinbaSpanProcessor(SpanProcessor):
             found = _span_tags(span)
             if found is None:
                 return
-            tags = self._capped_tags.get(found)
-            if tags is None:
-                tags = self._remember(found)
-            collector.new_checked_timer(tags[0], tags[1]).add(  # type: ignore[union-attr]
-                max(end - start, 0) / 1e9
-            )
+            seconds = max(end - start, 0) / 1e9
+            of_request = self._timers.get(found)
+            if of_request is not None and of_request[0] is collector:
+                of_request[1].add(seconds)
+            else:
+                self._new_timer(collector, found).add(seconds)
         except Exception:
             internal_error("cannot time an OpenTelemetry span", False)
+
+    def _new_timer(self, collector: Any, found: Tags) -> Any:
+        """A timer of ``collector`` with the capped tags of ``found``, for its next spans too."""
+        tags = self._capped_tags.get(found)
+        if tags is None:
+            tags = self._remember(found)
+        timer = collector.new_checked_timer(*tags)
+        if len(self._timers) >= _CAPPED_TAGS_MAX:
+            self._timers.clear()
+        self._timers[found] = (collector, timer)
+        return timer
 
     def span_tags(self, span: ReadableSpan) -> Tags | None:
         """The timer tags of ``span`` (names, values); None for a span not timed.
@@ -143,47 +158,76 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
     """``PinbaSpanProcessor.span_tags`` before the values are capped.
 
     Every span ended in a request comes here: the attributes are read with
-    a plain dict's ``get`` and no more function calls than needed.
+    a plain dict's ``get``, the common cases with no function call.
     """
     kind = span.kind
     if kind is _SERVER:
         return None
-    attributes = _plain(span.attributes)
-    get = attributes.get
+    attributes = span.attributes
+    try:
+        plain = attributes.copy()  # type: ignore[union-attr]
+    except (AttributeError, TypeError):  # no attributes, or a span made by hand
+        plain = None
+    if type(plain) is not dict:
+        plain = _plain(attributes)
+    get = plain.get
     database = get("db.system.name")
     if type(database) is not str or not database:
-        database = _text(attributes, "db.system")
+        database = get("db.system")
+        if type(database) is not str or not database:
+            database = None
     if database is not None:
-        return _database_tags(attributes, database, _name(span))
+        return _database_tags(plain, database, _name(span))
     method = get("http.request.method")
     if type(method) is not str or not method:
-        method = _text(attributes, "http.method")
+        method = _text(plain, "http.method")
     if method is not None and kind is _CLIENT:
         host = get("server.address")
         if type(host) is not str or not host:
-            host = _text(attributes, "net.peer.name")
-        status = _status_class(attributes)
-        values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
-        if host is not None:
-            values += (host,)
-        if status is not None:
-            values += (status,)
-        return _HTTP_NAMES[host is not None, status is not None], values
+            host = _text(plain, "net.peer.name")
+        code = get("http.response.status_code", _ABSENT)
+        if code is _ABSENT:
+            code = get("http.status_code")
+        status = _STATUS_CLASSES.get(code) if type(code) is int else _status_class(code)
+        key = (method, host, status)
+        found = _http_tags.get(key)
+        if found is None:
+            found = _remember_http_tags(key)
+        return found
     name = _name(span)
-    queue = _text(attributes, "messaging.system")
+    queue = _text(plain, "messaging.system")
     if queue is not None:
-        operation = _text(attributes, "messaging.operation.type", "messaging.operation") or _text(
-            attributes, "messaging.operation.name"
+        operation = _text(plain, "messaging.operation.type", "messaging.operation") or _text(
+            plain, "messaging.operation.name"
         )
         return ("group", "op", "system"), ("queue", (operation or name).lower(), queue)
-    rpc = _text(attributes, "rpc.system.name", "rpc.system")
+    rpc = _text(plain, "rpc.system.name", "rpc.system")
     if rpc is not None:
-        procedure = _text(attributes, "rpc.method") or name
-        service = _text(attributes, "rpc.service")
+        procedure = _text(plain, "rpc.method") or name
+        service = _text(plain, "rpc.service")
         if service is not None and "/" not in procedure:
             procedure = f"{service}/{procedure}"
         return ("group", "op", "system"), ("rpc", procedure, rpc)
     return ("group", "op"), ("otel", name)
+
+
+# The tags of an HTTP client span by (method, host, status class), each an
+# exact str or None: spans of the same call cost a lookup.
+_http_tags: dict[tuple[str, str | None, str | None], Tags] = {}
+
+
+def _remember_http_tags(key: tuple[str, str | None, str | None]) -> Tags:
+    method, host, status = key
+    values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
+    if host is not None:
+        values += (host,)
+    if status is not None:
+        values += (status,)
+    tags = _HTTP_NAMES[host is not None, status is not None], values
+    if len(_http_tags) >= _CAPPED_TAGS_MAX:
+        _http_tags.clear()
+    _http_tags[key] = tags
+    return tags
 
 
 def _database_tags(attributes: dict[str, Any], database: str, name: str) -> Tags:
@@ -243,11 +287,8 @@ def _server(attributes: dict[str, Any]) -> str | None:
     return host
 
 
-def _status_class(attributes: dict[str, Any]) -> str | None:
-    """``2xx``, ``4xx``... from the span's HTTP status code, if it has a valid one."""
-    code = attributes.get("http.response.status_code", _ABSENT)
-    if code is _ABSENT:
-        code = attributes.get("http.status_code")
+def _status_class(code: Any) -> str | None:
+    """``2xx``, ``4xx``... from an HTTP status code (an int or 3 digits), if valid."""
     if type(code) is int:
         return _STATUS_CLASSES.get(code)
     if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
