@@ -95,27 +95,6 @@ def requests_send() -> Case | None:
     )
 
 
-def requests_get() -> Case | None:
-    sessions = requests_sessions()
-    if sessions is None:
-        return None
-    from pynba.instrumentation import requests as hooks
-
-    bare, timed, _ = sessions
-
-    def hand_written() -> None:
-        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
-            bare.get(URL)
-
-    return Case(
-        "requests: Session.get(url) (send gets 6 keywords), canned",
-        lambda: bare.get(URL),
-        hand_written,
-        lambda: timed.get(URL),
-        hooks.uninstrument,
-    )
-
-
 def urllib3_urlopen() -> Case | None:
     if not installed("urllib3"):
         return None
@@ -233,7 +212,6 @@ otel_db = otel_span(
 
 CASES: list[Callable[[], Case | None]] = [
     requests_send,
-    requests_get,
     urllib3_urlopen,
     otel_http,
     otel_db,

@@ -46,11 +46,10 @@ def _pool_host(host: Any, port: Any, scheme: Any) -> str:
 _manager_timers = CallTimers(origin_values)
 _pool_timers = CallTimers(_pool_values)
 
-# Both hooks take the parameters of the method they replace up to the URL
-# (the rest go on as they came) and read their key themselves.
-
 
 def _manager_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
+    # PoolManager.urlopen's parameters up to the URL (the rest go on as
+    # they came): the method and the URL are at hand.
     def timed_urlopen(self: Any, method: Any, url: Any, *args: Any, **kw: Any) -> Any:
         collector = current_collector()
         if collector is None or not collector.enabled:
@@ -76,26 +75,30 @@ def _manager_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
-    def timed_urlopen(self: Any, method: Any, url: Any, *args: Any, **kw: Any) -> Any:
+    # (*args, **kw): under a pool manager's call, the common case, the call
+    # goes on as it came, its arguments not packed again.
+    def timed_urlopen(*args: Any, **kw: Any) -> Any:
         collector = current_collector()
         if collector is None or not collector.enabled:
-            return urlopen(self, method, url, *args, **kw)
+            return urlopen(*args, **kw)
         in_call = IN_CALL.__dict__
         if in_call.get("active"):  # a call of a pool manager's, or a retry
-            return urlopen(self, method, url, *args, **kw)
+            return urlopen(*args, **kw)
         in_call["active"] = True
         start = perf_counter()
         try:
-            response = urlopen(self, method, url, *args, **kw)
+            response = urlopen(*args, **kw)
         except BaseException:
             seconds = perf_counter() - start
             in_call["active"] = False
-            _add_failed_pool_call(collector, seconds, self, method)
+            _add_failed_pool_call(collector, seconds, args, kw)
             raise
         seconds = perf_counter() - start
         in_call["active"] = False
         try:
-            key = (method, self.host, self.port, self.scheme, response.status)
+            pool = args[0]
+            method = args[1] if len(args) > 1 else kw["method"]
+            key = (method, pool.host, pool.port, pool.scheme, response.status)
         except Exception:
             internal_error("cannot tag an HTTP call's timer", False)
         else:
@@ -105,12 +108,15 @@ def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
     return timed_urlopen
 
 
-def _add_failed_pool_call(collector: Any, seconds: float, pool: Any, method: Any) -> None:
-    add_failed_timer(
-        collector,
-        seconds,
-        lambda: values(method, _pool_host(pool.host, pool.port, pool.scheme), ERROR),
-    )
+def _add_failed_pool_call(
+    collector: Any, seconds: float, args: tuple[Any, ...], kw: dict[str, Any]
+) -> None:
+    def failed_values() -> tuple[str, ...]:
+        pool = args[0]
+        method = args[1] if len(args) > 1 else kw["method"]
+        return values(method, _pool_host(pool.host, pool.port, pool.scheme), ERROR)
+
+    add_failed_timer(collector, seconds, failed_values)
 
 
 def instrument() -> None:
