@@ -75,7 +75,7 @@ class PinbaSpanProcessor(SpanProcessor):
             found = _span_tags(span)
             if found is None:
                 return
-            seconds = max(end - start, 0) / 1e9
+            seconds = (end - start) / 1e9 if end > start else 0.0
             of_request = self._timers.get(found)
             if of_request is not None and of_request[0] is collector:
                 of_request[1].add(seconds)

@@ -64,7 +64,7 @@ def _manager_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException:
             seconds = perf_counter() - start
             in_call["active"] = False
-            add_failed_timer(collector, seconds, lambda: values(method, origin_host(url), ERROR))
+            _add_failed_manager_call(collector, seconds, method, url)
             raise
         seconds = perf_counter() - start
         in_call["active"] = False
@@ -72,6 +72,10 @@ def _manager_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
         return response
 
     return timed_urlopen
+
+
+def _add_failed_manager_call(collector: Any, seconds: float, method: Any, url: Any) -> None:
+    add_failed_timer(collector, seconds, lambda: values(method, origin_host(url), ERROR))
 
 
 def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
