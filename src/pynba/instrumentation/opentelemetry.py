@@ -177,7 +177,20 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
         if type(database) is not str or not database:
             database = None
     if database is not None:
-        return _database_tags(plain, database, _name(span))
+        command = get("db.operation.name")
+        if type(command) is not str or not command:
+            command = _text(plain, "db.operation") or _first_word(_name(span))
+        if database.lower() in CACHE_SYSTEMS:
+            server = _server(plain) or database
+            return ("group", "op", "server"), ("cache", command.lower(), server)
+        namespace = get("db.namespace")
+        if type(namespace) is not str or not namespace:
+            namespace = _text(plain, "db.name") or database
+        db_key = (command, namespace)
+        found = _db_tags.get(db_key)
+        if found is None:
+            found = _remember(_db_tags, db_key, _DB_NAMES, ("db", command.lower(), namespace))
+        return found
     method = get("http.request.method")
     if type(method) is not str or not method:
         method = _text(plain, "http.method")
@@ -189,10 +202,10 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
         if code is _ABSENT:
             code = get("http.status_code")
         status = _STATUS_CLASSES.get(code) if type(code) is int else _status_class(code)
-        key = (method, host, status)
-        found = _http_tags.get(key)
+        http_key = (method, host, status)
+        found = _http_tags.get(http_key)
         if found is None:
-            found = _remember_http_tags(key)
+            found = _remember(_http_tags, http_key, *_http_found(method, host, status))
         return found
     name = _name(span)
     queue = _text(plain, "messaging.system")
@@ -211,32 +224,30 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
     return ("group", "op"), ("otel", name)
 
 
-# The tags of an HTTP client span by (method, host, status class), each an
-# exact str or None: spans of the same call cost a lookup.
+# The tags of the spans of a database (by operation and namespace) and of
+# the HTTP client spans (by method, host and status class), the keys exact
+# strs or None: the spans of the same call cost a lookup.
+_db_tags: dict[tuple[str, str], Tags] = {}
 _http_tags: dict[tuple[str, str | None, str | None], Tags] = {}
+_DB_NAMES = ("group", "op", "db")
 
 
-def _remember_http_tags(key: tuple[str, str | None, str | None]) -> Tags:
-    method, host, status = key
+def _http_found(method: str, host: str | None, status: str | None) -> Tags:
     values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
     if host is not None:
         values += (host,)
     if status is not None:
         values += (status,)
-    tags = _HTTP_NAMES[host is not None, status is not None], values
-    if len(_http_tags) >= _CAPPED_TAGS_MAX:
-        _http_tags.clear()
-    _http_tags[key] = tags
+    return _HTTP_NAMES[host is not None, status is not None], values
+
+
+def _remember(
+    known: dict[Any, Tags], key: Any, names: tuple[str, ...], values: tuple[str, ...]
+) -> Tags:
+    if len(known) >= _CAPPED_TAGS_MAX:
+        known.clear()
+    tags = known[key] = (names, values)
     return tags
-
-
-def _database_tags(attributes: dict[str, Any], database: str, name: str) -> Tags:
-    command = _text(attributes, "db.operation.name", "db.operation") or _first_word(name)
-    if database.lower() in CACHE_SYSTEMS:
-        server = _server(attributes) or database
-        return ("group", "op", "server"), ("cache", command.lower(), server)
-    namespace = _text(attributes, "db.namespace", "db.name") or database
-    return ("group", "op", "db"), ("db", command.lower(), namespace)
 
 
 def _name(span: ReadableSpan) -> str:
