@@ -273,6 +273,23 @@ def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host)
         assert timers[tags("get", host, "2xx")][0] >= DELAY
 
 
+def test_each_request_times_its_own_calls(udp_listener, instrumented, base, host):
+    # The calls of a request with the same tags add to one timer: the next
+    # request's calls must not add to the timer of the one before.
+    instrumented("requests", "urllib3")
+    port = int(host.rsplit(":", 1)[1])
+    with requests.Session() as session, urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
+        for calls in (2, 3):
+            with monitored(udp_listener):
+                for _ in range(calls):
+                    session.get(f"{base}/status/200")
+                    urllib3.request("GET", f"{base}/status/200")
+                    pool.request("GET", "/status/200")
+            timers = http_timers(receive(udp_listener))
+            assert timers.keys() == {tags("get", host, "2xx")}
+            assert timers[tags("get", host, "2xx")][1] == 3 * calls
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_instrumenting_twice_still_times_once(client, udp_listener, instrumented, base, host):
     instrumented(client)

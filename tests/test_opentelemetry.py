@@ -345,6 +345,19 @@ def test_tag_values_are_capped_in_length_and_number(monitor, udp_listener, trace
     assert (ops["x" * VALUE_LENGTH], ops["step 1"], ops["other"]) == (1, 1, 5)
 
 
+def test_the_spans_of_each_job_are_timed_in_that_job(monitor, udp_listener, tracer):
+    # The spans of a request with the same tags add to one timer: the next
+    # job's spans must not add to the timer of the one before.
+    for count in (2, 3):
+        with monitor.job():
+            for _ in range(count):
+                span(tracer, "GET", SpanKind.CLIENT, http__request__method="GET")
+                span(tracer, "SELECT", SpanKind.CLIENT, db__system__name="sqlite")
+        packet = receive(udp_listener)
+        assert packet.timer(group="http", op="get").hit_count == count
+        assert packet.timer(group="db", op="select", db="sqlite").hit_count == count
+
+
 def test_the_span_duration_is_the_timer_value(monitor, udp_listener, tracer):
     with monitor.job():
         timed = tracer.start_span("timed", start_time=5 * 10**9)

@@ -20,7 +20,10 @@ Never the path, the query, the user or the password of a URL.
 The timer is made once the call has returned, with all its tags: cheaper
 than starting one and changing its tags. A hook reads what it needs of the
 call's arguments as a key (``KeyOf``), and makes the tags of each distinct
-key once.
+key once. The hooks of requests and urllib3 take the parameters of the
+function they replace (a ``(*args, **kwargs)`` hook packs and unpacks a
+call's arguments again) and read their key themselves; the calls of a
+request with the same tags add to one timer (``CallTimers``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ __all__ = [
     "HOST_LIMIT",
     "IN_CALL",
     "NAMES",
+    "CallTimers",
+    "add_failed_timer",
     "async_hook",
     "host_tag",
     "method_op",
@@ -67,6 +72,8 @@ class _CallState(threading.local):
 
 
 #: ``IN_CALL.active`` is set while a call is timed: the calls it makes are not timed again.
+#: The hooks of requests and urllib3 read and set it in the thread's own dict
+#: (``IN_CALL.__dict__``): three attribute accesses of a thread-local cost twice as much.
 IN_CALL = _CallState()
 
 #: What a hook reads of a call: ``key_of(args, kwargs, status)``, a hashable
@@ -153,10 +160,76 @@ def origin_host(url: Any) -> str:
     return host_tag(parts.hostname, port)
 
 
-def origin_values(key: tuple[Any, str, str]) -> tuple[str, ...]:
-    """``ValuesOf`` for the keys (method, ``origin(url)``, status)."""
+def origin_values(key: tuple[Any, str, Any]) -> tuple[str, ...]:
+    """``ValuesOf`` for the keys (method, ``origin(url)``, status code)."""
     method, url_start, status = key
-    return values(method, origin_host(url_start), status)
+    return values(method, origin_host(url_start), status_class(status))
+
+
+class CallTimers:
+    """The timers of one hook's calls: one per request and key, tagged ``values_of(key)``.
+
+    The calls of a request with the same tags add to one timer (its packet
+    would merge them): a call costs a timer's ``add``, not a new timer. The
+    tags of at most ``_KEYS_MAX`` keys are kept.
+    """
+
+    __slots__ = ("_entries", "_values_of")
+
+    def __init__(self, values_of: ValuesOf) -> None:
+        self._values_of = values_of
+        # key -> (the request of the timer, the timer, its tag values)
+        self._entries: dict[Any, tuple[Any, Any, tuple[str, ...]]] = {}
+
+    def add(self, collector: Any, seconds: float, key: Any) -> None:
+        """Add a call of ``seconds`` to the request ``collector``, as a timer of ``key``'s tags."""
+        try:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is collector:
+                entry[1].add(seconds)
+            else:
+                self._add_to_new(collector, seconds, key, entry)
+        except Exception:
+            internal_error("cannot record an HTTP call's timer", False)
+
+    def add_origin(
+        self, collector: Any, seconds: float, method: Any, url: Any, status: Any
+    ) -> None:
+        """``add()`` for the key (method, ``origin(url)``, status), made here: a call less."""
+        try:
+            end = url.find("/", url.find("://") + 3)
+            key = (method, url if end < 0 else url[:end], status)
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is collector:
+                entry[1].add(seconds)
+            else:
+                self._add_to_new(collector, seconds, key, entry)
+        except Exception:
+            internal_error("cannot record an HTTP call's timer", False)
+
+    def _add_to_new(self, collector: Any, seconds: float, key: Any, entry: Any) -> None:
+        if collector.finished:  # its packet is gone
+            return
+        values = self._values_of(key) if entry is None else entry[2]
+        timer = collector.new_checked_timer(NAMES, values)
+        if entry is not None or len(self._entries) < _KEYS_MAX:
+            self._entries[key] = (collector, timer, values)
+        timer.add(seconds)
+
+
+def add_failed_timer(
+    collector: Any, seconds: float, values_of: Callable[[], tuple[str, ...]]
+) -> None:
+    """Add a call that raised, tagged ``values_of()`` (``status=error``); never raises itself."""
+    try:
+        found = values_of()
+    except Exception:  # perhaps as the call's arguments are not a request
+        found = (GROUP, "other", INVALID_HOST, ERROR)
+    try:
+        if not collector.finished:
+            collector.new_checked_timer(NAMES, found).add(seconds)
+    except Exception:
+        internal_error("cannot record an HTTP call's timer", False)
 
 
 def _recorder(key_of: KeyOf, values_of: ValuesOf, status_attribute: str) -> Callable[..., None]:

@@ -57,23 +57,43 @@ class PinbaSpanProcessor(SpanProcessor):
         # Tags as read from spans, capped: spans repeat, and a value once
         # admitted (or refused) stays so.
         self._capped_tags: dict[Tags, Tags] = {}
+        # The timer of each tag set (as read) and the request it is of: the
+        # spans of a request with the same tags add to one timer, as its
+        # packet would merge them.
+        self._timers: dict[Tags, tuple[Any, Any]] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
         """Add the span's duration to the current request, as a timer of its tags."""
         collector = current_collector()
-        if collector is None or not collector.enabled or collector.finished or not self.enabled:
+        if collector is None or not self.enabled or not collector.enabled or collector.finished:
             return
         try:
-            start, end = span.start_time, span.end_time
+            start = span.start_time
+            end = span.end_time
             if type(start) is not int or type(end) is not int:
                 return
-            tags = self.span_tags(span)
-            if tags is None:
+            found = _span_tags(span)
+            if found is None:
                 return
-            timer = collector.new_checked_timer(*tags)  # type: ignore[union-attr]
-            timer.add(max(end - start, 0) / 1e9)
+            seconds = (end - start) / 1e9 if end > start else 0.0
+            of_request = self._timers.get(found)
+            if of_request is not None and of_request[0] is collector:
+                of_request[1].add(seconds)
+            else:
+                self._new_timer(collector, found).add(seconds)
         except Exception:
             internal_error("cannot time an OpenTelemetry span", False)
+
+    def _new_timer(self, collector: Any, found: Tags) -> Any:
+        """A timer of ``collector`` with the capped tags of ``found``, for its next spans too."""
+        tags = self._capped_tags.get(found)
+        if tags is None:
+            tags = self._remember(found)
+        timer = collector.new_checked_timer(*tags)
+        if len(self._timers) >= _CAPPED_TAGS_MAX:
+            self._timers.clear()
+        self._timers[found] = (collector, timer)
+        return timer
 
     def span_tags(self, span: ReadableSpan) -> Tags | None:
         """The timer tags of ``span`` (names, values); None for a span not timed.
@@ -102,10 +122,13 @@ class PinbaSpanProcessor(SpanProcessor):
         if found is None:
             return None
         tags = self._capped_tags.get(found)
-        if tags is None:
-            if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
-                self._capped_tags.clear()
-            tags = self._capped_tags[found] = self._capped(*found)
+        return self._remember(found) if tags is None else tags
+
+    def _remember(self, found: Tags) -> Tags:
+        """The capped tags of ``found``, kept for the spans that will find the same."""
+        if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
+            self._capped_tags.clear()
+        tags = self._capped_tags[found] = self._capped(*found)
         return tags
 
     def _capped(self, names: tuple[str, ...], values: tuple[str, ...]) -> Tags:
@@ -118,48 +141,118 @@ class PinbaSpanProcessor(SpanProcessor):
         return names, tuple(capped)
 
 
+# Read once: an Enum member looked up on its class costs as much as a dict lookup or two.
+_SERVER = SpanKind.SERVER
+_CLIENT = SpanKind.CLIENT
+_STATUS_CLASSES = {code: f"{code // 100}xx" for code in range(100, 600)}
+# The tag names of an HTTP client span, by the optional tags it has (host, status).
+_HTTP_NAMES = {
+    (False, False): ("group", "op"),
+    (True, False): ("group", "op", "host"),
+    (False, True): ("group", "op", "status"),
+    (True, True): ("group", "op", "host", "status"),
+}
+
+
 def _span_tags(span: ReadableSpan) -> Tags | None:
-    """``PinbaSpanProcessor.span_tags`` before the values are capped."""
+    """``PinbaSpanProcessor.span_tags`` before the values are capped.
+
+    Every span ended in a request comes here: the attributes are read with
+    a plain dict's ``get``, the common cases with no function call.
+    """
     kind = span.kind
-    if kind is SpanKind.SERVER:
+    if kind is _SERVER:
         return None
-    attributes = _plain(span.attributes)
-    name = span.name
-    if type(name) is not str:
-        name = ""
-    database = _text(attributes, "db.system.name", "db.system")
+    attributes = span.attributes
+    try:
+        plain = attributes.copy()  # type: ignore[union-attr]
+    except (AttributeError, TypeError):  # no attributes, or a span made by hand
+        plain = None
+    if type(plain) is not dict:
+        plain = _plain(attributes)
+    get = plain.get
+    database = get("db.system.name")
+    if type(database) is not str or not database:
+        database = get("db.system")
+        if type(database) is not str or not database:
+            database = None
     if database is not None:
-        command = _text(attributes, "db.operation.name", "db.operation") or _first_word(name)
+        command = get("db.operation.name")
+        if type(command) is not str or not command:
+            command = _text(plain, "db.operation") or _first_word(_name(span))
         if database.lower() in CACHE_SYSTEMS:
-            server = _server(attributes) or database
+            server = _server(plain) or database
             return ("group", "op", "server"), ("cache", command.lower(), server)
-        namespace = _text(attributes, "db.namespace", "db.name") or database
-        return ("group", "op", "db"), ("db", command.lower(), namespace)
-    method = _text(attributes, "http.request.method", "http.method")
-    if method is not None and kind is SpanKind.CLIENT:
-        names: tuple[str, ...] = ("group", "op")
-        values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
-        host = _text(attributes, "server.address", "net.peer.name")
-        if host is not None:
-            names, values = (*names, "host"), (*values, host)
-        status = _status_class(attributes)
-        if status is not None:
-            names, values = (*names, "status"), (*values, status)
-        return names, values
-    queue = _text(attributes, "messaging.system")
+        namespace = get("db.namespace")
+        if type(namespace) is not str or not namespace:
+            namespace = _text(plain, "db.name") or database
+        db_key = (command, namespace)
+        found = _db_tags.get(db_key)
+        if found is None:
+            found = _remember(_db_tags, db_key, _DB_NAMES, ("db", command.lower(), namespace))
+        return found
+    method = get("http.request.method")
+    if type(method) is not str or not method:
+        method = _text(plain, "http.method")
+    if method is not None and kind is _CLIENT:
+        host = get("server.address")
+        if type(host) is not str or not host:
+            host = _text(plain, "net.peer.name")
+        code = get("http.response.status_code", _ABSENT)
+        if code is _ABSENT:
+            code = get("http.status_code")
+        status = _STATUS_CLASSES.get(code) if type(code) is int else _status_class(code)
+        http_key = (method, host, status)
+        found = _http_tags.get(http_key)
+        if found is None:
+            found = _remember(_http_tags, http_key, *_http_found(method, host, status))
+        return found
+    name = _name(span)
+    queue = _text(plain, "messaging.system")
     if queue is not None:
-        operation = _text(attributes, "messaging.operation.type", "messaging.operation") or _text(
-            attributes, "messaging.operation.name"
+        operation = _text(plain, "messaging.operation.type", "messaging.operation") or _text(
+            plain, "messaging.operation.name"
         )
         return ("group", "op", "system"), ("queue", (operation or name).lower(), queue)
-    rpc = _text(attributes, "rpc.system.name", "rpc.system")
+    rpc = _text(plain, "rpc.system.name", "rpc.system")
     if rpc is not None:
-        procedure = _text(attributes, "rpc.method") or name
-        service = _text(attributes, "rpc.service")
+        procedure = _text(plain, "rpc.method") or name
+        service = _text(plain, "rpc.service")
         if service is not None and "/" not in procedure:
             procedure = f"{service}/{procedure}"
         return ("group", "op", "system"), ("rpc", procedure, rpc)
     return ("group", "op"), ("otel", name)
+
+
+# The tags of the spans of a database (by operation and namespace) and of
+# the HTTP client spans (by method, host and status class), the keys exact
+# strs or None: the spans of the same call cost a lookup.
+_db_tags: dict[tuple[str, str], Tags] = {}
+_http_tags: dict[tuple[str, str | None, str | None], Tags] = {}
+_DB_NAMES = ("group", "op", "db")
+
+
+def _http_found(method: str, host: str | None, status: str | None) -> Tags:
+    values: tuple[str, ...] = ("http", "other" if method == "_OTHER" else method.lower())
+    if host is not None:
+        values += (host,)
+    if status is not None:
+        values += (status,)
+    return _HTTP_NAMES[host is not None, status is not None], values
+
+
+def _remember(
+    known: dict[Any, Tags], key: Any, names: tuple[str, ...], values: tuple[str, ...]
+) -> Tags:
+    if len(known) >= _CAPPED_TAGS_MAX:
+        known.clear()
+    tags = known[key] = (names, values)
+    return tags
+
+
+def _name(span: ReadableSpan) -> str:
+    name = span.name
+    return name if type(name) is str else ""
 
 
 def _plain(attributes: Any) -> dict[str, Any]:
@@ -205,14 +298,16 @@ def _server(attributes: dict[str, Any]) -> str | None:
     return host
 
 
-def _status_class(attributes: dict[str, Any]) -> str | None:
-    """``2xx``, ``4xx``... from the span's HTTP status code, if it has a valid one."""
-    code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+def _status_class(code: Any) -> str | None:
+    """``2xx``, ``4xx``... from an HTTP status code (an int or 3 digits), if valid."""
+    if type(code) is int:
+        return _STATUS_CLASSES.get(code)
     if isinstance(code, str) and len(code) == 3 and code.isascii() and code.isdigit():
-        code = int(code)
-    if type(code) is int and 100 <= code < 600:
-        return f"{code // 100}xx"
+        return _STATUS_CLASSES.get(int(code))
     return None
+
+
+_ABSENT = object()
 
 
 # The processor instrument() added to the global provider, and that provider.

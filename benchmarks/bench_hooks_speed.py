@@ -1,0 +1,259 @@
+"""Cost of the HTTP client hooks (requests, urllib3) and of the OpenTelemetry bridge, per call.
+
+The calls make no network traffic, so that the hook's own cost is not lost
+in a server's: requests goes through an adapter, urllib3 through a pool
+whose ``_make_request`` gives a canned response; everything else of each
+library runs. Each case is measured as ``bench_instrumentation.py``
+measures its cases (its ``measure``: best of short interleaved runs inside
+monitored requests), bare, in a hand-written ``pynba.timer``, automatic:
+
+- requests: ``Session.send(prepared)``; the bare and hand-written calls
+  go through a ``Session`` subclass holding the unhooked ``send``;
+- urllib3: ``PoolManager.urlopen("GET", url)`` (the pool's ``urlopen``
+  under it is hooked too), bare through unhooked subclasses;
+- OpenTelemetry: a span started and ended (an HTTP client span, a database
+  span): bare and hand-written through a ``TracerProvider`` without the
+  processor, automatic through one with a ``PinbaSpanProcessor``.
+
+Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from bench_instrumentation import BAR, Case, installed, measure
+
+from pynba import pynba
+from pynba.reporter import Reporter
+from pynba.wire.encoder import IMPLEMENTATION
+
+URL = "http://127.0.0.1:8080/users/42?page=1"
+HOST = "127.0.0.1:8080"
+
+
+def requests_sessions() -> tuple[Any, Any, Any] | None:
+    """A bare session (its own unhooked ``send``), a timed one, and a prepared GET; no network."""
+    if not installed("requests"):
+        return None
+    import requests
+    from requests.adapters import BaseAdapter
+
+    from pynba.instrumentation import requests as hooks
+
+    class CannedAdapter(BaseAdapter):
+        """A 200 response with an empty body, for every request."""
+
+        def send(self, request: Any, **kwargs: Any) -> requests.Response:
+            response = requests.Response()
+            response.status_code = 200
+            response._content = b""
+            response.url = request.url
+            response.request = request
+            return response
+
+        def close(self) -> None:
+            pass
+
+    hooks.uninstrument()
+
+    class BareSession(requests.Session):
+        send = requests.Session.send  # its own: instrument() hooks Session's
+
+    def session(cls: type[requests.Session]) -> requests.Session:
+        made = cls()
+        made.trust_env = False  # no proxy settings read from the environment per call
+        made.mount("http://", CannedAdapter())
+        return made
+
+    bare, timed = session(BareSession), session(requests.Session)
+    hooks.instrument()
+    return bare, timed, bare.prepare_request(requests.Request("GET", URL))
+
+
+def requests_send() -> Case | None:
+    sessions = requests_sessions()
+    if sessions is None:
+        return None
+    from pynba.instrumentation import requests as hooks
+
+    bare, timed, prepared = sessions
+
+    def hand_written() -> None:
+        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
+            bare.send(prepared)
+
+    return Case(
+        "requests: Session.send(prepared GET), canned adapter",
+        lambda: bare.send(prepared),
+        hand_written,
+        lambda: timed.send(prepared),
+        hooks.uninstrument,
+    )
+
+
+def urllib3_urlopen() -> Case | None:
+    if not installed("urllib3"):
+        return None
+    import urllib3
+
+    from pynba.instrumentation import urllib3 as hooks
+
+    hooks.uninstrument()
+
+    class CannedPool(urllib3.HTTPConnectionPool):
+        """A pool whose requests get a 200 response with an empty body; no network."""
+
+        def _make_request(self, conn: Any, method: str, url: str, **kwargs: Any) -> Any:
+            return urllib3.HTTPResponse(
+                body=b"", status=200, request_method=method, request_url=url, pool=self
+            )
+
+    class BarePool(CannedPool):
+        urlopen = urllib3.HTTPConnectionPool.urlopen  # its own: instrument() hooks the base's
+
+    class BareManager(urllib3.PoolManager):
+        urlopen = urllib3.PoolManager.urlopen
+
+    bare = BareManager()
+    bare.pool_classes_by_scheme = {"http": BarePool}
+    timed = urllib3.PoolManager()
+    timed.pool_classes_by_scheme = {"http": CannedPool}
+    hooks.instrument()
+
+    def hand_written() -> None:
+        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
+            bare.urlopen("GET", URL)
+
+    def close() -> None:
+        hooks.uninstrument()
+        bare.clear()
+        timed.clear()
+
+    return Case(
+        "urllib3: PoolManager.urlopen('GET', url), canned response",
+        lambda: bare.urlopen("GET", URL),
+        hand_written,
+        lambda: timed.urlopen("GET", URL),
+        close,
+    )
+
+
+def otel_span(
+    case: str,
+    label: str,
+    name: str,
+    kind_name: str,
+    attributes: dict[str, Any],
+    tags: dict[str, str],
+) -> Callable[[], Case | None]:
+    def make() -> Case | None:
+        if not installed("opentelemetry.sdk"):
+            return None
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.trace import SpanKind
+
+        from pynba.instrumentation.opentelemetry import PinbaSpanProcessor
+
+        kind = SpanKind[kind_name]
+        bare_tracer = TracerProvider().get_tracer("bench")
+        provider = TracerProvider()
+        provider.add_span_processor(PinbaSpanProcessor())
+        timed_tracer = provider.get_tracer("bench")
+
+        def bare() -> None:
+            bare_tracer.start_span(name, kind=kind, attributes=attributes).end()
+
+        def hand_written() -> None:
+            with pynba.timer(**tags):
+                bare_tracer.start_span(name, kind=kind, attributes=attributes).end()
+
+        def automatic() -> None:
+            timed_tracer.start_span(name, kind=kind, attributes=attributes).end()
+
+        return Case(label, bare, hand_written, automatic, provider.shutdown)
+
+    make.__name__ = case
+    return make
+
+
+otel_http = otel_span(
+    "otel_http",
+    "opentelemetry: an HTTP client span started and ended",
+    "GET",
+    "CLIENT",
+    {
+        "http.request.method": "GET",
+        "server.address": "127.0.0.1",
+        "server.port": 8080,
+        "url.full": URL,
+        "http.response.status_code": 200,
+    },
+    {"group": "http", "op": "get", "host": "127.0.0.1", "status": "2xx"},
+)
+otel_db = otel_span(
+    "otel_db",
+    "opentelemetry: a database client span started and ended",
+    "SELECT app",
+    "CLIENT",
+    {
+        "db.system.name": "postgresql",
+        "db.namespace": "app",
+        "db.operation.name": "SELECT",
+        "db.query.text": "SELECT * FROM users WHERE id = $1",
+        "server.address": "127.0.0.1",
+        "server.port": 5432,
+    },
+    {"group": "db", "op": "select", "db": "app"},
+)
+
+CASES: list[Callable[[], Case | None]] = [
+    requests_send,
+    urllib3_urlopen,
+    otel_http,
+    otel_db,
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs (noisier)")
+    parser.add_argument("--seconds", type=float, help="seconds a case (default 10, quick 1)")
+    parser.add_argument("--only", help="the cases whose name starts with this")
+    options = parser.parse_args()
+    seconds = options.seconds or (1.0 if options.quick else 10.0)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    reporter = Reporter(sink.getsockname())
+    print(f"encoder: {IMPLEMENTATION}; µs per call, best of short runs for {seconds:g} s a case")
+    print(f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8}  ok")
+    for make in CASES:
+        if options.only and not make.__name__.startswith(options.only):
+            continue
+        case = make()
+        if case is None:
+            print(f"{make.__name__:<58} (not installed)")
+            continue
+        try:
+            for call in (case.bare, case.hand_written, case.automatic):
+                call()  # warm
+            best, _runs = measure(case, reporter, seconds)
+        finally:
+            if case.close is not None:
+                case.close()
+        bare, hand, auto = best["bare"], best["hand"], best["auto"]
+        outside = best["auto outside"] - best["bare outside"]
+        ok = "yes" if auto - hand <= BAR else "NO"
+        print(
+            f"{case.name:<58} {bare:7.2f} {hand:7.2f} {auto:7.2f} {auto - hand:9.2f} "
+            f"{outside:8.2f}  {ok}"
+        )
+    reporter.close()
+    sink.close()
+
+
+if __name__ == "__main__":
+    main()
