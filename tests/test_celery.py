@@ -38,6 +38,7 @@ from pynba.celery import (  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = os.path.join(os.path.dirname(TESTS), "src", "examples")
+SOURCES = os.path.join(os.path.dirname(TESTS), "src")
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 1.0
 HOST = socket.gethostname()
@@ -68,7 +69,9 @@ class Worker:
         self.listener = UDPListener()
         self.log_path = tmp_path / f"{pool}.log"
         env = dict(os.environ, PYNBA_TEST_BROKER=broker, CELERY_BROKER_URL=broker)
-        env["PYTHONPATH"] = os.pathsep.join([TESTS, EXAMPLES, env.get("PYTHONPATH", "")])
+        # pynba from this tree, whatever the test run's own path (cwd is TESTS).
+        paths = [TESTS, EXAMPLES, SOURCES, env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         address = f"{self.listener.host}:{self.listener.port}"
         if setting:  # read from the app's configuration rather than the environment
             env["PYNBA_TEST_PINBA_SETTING"] = address
