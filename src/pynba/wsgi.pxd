@@ -4,6 +4,10 @@ cimport cython
 from pynba.collector cimport CollectorSettings, Namer, RequestCollector
 from pynba.context cimport activate, current_collector, deactivate
 from pynba.reporter cimport Reporter
+cimport pynba._pytypes as types  # compiled, types.MethodType() is a C call
+
+cdef object _BOUND_START_RESPONSE
+cdef object _BOUND_COUNTED_WRITE
 
 cdef dict _STATUS_CODES
 cdef Py_ssize_t _STATUS_CODES_MAX
