@@ -76,6 +76,7 @@ cdef class RequestCollector:
     cpdef _send(self, timers, end=*)
     @cython.locals(out=list, alone=bint, pairs=tuple)
     cpdef tuple _request_tags(self, dict entries)
+    @cython.locals(cpu=rusage.ThreadCPU)
     cpdef (double, double, long) _cpu_reading(self, bint ending) except *
     cpdef _stop_running(self)
     cpdef suspend(self)
