@@ -11,7 +11,6 @@ cdef object _BOUND_COUNTED_WRITE
 
 cdef dict _STATUS_CODES
 cdef Py_ssize_t _STATUS_CODES_MAX
-cdef tuple _PLAIN_BODIES
 
 @cython.locals(plain=dict)
 cdef _lookup(environ, key, default=*)
