@@ -324,9 +324,10 @@ class _MonitoredRequest:
         self._status = status
         self._headers = headers
         self._write = write
-        return types.MethodType(_BOUND_COUNTED_WRITE, self)  # self._counted_write
+        return types.MethodType(_BOUND_COUNTED_WRITE, self)  # self.counted_write
 
-    def _counted_write(self, data: bytes) -> Any:
+    def counted_write(self, data: bytes) -> Any:
+        """The application's ``write``: the server's, counting the bytes it took."""
         written = self._write(data)  # type: ignore[misc]  # set by start_response
         size = _byte_count(data)  # counted once the server took it
         if size > 0:
@@ -467,7 +468,7 @@ class _MonitoredRequest:
 # types.MethodType is then a C call that spares looking each one up through
 # the type (about 130 instructions a method: see _pytypes.pxd).
 _BOUND_START_RESPONSE = _MonitoredRequest.start_response
-_BOUND_COUNTED_WRITE = _MonitoredRequest._counted_write
+_BOUND_COUNTED_WRITE = _MonitoredRequest.counted_write
 
 
 class _StreamBody:
