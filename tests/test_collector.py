@@ -262,7 +262,7 @@ def test_request_time_of_a_flushed_packet_counts_from_the_previous_flush(collect
 
 def test_internal_errors_are_logged_not_raised(collector, udp_listener, monkeypatch, caplog):
     monkeypatch.delenv("PYNBA_STRICT")
-    collector._start = None  # state corrupted: the packet cannot be made
+    collector._tags = 5  # state corrupted: the packet cannot be made
     with caplog.at_level(logging.ERROR, logger="pynba"):
         collector.finish()
     assert "cannot report the request" in caplog.text

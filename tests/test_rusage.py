@@ -52,6 +52,22 @@ def test_cpu_time_is_the_calling_threads_own():
     assert spent < 0.05
 
 
+def test_a_thread_cpu_is_current_on_its_own_thread_only():
+    mine = rusage.thread_cpu()
+    seen = []
+
+    def look():
+        seen.append((mine.is_current(), rusage.thread_cpu().is_current()))
+
+    for _ in range(3):  # thread states come and go; none is taken for another
+        worker = threading.Thread(target=look)
+        worker.start()
+        worker.join()
+    assert mine.is_current()
+    assert seen == [(False, True)] * 3
+    assert not rusage.ThreadCPU().is_current()  # not made by thread_cpu(): no thread's
+
+
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(rusage.__file__)))
 
 

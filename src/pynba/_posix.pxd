@@ -4,6 +4,7 @@
 # names not declared here are still ``os``'s own (run from source, every one
 # is). No module is built from this file: it is only read when compiling.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.errno cimport EINTR, errno
 from posix.stat cimport fstat as c_fstat, struct_stat
@@ -18,6 +19,19 @@ cdef inline struct_stat fstat(int fd) except *:
     return status
 
 
+cdef inline Py_ssize_t _write_all(int fd, const char* buf, Py_ssize_t size) except -1:
+    """write(2) of ``size`` bytes at ``buf``, again when a signal interrupts it."""
+    cdef Py_ssize_t written
+    while True:
+        written = c_write(fd, buf, size)
+        if written >= 0:
+            return written
+        if errno != EINTR:
+            PyErr_SetFromErrno(OSError)
+            return -1
+        PyErr_CheckSignals()  # may run Python code: the caller holds the bytes
+
+
 cdef inline Py_ssize_t write(int fd, data) except -1:
     """``os.write(fd, data)``, keeping the GIL: only for descriptors that never block.
 
@@ -26,16 +40,12 @@ cdef inline Py_ssize_t write(int fd, data) except -1:
     take a whole switch interval.
     """
     cdef Py_buffer view
-    cdef Py_ssize_t written
+    if PyBytes_CheckExact(data):
+        # A datagram, as every send makes: its bytes, which cannot change,
+        # read in place (a buffer taken and released costs about 70 instructions).
+        return _write_all(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        while True:
-            written = c_write(fd, view.buf, view.len)
-            if written >= 0:
-                return written
-            if errno != EINTR:
-                PyErr_SetFromErrno(OSError)
-                return -1
-            PyErr_CheckSignals()
+        return _write_all(fd, <const char*>view.buf, view.len)
     finally:
         PyBuffer_Release(&view)

@@ -9,6 +9,7 @@ modules that ``cimport`` it (see ``_rusage.pxd``) call these as C functions.
 
 from cpython.object cimport PyObject
 from libc.errno cimport errno
+from libc.stdint cimport uint64_t
 from posix.resource cimport getrusage, rusage
 from posix.time cimport timeval
 
@@ -128,10 +129,22 @@ cdef class ThreadCPU:
         if self.running > 0:
             self.running -= 1
 
+    cpdef bint is_current(self) except -1:
+        """Whether this is the calling thread's ``ThreadCPU`` (the one ``thread_cpu()`` gives).
+
+        Compared by the id of the thread state that ``thread_cpu()`` made it
+        for, never reused in the interpreter (the only one whose threads
+        can hold this object): no lookup in the thread state's dict.
+        """
+        return self.thread_id != 0 and self.thread_id == PyThreadState_GetID(PyThreadState_Get())
+
 
 cdef extern from "Python.h":
+    ctypedef struct PyThreadState
     PyObject* PyThreadState_GetDict()
     PyObject* PyDict_GetItemWithError(object, object) except? NULL
+    PyThreadState* PyThreadState_Get()
+    uint64_t PyThreadState_GetID(PyThreadState*)  # unique for the life of the interpreter
 
 # Kept in the thread state's own dict: it goes with its thread.
 cdef str THREAD_KEY = "pynba.rusage.ThreadCPU"
@@ -149,4 +162,5 @@ cpdef ThreadCPU thread_cpu():
         return <ThreadCPU><object>found
     cpu = ThreadCPU()
     (<dict>state)[THREAD_KEY] = cpu
+    cpu.thread_id = PyThreadState_GetID(PyThreadState_Get())
     return cpu

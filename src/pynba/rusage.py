@@ -55,12 +55,15 @@ class ThreadCPU:
     ``begin()`` and its ``end()``.
     """
 
-    __slots__ = ("running", "user", "system", "last_user", "last_system")
+    __slots__ = ("running", "user", "system", "last_user", "last_system", "thread_id")
 
     def __init__(self) -> None:
         self.running = 0
         self.user = self.system = 0.0
         self.last_user = self.last_system = 0.0
+        # Compiled, the id of the thread state thread_cpu() made it for (see
+        # is_current); from source, is_current() asks thread_cpu() itself.
+        self.thread_id = 0
 
     def _advance(self, user: float, system: float) -> None:
         if self.running > 0:
@@ -94,6 +97,10 @@ class ThreadCPU:
         """A request that began on this thread ends elsewhere, or never: one less running."""
         if self.running > 0:
             self.running -= 1
+
+    def is_current(self) -> bool:
+        """Whether this is the calling thread's ``ThreadCPU`` (the one ``thread_cpu()`` gives)."""
+        return thread_cpu() is self
 
 
 def _os_thread_local() -> type:

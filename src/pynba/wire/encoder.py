@@ -19,6 +19,7 @@ __all__ = [
     "STATUS_MAX",
     "UINT32_MAX",
     "encode",
+    "encode_record",
 ]
 
 #: The names of ``encode``'s arguments, in order: a request's fields.
@@ -29,14 +30,14 @@ MAX_DATAGRAM = 65507
 
 if not pure_python_forced():
     try:
-        from ._encoder import encode
+        from ._encoder import encode, encode_record
     except ImportError:
-        from .fallback import encode
+        from .fallback import encode, encode_record
 
         IMPLEMENTATION = "pure"
     else:
         IMPLEMENTATION = "compiled"
 else:
-    from .fallback import encode
+    from .fallback import encode, encode_record
 
     IMPLEMENTATION = "pure"
