@@ -1401,19 +1401,3 @@ def test_rules_checker_accepts_packed_form_when_allowed():
     assert [number for number, _, _ in fields(packed)][9] == 10
     assert violations(packed, packed_ok=True) == []
     assert any("packed" in problem for problem in violations(packed))
-
-
-def test_encode_record_encodes_a_record_or_tuple_of_its_fields(encode):
-    from pynba.record import RequestRecord
-
-    module = sys.modules[encode.__module__]
-    fields = {**DEFAULTS, "tags": [("route", "home")], "timers": [timer({"group": "db"})]}
-    record = RequestRecord(**fields)
-    expected = encode(*record)
-    assert module.encode_record(record) == expected
-    assert module.encode_record(tuple(record)) == expected
-    assert module.encode_record(list(record)) == expected
-    # A 15th field is encode()'s packed flag, as for encode(*fields).
-    assert module.encode_record((*record, True)) == encode(*record, True) != expected
-    with pytest.raises(TypeError):
-        module.encode_record(tuple(record)[:13])

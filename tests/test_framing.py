@@ -247,8 +247,6 @@ def test_an_encoding_failure_is_raised_after_every_server_was_tried(
         return real_encode(*args, **kwargs)
 
     monkeypatch.setattr(reporter_module, "encode", classic_fails)
-    # The classic form is made by encode_record(request): encode(*request).
-    monkeypatch.setattr(reporter_module, "encode_record", lambda request: classic_fails(*request))
     reporter = reporter_factory(
         [classic(classic_listener), pinba2(pinba2_listener)], raise_on_fail=True
     )
@@ -271,7 +269,6 @@ def test_a_request_is_encoded_once_per_wire_form(
         return real_encode(*args, **kwargs)
 
     monkeypatch.setattr(reporter_module, "encode", counting_encode)
-    monkeypatch.setattr(reporter_module, "encode_record", lambda request: counting_encode(*request))
     reporter = reporter_factory([pinba2(listeners[0]), classic(listeners[1]),
                                  pinba2(listeners[2]), classic(listeners[3])])  # fmt: skip
     reporter.report(**SMALL)

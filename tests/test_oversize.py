@@ -53,7 +53,6 @@ def wire(request):
 def send_to(udp_listener, wire, encode, monkeypatch):
     """A reporter using the ``encode`` of the test (each encoder in turn) for ``wire``."""
     monkeypatch.setattr(reporter, "encode", encode)
-    monkeypatch.setattr(reporter, "encode_record", lambda request: encode(*request))
     prefix = "pinba2://" if wire == "pinba2" else ""
     made = Reporter(f"{prefix}{udp_listener.host}:{udp_listener.port}")
     yield made

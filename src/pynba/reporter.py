@@ -30,7 +30,7 @@ from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .ratelimit import LogLimiter
 from .record import RequestRecord
 from .wire import framing
-from .wire.encoder import MAX_DATAGRAM, encode, encode_record
+from .wire.encoder import MAX_DATAGRAM, encode
 
 __all__ = ["DEFAULT_COMPRESS_ABOVE", "Reporter"]
 
@@ -517,7 +517,7 @@ class Reporter:
             if wire == WIRE_CLASSIC:
                 # _datagram()'s first case, without a tuple made and unpacked
                 # (about 230 instructions a request).
-                datagram = encode_record(request)
+                datagram = encode(*request)
                 compressed = False
             else:
                 datagram, compressed = self._datagram(request, wire)
@@ -536,7 +536,7 @@ class Reporter:
     def _datagram(self, request: RequestRecord, wire: str) -> tuple[bytes, bool]:
         """``(datagram, whether it is LZ4-compressed)`` for ``request`` in the ``wire`` form."""
         if wire == WIRE_CLASSIC:
-            return encode_record(request), False
+            return encode(*request), False
         datagram = encode(*request, True)  # packed; positional is the cheaper call
         size = len(datagram)
         if (

@@ -48,7 +48,6 @@ from pynba.wire.fallback import _pairs as _py_pairs
 from pynba.wire.fallback import MAX_TEXT_BYTES as _MAX_TEXT_BYTES
 from pynba.wire.fallback import timer_tuple as _py_timer_tuple
 from pynba.wire.fallback import encode as _py_encode
-from pynba.wire.fallback import encode_record as _py_encode_record
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*)
@@ -1128,28 +1127,6 @@ def encode(hostname, server_name, script_name, request_count, document_size,
            memory_peak, request_time, ru_utime, ru_stime, status,
            memory_footprint, schema, tags, timers, packed=False):
     # The docstring is the pure twin's: see the end of this module.
-    return encode_fields(hostname, server_name, script_name, request_count, document_size,
-                         memory_peak, request_time, ru_utime, ru_stime, status,
-                         memory_footprint, schema, tags, timers, packed)
-
-
-def encode_record(request):
-    # The docstring is the pure twin's: see the end of this module.
-    cdef tuple fields
-    if Tuple_CheckExact(<PyObject*>request) and Tuple_GET_SIZE(<PyObject*>request) == 14:
-        # The reporter's call for every request: one argument rather than
-        # fourteen to parse by name (about 60 instructions); the tuple, held
-        # by the caller, holds its items.
-        fields = request
-        return encode_fields(fields[0], fields[1], fields[2], fields[3], fields[4],
-                             fields[5], fields[6], fields[7], fields[8], fields[9],
-                             fields[10], fields[11], fields[12], fields[13], False)
-    return encode(*request)
-
-
-cdef bytes encode_fields(hostname, server_name, script_name, request_count, document_size,
-                         memory_peak, request_time, ru_utime, ru_stime, status,
-                         memory_footprint, schema, tags, timers, packed):
     cdef State* s = take_state()
     cdef Py_ssize_t i, first, last
     try:
@@ -1177,4 +1154,3 @@ cdef bytes encode_fields(hostname, server_name, script_name, request_count, docu
 
 
 encode.__doc__ = _py_encode.__doc__  # the twins share a signature, and one text
-encode_record.__doc__ = _py_encode_record.__doc__

@@ -19,7 +19,6 @@ __all__ = [
     "STATUS_MAX",
     "UINT32_MAX",
     "encode",
-    "encode_record",
 ]
 
 #: The names of ``encode``'s arguments, in order: a request's fields.
@@ -30,14 +29,14 @@ MAX_DATAGRAM = 65507
 
 if not pure_python_forced():
     try:
-        from ._encoder import encode, encode_record
+        from ._encoder import encode
     except ImportError:
-        from .fallback import encode, encode_record
+        from .fallback import encode
 
         IMPLEMENTATION = "pure"
     else:
         IMPLEMENTATION = "compiled"
 else:
-    from .fallback import encode, encode_record
+    from .fallback import encode
 
     IMPLEMENTATION = "pure"

@@ -328,8 +328,3 @@ def encode(
         out += _K[23]
         out += _pack_float(to_seconds(entry[4]))
     return bytes(out)
-
-
-def encode_record(request: Iterable[Any]) -> bytes:
-    """``encode(*request)``: a ``RequestRecord``, or a plain tuple of its fields in order."""
-    return encode(*request)
