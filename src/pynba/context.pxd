@@ -2,7 +2,7 @@
 # middleware makes its request current with direct C calls.
 cimport cython
 
-cimport pynba._contextvar as ContextVar  # ContextVar.set() and .reset() are C calls
+cimport pynba._contextvar as ContextVar  # ContextVar.get(), .set() and .reset() are C calls
 from pynba.collector cimport RequestCollector
 
 cpdef current_collector()
