@@ -1,5 +1,6 @@
 """Reading what pynba sent: datagrams checked against pinba2's rules, then decoded."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from conftest import decode
@@ -62,6 +63,20 @@ def receive(listener, timeout=5.0):
 
 def receive_all(listener, count, timeout=5.0):
     return [receive(listener, timeout) for _ in range(count)]
+
+
+@contextmanager
+def monitored_request(listener):
+    """A monitored request around the block (its collector), reported to ``listener`` at its end."""
+    from pynba.context import activate, deactivate
+
+    collector = make_collector(listener)
+    token = activate(collector)
+    try:
+        yield collector
+    finally:
+        deactivate(token)
+        collector.finish()
 
 
 def make_collector(listener, script_name="test", **settings):

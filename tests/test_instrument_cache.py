@@ -7,7 +7,6 @@ module (tests/cache_servers.py); each test checks the packets pynba sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import inspect
 import logging
@@ -16,7 +15,7 @@ import pytest
 
 import pynba
 from cache_servers import free_port, start_memcached, start_redis, start_sentinel
-from packets import make_collector, receive
+from packets import make_collector, monitored_request, receive
 from pynba.context import DISABLED, activate, deactivate
 from pynba.instrumentation import pymemcache as pymemcache_hooks
 from pynba.instrumentation import redis as redis_hooks
@@ -70,18 +69,6 @@ def memcached(memcached_server, instrumented):
     client.flush_all()
     yield client
     client.close()
-
-
-@contextlib.contextmanager
-def monitored_request(listener):
-    """A monitored request, reported to ``listener`` when the block ends."""
-    collector = make_collector(listener)
-    token = activate(collector)
-    try:
-        yield collector
-    finally:
-        deactivate(token)
-        collector.finish()
 
 
 def cache(op, server):

@@ -10,15 +10,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import pynba
 from conftest import UDPListener
-from packets import Packet, make_collector, receive
-from pynba.context import activate, deactivate
+from packets import Packet, monitored_request, receive
 from pynba.instrumentation import dbapi
 
 psycopg = pytest.importorskip("psycopg")
@@ -32,18 +30,6 @@ pytest_plugins = ["pg_server"]
 
 TESTS = Path(__file__).resolve().parent
 SLEEP = 0.05
-
-
-@contextmanager
-def monitored(listener):
-    """A monitored request around the block, reported to ``listener`` when it ends."""
-    collector = make_collector(listener)
-    token = activate(collector)
-    try:
-        yield collector
-    finally:
-        deactivate(token)
-        collector.finish()
 
 
 def db_timers(packet, **tags):
@@ -90,7 +76,7 @@ def test_a_query_is_timed_as_long_as_it_took(driver, postgres, instrumented, udp
     connect, _, db = DRIVERS[driver]
     connection = connect(postgres)
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             cursor = connection.cursor()
             cursor.execute(f"SELECT pg_sleep({SLEEP})")
             assert cursor.fetchone() is not None
@@ -110,7 +96,7 @@ def test_wrap_connect_names_the_database(driver, postgres, udp_listener):
     assert connect is {"psycopg": psycopg.connect, "psycopg2": psycopg2.connect}[driver]
     connection = timed_connect(postgres.dsn())
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             cursor = connection.cursor()
             cursor.execute("SELECT pg_sleep(%s)", (SLEEP,))
             cursor.execute("SELECT 1")
@@ -128,7 +114,7 @@ def test_executemany_counts_its_rows(driver, postgres, table, instrumented, udp_
     connect, placeholder, db = DRIVERS[driver]
     connection = connect(postgres)
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             cursor = connection.cursor()
             cursor.executemany(
                 f"INSERT INTO numbers (n) VALUES ({placeholder})", [(n,) for n in range(7)]
@@ -150,7 +136,7 @@ def test_commit_rollback_and_the_with_block_of_psycopg2(
 ):
     connection = psycopg2.connect(postgres.dsn())
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             cursor = connection.cursor()
             cursor.execute("INSERT INTO numbers (n) VALUES (1)")
             connection.rollback()
@@ -172,7 +158,7 @@ def test_commit_rollback_and_the_with_block_of_psycopg2(
 
 
 def test_psycopg_shortcuts_and_the_with_blocks(postgres, table, instrumented, udp_listener):
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         with psycopg.connect(postgres.dsn()) as connection:  # commits (and closes) at the end
             assert connection.execute("SELECT %s::int", (5,)).fetchone() == (5,)
             with connection.cursor() as cursor:
@@ -234,7 +220,7 @@ def test_sqlite3(instrumented, udp_listener):
     connection = sqlite3.connect(":memory:")
     assert isinstance(connection, sqlite3.Connection)
     connection.row_factory = sqlite3.Row
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         connection.execute("CREATE TABLE numbers (n integer)")
         connection.executemany("INSERT INTO numbers VALUES (?)", [(n,) for n in range(5)])
         with connection:  # commits
@@ -262,7 +248,7 @@ def test_a_failing_query_raises_as_it_would_and_is_timed(
     connect, _, db = DRIVERS[driver]
     connection = connect(postgres)
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             cursor = connection.cursor()
             with pytest.raises(Exception) as raised:
                 cursor.execute("SELECT * FROM no_such_table")
@@ -281,7 +267,7 @@ def test_outside_a_request_nothing_is_recorded(postgres, instrumented, udp_liste
     try:
         assert connection.execute("SELECT 41 + 1").fetchone() == (42,)
         connection.commit()
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             pass
     finally:
         connection.close()
@@ -334,7 +320,7 @@ def test_pynba_instrument_turns_on_the_databases(postgres, udp_listener):
     finally:
         pynba.instrumentation.uninstrument("dbapi")
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             connection.execute("SELECT 1")
     finally:
         connection.close()
@@ -368,7 +354,7 @@ def test_sqlalchemy_on_postgresql(pg_engine, table, sqlalchemy_on, udp_listener)
         sqlalchemy.Column("id", sqlalchemy.Integer, primary_key=True),
         sqlalchemy.Column("n", sqlalchemy.Integer),
     )
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         with pg_engine.begin() as connection:
             connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": SLEEP})
             # executemany: a parameter set per row
@@ -401,7 +387,7 @@ def test_sqlalchemy_async_engine(postgres, udp_listener):
         try:
             async with engine.connect() as connection:
                 await connection.execute(sqlalchemy.text("SELECT 1"))  # the dialect's first
-                with monitored(udp_listener):
+                with monitored_request(udp_listener):
                     statement = sqlalchemy.text("SELECT pg_sleep(:seconds)")
                     await connection.execute(statement, {"seconds": SLEEP})
         finally:
@@ -415,7 +401,7 @@ def test_sqlalchemy_async_engine(postgres, udp_listener):
 
 
 def test_sqlalchemy_failing_statement(pg_engine, sqlalchemy_on, udp_listener):
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         with pg_engine.connect() as connection:
             with pytest.raises(sqlalchemy.exc.ProgrammingError) as raised:
                 connection.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
@@ -431,7 +417,7 @@ def test_sqlalchemy_sqlite_in_memory_and_one_engine(udp_listener):
     named = sqlalchemy.create_engine("sqlite://")
     sqlalchemy_timers.instrument_engine(named, name="cache")
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             with engine.connect() as connection:  # not instrumented
                 connection.execute(sqlalchemy.text("SELECT 1"))
             with named.connect() as connection:
@@ -451,7 +437,7 @@ def test_sqlalchemy_sqlite_in_memory_and_one_engine(udp_listener):
         sqlalchemy_timers.instrument()
         sqlalchemy_timers.instrument_engine(named, name="cache")  # listening twice: one timer
         try:
-            with monitored(udp_listener):
+            with monitored_request(udp_listener):
                 with engine.connect() as connection:
                     connection.execute(sqlalchemy.text("SELECT 1"))
                 with named.connect() as connection:
@@ -463,7 +449,7 @@ def test_sqlalchemy_sqlite_in_memory_and_one_engine(udp_listener):
         assert packet.timer(group="db", op="select", db="cache").hit_count == 1
     finally:
         sqlalchemy_timers.uninstrument_engine(named)
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         with named.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     assert receive(udp_listener).timers == []
@@ -484,7 +470,7 @@ def test_sqlalchemy_no_parameters_and_another_listener(udp_listener):
     sqlalchemy_timers.instrument_engine(engine, name="lite")
     sqlalchemy_timers.instrument_engine(theirs_engine, name="theirs")
     try:
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             with engine.connect() as connection:
                 connection.execution_options(no_parameters=True)  # this connection's
                 assert connection.exec_driver_sql("SELECT 1").scalar() == 1
@@ -516,7 +502,7 @@ def test_sqlalchemy_uninstrument_and_outside_a_request(pg_engine, udp_listener):
     sqlalchemy_timers.uninstrument()
     for name, listener in sqlalchemy_timers._LISTENERS:
         assert not sqlalchemy.event.contains(sqlalchemy.engine.Engine, name, listener)
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         with pg_engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 4"))
     assert receive(udp_listener).timers == []
@@ -531,7 +517,7 @@ def test_sqlalchemy_connections_are_not_timed_twice(postgres, udp_listener):
             connection.execute(sqlalchemy.text("SELECT 1"))
             raw = connection.connection.dbapi_connection
             assert type(raw) is psycopg.Connection  # left to SQLAlchemy's timers
-            with monitored(udp_listener):
+            with monitored_request(udp_listener):
                 connection.execute(sqlalchemy.text("SELECT 1"))
         engine.dispose()
     finally:

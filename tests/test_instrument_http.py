@@ -1,7 +1,6 @@
 """HTTP clients timed automatically (httpx, requests, urllib3), against a real local HTTP server."""
 
 import asyncio
-import contextlib
 import http.server
 import socket
 import threading
@@ -9,9 +8,9 @@ import time
 
 import pytest
 
-from packets import make_collector, receive
+from packets import make_collector, monitored_request, receive
 from pynba import instrumentation
-from pynba.context import activate, deactivate
+from pynba.context import activate
 from pynba.instrumentation import _http_client
 from pynba.instrumentation._http_client import host_tag, method_op, origin_host, status_class
 
@@ -103,18 +102,6 @@ def refused_port():
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def monitored(listener):
-    """A monitored request around the block; the collector, to finish and read."""
-    collector = make_collector(listener)
-    token = activate(collector)
-    try:
-        yield collector
-    finally:
-        deactivate(token)
-        collector.finish()
-
-
 def http_timers(packet):
     """The packet's timers of group http: {tags without group: (seconds, hits)}, summed."""
     found = {}
@@ -137,7 +124,7 @@ def tags(op, host, status):
 
 def test_httpx_client_times_each_request(udp_listener, instrumented, base, host):
     instrumented("httpx")
-    with monitored(udp_listener), httpx.Client() as client:
+    with monitored_request(udp_listener), httpx.Client() as client:
         assert client.get(f"{base}/delay?token=secret").text == "200 GET"
         assert client.get(f"{base}/status/404").status_code == 404
         assert client.post(f"{base}/status/500", content=b"x").status_code == 500
@@ -166,7 +153,7 @@ def test_httpx_async_client_times_each_request(udp_listener, instrumented, base,
             second = client.delete(f"{base}/status/404")
             return await asyncio.gather(first, second)
 
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         responses = asyncio.run(calls())
     assert [response.status_code for response in responses] == [200, 404]
     timers = http_timers(receive(udp_listener))
@@ -177,7 +164,7 @@ def test_httpx_async_client_times_each_request(udp_listener, instrumented, base,
 
 def test_requests_times_each_call(udp_listener, instrumented, base, host):
     instrumented("requests")
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         assert requests.get(f"{base}/delay").text == "200 GET"
         with requests.Session() as session:
             assert session.put(f"{base}/status/503").status_code == 503
@@ -196,7 +183,7 @@ def test_requests_times_each_call(udp_listener, instrumented, base, host):
 def test_urllib3_times_pool_manager_and_pool_calls(udp_listener, instrumented, base, host):
     instrumented("urllib3")
     port = int(host.rsplit(":", 1)[1])
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         assert urllib3.request("GET", f"{base}/delay").status == 200
         with urllib3.PoolManager() as manager:
             assert manager.request("POST", f"{base}/status/404").status == 404
@@ -217,7 +204,7 @@ def test_urllib3_times_pool_manager_and_pool_calls(udp_listener, instrumented, b
 
 def test_requests_over_urllib3_make_one_timer_per_call(udp_listener, instrumented, base, host):
     instrumented("requests", "urllib3")
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         requests.get(f"{base}/delay")
         requests.get(f"{base}/redirect")  # two requests on the wire, one call
     timers = http_timers(receive(udp_listener))
@@ -242,7 +229,7 @@ CLIENTS = ["httpx", "requests", "urllib3"]
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_call_following_a_redirect_is_one_timer(client, udp_listener, instrumented, base, host):
     instrumented(client)
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         assert call(client, f"{base}/redirect") == 200
     timers = http_timers(receive(udp_listener))
     assert timers.keys() == {tags("get", host, "2xx")}
@@ -255,7 +242,7 @@ def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host)
 
     def one_request():
         try:
-            with monitored(udp_listener):
+            with monitored_request(udp_listener):
                 requests.get(f"{base}/delay")
         except BaseException as error:
             errors.append(error)
@@ -280,7 +267,7 @@ def test_each_request_times_its_own_calls(udp_listener, instrumented, base, host
     port = int(host.rsplit(":", 1)[1])
     with requests.Session() as session, urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
         for calls in (2, 3):
-            with monitored(udp_listener):
+            with monitored_request(udp_listener):
                 for _ in range(calls):
                     session.get(f"{base}/status/200")
                     urllib3.request("GET", f"{base}/status/200")
@@ -294,7 +281,7 @@ def test_each_request_times_its_own_calls(udp_listener, instrumented, base, host
 def test_instrumenting_twice_still_times_once(client, udp_listener, instrumented, base, host):
     instrumented(client)
     instrumented(client)
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         call(client, f"{base}/status/200")
     timers = http_timers(receive(udp_listener))
     assert timers.keys() == {tags("get", host, "2xx")}
@@ -321,7 +308,7 @@ def test_a_refused_connection_raises_as_without_pynba_and_is_timed_as_error(
     url = f"http://127.0.0.1:{refused_port}/status/200"
     bare = refused(client, url)
     instrumented(client)
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         timed = refused(client, url)
     assert type(timed) is type(bare)
     assert str(timed) == str(bare)
@@ -368,7 +355,7 @@ def test_outside_a_request_calls_go_through_and_send_nothing(
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_disabled_request_records_nothing(client, udp_listener, instrumented, base):
     instrumented(client)
-    with monitored(udp_listener) as collector:
+    with monitored_request(udp_listener) as collector:
         collector.enabled = False
         assert call(client, f"{base}/status/200") == 200
     assert udp_listener.pending(0.1) == []
@@ -393,7 +380,7 @@ def test_uninstrument_puts_every_library_back(udp_listener, base):
         instrumentation.uninstrument("http")
     instrumentation.uninstrument("http")  # twice: harmless
     assert [(owner, name, vars(owner).get(name)) for owner, name in methods] == before
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         for client in CLIENTS:
             call(client, f"{base}/status/200")
     assert http_timers(receive(udp_listener)) == {}

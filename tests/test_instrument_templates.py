@@ -1,14 +1,12 @@
 """Templates timed automatically: Jinja2 and Django's template language, rendered for real."""
 
 import asyncio
-import contextlib
 import time
 
 import pytest
 
-from packets import make_collector, receive
+from packets import monitored_request, receive
 from pynba import instrumentation
-from pynba.context import activate, deactivate
 from pynba.instrumentation import _templates
 
 jinja2 = pytest.importorskip("jinja2")
@@ -49,17 +47,6 @@ def instrumented():
     instrumentation.uninstrument("render")
 
 
-@contextlib.contextmanager
-def monitored(listener):
-    collector = make_collector(listener)
-    token = activate(collector)
-    try:
-        yield collector
-    finally:
-        deactivate(token)
-        collector.finish()
-
-
 def render_timers(packet):
     """The packet's timers of group render: {template: (seconds, hits)}, summed."""
     found = {}
@@ -90,7 +77,7 @@ def django_engine():
 def test_jinja2_times_each_render_under_its_template_name(udp_listener, instrumented):
     instrumented("jinja2")
     environment = jinja_environment()
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         assert environment.get_template("page.html").render(title="Hi") == "<h1>Hi</h1><p></p>"
         assert environment.get_template("child.html").render(title="Child").startswith("<h1>")
         assert environment.from_string("{{ 1 + 1 }}").render() == "2"
@@ -110,7 +97,7 @@ def test_jinja2_async_renders_are_timed_once(udp_listener, instrumented):
     async def render_twice():
         return await asyncio.gather(template.render_async(title="A"), template.render_async())
 
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         assert asyncio.run(render_twice()) == ["<h1>A</h1><p></p>", "<h1></h1><p></p>"]
         assert template.render(title="B") == "<h1>B</h1><p></p>"  # runs render_async itself
     seconds, hits = render_timers(receive(udp_listener))["page.html"]
@@ -123,7 +110,7 @@ def test_jinja2_a_failing_render_raises_as_without_pynba_and_is_timed(udp_listen
     with pytest.raises(jinja2.UndefinedError) as bare:
         environment.get_template("broken.html").render()
     instrumented("jinja2")
-    with monitored(udp_listener), pytest.raises(jinja2.UndefinedError) as timed:
+    with monitored_request(udp_listener), pytest.raises(jinja2.UndefinedError) as timed:
         environment.get_template("broken.html").render()
     assert str(timed.value) == str(bare.value)
     assert render_timers(receive(udp_listener)).keys() == {"broken.html"}
@@ -141,7 +128,7 @@ def test_jinja2_outside_a_request_renders_and_sends_nothing(udp_listener, instru
 def test_django_times_each_render_under_its_template_name(udp_listener, instrumented):
     instrumented("django_templates")
     engine = django_engine()
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         page = engine.get_template("page.html").render(Context({"title": "Hi", "wait": wait}))
         assert page == "<h1>Hi</h1><p></p>"
         child = engine.get_template("child.html").render(Context({"wait": wait}))
@@ -160,7 +147,7 @@ def test_django_renders_through_the_configured_engines_are_timed_once(udp_listen
     backend = "django.template.backends.django.DjangoTemplates"
     loaders = [("django.template.loaders.locmem.Loader", SOURCES)]
     with override_settings(TEMPLATES=[{"BACKEND": backend, "OPTIONS": {"loaders": loaders}}]):
-        with monitored(udp_listener):
+        with monitored_request(udp_listener):
             assert render_to_string("page.html", {"title": "Hi", "wait": wait}).startswith("<h1>")
             assert engines["django"].from_string("{{ x }}").render({"x": 1}) == "1"
             assert Template("{{ x }}").render(Context({"x": 3})) == "3"
@@ -177,7 +164,7 @@ def test_django_a_failing_render_raises_as_without_pynba_and_is_timed(udp_listen
     with pytest.raises(TemplateDoesNotExist) as bare:
         engine.get_template("broken.html").render(Context())
     instrumented("django_templates")
-    with monitored(udp_listener), pytest.raises(TemplateDoesNotExist) as timed:
+    with monitored_request(udp_listener), pytest.raises(TemplateDoesNotExist) as timed:
         engine.get_template("broken.html").render(Context())
     assert str(timed.value) == str(bare.value)
     assert render_timers(receive(udp_listener)).keys() == {"broken.html"}
@@ -194,7 +181,7 @@ def test_django_outside_a_request_renders_and_sends_nothing(udp_listener, instru
 
 def test_a_disabled_request_records_nothing(udp_listener, instrumented):
     instrumented("render")
-    with monitored(udp_listener) as collector:
+    with monitored_request(udp_listener) as collector:
         collector.enabled = False
         jinja_environment().from_string("{{ x }}").render(x=1)
         django_engine().from_string("{{ x }}").render(Context({"x": 1}))
@@ -208,7 +195,7 @@ def test_past_the_limit_template_names_are_reported_as_other(
     monkeypatch.setattr(_templates, "_seen_names", set())
     instrumented("jinja2")
     environment = jinja_environment()
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         environment.get_template("page.html").render()
         environment.get_template("child.html").render()
         environment.get_template("page.html").render()
@@ -231,7 +218,7 @@ def test_uninstrument_puts_both_libraries_back(udp_listener):
         instrumentation.uninstrument("render")
     instrumentation.uninstrument("render")
     assert [(owner, name, vars(owner).get(name)) for owner, name in methods] == before
-    with monitored(udp_listener):
+    with monitored_request(udp_listener):
         jinja_environment().from_string("{{ x }}").render(x=1)
         django_engine().from_string("{{ x }}").render(Context({"x": 1}))
     assert render_timers(receive(udp_listener)) == {}
