@@ -411,6 +411,23 @@ def test_a_script_that_closes_the_pipe_keeps_its_files(udp_listener, script, tmp
     assert packet.timers == []
 
 
+def test_a_forked_child_that_ends_the_script_does_not_report_it_again(udp_listener, script):
+    path = script(
+        """
+        import os
+        from pynba import pynba
+        pynba.timer(step="before_fork").add(0.5)
+        pid = os.fork()
+        if pid == 0:
+            raise SystemExit(0)  # the child ends the script too, its job a copy of the parent's
+        os.waitpid(pid, 0)
+        """
+    )
+    _, [packet] = pynba_run(udp_listener, PYTHON, str(path))
+    timer = packet.timer(step="before_fork")
+    assert (timer.value, timer.hit_count) == (0.5, 1)
+
+
 def test_ctrl_c_on_a_terminal_reaches_the_script_once(udp_listener, script):
     fcntl = pytest.importorskip("fcntl")
     termios = pytest.importorskip("termios")
