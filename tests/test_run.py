@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from packets import Packet
-from pynba.cli.run import plan
+from pynba.cli.run import plan, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -265,6 +265,23 @@ def test_flush_every_sends_packets_while_the_script_runs_then_the_last(udp_liste
     ticks = [timer for packet in packets for timer in packet.timers]
     assert sum(timer.hit_count for timer in ticks) == 8
     assert any(packet.timers for packet in interim)
+
+
+@pytest.mark.parametrize(
+    ("flush_every", "error"),
+    [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), ("1", TypeError)],
+)
+def test_run_command_refuses_a_flush_interval_that_is_not_positive(
+    udp_listener, flush_every, error
+):
+    # 0 or less flushed in a busy loop: thousands of packets a second.
+    with pytest.raises(error, match="flush_every"):
+        run_command(
+            [PYTHON, "-c", "pass"],
+            server="{}:{}".format(*udp_listener.address),
+            flush_every=flush_every,
+        )
+    assert udp_listener.pending(timeout=0.1) == []
 
 
 def test_flush_every_for_a_command_that_is_not_python(udp_listener):
