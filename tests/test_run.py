@@ -445,6 +445,31 @@ def test_a_forked_child_that_ends_the_script_does_not_report_it_again(udp_listen
     assert (timer.value, timer.hit_count) == (0.5, 1)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="reads /proc")
+def test_a_forked_child_does_not_hold_the_pipe_open(udp_listener, script, tmp_path):
+    # A daemon's child outlives the script: pynba run would wait for its end.
+    path = script(
+        """
+        import os, sys
+        fd = int(open("/proc/self/cmdline", "rb").read().split(b"\\0")[4])  # python -c BOOT HOME FD
+        os.fstat(fd)  # the pipe, open in the script
+        if os.fork() == 0:
+            try:
+                os.fstat(fd)
+                state = "open"
+            except OSError:
+                state = "closed"
+            with open(sys.argv[1], "w") as out:
+                out.write(state)
+            os._exit(0)
+        os.wait()
+        """
+    )
+    state = tmp_path / "state.txt"
+    pynba_run(udp_listener, PYTHON, str(path), str(state))
+    assert state.read_text() == "closed"
+
+
 def test_ctrl_c_on_a_terminal_reaches_the_script_once(udp_listener, script):
     fcntl = pytest.importorskip("fcntl")
     termios = pytest.importorskip("termios")

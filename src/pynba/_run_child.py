@@ -116,11 +116,12 @@ class _Pipe:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._identity = self._stat()
-        # A child the script forks holds a copy of the job, timers made before
-        # the fork included: ending the script there, it must not send them again.
-        self._pid = os.getpid()
         if self._identity is not None:
             os.set_inheritable(fd, False)  # the script's own children do not hold it open
+            # Nor do those it forks: pynba run would wait for a daemon's end to
+            # see the pipe's, and a child ending the script would send its copy
+            # of the job (the timers made before the fork) a second time.
+            os.register_at_fork(after_in_child=self.close)
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -133,7 +134,7 @@ class _Pipe:
         return self._identity is not None and self._stat() == self._identity
 
     def write(self, data: bytes) -> None:
-        if self._pid != os.getpid() or not self._ours():
+        if not self._ours():
             return  # pynba run reports the run without what follows
         view = memoryview(data)
         while view:
