@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from packets import Packet
-from pynba.cli.run import plan
+from pynba.cli.run import plan, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -267,6 +267,23 @@ def test_flush_every_sends_packets_while_the_script_runs_then_the_last(udp_liste
     assert any(packet.timers for packet in interim)
 
 
+@pytest.mark.parametrize(
+    ("flush_every", "error"),
+    [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), ("1", TypeError)],
+)
+def test_run_command_refuses_a_flush_interval_that_is_not_positive(
+    udp_listener, flush_every, error
+):
+    # 0 or less flushed in a busy loop: thousands of packets a second.
+    with pytest.raises(error, match="flush_every"):
+        run_command(
+            [PYTHON, "-c", "pass"],
+            server="{}:{}".format(*udp_listener.address),
+            flush_every=flush_every,
+        )
+    assert udp_listener.pending(timeout=0.1) == []
+
+
 def test_flush_every_for_a_command_that_is_not_python(udp_listener):
     _, packets = pynba_run(udp_listener, "sleep", "0.5", options=["--flush-every", "0.1"])
     *interim, last = packets
@@ -409,6 +426,48 @@ def test_a_script_that_closes_the_pipe_keeps_its_files(udp_listener, script, tmp
     assert written.read_text() == "mine"
     assert packet.status == 200
     assert packet.timers == []
+
+
+def test_a_forked_child_that_ends_the_script_does_not_report_it_again(udp_listener, script):
+    path = script(
+        """
+        import os
+        from pynba import pynba
+        pynba.timer(step="before_fork").add(0.5)
+        pid = os.fork()
+        if pid == 0:
+            raise SystemExit(0)  # the child ends the script too, its job a copy of the parent's
+        os.waitpid(pid, 0)
+        """
+    )
+    _, [packet] = pynba_run(udp_listener, PYTHON, str(path))
+    timer = packet.timer(step="before_fork")
+    assert (timer.value, timer.hit_count) == (0.5, 1)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="reads /proc")
+def test_a_forked_child_does_not_hold_the_pipe_open(udp_listener, script, tmp_path):
+    # A daemon's child outlives the script: pynba run would wait for its end.
+    path = script(
+        """
+        import os, sys
+        fd = int(open("/proc/self/cmdline", "rb").read().split(b"\\0")[4])  # python -c BOOT HOME FD
+        os.fstat(fd)  # the pipe, open in the script
+        if os.fork() == 0:
+            try:
+                os.fstat(fd)
+                state = "open"
+            except OSError:
+                state = "closed"
+            with open(sys.argv[1], "w") as out:
+                out.write(state)
+            os._exit(0)
+        os.wait()
+        """
+    )
+    state = tmp_path / "state.txt"
+    pynba_run(udp_listener, PYTHON, str(path), str(state))
+    assert state.read_text() == "closed"
 
 
 def test_ctrl_c_on_a_terminal_reaches_the_script_once(udp_listener, script):

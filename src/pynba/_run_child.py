@@ -118,6 +118,10 @@ class _Pipe:
         self._identity = self._stat()
         if self._identity is not None:
             os.set_inheritable(fd, False)  # the script's own children do not hold it open
+            # Nor do those it forks: pynba run would wait for a daemon's end to
+            # see the pipe's, and a child ending the script would send its copy
+            # of the job (the timers made before the fork) a second time.
+            os.register_at_fork(after_in_child=self.close)
 
     def _stat(self) -> tuple[int, int] | None:
         try:

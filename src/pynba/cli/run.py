@@ -449,6 +449,7 @@ def run_command(
     flush_every: float | None = None,
 ) -> int:
     """Run ``argv`` monitored (see the module's docstring); its exit status as a shell gives it."""
+    flush_every = _flush_interval(flush_every)
     command = plan(argv, script_name)
     report = _prepare(command, server, tags or {})
     channel_fd = None
@@ -477,6 +478,17 @@ def run_command(
         except Exception:
             internal_error("pynba run: cannot report the run", False)
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def _flush_interval(seconds: Any) -> float | None:
+    """``flush_every`` checked: None, or seconds > 0 (0 or less would flush in a busy loop)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"flush_every must be a number of seconds, not {type(seconds).__name__}")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"flush_every must be > 0 and finite, got {seconds!r}")
+    return float(seconds)
 
 
 def _tag(text: str) -> tuple[str, str]:
