@@ -1,6 +1,7 @@
 """HTTP clients timed automatically (httpx, requests, urllib3), against a real local HTTP server."""
 
 import asyncio
+import gc
 import http.server
 import socket
 import threading
@@ -10,9 +11,10 @@ import pytest
 
 from packets import make_collector, monitored_request, receive
 from pynba import instrumentation
-from pynba.context import activate
+from pynba.context import activate, deactivate
 from pynba.instrumentation import _http_client
 from pynba.instrumentation._http_client import host_tag, method_op, origin_host, status_class
+from pynba.rusage import thread_cpu
 
 httpx = pytest.importorskip("httpx")
 requests = pytest.importorskip("requests")
@@ -261,8 +263,7 @@ def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host)
 
 
 def test_each_request_times_its_own_calls(udp_listener, instrumented, base, host):
-    # The calls of a request with the same tags add to one timer: the next
-    # request's calls must not add to the timer of the one before.
+    # Each request's calls are counted in its own packet, never in the one before.
     instrumented("requests", "urllib3")
     port = int(host.rsplit(":", 1)[1])
     with requests.Session() as session, urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
@@ -275,6 +276,23 @@ def test_each_request_times_its_own_calls(udp_listener, instrumented, base, host
             timers = http_timers(receive(udp_listener))
             assert timers.keys() == {tags("get", host, "2xx")}
             assert timers[tags("get", host, "2xx")][1] == 3 * calls
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_request_dropped_unfinished_after_a_call_is_freed(
+    client, udp_listener, instrumented, base
+):
+    # A hook keeping the request's timer would keep the request, still
+    # sharing its thread's CPU with the requests after it.
+    instrumented(client)
+    running = thread_cpu().running
+    collector = make_collector(udp_listener)
+    token = activate(collector)
+    call(client, f"{base}/status/200")
+    deactivate(token)
+    del collector
+    gc.collect()
+    assert thread_cpu().running == running
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -1,6 +1,7 @@
 """The OpenTelemetry bridge: spans of a real SDK TracerProvider, reported as Pinba timers."""
 
 import asyncio
+import gc
 import time
 from collections.abc import Mapping
 
@@ -19,6 +20,7 @@ from pynba.instrumentation.opentelemetry import (  # noqa: E402
     VALUE_LIMIT,
     PinbaSpanProcessor,
 )
+from pynba.rusage import thread_cpu  # noqa: E402
 from scripts import run_script  # noqa: E402
 
 
@@ -346,8 +348,7 @@ def test_tag_values_are_capped_in_length_and_number(monitor, udp_listener, trace
 
 
 def test_the_spans_of_each_job_are_timed_in_that_job(monitor, udp_listener, tracer):
-    # The spans of a request with the same tags add to one timer: the next
-    # job's spans must not add to the timer of the one before.
+    # Each job's spans are counted in its own packet, never in the one before.
     for count in (2, 3):
         with monitor.job():
             for _ in range(count):
@@ -356,6 +357,17 @@ def test_the_spans_of_each_job_are_timed_in_that_job(monitor, udp_listener, trac
         packet = receive(udp_listener)
         assert packet.timer(group="http", op="get").hit_count == count
         assert packet.timer(group="db", op="select", db="sqlite").hit_count == count
+
+
+def test_a_request_dropped_unfinished_after_a_span_is_freed(processor, udp_listener, tracer):
+    running = thread_cpu().running
+    collector = make_collector(udp_listener)
+    token = activate(collector)
+    span(tracer, "GET", SpanKind.CLIENT, http__request__method="GET")
+    deactivate(token)
+    del collector
+    gc.collect()
+    assert thread_cpu().running == running
 
 
 def test_the_span_duration_is_the_timer_value(monitor, udp_listener, tracer):

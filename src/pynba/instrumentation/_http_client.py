@@ -22,8 +22,7 @@ than starting one and changing its tags. A hook reads what it needs of the
 call's arguments as a key (``KeyOf``), and makes the tags of each distinct
 key once. The hooks of requests and urllib3 take the parameters of the
 function they replace (a ``(*args, **kwargs)`` hook packs and unpacks a
-call's arguments again) and read their key themselves; the calls of a
-request with the same tags add to one timer (``CallTimers``).
+call's arguments again) and read their key themselves (``CallTimers``).
 """
 
 from __future__ import annotations
@@ -167,28 +166,23 @@ def origin_values(key: tuple[Any, str, Any]) -> tuple[str, ...]:
 
 
 class CallTimers:
-    """The timers of one hook's calls: one per request and key, tagged ``values_of(key)``.
+    """The timers of one hook's calls, tagged ``values_of(key)``: a timer a call.
 
-    The calls of a request with the same tags add to one timer (its packet
-    would merge them): a call costs a timer's ``add``, not a new timer. The
-    tags of at most ``_KEYS_MAX`` keys are kept.
+    The tags of at most ``_KEYS_MAX`` keys are kept, each made once. No timer
+    is kept between calls: a timer holds its request, and a request dropped
+    unfinished must be freed (it shares its thread's CPU until then).
     """
 
-    __slots__ = ("_entries", "_values_of")
+    __slots__ = ("_values", "_values_of")
 
     def __init__(self, values_of: ValuesOf) -> None:
         self._values_of = values_of
-        # key -> (the request of the timer, the timer, its tag values)
-        self._entries: dict[Any, tuple[Any, Any, tuple[str, ...]]] = {}
+        self._values: dict[Any, tuple[str, ...]] = {}  # key -> its tag values
 
     def add(self, collector: Any, seconds: float, key: Any) -> None:
         """Add a call of ``seconds`` to the request ``collector``, as a timer of ``key``'s tags."""
         try:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is collector:
-                entry[1].add(seconds)
-            else:
-                self._add_to_new(collector, seconds, key, entry)
+            self._add(collector, seconds, key)
         except Exception:
             internal_error("cannot record an HTTP call's timer", False)
 
@@ -198,23 +192,19 @@ class CallTimers:
         """``add()`` for the key (method, ``origin(url)``, status), made here: a call less."""
         try:
             end = url.find("/", url.find("://") + 3)
-            key = (method, url if end < 0 else url[:end], status)
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is collector:
-                entry[1].add(seconds)
-            else:
-                self._add_to_new(collector, seconds, key, entry)
+            self._add(collector, seconds, (method, url if end < 0 else url[:end], status))
         except Exception:
             internal_error("cannot record an HTTP call's timer", False)
 
-    def _add_to_new(self, collector: Any, seconds: float, key: Any, entry: Any) -> None:
+    def _add(self, collector: Any, seconds: float, key: Any) -> None:
         if collector.finished:  # its packet is gone
             return
-        values = self._values_of(key) if entry is None else entry[2]
-        timer = collector.new_checked_timer(NAMES, values)
-        if entry is not None or len(self._entries) < _KEYS_MAX:
-            self._entries[key] = (collector, timer, values)
-        timer.add(seconds)
+        values = self._values.get(key)
+        if values is None:
+            values = self._values_of(key)
+            if len(self._values) < _KEYS_MAX:
+                self._values[key] = values
+        collector.new_checked_timer(NAMES, values).add(seconds)
 
 
 def add_failed_timer(

@@ -57,10 +57,6 @@ class PinbaSpanProcessor(SpanProcessor):
         # Tags as read from spans, capped: spans repeat, and a value once
         # admitted (or refused) stays so.
         self._capped_tags: dict[Tags, Tags] = {}
-        # The timer of each tag set (as read) and the request it is of: the
-        # spans of a request with the same tags add to one timer, as its
-        # packet would merge them.
-        self._timers: dict[Tags, tuple[Any, Any]] = {}
 
     def on_end(self, span: ReadableSpan) -> None:
         """Add the span's duration to the current request, as a timer of its tags."""
@@ -76,24 +72,18 @@ class PinbaSpanProcessor(SpanProcessor):
             if found is None:
                 return
             seconds = (end - start) / 1e9 if end > start else 0.0
-            of_request = self._timers.get(found)
-            if of_request is not None and of_request[0] is collector:
-                of_request[1].add(seconds)
-            else:
-                self._new_timer(collector, found).add(seconds)
+            # A timer a span: none kept between spans (a timer holds its
+            # request, and a request dropped unfinished must be freed).
+            self._new_timer(collector, found).add(seconds)
         except Exception:
             internal_error("cannot time an OpenTelemetry span", False)
 
     def _new_timer(self, collector: Any, found: Tags) -> Any:
-        """A timer of ``collector`` with the capped tags of ``found``, for its next spans too."""
+        """A timer of ``collector`` with the capped tags of ``found``."""
         tags = self._capped_tags.get(found)
         if tags is None:
             tags = self._remember(found)
-        timer = collector.new_checked_timer(*tags)
-        if len(self._timers) >= _CAPPED_TAGS_MAX:
-            self._timers.clear()
-        self._timers[found] = (collector, timer)
-        return timer
+        return collector.new_checked_timer(*tags)
 
     def span_tags(self, span: ReadableSpan) -> Tags | None:
         """The timer tags of ``span`` (names, values); None for a span not timed.
