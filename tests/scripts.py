@@ -11,6 +11,28 @@ from packets import Packet
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def isolated(scenario, *args, strict=False):
+    """What ``scenario(*args)`` (a function of a test module) prints in a fresh interpreter.
+
+    Fails the test unless that interpreter exits with status 0: a segfault or
+    a sanitizer report fails one test instead of ending the run. ``strict``
+    sets ``PYNBA_STRICT=1`` there (pynba raises its internal errors).
+    """
+    env = dict(os.environ)
+    paths = [str(ROOT / "src"), str(ROOT / "tests"), *filter(None, [env.get("PYTHONPATH")])]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYNBA_STRICT"] = "1" if strict else "0"
+    code = f"import {scenario.__module__} as t; t.{scenario.__name__}(*{args!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, (
+        f"{scenario.__name__}{args!r} exited with status {done.returncode}\n"
+        f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    )
+    return done.stdout
+
+
 def run_script(code, listener, env=None, stderr=False):
     """Run ``code`` (ADDRESS is the listener's address); its datagrams, decoded, and the run.
 

@@ -9,32 +9,13 @@ encoder's bytes with the pure twin's (same call, same inputs).
 import gc
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-def isolated(name, *args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src"), str(HERE), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    code = f"import test_encoder_hostile as t; t.{name}(*{args!r})"
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, (
-        f"{name}{args!r} exited with status {done.returncode}\n"
-        f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    )
-    return done.stdout
+from scripts import isolated
 
 
 def encoders():
@@ -108,7 +89,7 @@ def to_bytes_not_bytes(where):
 
 @pytest.mark.parametrize("where", ["request tag", "timer tag", "nul str subclass", "hostname"])
 def test_to_bytes_returning_a_bytearray_is_not_read_as_bytes(where):
-    assert isolated("to_bytes_not_bytes", where).split() == ["same"]
+    assert isolated(to_bytes_not_bytes, where).split() == ["same"]
 
 
 # ---------------------------------------------------------------- str subclass parity
@@ -168,7 +149,7 @@ def address_reuse(rounds):
 
 
 def test_identity_cache_does_not_match_objects_of_an_earlier_call():
-    assert isolated("address_reuse", 3000).split() == ["ok", "3000"]
+    assert isolated(address_reuse, 3000).split() == ["ok", "3000"]
 
 
 class FreesAndAllocates:
@@ -207,7 +188,7 @@ def address_reuse_within_call(rounds):
 
 
 def test_objects_freed_during_a_call_do_not_match_the_identity_cache():
-    assert isolated("address_reuse_within_call", 200).split() == ["ok"]
+    assert isolated(address_reuse_within_call, 200).split() == ["ok"]
 
 
 # ---------------------------------------------------------------- re-entrancy
@@ -270,7 +251,7 @@ def reentrant(where):
 
 @pytest.mark.parametrize("where", ["str", "float", "index", "packed"])
 def test_an_encode_inside_an_encode_gives_both_the_pure_bytes(where):
-    assert isolated("reentrant", where).split() == ["ok"]
+    assert isolated(reentrant, where).split() == ["ok"]
 
 
 class Finalized:
@@ -319,7 +300,7 @@ def finalizers(rounds):
 
 
 def test_finalizers_that_encode_during_an_encode_or_its_release():
-    assert isolated("finalizers", 50).split() == ["ok"]
+    assert isolated(finalizers, 50).split() == ["ok"]
 
 
 def raising_then_big_then_small():
@@ -347,7 +328,7 @@ def raising_then_big_then_small():
 
 
 def test_errors_and_trimmed_buffers_leave_the_kept_storage_usable():
-    assert isolated("raising_then_big_then_small").split() == ["ok"]
+    assert isolated(raising_then_big_then_small).split() == ["ok"]
 
 
 # ---------------------------------------------------------------- threads
@@ -394,7 +375,7 @@ def threads_hammering(rounds):
 
 
 def test_threads_encoding_at_once_give_the_pure_bytes():
-    assert isolated("threads_hammering", 300).split()[:2] == ["errors", "0"]
+    assert isolated(threads_hammering, 300).split()[:2] == ["errors", "0"]
 
 
 # ---------------------------------------------------------------- fork
@@ -437,7 +418,7 @@ def fork_during_encode():
 
 
 def test_fork_while_another_thread_encodes():
-    assert isolated("fork_during_encode").split() == ["child", "0"]
+    assert isolated(fork_during_encode).split() == ["child", "0"]
 
 
 # ---------------------------------------------------------------- arguments freed mid-call
@@ -483,7 +464,7 @@ def kwargs_cleared():
 
 
 def test_arguments_freed_by_the_caller_during_the_call():
-    assert isolated("kwargs_cleared").split() == ["ok"]
+    assert isolated(kwargs_cleared).split() == ["ok"]
 
 
 # ---------------------------------------------------------------- compiled Timer fields replaced
@@ -514,7 +495,7 @@ def timer_fields_replaced(rounds):
 
 
 def test_a_timer_whose_fields_are_replaced_while_encoding():
-    assert isolated("timer_fields_replaced", 200).split() == ["ok"]
+    assert isolated(timer_fields_replaced, 200).split() == ["ok"]
 
 
 # ---------------------------------------------------------------- bytes subclass: replace
@@ -541,4 +522,4 @@ def bytes_replace_not_bytes():
 
 
 def test_a_bytes_subclass_whose_replace_gives_a_bytearray():
-    assert isolated("bytes_replace_not_bytes").split() == ["same"]
+    assert isolated(bytes_replace_not_bytes).split() == ["same"]

@@ -17,39 +17,16 @@ import logging
 import os
 import random
 import re
-import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from scripts import isolated
+
 EXAMPLES = max(int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000")) // 20, 50)
-
-
-def isolated(scenario, *args, strict=False):
-    """What ``scenario(*args)`` of this module prints when run in a fresh interpreter.
-
-    Fails the test unless that interpreter exits with status 0. ``strict``
-    sets ``PYNBA_STRICT=1`` there (pynba raises its internal errors).
-    """
-    env = dict(os.environ)
-    paths = [str(ROOT / "src"), str(HERE), *filter(None, [env.get("PYTHONPATH")])]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYNBA_STRICT"] = "1" if strict else "0"
-    code = f"import test_memory_safety as t; t.{scenario.__name__}(*{args!r})"
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, (
-        f"{scenario.__name__}{args!r} exited with status {done.returncode}\n"
-        f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
-    )
-    return done.stdout
 
 
 def log_to_stdout():
