@@ -242,9 +242,7 @@ class _JobReports:
         monitor = self.monitor()
         if monitor is None or not monitor.enabled:
             return
-        # IP literals need no lookup (and get their address at their first send only).
-        if not all(server.is_ip_literal for server in monitor.reporter.servers):
-            monitor.reporter.wait_for_addresses(_LOOKUP_WAIT)
+        monitor.reporter.wait_for_addresses(_LOOKUP_WAIT)
 
     def close(self) -> None:
         """The worker stops: close the monitor it made."""

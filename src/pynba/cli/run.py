@@ -280,9 +280,7 @@ class _Run:
         if self.channel is not None:
             self.channel.wait(_CHANNEL_WAIT)
         reporter = self.settings.reporter
-        # An IP literal needs no lookup (and has no address before its first datagram).
-        if not all(server.is_ip_literal for server in reporter.servers):
-            reporter.wait_for_addresses(_LOOKUP_WAIT)
+        reporter.wait_for_addresses(_LOOKUP_WAIT)
         # The script's own measure, when it is a Python script: the children's
         # ru_maxrss also counts pynba run's own memory (see _run_child.peak_memory).
         peak = self.from_script.memory_peak
