@@ -9,8 +9,6 @@ from pynba.timer cimport Timer
 
 # maxrss * _MAXRSS_UNIT in _send is a C product: one int made, not two (about 180 instructions).
 cdef long _MAXRSS_UNIT
-# A C truth value: _request_tags reads it on every request.
-cdef bint _INTERPRETED
 
 cdef class Namer:
     cpdef name(self, source)
@@ -58,7 +56,7 @@ cdef class RequestCollector:
     @cython.locals(collector=RequestCollector)
     cdef RequestCollector of_request(settings, server_name, schema, namer, source)
     cdef _setup(self, settings, script_name, server_name, schema, namer, source)
-    @cython.locals(entries=dict, pairs=tuple)
+    @cython.locals(entries=dict)
     cpdef set_tag(self, name, value)
     cpdef new_timer(self, tags)
     cpdef new_checked_timer(self, names, values)
@@ -76,8 +74,9 @@ cdef class RequestCollector:
     cpdef _measure_timers(self, bint keep_running, end)
     @cython.locals(maxrss=long, request_end=double)
     cpdef _send(self, timers, end=*)
+    cpdef _request_tags(self, dict entries)
     @cython.locals(out=list, alone=bint, pairs=tuple)
-    cpdef tuple _request_tags(self, dict entries)
+    cpdef tuple _request_pairs(self, dict entries)
     @cython.locals(cpu=rusage.ThreadCPU)
     cpdef (double, double, long) _cpu_reading(self, bint ending) except *
     cpdef _stop_running(self)

@@ -28,7 +28,6 @@ from types import MappingProxyType
 from typing import Any
 
 from . import rusage
-from ._implementation import runs_compiled
 from .errors import internal_error
 from .names import default_hostname
 from .pinboard import pinboard_timers
@@ -50,8 +49,6 @@ __all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestColle
 
 logger = logging.getLogger("pynba")
 
-_INTERPRETED = not runs_compiled(__file__)
-
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
 MERGE_TIMERS_AT = 1000
@@ -59,9 +56,11 @@ MERGE_TIMERS_AT = 1000
 #: sets are dropped from it, counted in ``reporter.stats["timers_dropped"]``.
 MAX_TAG_SETS = 10_000
 
-#: A request tag as a collector keeps it: its value, and its pairs (None for a
-#: configured callable, flattened when the packet is made).
-TagEntry = tuple[Any, TagPairs | None]
+#: A request tag as a collector keeps it: a ``str`` value as itself (it is
+#: sent as one pair of its own name: the common case, stored without a tuple);
+#: any other value with its pairs, flattened once (None for a configured
+#: callable, flattened when the packet is made).
+TagEntry = str | tuple[Any, TagPairs | None]
 
 # ru_maxrss is in KiB on Linux and the BSDs, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
@@ -103,18 +102,35 @@ class CollectorSettings:
         # called per request, when the packet is made (see RequestCollector.tags).
         self.tag_entries: dict[str, TagEntry] = {}
         for name, value in self.tags.items():
-            pairs = None if callable(value) else flatten_tags([(name, value)])
-            self.tag_entries[check_tag_name(name)] = (value, pairs)
+            name = check_tag_name(name)
+            self.tag_entries[name] = (value, None) if callable(value) else _tag_entry(name, value)
         #: What every request sends when it changes no tag and none is a callable.
-        flattened = [entry[1] for entry in self.tag_entries.values()]
         self.tag_pairs: TagPairs | None = None
-        if None not in flattened:
-            self.tag_pairs = flatten_tags([pair for pairs in flattened for pair in pairs or ()])
+        if not any(entry[1] is None for entry in self.tag_entries.values() if type(entry) is tuple):
+            self.tag_pairs = flatten_tags(_entry_pairs(self.tag_entries))
         self.timer_rusage = bool(timer_rusage)
         self.memory_footprint = bool(memory_footprint)
         #: Pinboard compatibility: every timer also carries the packet's
         #: ``__hostname`` and ``__server_name`` tags.
         self.pinboard = bool(pinboard)
+
+
+def _tag_entry(name: str, value: Any) -> TagEntry:
+    """The entry of tag ``name`` (checked) set to ``value`` (see ``TagEntry``)."""
+    if type(value) is str:
+        return value  # flatten_tags would give ((name, value),)
+    return (value, flatten_tags([(name, value)]))
+
+
+def _entry_pairs(entries: dict[str, TagEntry]) -> list[tuple[str, Any]]:
+    """The pairs of ``entries`` (none with a callable still to call), in order."""
+    out: list[tuple[str, Any]] = []
+    for name, entry in entries.items():
+        if isinstance(entry, str):
+            out.append((name, entry))
+        else:
+            out.extend(entry[1] or ())
+    return out
 
 
 def _check_count(name: str, value: Any, top: int | None = None) -> int | None:
@@ -434,8 +450,8 @@ class RequestCollector:
 
     # -- request tags --------------------------------------------------------
 
-    # Each tag is kept as its value and its pairs, flattened once, when it is
-    # set; the pairs are None for a configured callable, called at the end.
+    # Each tag is kept as a TagEntry: flattened once, when it is set; a
+    # configured callable is called at the end.
 
     @property
     def tags(self) -> Mapping[str, Any]:
@@ -448,7 +464,9 @@ class RequestCollector:
         entries = self._tags
         if entries is None:
             return MappingProxyType(self._settings.tags)
-        return MappingProxyType({name: entry[0] for name, entry in entries.items()})
+        return MappingProxyType(
+            {name: entry if isinstance(entry, str) else entry[0] for name, entry in entries.items()}
+        )
 
     @tags.setter
     def tags(self, tags: Mapping[str, Any]) -> None:
@@ -457,27 +475,27 @@ class RequestCollector:
         entries: dict[str, TagEntry] = {}
         for name, value in tags.items():
             name = check_tag_name(name)
-            entries[name] = (value, flatten_tags([(name, value)]))
+            entries[name] = _tag_entry(name, value)
         self._tags = entries
 
     def set_tag(self, name: str, value: Any) -> None:
         """Set one request tag (lists, sets and mappings flatten as for timers)."""
         if type(name) is str and type(value) is str and name:
-            pairs: TagPairs = ((name, value),)  # what flatten_tags gives, without the call
+            entry: TagEntry = value  # what _tag_entry gives, without the call
         else:
             name = check_tag_name(name)
-            pairs = flatten_tags([(name, value)])
+            entry = _tag_entry(name, value)
         entries = self._tags
         if entries is None:
-            entries = self._tags = dict(self._settings.tag_entries)
-        entries[name] = (value, pairs)
+            entries = self._tags = self._settings.tag_entries.copy()
+        entries[name] = entry
 
     def delete_tag(self, name: str) -> None:
         """Remove one request tag (no error when it is not set)."""
         name = check_tag_name(name)  # a str subclass's __hash__ and __eq__ are not called
         entries = self._tags
         if entries is None:
-            entries = self._tags = dict(self._settings.tag_entries)
+            entries = self._tags = self._settings.tag_entries.copy()
         entries.pop(name, None)
 
     # -- timers --------------------------------------------------------------
@@ -766,7 +784,7 @@ class RequestCollector:
         # made and freed for either, nor subtracted by the number protocol.
         request_end = time.perf_counter() if end is None else end
         settings = self._settings
-        tags = settings.tag_pairs
+        tags: dict[str, str] | TagPairs | None = settings.tag_pairs
         if self._tags is not None:
             tags = self._request_tags(self._tags)
         elif tags is None:
@@ -806,28 +824,31 @@ class RequestCollector:
             )
         )
 
-    def _request_tags(self, entries: dict[str, TagEntry]) -> TagPairs:
-        """The pairs of the request tags, as they were flattened when set."""
+    def _request_tags(self, entries: dict[str, TagEntry]) -> dict[str, str] | TagPairs:
+        """The request tags to send: a copy of ``entries`` when each is a str
+        (the encoder reads a dict as names and values), else their pairs.
+
+        Read from a copy, which the record keeps: a callable may set a tag,
+        and, interpreted, another thread can set one between two steps of a
+        loop.
+        """
+        entries = entries.copy()
+        for entry in entries.values():
+            if type(entry) is not str:
+                return self._request_pairs(entries)
+        return entries  # type: ignore[return-value]  # each a str
+
+    def _request_pairs(self, entries: dict[str, TagEntry]) -> TagPairs:
+        """The pairs of ``entries``; a configured callable that fails is left out."""
         out: list = []
         alone = True  # each tag one pair of its own name: no two can be equal
-        if _INTERPRETED:
-            # Interpreted, another thread setting a tag can run between two
-            # steps of the loop (compiled, none can: the loop runs no Python code).
-            entries = entries.copy()
         for name, entry in entries.items():
-            pairs = entry[1]
+            if isinstance(entry, str):
+                out.append((name, entry))
+                continue
+            value, pairs = entry
             if pairs is None:
-                return self._request_tags_calling(entries)
-            if len(pairs) != 1 or pairs[0][0] != name:
                 alone = False
-            out.extend(pairs)  # compiled, a C call (``+=`` is the generic in-place add)
-        return tuple(out) if alone else flatten_tags(out)
-
-    def _request_tags_calling(self, entries: dict[str, TagEntry]) -> TagPairs:
-        """``_request_tags()`` calling the callables; a tag whose callable fails is left out."""
-        out: list = []
-        for name, (value, pairs) in list(entries.items()):  # a callable may set a tag
-            if pairs is None:
                 try:
                     pairs = flatten_tags([(name, value)])
                 except Exception:
@@ -838,8 +859,10 @@ class RequestCollector:
                         "request tag failed",
                     )
                     continue
-            out += pairs
-        return flatten_tags(out)
+            elif len(pairs) != 1 or pairs[0][0] != name:
+                alone = False
+            out.extend(pairs)  # compiled, a C call (``+=`` is the generic in-place add)
+        return tuple(out) if alone else flatten_tags(out)
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else "running"

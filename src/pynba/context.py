@@ -126,15 +126,41 @@ if not pure_python_forced():
         _timer = keyword_timer(_current, timer)
 
 
+class _Forwarded:
+    """A ``PynbaProxy`` attribute: the current collector's attribute of the same name."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, proxy: object, owner: type | None = None) -> Any:
+        if proxy is None:
+            return self
+        return getattr(_current_or_outside(self.name), self.name)
+
+    def __set__(self, proxy: object, value: Any) -> None:
+        setattr(_current_or_outside(self.name), self.name, value)
+
+    def __delete__(self, proxy: object) -> None:
+        delattr(_current_or_outside(self.name), self.name)
+
+
 class PynbaProxy:
     """Reaches the current request's collector (see ``RequestCollector``)."""
 
-    __slots__ = ()
+    # The calls requests make most are instance slots holding the functions:
+    # ``pynba.set_tag`` is then a specialized slot read, where a method (a
+    # bound method made per call) or a __getattr__ fallback costs about 200
+    # instructions more. The other attributes are forwarded by descriptors
+    # (see the end of the class), not by __getattr__, which would deny
+    # Python's own attribute lookup its specializations.
+    __slots__ = ("timer", "set_tag", "delete_tag")
 
-    # Called on nearly every request: plain functions, not __getattr__.
-    timer = staticmethod(_timer)
-    set_tag = staticmethod(set_tag)
-    delete_tag = staticmethod(delete_tag)
+    def __init__(self) -> None:
+        self.timer = _timer
+        self.set_tag = set_tag
+        self.delete_tag = delete_tag
 
     @property
     def collector(self) -> Collector | None:
@@ -147,20 +173,14 @@ class PynbaProxy:
         collector = ContextVar.get(_current)
         return collector is not None and collector.enabled
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_current_or_outside(name), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(_current_or_outside(name), name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(_current_or_outside(name), name)
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(dir(type(self))) | set(dir(RequestCollector)))
-
     def __repr__(self) -> str:
         return f"<pynba proxy to {ContextVar.get(_current)!r}>"
+
+
+for _name in dir(RequestCollector):
+    if not _name.startswith("_") and not hasattr(PynbaProxy, _name):
+        setattr(PynbaProxy, _name, _Forwarded(_name))
+del _name
 
 
 class UnboundTimer:
