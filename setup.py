@@ -110,7 +110,17 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "src"},
     packages=find_packages("src", exclude=["examples", "examples.*"]),
-    package_data={"pynba": ["py.typed", "*.pyx", "*.pxd", "*.pyi", "wire/*.pyx", "wire/*.pyi"]},
+    package_data={
+        "pynba": [
+            "py.typed",
+            "*.pyx",
+            "*.pxd",
+            "*.pyi",
+            "wire/*.pyx",
+            "wire/*.pyi",
+            "instrumentation/*.pxd",
+        ]
+    },
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
     extras_require={

@@ -10,7 +10,8 @@ monitored requests), bare, in a hand-written ``pynba.timer``, automatic:
 - requests: ``Session.send(prepared)``; the bare and hand-written calls
   go through a ``Session`` subclass holding the unhooked ``send``;
 - urllib3: ``PoolManager.urlopen("GET", url)`` (the pool's ``urlopen``
-  under it is hooked too), bare through unhooked subclasses;
+  under it is hooked too), and a pool's ``urlopen("GET", path)`` alone (as
+  requests calls it), bare through unhooked subclasses;
 - OpenTelemetry: a span started and ended (an HTTP client span, a database
   span): bare and hand-written through a ``TracerProvider`` without the
   processor, automatic through one with a ``PinbaSpanProcessor``.
@@ -25,7 +26,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from bench_instrumentation import BAR, Case, installed, measure
+from bench_instrumentation import BAR, Case, missing, run_case
 
 from pynba import pynba
 from pynba.reporter import Reporter
@@ -37,7 +38,7 @@ HOST = "127.0.0.1:8080"
 
 def requests_sessions() -> tuple[Any, Any, Any] | None:
     """A bare session (its own unhooked ``send``), a timed one, and a prepared GET; no network."""
-    if not installed("requests"):
+    if missing("requests"):
         return None
     import requests
     from requests.adapters import BaseAdapter
@@ -95,8 +96,9 @@ def requests_send() -> Case | None:
     )
 
 
-def urllib3_urlopen() -> Case | None:
-    if not installed("urllib3"):
+def urllib3_cases(manager: bool) -> Case | None:
+    """urllib3 through a pool manager (its hook and the pool's under it), or a pool alone."""
+    if missing("urllib3"):
         return None
     import urllib3
 
@@ -123,23 +125,36 @@ def urllib3_urlopen() -> Case | None:
     timed = urllib3.PoolManager()
     timed.pool_classes_by_scheme = {"http": CannedPool}
     hooks.instrument()
+    if manager:
+        label = "urllib3: PoolManager.urlopen('GET', url), canned response"
+        bare_call: Callable[[], object] = lambda: bare.urlopen("GET", URL)  # noqa: E731
+        timed_call: Callable[[], object] = lambda: timed.urlopen("GET", URL)  # noqa: E731
+    else:
+        # What requests' adapter calls.
+        label = "urllib3: HTTPConnectionPool.urlopen('GET', path), canned response"
+        path = URL[URL.index("/", len("http://")) :]
+        bare_pool, timed_pool = bare.connection_from_url(URL), timed.connection_from_url(URL)
+        bare_call = lambda: bare_pool.urlopen("GET", path)  # noqa: E731
+        timed_call = lambda: timed_pool.urlopen("GET", path)  # noqa: E731
 
     def hand_written() -> None:
         with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
-            bare.urlopen("GET", URL)
+            bare_call()
 
     def close() -> None:
         hooks.uninstrument()
         bare.clear()
         timed.clear()
 
-    return Case(
-        "urllib3: PoolManager.urlopen('GET', url), canned response",
-        lambda: bare.urlopen("GET", URL),
-        hand_written,
-        lambda: timed.urlopen("GET", URL),
-        close,
-    )
+    return Case(label, bare_call, hand_written, timed_call, close)
+
+
+def urllib3_urlopen() -> Case | None:
+    return urllib3_cases(manager=True)
+
+
+def urllib3_pool_urlopen() -> Case | None:
+    return urllib3_cases(manager=False)
 
 
 def otel_span(
@@ -151,7 +166,7 @@ def otel_span(
     tags: dict[str, str],
 ) -> Callable[[], Case | None]:
     def make() -> Case | None:
-        if not installed("opentelemetry.sdk"):
+        if missing("opentelemetry.sdk"):
             return None
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.trace import SpanKind
@@ -213,6 +228,7 @@ otel_db = otel_span(
 CASES: list[Callable[[], Case | None]] = [
     requests_send,
     urllib3_urlopen,
+    urllib3_pool_urlopen,
     otel_http,
     otel_db,
 ]
@@ -224,7 +240,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="seconds a case (default 10, quick 1)")
     parser.add_argument("--only", help="the cases whose name starts with this")
     options = parser.parse_args()
-    seconds = options.seconds or (1.0 if options.quick else 10.0)
+    seconds = options.seconds
+    if seconds is None:
+        seconds = 1.0 if options.quick else 10.0
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     reporter = Reporter(sink.getsockname())
@@ -237,13 +255,7 @@ def main() -> None:
         if case is None:
             print(f"{make.__name__:<58} (not installed)")
             continue
-        try:
-            for call in (case.bare, case.hand_written, case.automatic):
-                call()  # warm
-            best, _runs = measure(case, reporter, seconds)
-        finally:
-            if case.close is not None:
-                case.close()
+        best, _runs = run_case(case, reporter, seconds)  # warms, measures, closes
         bare, hand, auto = best["bare"], best["hand"], best["auto"]
         outside = best["auto outside"] - best["bare outside"]
         ok = "yes" if auto - hand <= BAR else "NO"

@@ -55,3 +55,27 @@ def test_every_case_prints_its_row():
         assert int(words[-2]) >= 1  # rounds
     assert any(line.startswith("next to a") for line in lines), done.stdout
     assert any(line.startswith("a monitored request making 10") for line in lines), done.stdout
+
+
+def test_the_hooks_script_prints_a_row_for_each_case():
+    """benchmarks/bench_hooks_speed.py: the HTTP client and OpenTelemetry hooks, no network."""
+    script = ROOT / "benchmarks" / "bench_hooks_speed.py"
+    tested = str(Path(pynba.__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(script), "--seconds", "0"],
+        env={**os.environ, "PYTHONPATH": tested},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("case "))
+    rows = lines[header + 1 :]
+    assert len(rows) == 5, done.stdout
+    for row in rows:
+        if "(not installed)" in row:
+            assert not IN_CI, row
+            continue
+        figures = row.split()[-6:-1]  # bare, hand, auto, auto-hand, outside
+        assert all(float(figure) == float(figure) for figure in figures), row

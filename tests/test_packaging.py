@@ -130,6 +130,27 @@ def test_per_request_modules_are_compiled_when_built():
     )
 
 
+def test_the_http_client_and_opentelemetry_hooks_are_compiled_when_built():
+    from conftest import compiled_encoder
+
+    if compiled_encoder() is None:
+        pytest.skip("the compiled modules are not built")
+    pytest.importorskip("opentelemetry.sdk")
+    code = (
+        "import pynba, pynba.instrumentation.requests, pynba.instrumentation.urllib3,"
+        " pynba.instrumentation.httpx, pynba.instrumentation.opentelemetry;"
+        " print(' '.join(sorted(n for n in pynba.compiled_modules() if '.' in n)))"
+    )
+    names = run_python(code, PYNBA_PURE_PYTHON="").split()
+    assert names == [
+        "instrumentation._http_client",
+        "instrumentation.opentelemetry",
+        "instrumentation.requests",
+        "instrumentation.urllib3",
+        "wire._encoder",
+    ]
+
+
 @pytest.mark.parametrize("broken", ["_rusage", "_timer_fields"])  # built before them, after them
 def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path, broken):
     """They cimport one another and _rusage: kept without it, they could not be imported."""

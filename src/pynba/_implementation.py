@@ -28,6 +28,10 @@ COMPILED_MODULES = (
     "reporter",
     "_timer_fields",
     "_timer_call",
+    "instrumentation._http_client",
+    "instrumentation.requests",
+    "instrumentation.urllib3",
+    "instrumentation.opentelemetry",
 )
 
 

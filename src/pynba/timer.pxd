@@ -39,4 +39,6 @@ cdef class Timer:
     cpdef tuple hand_over_measures(self)
     cpdef take_measures(self, bint ending, bint keep_running=*)
 
+cdef double _INFINITY
+@cython.locals(seconds=double)
 cpdef double check_seconds(name, value) except? -1.0

@@ -164,14 +164,16 @@ class Timer:
 
     def add(self, value: float, hit_count: int = 1) -> Timer:
         """Add a duration measured elsewhere (seconds) and ``hit_count`` hits."""
-        if isinstance(hit_count, bool) or not isinstance(hit_count, int):
+        if type(hit_count) is not int and (
+            isinstance(hit_count, bool) or not isinstance(hit_count, int)
+        ):
             raise TypeError(f"hit_count must be an int, not {type(hit_count).__name__}")
         if hit_count < 1:
             raise ValueError(f"hit_count must be >= 1, got {hit_count}")
-        value = check_seconds("value", value)
+        seconds: float = check_seconds("value", value)  # compiled, a C double: no float made
         if self._detached:
             self._rejoin()
-        self._value += value
+        self._value += seconds
         self._hits += hit_count
         return self
 
@@ -317,15 +319,21 @@ class Timer:
         return f"<Timer {dict(self.tags)!r} {state} elapsed={self.elapsed:.6f}s>"
 
 
+_INFINITY = math.inf  # compiled, a C double (see timer.pxd)
+
+
 def check_seconds(name: str, value: Any) -> float:
     """``value`` as a float of seconds: finite and >= 0; else TypeError/ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if type(value) is float:
+        seconds = value  # compiled, a C read of the float (see timer.pxd)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    try:
-        seconds = float.__float__(value) if isinstance(value, float) else int.__float__(value)
-    except OverflowError:
-        seconds = math.inf
-    if not 0 <= seconds < math.inf:
+    else:
+        try:
+            seconds = float.__float__(value) if isinstance(value, float) else int.__float__(value)
+        except OverflowError:
+            seconds = _INFINITY
+    if not 0 <= seconds < _INFINITY:  # NaN is neither
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
     return seconds
 

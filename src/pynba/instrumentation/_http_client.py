@@ -191,8 +191,13 @@ class CallTimers:
     ) -> None:
         """``add()`` for the key (method, ``origin(url)``, status), made here: a call less."""
         try:
-            end = url.find("/", url.find("://") + 3)
-            self._add(collector, seconds, (method, url if end < 0 else url[:end], status))
+            if type(url) is str:
+                text = url  # compiled, a str: its find() is a C call
+                end = text.find("/", text.find("://") + 3)
+                url = text if end < 0 else text[:end]
+            else:
+                url = None  # its host is <invalid-host>, as of anything but a str
+            self._add(collector, seconds, (method, url, status))
         except Exception:
             internal_error("cannot record an HTTP call's timer", False)
 
