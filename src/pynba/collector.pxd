@@ -9,6 +9,8 @@ from pynba.timer cimport Timer
 
 # maxrss * _MAXRSS_UNIT in _send is a C product: one int made, not two (about 180 instructions).
 cdef long _MAXRSS_UNIT
+# A C truth value: _request_tags reads it on every request.
+cdef bint _INTERPRETED
 
 cdef class Namer:
     cpdef name(self, source)

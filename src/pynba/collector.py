@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import rusage
+from ._implementation import runs_compiled
 from .errors import internal_error
 from .names import default_hostname
 from .pinboard import pinboard_timers
@@ -48,6 +49,8 @@ from .wire.encoder import STATUS_MAX
 __all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestCollector"]
 
 logger = logging.getLogger("pynba")
+
+_INTERPRETED = not runs_compiled(__file__)
 
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
@@ -825,14 +828,14 @@ class RequestCollector:
         )
 
     def _request_tags(self, entries: dict[str, TagEntry]) -> dict[str, str] | TagPairs:
-        """The request tags to send: a copy of ``entries`` when each is a str
-        (the encoder reads a dict as names and values), else their pairs.
-
-        Read from a copy, which the record keeps: a callable may set a tag,
-        and, interpreted, another thread can set one between two steps of a
-        loop.
+        """The request tags to send: ``entries`` itself when each is a str
+        (the encoder reads a dict as names and values, and a record is
+        encoded before ``report_request`` returns), else their pairs.
         """
-        entries = entries.copy()
+        if _INTERPRETED:
+            # Interpreted, another thread can set a tag between two steps of
+            # the loop (compiled, none can: the loop runs no Python code).
+            entries = entries.copy()
         for entry in entries.values():
             if type(entry) is not str:
                 return self._request_pairs(entries)
@@ -842,7 +845,7 @@ class RequestCollector:
         """The pairs of ``entries``; a configured callable that fails is left out."""
         out: list = []
         alone = True  # each tag one pair of its own name: no two can be equal
-        for name, entry in entries.items():
+        for name, entry in list(entries.items()):  # a callable may set a tag
             if isinstance(entry, str):
                 out.append((name, entry))
                 continue

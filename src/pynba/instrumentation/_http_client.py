@@ -1,4 +1,4 @@
-"""What the HTTP client integrations share (httpx, requests, urllib3): their hooks and tags.
+"""What the HTTP client integrations share (httpx, requests, urllib3): their tags and timers.
 
 A call is one timer, however many requests it makes: the redirects it
 follows, its retries, and the urllib3 calls under a requests call are part
@@ -18,22 +18,20 @@ of the outermost timed call (``IN_CALL``). Its tags (``NAMES``):
 Never the path, the query, the user or the password of a URL.
 
 The timer is made once the call has returned, with all its tags: cheaper
-than starting one and changing its tags. A hook reads what it needs of the
-call's arguments as a key (``KeyOf``), and makes the tags of each distinct
-key once. The hooks of requests and urllib3 take the parameters of the
-function they replace (a ``(*args, **kwargs)`` hook packs and unpacks a
-call's arguments again) and read their key themselves (``CallTimers``).
+than starting one and changing its tags. Each hook takes the parameters of
+the function it replaces (a ``(*args, **kwargs)`` hook packs and unpacks a
+call's arguments again), reads what it needs of the call as a key, and
+hands it to its ``CallTimers``, which makes the tags of each distinct key
+once.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Coroutine
-from time import perf_counter
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..context import current_collector
 from ..errors import internal_error
 from ..names import DEFAULT_NAME_LIMIT, INVALID_HOST, OTHER_NAME, normalize_host
 from ._hooks import bounded
@@ -45,14 +43,12 @@ __all__ = [
     "NAMES",
     "CallTimers",
     "add_failed_timer",
-    "async_hook",
     "host_tag",
     "method_op",
     "origin",
     "origin_host",
     "origin_values",
     "status_class",
-    "sync_hook",
     "values",
 ]
 
@@ -75,9 +71,6 @@ class _CallState(threading.local):
 #: (``IN_CALL.__dict__``): three attribute accesses of a thread-local cost twice as much.
 IN_CALL = _CallState()
 
-#: What a hook reads of a call: ``key_of(args, kwargs, status)``, a hashable
-#: key starting with the method and ending with the ``status`` tag.
-KeyOf = Callable[[tuple[Any, ...], dict[str, Any], str], tuple[Any, ...]]
 #: The values of ``NAMES`` for a key (see ``values``).
 ValuesOf = Callable[[Any], tuple[str, ...]]
 
@@ -89,7 +82,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # The tags of each key a hook has met, at most this many: as anything keyed
 # by what the application sends, bounded.
 _KEYS_MAX = 4096
-_FAILED = object()  # the response of a call that raised
 _seen_hosts: set[str] = set()
 
 
@@ -225,102 +217,3 @@ def add_failed_timer(
             collector.new_checked_timer(NAMES, found).add(seconds)
     except Exception:
         internal_error("cannot record an HTTP call's timer", False)
-
-
-def _recorder(key_of: KeyOf, values_of: ValuesOf, status_attribute: str) -> Callable[..., None]:
-    """What records the timer of a call once it has returned (or raised: ``_FAILED``)."""
-    known: dict[Any, tuple[str, ...]] = {}
-
-    def record(
-        collector: Any,
-        outermost: bool,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        response: Any,
-        start: float,
-    ) -> None:
-        seconds = perf_counter() - start
-        try:
-            if outermost:
-                IN_CALL.active = False
-            if response is _FAILED:
-                status = ERROR
-            else:
-                status = _STATUS_TAGS.get(getattr(response, status_attribute), "other")
-            key = key_of(args, kwargs, status)
-            found = known.get(key)
-            if found is None:
-                found = values_of(key)
-                if len(known) < _KEYS_MAX:
-                    known[key] = found
-        except Exception:
-            if response is not _FAILED:
-                internal_error("cannot tag an HTTP call's timer", False)
-                return
-            # The call failed, perhaps as its arguments are not a request.
-            found = (GROUP, "other", INVALID_HOST, ERROR)
-        try:
-            if not collector.finished:  # else its packet is gone
-                collector.new_checked_timer(NAMES, found).add(seconds)
-        except Exception:
-            internal_error("cannot record an HTTP call's timer", False)
-
-    return record
-
-
-def sync_hook(
-    key_of: KeyOf, values_of: ValuesOf, status_attribute: str, outermost: bool
-) -> Callable[[Callable[..., Any]], Any]:
-    """A hook for a function sending a request.
-
-    ``key_of`` reads a call's key (see ``KeyOf``), ``values_of`` makes its
-    tags; ``status_attribute`` is the attribute of the response holding its
-    status code. With ``outermost``, a call inside a timed call is not
-    timed: for libraries whose calls call themselves.
-    """
-    record = _recorder(key_of, values_of, status_attribute)
-
-    def hook_of(call: Callable[..., Any]) -> Callable[..., Any]:
-        def timed_call(*args: Any, **kwargs: Any) -> Any:
-            collector = current_collector()
-            if collector is None or not collector.enabled or (outermost and IN_CALL.active):
-                return call(*args, **kwargs)
-            if outermost:
-                IN_CALL.active = True
-            start = perf_counter()
-            try:
-                response = call(*args, **kwargs)
-            except BaseException:
-                record(collector, outermost, args, kwargs, _FAILED, start)
-                raise
-            record(collector, outermost, args, kwargs, response, start)
-            return response
-
-        return timed_call
-
-    return hook_of
-
-
-def async_hook(
-    key_of: KeyOf, values_of: ValuesOf, status_attribute: str
-) -> Callable[[Callable[..., Any]], Any]:
-    """``sync_hook`` for a coroutine function (of a library that makes no nested calls)."""
-    record = _recorder(key_of, values_of, status_attribute)
-
-    def hook_of(call: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-        async def timed_call(*args: Any, **kwargs: Any) -> Any:
-            collector = current_collector()
-            if collector is None or not collector.enabled:
-                return await call(*args, **kwargs)
-            start = perf_counter()
-            try:
-                response = await call(*args, **kwargs)
-            except BaseException:
-                record(collector, False, args, kwargs, _FAILED, start)
-                raise
-            record(collector, False, args, kwargs, response, start)
-            return response
-
-        return timed_call
-
-    return hook_of
