@@ -29,38 +29,9 @@ def cases():
     return [make.__name__ for make in module.CASES]
 
 
-def test_every_case_prints_its_row():
+def one_round(script: Path) -> tuple[list[str], int]:
+    """The lines ``script --seconds 0`` prints, and where its table's header is."""
     tested = str(Path(pynba.__file__).resolve().parent.parent)  # this pynba, not another
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seconds", "0"],
-        env={**os.environ, "PYTHONPATH": tested},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    header = next(n for n, line in enumerate(lines) if line.startswith("case "))
-    footer = next(n for n, line in enumerate(lines) if line.startswith("auto-hand:"))
-    rows = lines[header + 1 : footer]
-    assert len(rows) == len(cases()) == 12, done.stdout
-    for row in rows:
-        if " skipped: " in row:
-            # Under CI every library and server is installed: no case may be left out.
-            assert not IN_CI, row
-            continue
-        words = row.split()
-        assert words[-1] in ("yes", "NO"), row
-        [float(word) for word in words[-7:-2]]  # bare, hand, auto, auto-hand, outside
-        assert int(words[-2]) >= 1  # rounds
-    assert any(line.startswith("next to a") for line in lines), done.stdout
-    assert any(line.startswith("a monitored request making 10") for line in lines), done.stdout
-
-
-def test_the_hooks_script_prints_a_row_for_each_case():
-    """benchmarks/bench_hooks_speed.py: the HTTP client and OpenTelemetry hooks, no network."""
-    script = ROOT / "benchmarks" / "bench_hooks_speed.py"
-    tested = str(Path(pynba.__file__).resolve().parent.parent)
     done = subprocess.run(
         [sys.executable, str(script), "--seconds", "0"],
         env={**os.environ, "PYTHONPATH": tested},
@@ -70,9 +41,32 @@ def test_the_hooks_script_prints_a_row_for_each_case():
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    header = next(n for n, line in enumerate(lines) if line.startswith("case "))
+    return lines, next(n for n, line in enumerate(lines) if line.startswith("case "))
+
+
+def test_every_case_prints_its_row():
+    lines, header = one_round(SCRIPT)
+    footer = next(n for n, line in enumerate(lines) if line.startswith("auto-hand:"))
+    rows = lines[header + 1 : footer]
+    assert len(rows) == len(cases()) == 12, lines
+    for row in rows:
+        if " skipped: " in row:
+            # Under CI every library and server is installed: no case may be left out.
+            assert not IN_CI, row
+            continue
+        words = row.split()
+        assert words[-1] in ("yes", "NO"), row
+        [float(word) for word in words[-7:-2]]  # bare, hand, auto, auto-hand, outside
+        assert int(words[-2]) >= 1  # rounds
+    assert any(line.startswith("next to a") for line in lines), lines
+    assert any(line.startswith("a monitored request making 10") for line in lines), lines
+
+
+def test_the_hooks_script_prints_a_row_for_each_case():
+    """benchmarks/bench_hooks_speed.py: the HTTP client and OpenTelemetry hooks, no network."""
+    lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py")
     rows = lines[header + 1 :]
-    assert len(rows) == 5, done.stdout
+    assert len(rows) == 5, lines
     for row in rows:
         if "(not installed)" in row:
             assert not IN_CI, row
