@@ -190,6 +190,52 @@ def test_a_configured_callable_may_set_a_tag_while_the_packet_is_made(udp_listen
     assert receive(udp_listener).tags == [("n", ""), ("early", "y")]
 
 
+def test_a_namer_setting_tags_while_the_packet_is_made_changes_not_that_packet(udp_listener):
+    def namer(source):
+        collector.set_tag("late", 5)
+        collector.set_tag("early", "changed")
+        return "/named"
+
+    from pynba.collector import CollectorSettings
+    from pynba.reporter import Reporter
+
+    settings = CollectorSettings(Reporter(udp_listener.address))
+    collector = RequestCollector(settings, None, "example.com", "https", namer, None)
+    collector.set_tag("early", "y")
+    collector.finish()  # the tags as they were when the packet was begun
+    packet = receive(udp_listener)
+    assert (packet.script_name, packet.tags) == ("/named", [("early", "y")])
+
+
+def test_a_reporter_keeping_a_record_keeps_the_tags_it_was_given(udp_listener):
+    from pynba.collector import CollectorSettings
+    from pynba.reporter import Reporter
+
+    class Keeping(Reporter):
+        def report_request(self, request):
+            self.kept.append(request)
+            super().report_request(request)
+
+    reporter = Keeping(udp_listener.address)
+    reporter.kept = []
+    collector = RequestCollector(CollectorSettings(reporter), "/kept")
+    collector.set_tag("a", "1")
+    collector.flush()
+    collector.set_tag("a", "2")
+    collector.delete_tag("a")
+    collector.set_tag("b", "x")
+    collector.flush()
+    collector.set_tag("c", ["y", "z"])
+    collector.finish()
+    collector.delete_tag("b")
+    collector.set_tag("d", "late")
+    assert receive(udp_listener).tags == [("a", "1")]
+    assert receive(udp_listener).tags == [("b", "x")]
+    assert receive(udp_listener).tags == [("b", "x"), ("c", "y"), ("c", "z")]
+    kept = [dict(record[12]) for record in reporter.kept]
+    assert kept == [{"a": "1"}, {"b": "x"}, {"b": "x", "c": "z"}]
+
+
 def test_memory_footprint_is_measured_only_when_asked(udp_listener):
     make_collector(udp_listener, memory_footprint=True).finish()
     assert receive(udp_listener).memory_footprint > 1 << 20  # a Python process is bigger

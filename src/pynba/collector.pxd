@@ -42,6 +42,7 @@ cdef class RequestCollector:
     cdef public object _ru_utime
     cdef public object _ru_stime
     cdef public object _tags
+    cdef public bint _tags_sent
     cdef public list _timers
     cdef public object _merged
     cdef public Py_ssize_t _merge_at
@@ -60,6 +61,8 @@ cdef class RequestCollector:
     cdef _setup(self, settings, script_name, server_name, schema, namer, source)
     @cython.locals(entries=dict)
     cpdef set_tag(self, name, value)
+    @cython.locals(entries=dict)
+    cdef dict _own_tags(self)
     cpdef new_timer(self, tags)
     cpdef new_checked_timer(self, names, values)
     cdef _new_split_timer(self, tuple names, tuple values)

@@ -213,6 +213,7 @@ class RequestCollector:
         "_ru_utime",
         "_ru_stime",
         "_tags",
+        "_tags_sent",
         "_timers",
         "_merged",
         "_merge_at",
@@ -288,6 +289,8 @@ class RequestCollector:
         self._ru_utime: float | None = None
         self._ru_stime: float | None = None
         self._tags: dict[str, TagEntry] | None = None
+        # Whether self._tags went out with a packet: it is copied before it changes.
+        self._tags_sent = False
         self._timers: list[Timer] = []
         self._merged: dict[tuple[Any, ...], list] | None = None
         self._merge_at = MERGE_TIMERS_AT
@@ -480,6 +483,7 @@ class RequestCollector:
             name = check_tag_name(name)
             entries[name] = _tag_entry(name, value)
         self._tags = entries
+        self._tags_sent = False
 
     def set_tag(self, name: str, value: Any) -> None:
         """Set one request tag (lists, sets and mappings flatten as for timers)."""
@@ -489,17 +493,25 @@ class RequestCollector:
             name = check_tag_name(name)
             entry = _tag_entry(name, value)
         entries = self._tags
-        if entries is None:
-            entries = self._tags = self._settings.tag_entries.copy()
+        if entries is None or self._tags_sent:
+            entries = self._tags = self._own_tags()
         entries[name] = entry
 
     def delete_tag(self, name: str) -> None:
         """Remove one request tag (no error when it is not set)."""
         name = check_tag_name(name)  # a str subclass's __hash__ and __eq__ are not called
         entries = self._tags
-        if entries is None:
-            entries = self._tags = self._settings.tag_entries.copy()
+        if entries is None or self._tags_sent:
+            entries = self._tags = self._own_tags()
         entries.pop(name, None)
+
+    def _own_tags(self) -> dict[str, TagEntry]:
+        """A copy of the request's tags to change (the settings' until one is set)."""
+        entries = self._tags
+        if entries is None:
+            entries = self._settings.tag_entries
+        self._tags_sent = False
+        return entries.copy()
 
     # -- timers --------------------------------------------------------------
 
@@ -705,6 +717,7 @@ class RequestCollector:
         self.hostname = self._settings.hostname
         self.schema = None
         self._tags = None
+        self._tags_sent = False
         self._skipped = False
         self._start_afresh()
 
@@ -828,17 +841,21 @@ class RequestCollector:
         )
 
     def _request_tags(self, entries: dict[str, TagEntry]) -> dict[str, str] | TagPairs:
-        """The request tags to send: ``entries`` itself when each is a str
-        (the encoder reads a dict as names and values, and a record is
-        encoded before ``report_request`` returns), else their pairs.
+        """The request tags to send: ``entries`` when each is a str (the
+        encoder reads a dict as names and values), else their pairs.
+
+        The packet has the tags as they were when it was begun: a tag set
+        later (by the namer, another thread, after a flush) changes a copy.
         """
         if _INTERPRETED:
             # Interpreted, another thread can set a tag between two steps of
-            # the loop (compiled, none can: the loop runs no Python code).
+            # the loop, or of set_tag (compiled, neither runs Python code).
             entries = entries.copy()
         for entry in entries.values():
             if type(entry) is not str:
                 return self._request_pairs(entries)
+        if entries is self._tags:
+            self._tags_sent = True
         return entries  # type: ignore[return-value]  # each a str
 
     def _request_pairs(self, entries: dict[str, TagEntry]) -> TagPairs:

@@ -385,9 +385,8 @@ class Reporter:
 
         The collectors' path: it saves building and binding keyword arguments
         (and a plain tuple is the cheapest request to build and to encode).
-        Its timers may be the request's Timers themselves, and its tags the
-        request's own dict, read as they stand when encoded: an override must
-        encode them before it returns.
+        Its timers may be the request's Timers themselves, read as they stand
+        when encoded: an override must encode them before it returns.
         """
         first_failure = None
         for wire, servers in self._wires:
