@@ -2,6 +2,8 @@
 
 import asyncio
 import contextvars
+import copy
+import pickle
 import threading
 
 import pytest
@@ -51,6 +53,19 @@ def test_inside_a_request_the_proxy_reaches_its_collector(collector, udp_listene
     assert (packet.script_name, packet.document_size, packet.memory_peak) == ("/proxy", 42, 1 << 20)
     assert packet.tags == [("route", "r")]
     assert packet.timer_tags() == [(("group", "db"),)]
+
+
+@pytest.mark.parametrize(
+    "duplicate", [copy.copy, copy.deepcopy, lambda p: pickle.loads(pickle.dumps(p))]
+)
+def test_a_copy_or_unpickled_proxy_reaches_the_current_collector(duplicate, collector):
+    proxy = duplicate(pynba)
+    token = activate(collector)
+    try:
+        proxy.set_tag("copied", "yes")
+        assert (proxy.collector, proxy.tags["copied"]) == (collector, "yes")
+    finally:
+        deactivate(token)
 
 
 def test_nested_requests_restore_the_outer_one(udp_listener):

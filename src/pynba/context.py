@@ -173,6 +173,11 @@ class PynbaProxy:
         collector = ContextVar.get(_current)
         return collector is not None and collector.enabled
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        # Made afresh: its slots hold the functions, which a compiled
+        # ``timer`` (holding the ContextVar) cannot be pickled as.
+        return (type(self), ())
+
     def __repr__(self) -> str:
         return f"<pynba proxy to {ContextVar.get(_current)!r}>"
 
