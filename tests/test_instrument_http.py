@@ -201,6 +201,29 @@ def test_urllib3_times_pool_manager_and_pool_calls(udp_listener, instrumented, b
     assert timers[tags("get", host, "2xx")][0] >= DELAY
 
 
+class Url(str):
+    """A URL type that is a str subclass (as some settings libraries give)."""
+
+    def find(self, *args):
+        raise AssertionError("a URL's own methods are not called")
+
+
+def test_a_str_subclass_url_is_tagged_with_its_host(
+    udp_listener, instrumented, base, host, refused_port
+):
+    instrumented("urllib3")
+    with monitored_request(udp_listener):
+        with urllib3.PoolManager() as manager:
+            assert manager.urlopen("GET", Url(f"{base}/status/200")).status == 200
+            with pytest.raises(urllib3.exceptions.HTTPError):
+                manager.urlopen("GET", Url(f"http://127.0.0.1:{refused_port}/"), retries=False)
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {
+        tags("get", host, "2xx"),
+        tags("get", f"127.0.0.1:{refused_port}", "error"),
+    }
+
+
 # -- one timer per call --------------------------------------------------------
 
 

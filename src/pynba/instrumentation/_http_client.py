@@ -138,7 +138,9 @@ def origin(url: str) -> str:
 def origin_host(url: Any) -> str:
     """The ``host`` tag of an absolute URL (a str), its path and query aside."""
     if type(url) is not str:
-        return INVALID_HOST
+        if not isinstance(url, str):
+            return INVALID_HOST
+        url = str.__str__(url)  # its value: a subclass's methods are not called
     try:
         parts = urlsplit(url)
         if not parts.scheme or not parts.netloc:
@@ -183,6 +185,8 @@ class CallTimers:
     ) -> None:
         """``add()`` for the key (method, ``origin(url)``, status), made here: a call less."""
         try:
+            if type(url) is not str and isinstance(url, str):
+                url = str.__str__(url)  # its value: a subclass's methods are not called
             if type(url) is str:
                 text = url  # compiled, a str: its find() is a C call
                 end = text.find("/", text.find("://") + 3)
