@@ -43,6 +43,7 @@ import time
 import timeit
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 from pynba import PynbaMiddleware, pynba
 from pynba.collector import CollectorSettings, RequestCollector
@@ -83,6 +84,26 @@ class Case:
 
 #: What a case function returns: the case, or why it is skipped.
 Made = Case | str
+
+
+def patched_case(
+    name: str,
+    call: Callable[[], object],
+    tags: dict[str, str],
+    integration: ModuleType,
+    close: Callable[[], object] | None = None,
+) -> Case:
+    """The case of an integration that patches its library (its ``instrument()``):
+    ``call`` bare, in a hand-written ``pynba.timer(**tags)``, and through the integration.
+    """
+
+    def hand_written() -> None:
+        with pynba.timer(**tags):
+            call()
+
+    return Case(
+        name, call, hand_written, call, close, integration.instrument, integration.uninstrument
+    )
 
 
 def missing(*modules: str) -> str | None:
@@ -296,23 +317,16 @@ def redis_get() -> Made:
     client.set("user:42", "ada")
     address = f"127.0.0.1:{server.port}"
 
-    def hand_written() -> None:
-        with pynba.timer(group="cache", op="get", server=address):
-            client.get("user:42")
-
     def close() -> None:
         client.close()
         server.stop()
 
-    get = lambda: client.get("user:42")  # noqa: E731
-    return Case(
+    return patched_case(
         "redis: local redis-server (TCP), client.get(key)",
-        get,
-        hand_written,
-        get,
+        lambda: client.get("user:42"),
+        {"group": "cache", "op": "get", "server": address},
+        redis_integration,
         close,
-        redis_integration.instrument,
-        redis_integration.uninstrument,
     )
 
 
@@ -330,23 +344,16 @@ def pymemcache_get() -> Made:
     client.set("user:42", b"ada")
     address = f"127.0.0.1:{server.port}"
 
-    def hand_written() -> None:
-        with pynba.timer(group="cache", op="get", server=address):
-            client.get("user:42")
-
     def close() -> None:
         client.close()
         server.stop()
 
-    get = lambda: client.get("user:42")  # noqa: E731
-    return Case(
+    return patched_case(
         "pymemcache: local memcached, client.get(key)",
-        get,
-        hand_written,
-        get,
+        lambda: client.get("user:42"),
+        {"group": "cache", "op": "get", "server": address},
+        pymemcache_integration,
         close,
-        pymemcache_integration.instrument,
-        pymemcache_integration.uninstrument,
     )
 
 
@@ -361,22 +368,16 @@ def http_case(
     host = f"127.0.0.1:{server.port}"
     get, close_client = make_get(f"http://{host}/users/42")
 
-    def hand_written() -> None:
-        with pynba.timer(group="http", op="get", host=host, status="2xx"):
-            get()
-
     def close() -> None:
         close_client()
         server.stop()
 
-    return Case(
+    return patched_case(
         f"{library}: GET from a local HTTP server (kept alive)",
         get,
-        hand_written,
-        get,
+        {"group": "http", "op": "get", "host": host, "status": "2xx"},
+        integration,
         close,
-        integration.instrument,
-        integration.uninstrument,
     )
 
 
@@ -400,20 +401,12 @@ def httpx_in_process() -> Made:
 
     answer = httpx.Response(200, content=b"ok")
     client = httpx.Client(transport=httpx.MockTransport(lambda request: answer))
-    get = lambda: client.get("http://127.0.0.1:8080/users/42")  # noqa: E731
-
-    def hand_written() -> None:
-        with pynba.timer(group="http", op="get", host="127.0.0.1:8080", status="2xx"):
-            get()
-
-    return Case(
+    return patched_case(
         "httpx: GET answered in this process (MockTransport, no network)",
-        get,
-        hand_written,
-        get,
+        lambda: client.get("http://127.0.0.1:8080/users/42"),
+        {"group": "http", "op": "get", "host": "127.0.0.1:8080", "status": "2xx"},
+        httpx_integration,
         client.close,
-        httpx_integration.instrument,
-        httpx_integration.uninstrument,
     )
 
 
@@ -449,20 +442,11 @@ def jinja2_render() -> Made:
         loader=jinja2.DictLoader({"user.html": "<h1>{{ name }}</h1><p>{{ email }}</p>"})
     )
     template = templates.get_template("user.html")
-    render = lambda: template.render(name="Ada", email="ada@example.com")  # noqa: E731
-
-    def hand_written() -> None:
-        with pynba.timer(group="render", template="user.html"):
-            render()
-
-    return Case(
+    return patched_case(
         "jinja2: template.render(name=..., email=...)",
-        render,
-        hand_written,
-        render,
-        None,
-        jinja2_integration.instrument,
-        jinja2_integration.uninstrument,
+        lambda: template.render(name="Ada", email="ada@example.com"),
+        {"group": "render", "template": "user.html"},
+        jinja2_integration,
     )
 
 
@@ -478,20 +462,11 @@ def django_template_render() -> Made:
     engine = Engine(loaders=[("django.template.loaders.locmem.Loader", {"user.html": source})])
     template = engine.get_template("user.html")
     context = Context({"name": "Ada", "email": "ada@example.com"})
-    render = lambda: template.render(context)  # noqa: E731
-
-    def hand_written() -> None:
-        with pynba.timer(group="render", template="user.html"):
-            render()
-
-    return Case(
+    return patched_case(
         "django_templates: Template.render(context)",
-        render,
-        hand_written,
-        render,
-        None,
-        django_templates.instrument,
-        django_templates.uninstrument,
+        lambda: template.render(context),
+        {"group": "render", "template": "user.html"},
+        django_templates,
     )
 
 

@@ -109,8 +109,8 @@ class CollectorSettings:
             self.tag_entries[name] = (value, None) if callable(value) else _tag_entry(name, value)
         #: What every request sends when it changes no tag and none is a callable.
         self.tag_pairs: TagPairs | None = None
-        if not any(entry[1] is None for entry in self.tag_entries.values() if type(entry) is tuple):
-            self.tag_pairs = flatten_tags(_entry_pairs(self.tag_entries))
+        if not any(callable(value) for value in self.tags.values()):
+            self.tag_pairs = flatten_tags(self.tags)
         self.timer_rusage = bool(timer_rusage)
         self.memory_footprint = bool(memory_footprint)
         #: Pinboard compatibility: every timer also carries the packet's
@@ -123,17 +123,6 @@ def _tag_entry(name: str, value: Any) -> TagEntry:
     if type(value) is str:
         return value  # flatten_tags would give ((name, value),)
     return (value, flatten_tags([(name, value)]))
-
-
-def _entry_pairs(entries: dict[str, TagEntry]) -> list[tuple[str, Any]]:
-    """The pairs of ``entries`` (none with a callable still to call), in order."""
-    out: list[tuple[str, Any]] = []
-    for name, entry in entries.items():
-        if isinstance(entry, str):
-            out.append((name, entry))
-        else:
-            out.extend(entry[1] or ())
-    return out
 
 
 def _check_count(name: str, value: Any, top: int | None = None) -> int | None:
