@@ -1,4 +1,4 @@
-"""Cost of the HTTP client hooks (requests, urllib3) and of the OpenTelemetry bridge, per call.
+"""Cost of the HTTP client hooks (requests, httpx, urllib3) and the OpenTelemetry bridge, per call.
 
 The calls make no network traffic, so that the hook's own cost is not lost
 in a server's: requests goes through an adapter, urllib3 through a pool
@@ -9,6 +9,8 @@ monitored requests), bare, in a hand-written ``pynba.timer``, automatic:
 
 - requests: ``Session.send(prepared)``; the bare and hand-written calls
   go through a ``Session`` subclass holding the unhooked ``send``;
+- httpx: ``Client.get(url)`` answered by a ``MockTransport``; bare through
+  a ``Client`` subclass holding the unhooked ``send``;
 - urllib3: ``PoolManager.urlopen("GET", url)`` (the pool's ``urlopen``
   under it is hooked too), and a pool's ``urlopen("GET", path)`` alone (as
   requests calls it), bare through unhooked subclasses;
@@ -93,6 +95,41 @@ def requests_send() -> Case | None:
         hand_written,
         lambda: timed.send(prepared),
         hooks.uninstrument,
+    )
+
+
+def httpx_get() -> Case | None:
+    if missing("httpx"):
+        return None
+    import httpx
+
+    from pynba.instrumentation import httpx as hooks
+
+    hooks.uninstrument()
+
+    class BareClient(httpx.Client):
+        send = httpx.Client.send  # its own: instrument() hooks Client's
+
+    answer = httpx.Response(200, content=b"ok")
+    transport = httpx.MockTransport(lambda request: answer)
+    bare, timed = BareClient(transport=transport), httpx.Client(transport=transport)
+    hooks.instrument()
+
+    def hand_written() -> None:
+        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
+            bare.get(URL)
+
+    def close() -> None:
+        hooks.uninstrument()
+        bare.close()
+        timed.close()
+
+    return Case(
+        "httpx: Client.get(url), MockTransport",
+        lambda: bare.get(URL),
+        hand_written,
+        lambda: timed.get(URL),
+        close,
     )
 
 
@@ -227,6 +264,7 @@ otel_db = otel_span(
 
 CASES: list[Callable[[], Case | None]] = [
     requests_send,
+    httpx_get,
     urllib3_urlopen,
     urllib3_pool_urlopen,
     otel_http,

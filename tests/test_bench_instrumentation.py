@@ -66,7 +66,7 @@ def test_the_hooks_script_prints_a_row_for_each_case():
     """benchmarks/bench_hooks_speed.py: the HTTP client and OpenTelemetry hooks, no network."""
     lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py")
     rows = lines[header + 1 :]
-    assert len(rows) == 5, lines
+    assert len(rows) == 6, lines
     for row in rows:
         if "(not installed)" in row:
             assert not IN_CI, row

@@ -164,6 +164,103 @@ def test_httpx_async_client_times_each_request(udp_listener, instrumented, base,
     assert timers[tags("delete", host, "4xx")][1] == 1
 
 
+def test_httpx_send_keeps_its_own_keywords_and_defaults(udp_listener, instrumented, base, host):
+    # The hook takes Client.send's keywords by name: one left out is httpx's default.
+    instrumented("httpx")
+    with monitored_request(udp_listener), httpx.Client() as client:
+        plain = client.send(client.build_request("GET", f"{base}/status/200"))
+        assert plain.is_closed  # stream=False, httpx's default: the body was read
+        streamed = client.send(client.build_request("GET", f"{base}/redirect"), stream=True)
+        assert streamed.status_code == 302  # follow_redirects: the client's own (off)
+        assert not streamed.is_closed
+        streamed.close()
+        followed = client.send(
+            client.build_request("GET", f"{base}/redirect"), follow_redirects=True, auth=None
+        )
+        assert followed.status_code == 200
+        with pytest.raises(TypeError, match="unknown"):
+            client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
+    timers = http_timers(receive(udp_listener))
+    assert timers == {
+        tags("get", host, "2xx"): (timers[tags("get", host, "2xx")][0], 2),
+        tags("get", host, "3xx"): (timers[tags("get", host, "3xx")][0], 1),
+    }
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronous, udp_listener):
+    # An httpx whose Client.send takes other keywords gets the hook that
+    # passes on any keywords (**kwargs).
+    from pynba.instrumentation import httpx as hooks
+
+    calls = []
+    answer = httpx.Response(201)
+
+    if asynchronous:
+
+        async def send(self, request, *, stream=False, timeout=None):
+            calls.append((self, request, stream, timeout))
+            return answer
+
+        hooked = hooks._async_hook(send)
+
+        def call(*args, **kwargs):
+            return asyncio.run(hooked(*args, **kwargs))
+
+    else:
+
+        def send(self, request, *, stream=False, timeout=None):
+            calls.append((self, request, stream, timeout))
+            return answer
+
+        call = hooked = hooks._sync_hook(send)
+
+    request = httpx.Request("PUT", "https://Example.COM:8443/x")
+    with monitored_request(udp_listener):
+        assert call("client", request, timeout=3) is answer
+        assert call("client", request) is answer
+        with pytest.raises(TypeError):
+            call("client", request, follow_redirects=True)
+    assert calls == [("client", request, False, 3), ("client", request, False, None)]
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {
+        tags("put", "example.com:8443", "2xx"),
+        tags("put", "example.com:8443", "error"),
+    }
+    assert timers[tags("put", "example.com:8443", "2xx")][1] == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "host_tag"),
+    [
+        ("http://127.0.0.1:8080/users/42?q=1", "127.0.0.1:8080"),
+        ("https://Example.COM:443/", "example.com"),
+        ("http://example.com:443/", "example.com:443"),
+        ("http://[0:0::1]:8080/", "[::1]:8080"),
+        ("https://xn--bcher-kva.example/", "bücher.example"),
+        ("https://bücher.example:8443/", "bücher.example:8443"),
+        ("http://user:secret@h.example/", "h.example"),
+    ],
+)
+@pytest.mark.parametrize("read_parts", [True, False], ids=["url-parts", "url-properties"])
+def test_an_httpx_request_is_tagged_with_its_urls_host(
+    url, host_tag, read_parts, udp_listener, instrumented, monkeypatch
+):
+    from pynba.instrumentation import httpx as hooks
+
+    instrumented("httpx")
+    # This httpx keeps its URL's parts as the hook reads them...
+    assert hooks._read_parts
+    # ... and one that does not is read through URL.host and URL.port.
+    monkeypatch.setattr(hooks, "_read_parts", read_parts)
+    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+    with monitored_request(udp_listener), httpx.Client(transport=transport) as client:
+        assert client.get(url).status_code == 204
+    packet = receive(udp_listener)
+    assert http_timers(packet).keys() == {tags("get", host_tag, "2xx")}
+    assert b"secret" not in packet.datagram
+
+
 def test_requests_times_each_call(udp_listener, instrumented, base, host):
     instrumented("requests")
     with monitored_request(udp_listener):

