@@ -2,12 +2,15 @@
 
 A long-running PHP process (php-cli with the pinba extension) and this
 process take turns, round by round: each round runs every row on both sides,
-and each side keeps its best round. Each side subtracts its own empty loop
+each side's work followed by its empty loop. Each side subtracts its own empty loop
 (PHP: the loop computing the same tag values; pynba: the same loop in a bare
 WSGI app served the same way), so each figure is what the client itself
 costs per request. Both report to one loopback UDP socket that another
 process keeps drained. The bytes column is the size of one datagram of the
-row, captured on a second socket.
+row, captured on a second socket. Each figure is given two ways: the best
+round of the work less the best round of the empty loop, and the median of
+the per-round differences (steadier when the cost is small next to the
+empty loop, as for the request tags).
 
 Rows: a bare request (the middleware vs ``pinba_flush()``); 3 request tags
 (their cost on top of a bare request); 3 tags + 10 timers started and
@@ -26,6 +29,7 @@ import contextvars
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -245,17 +249,28 @@ class Row:
         self.pynba_work = pynba_work
         self.pynba_empty = pynba_empty
         self.capture = capture
-        self.best = {"php": float("inf"), "php_empty": float("inf")}
-        self.best.update(pynba=float("inf"), pynba_empty=float("inf"))
+        self.runs: dict[str, list[float]] = {
+            side: [] for side in ("php", "php_empty", "pynba", "pynba_empty")
+        }
 
     def keep(self, side: str, value: float) -> None:
-        self.best[side] = min(self.best[side], value)
+        self.runs[side].append(value)
 
-    def php_cost(self) -> float:
-        return self.best["php"] - self.best["php_empty"]
+    def best_cost(self, side: str) -> float:
+        """The side's best round of the work less its best round of the empty loop."""
+        return min(self.runs[side]) - min(self.runs[f"{side}_empty"])
 
-    def pynba_cost(self) -> float:
-        return self.best["pynba"] - self.best["pynba_empty"]
+    def paired_cost(self, side: str) -> float:
+        """The median over rounds of the work less the empty loop run just after it.
+
+        Steadier than ``best_cost`` for a small cost on top of a large
+        one (3 request tags on a bare request): both runs of a pair share
+        what the machine was doing then.
+        """
+        return statistics.median(
+            work - empty
+            for work, empty in zip(self.runs[side], self.runs[f"{side}_empty"], strict=True)
+        )
 
 
 def per_call(func: Callable[[], object], number: int) -> float:
@@ -384,15 +399,22 @@ def main() -> int:
     ).stdout
     build = ", ".join(compiled_modules()) or "pure Python"
     print(f"PHP {version}; pynba ({build})")
-    print(f"best of {options.rounds} interleaved rounds of {number}; µs per request")
+    print(f"{options.rounds} interleaved rounds of {number}; µs per request")
+    print("best: best round of the work less best round of the empty loop;")
+    print("paired: median over rounds of the work less the empty loop run just after it")
     print()
-    header = f"{'row':<55} {'pynba':>7} {'PHP':>7} {'ratio':>6}  {'bytes pynba/PHP':>15}"
+    header = (
+        f"{'row':<55} {'best: pynba':>11} {'PHP':>6} {'ratio':>5}"
+        f" {'paired: pynba':>13} {'PHP':>6} {'ratio':>5}  {'bytes pynba/PHP':>15}"
+    )
     print(header)
     print("-" * len(header))
     for row, (pynba_size, php_size) in zip(rows, sizes, strict=True):
-        ratio = row.pynba_cost() / row.php_cost()
+        best = row.best_cost("pynba"), row.best_cost("php")
+        paired = row.paired_cost("pynba"), row.paired_cost("php")
         print(
-            f"{row.label:<55} {row.pynba_cost():>7.2f} {row.php_cost():>7.2f} {ratio:>6.2f}"
+            f"{row.label:<55} {best[0]:>11.2f} {best[1]:>6.2f} {best[0] / best[1]:>5.2f}"
+            f" {paired[0]:>13.2f} {paired[1]:>6.2f} {paired[0] / paired[1]:>5.2f}"
             f"  {pynba_size:>7}/{php_size}"
         )
     return 0
