@@ -18,6 +18,11 @@ monitored requests), bare, in a hand-written ``pynba.timer``, automatic:
   span): bare and hand-written through a ``TracerProvider`` without the
   processor, automatic through one with a ``PinbaSpanProcessor``.
 
+Each case also makes its bare call through a second object built as the
+first (A/A): the two do the same work, and the gap between their figures is
+how far apart identical calls lie, as their objects sit in different places
+in memory. A gap under it says nothing.
+
 Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME]
 """
 
@@ -38,8 +43,8 @@ URL = "http://127.0.0.1:8080/users/42?page=1"
 HOST = "127.0.0.1:8080"
 
 
-def requests_sessions() -> tuple[Any, Any, Any] | None:
-    """A bare session (its own unhooked ``send``), a timed one, and a prepared GET; no network."""
+def requests_sessions() -> tuple[Any, Any, Any, Any] | None:
+    """Two bare sessions (their own unhooked ``send``), a timed one, a prepared GET; no network."""
     if missing("requests"):
         return None
     import requests
@@ -72,9 +77,9 @@ def requests_sessions() -> tuple[Any, Any, Any] | None:
         made.mount("http://", CannedAdapter())
         return made
 
-    bare, timed = session(BareSession), session(requests.Session)
+    bare, twin, timed = session(BareSession), session(BareSession), session(requests.Session)
     hooks.instrument()
-    return bare, timed, bare.prepare_request(requests.Request("GET", URL))
+    return bare, twin, timed, bare.prepare_request(requests.Request("GET", URL))
 
 
 def requests_send() -> Case | None:
@@ -83,7 +88,7 @@ def requests_send() -> Case | None:
         return None
     from pynba.instrumentation import requests as hooks
 
-    bare, timed, prepared = sessions
+    bare, twin, timed, prepared = sessions
 
     def hand_written() -> None:
         with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
@@ -95,10 +100,11 @@ def requests_send() -> Case | None:
         hand_written,
         lambda: timed.send(prepared),
         hooks.uninstrument,
+        bare_twin=lambda: twin.send(prepared),
     )
 
 
-def httpx_get() -> Case | None:
+def httpx_client_get() -> Case | None:
     if missing("httpx"):
         return None
     import httpx
@@ -112,7 +118,8 @@ def httpx_get() -> Case | None:
 
     answer = httpx.Response(200, content=b"ok")
     transport = httpx.MockTransport(lambda request: answer)
-    bare, timed = BareClient(transport=transport), httpx.Client(transport=transport)
+    bare, twin = BareClient(transport=transport), BareClient(transport=transport)
+    timed = httpx.Client(transport=transport)
     hooks.instrument()
 
     def hand_written() -> None:
@@ -121,8 +128,8 @@ def httpx_get() -> Case | None:
 
     def close() -> None:
         hooks.uninstrument()
-        bare.close()
-        timed.close()
+        for client in (bare, twin, timed):
+            client.close()
 
     return Case(
         "httpx: Client.get(url), MockTransport",
@@ -130,6 +137,7 @@ def httpx_get() -> Case | None:
         hand_written,
         lambda: timed.get(URL),
         close,
+        bare_twin=lambda: twin.get(URL),
     )
 
 
@@ -157,21 +165,24 @@ def urllib3_cases(manager: bool) -> Case | None:
     class BareManager(urllib3.PoolManager):
         urlopen = urllib3.PoolManager.urlopen
 
-    bare = BareManager()
-    bare.pool_classes_by_scheme = {"http": BarePool}
+    bare, twin = BareManager(), BareManager()
+    bare.pool_classes_by_scheme = twin.pool_classes_by_scheme = {"http": BarePool}
     timed = urllib3.PoolManager()
     timed.pool_classes_by_scheme = {"http": CannedPool}
     hooks.instrument()
     if manager:
         label = "urllib3: PoolManager.urlopen('GET', url), canned response"
         bare_call: Callable[[], object] = lambda: bare.urlopen("GET", URL)  # noqa: E731
+        twin_call: Callable[[], object] = lambda: twin.urlopen("GET", URL)  # noqa: E731
         timed_call: Callable[[], object] = lambda: timed.urlopen("GET", URL)  # noqa: E731
     else:
         # What requests' adapter calls.
         label = "urllib3: HTTPConnectionPool.urlopen('GET', path), canned response"
         path = URL[URL.index("/", len("http://")) :]
-        bare_pool, timed_pool = bare.connection_from_url(URL), timed.connection_from_url(URL)
+        bare_pool, twin_pool = bare.connection_from_url(URL), twin.connection_from_url(URL)
+        timed_pool = timed.connection_from_url(URL)
         bare_call = lambda: bare_pool.urlopen("GET", path)  # noqa: E731
+        twin_call = lambda: twin_pool.urlopen("GET", path)  # noqa: E731
         timed_call = lambda: timed_pool.urlopen("GET", path)  # noqa: E731
 
     def hand_written() -> None:
@@ -180,10 +191,10 @@ def urllib3_cases(manager: bool) -> Case | None:
 
     def close() -> None:
         hooks.uninstrument()
-        bare.clear()
-        timed.clear()
+        for manager in (bare, twin, timed):
+            manager.clear()
 
-    return Case(label, bare_call, hand_written, timed_call, close)
+    return Case(label, bare_call, hand_written, timed_call, close, bare_twin=twin_call)
 
 
 def urllib3_urlopen() -> Case | None:
@@ -212,6 +223,7 @@ def otel_span(
 
         kind = SpanKind[kind_name]
         bare_tracer = TracerProvider().get_tracer("bench")
+        twin_tracer = TracerProvider().get_tracer("bench")
         provider = TracerProvider()
         provider.add_span_processor(PinbaSpanProcessor())
         timed_tracer = provider.get_tracer("bench")
@@ -226,7 +238,10 @@ def otel_span(
         def automatic() -> None:
             timed_tracer.start_span(name, kind=kind, attributes=attributes).end()
 
-        return Case(label, bare, hand_written, automatic, provider.shutdown)
+        def bare_twin() -> None:
+            twin_tracer.start_span(name, kind=kind, attributes=attributes).end()
+
+        return Case(label, bare, hand_written, automatic, provider.shutdown, bare_twin=bare_twin)
 
     make.__name__ = case
     return make
@@ -264,7 +279,7 @@ otel_db = otel_span(
 
 CASES: list[Callable[[], Case | None]] = [
     requests_send,
-    httpx_get,
+    httpx_client_get,
     urllib3_urlopen,
     urllib3_pool_urlopen,
     otel_http,
@@ -285,7 +300,10 @@ def main() -> None:
     sink.bind(("127.0.0.1", 0))
     reporter = Reporter(sink.getsockname())
     print(f"encoder: {IMPLEMENTATION}; µs per call, best of short runs for {seconds:g} s a case")
-    print(f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8}  ok")
+    print(
+        f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8}"
+        f" {'A/A':>6}  ok"
+    )
     for make in CASES:
         if options.only and not make.__name__.startswith(options.only):
             continue
@@ -296,11 +314,16 @@ def main() -> None:
         best, _runs = run_case(case, reporter, seconds)  # warms, measures, closes
         bare, hand, auto = best["bare"], best["hand"], best["auto"]
         outside = best["auto outside"] - best["bare outside"]
+        twin = best["bare twin"] - bare
         ok = "yes" if auto - hand <= BAR else "NO"
         print(
             f"{case.name:<58} {bare:7.2f} {hand:7.2f} {auto:7.2f} {auto - hand:9.2f} "
-            f"{outside:8.2f}  {ok}"
+            f"{outside:8.2f} {twin:6.2f}  {ok}"
         )
+    print(
+        "A/A: the bare call through a second object built as the first, less the bare call:"
+        " how far apart the figures of identical calls lie"
+    )
     reporter.close()
     sink.close()
 

@@ -70,7 +70,11 @@ class Case:
 
     ``instrument`` and ``uninstrument``, when given, turn the integration on
     for the automatic calls only: an integration that patches its library's
-    classes would otherwise time the bare calls too.
+    classes would otherwise time the bare calls too. ``bare_twin``, when
+    given, is the bare call made through a second object built as the
+    first: the gap between the two, which do the same work, is how far
+    apart the figures of identical calls lie (their objects' places in
+    memory differ).
     """
 
     name: str
@@ -80,6 +84,7 @@ class Case:
     close: Callable[[], object] | None = None
     instrument: Callable[[], object] | None = None
     uninstrument: Callable[[], object] | None = None
+    bare_twin: Callable[[], object] | None = None
 
 
 #: What a case function returns: the case, or why it is skipped.
@@ -617,6 +622,10 @@ def measure(case: Case, reporter: Reporter, seconds: float) -> tuple[dict[str, f
         runs["bare"].append(in_requests(case.bare, reporter, number, run))
         runs["hand"].append(in_requests(case.hand_written, reporter, number, run))
         runs["bare outside"].append(outside(case.bare, number, run))
+        if case.bare_twin is not None:
+            runs.setdefault("bare twin", []).append(
+                in_requests(case.bare_twin, reporter, number, run)
+            )
     return {way: min(values) for way, values in runs.items()}, len(runs["bare"])
 
 
