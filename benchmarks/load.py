@@ -422,6 +422,12 @@ def measure(
     kept = list(counter.kept)
     counter.close()
     floor_counter.close()
+    # Each round's monitored/floor, from its own phases: how much the rounds agree.
+    round_ratios = [
+        _rate(phases["monitored"][2 * r : 2 * r + 2]) / _rate(phases["floor"][2 * r : 2 * r + 2])
+        for r in range(rounds)
+        if _rate(phases["floor"][2 * r : 2 * r + 2])
+    ]
     figures = {}
     for name, runs in phases.items():
         ok = sum(p["ok"] for p in runs)
@@ -451,6 +457,7 @@ def measure(
             if figures["floor"]["rate"]
             else 0.0
         ),
+        "rounds_to_floor": round_ratios,
         "monitored_requests": monitored_requests,
         "packets_received": received,
         "kernel_drops": drops,
@@ -458,6 +465,12 @@ def measure(
         "sample_packets": kept,
         "server_output": output,
     }
+
+
+def _rate(runs: list[dict]) -> float:
+    """Requests per second over ``runs`` (phases of the load generator)."""
+    elapsed = sum(p["seconds"] for p in runs)
+    return sum(p["ok"] for p in runs) / elapsed if elapsed else 0.0
 
 
 def describe(figures: dict) -> str:
@@ -470,7 +483,8 @@ def describe(figures: dict) -> str:
         f"({monitored['requests']} in {monitored['seconds']:.1f} s), "
         f"monitored/bare {figures['ratio']:.3f}; "
         f"floor (bare + 2 getrusage + one send) {figures['floor']['rate']:.0f} req/s, "
-        f"monitored/floor {figures['ratio_to_floor']:.3f} (goal >= 0.97); "
+        f"monitored/floor {figures['ratio_to_floor']:.3f} (goal >= 0.97; each round: "
+        f"{' '.join(f'{ratio:.3f}' for ratio in figures['rounds_to_floor'])}); "
         f"packets {figures['packets_received']}/{figures['monitored_requests']}, "
         f"kernel drops {figures['kernel_drops']}, errors "
         f"{bare['errors'] + monitored['errors']}"

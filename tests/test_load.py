@@ -42,6 +42,7 @@ def check_run(figures, capsys):
     assert figures["monitored"]["errors"] == 0, figures["server_output"]
     assert figures["bare"]["requests"] > 0
     assert figures["monitored"]["requests"] > 0
+    assert figures["rounds_to_floor"] and all(r > 0 for r in figures["rounds_to_floor"])
     # Every request's packet arrived; the kernel's drops would say why one did not.
     assert figures["packets_received"] == figures["monitored_requests"], (
         f"kernel drops: {figures['kernel_drops']}"
