@@ -6,6 +6,7 @@ import http.server
 import socket
 import threading
 import time
+import types
 
 import pytest
 
@@ -240,25 +241,56 @@ def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronou
         ("https://xn--bcher-kva.example/", "bücher.example"),
         ("https://bücher.example:8443/", "bücher.example:8443"),
         ("http://user:secret@h.example/", "h.example"),
+        # The name httpx connects to (IDNA 2008: xn--fa-hia.de), not fass.de.
+        ("https://faß.de/", "faß.de"),
+        ("https://xn--fa-hia.de/", "faß.de"),
     ],
 )
 @pytest.mark.parametrize("read_parts", [True, False], ids=["url-parts", "url-properties"])
 def test_an_httpx_request_is_tagged_with_its_urls_host(
     url, host_tag, read_parts, udp_listener, instrumented, monkeypatch
 ):
+    # A call that fails gets the same host tag as one that is answered.
     from pynba.instrumentation import httpx as hooks
 
     instrumented("httpx")
     # This httpx keeps its URL's parts as the hook reads them...
     assert hooks._read_parts
-    # ... and one that does not is read through URL.host and URL.port.
+    # ... and one that does not is read through URL.raw_host and URL.port.
     monkeypatch.setattr(hooks, "_read_parts", read_parts)
-    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+
+    def answer(request):
+        if request.method == "POST":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(204)
+
+    transport = httpx.MockTransport(answer)
     with monitored_request(udp_listener), httpx.Client(transport=transport) as client:
         assert client.get(url).status_code == 204
+        with pytest.raises(httpx.ConnectError):
+            client.post(url)
     packet = receive(udp_listener)
-    assert http_timers(packet).keys() == {tags("get", host_tag, "2xx")}
+    assert http_timers(packet).keys() == {
+        tags("get", host_tag, "2xx"),
+        tags("post", host_tag, "error"),
+    }
     assert b"secret" not in packet.datagram
+
+
+def test_an_httpx_whose_url_parts_are_not_as_its_url_gives_them_is_read_through_the_url():
+    # httpx 0.23 kept them as rfc3986 did: the port a str.
+    from pynba.instrumentation import httpx as hooks
+
+    class Parts:
+        host, port = "example.com", "8080"
+
+    class URL:
+        def __init__(self, text):
+            self._uri_reference = Parts()
+            self.raw_host, self.port = b"example.com", 8080
+
+    assert hooks._parts_read_as_properties(httpx)
+    assert not hooks._parts_read_as_properties(types.SimpleNamespace(URL=URL))
 
 
 def test_requests_times_each_call(udp_listener, instrumented, base, host):
