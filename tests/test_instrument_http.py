@@ -166,26 +166,65 @@ def test_httpx_async_client_times_each_request(udp_listener, instrumented, base,
 
 
 def test_httpx_send_keeps_its_own_keywords_and_defaults(udp_listener, instrumented, base, host):
-    # The hook takes Client.send's keywords by name: one left out is httpx's default.
+    # The hook takes Client.send's keywords by name: one left out is httpx's
+    # default, which for auth and follow_redirects is the client's own.
     instrumented("httpx")
-    with monitored_request(udp_listener), httpx.Client() as client:
-        plain = client.send(client.build_request("GET", f"{base}/status/200"))
-        assert plain.is_closed  # stream=False, httpx's default: the body was read
-        streamed = client.send(client.build_request("GET", f"{base}/redirect"), stream=True)
-        assert streamed.status_code == 302  # follow_redirects: the client's own (off)
-        assert not streamed.is_closed
-        streamed.close()
-        followed = client.send(
-            client.build_request("GET", f"{base}/redirect"), follow_redirects=True, auth=None
+    client = httpx.Client(auth=("user", "pw"), follow_redirects=True)
+    with monitored_request(udp_listener), client:
+        plain = client.send(client.build_request("GET", f"{base}/redirect"))
+        streamed = client.send(
+            client.build_request("GET", f"{base}/redirect"),
+            stream=True,
+            auth=None,
+            follow_redirects=False,
         )
-        assert followed.status_code == 200
-        with pytest.raises(TypeError, match="unknown"):
+        check_send_keywords(plain, streamed)
+        streamed.close()
+        with pytest.raises(TypeError, match="unknown"):  # refused before a request: untimed
             client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
-    timers = http_timers(receive(udp_listener))
-    assert timers == {
-        tags("get", host, "2xx"): (timers[tags("get", host, "2xx")][0], 2),
-        tags("get", host, "3xx"): (timers[tags("get", host, "3xx")][0], 1),
-    }
+    check_one_redirect_and_one_followed(receive(udp_listener), host)
+
+
+def test_httpx_async_send_keeps_its_own_keywords_and_defaults(
+    udp_listener, instrumented, base, host
+):
+    instrumented("httpx")
+
+    async def sends():
+        client = httpx.AsyncClient(auth=("user", "pw"), follow_redirects=True)
+        async with client:
+            plain = await client.send(client.build_request("GET", f"{base}/redirect"))
+            streamed = await client.send(
+                client.build_request("GET", f"{base}/redirect"),
+                stream=True,
+                auth=None,
+                follow_redirects=False,
+            )
+            check_send_keywords(plain, streamed)
+            await streamed.aclose()
+            with pytest.raises(TypeError, match="unknown"):  # untimed, as above
+                await client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
+
+    with monitored_request(udp_listener):
+        asyncio.run(sends())
+    check_one_redirect_and_one_followed(receive(udp_listener), host)
+
+
+def check_send_keywords(plain, streamed):
+    """What a client with auth and follow_redirects gave to ``send(request)`` (``plain``)
+    and to ``send(request, stream=True, auth=None, follow_redirects=False)``."""
+    assert plain.status_code == 200  # the redirect followed, as the client says
+    assert plain.history[0].request.headers["Authorization"].startswith("Basic ")
+    assert plain.is_closed  # stream=False, httpx's default: the body was read
+    assert streamed.status_code == 302
+    assert "Authorization" not in streamed.request.headers
+    assert not streamed.is_closed
+
+
+def check_one_redirect_and_one_followed(packet, host):
+    timers = http_timers(packet)
+    assert timers.keys() == {tags("get", host, "2xx"), tags("get", host, "3xx")}
+    assert timers[tags("get", host, "2xx")][1] == timers[tags("get", host, "3xx")][1] == 1
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
