@@ -270,6 +270,43 @@ def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronou
     assert timers[tags("put", "example.com:8443", "2xx")][1] == 2
 
 
+def send_of_more_keywords(
+    self, request, *, stream=False, auth=None, follow_redirects=False, **more
+):
+    return more
+
+
+def send_of_three_arguments(
+    self, request, extra=None, *, stream=False, auth=None, follow_redirects=False
+):
+    return extra
+
+
+def send_of_a_required_keyword(
+    self, request, *, stream=False, auth=None, follow_redirects=False, timeout
+):
+    return timeout
+
+
+@pytest.mark.parametrize(
+    ("send", "args", "keywords", "expected"),
+    [
+        (send_of_more_keywords, (), {"timeout": 3}, {"timeout": 3}),
+        (send_of_three_arguments, (), {"extra": 7}, 7),
+        (send_of_a_required_keyword, (), {"timeout": 3}, 3),
+    ],
+)
+def test_an_httpx_send_of_httpx_keywords_and_more_gets_all_it_is_given(
+    send, args, keywords, expected
+):
+    # Only a send of httpx's parameters and no others gets the hook of named
+    # keywords; any other gets the one that passes on any keywords.
+    from pynba.instrumentation import httpx as hooks
+
+    request = httpx.Request("GET", "http://h.example/")
+    assert hooks._sync_hook(send)("client", request, *args, **keywords) == expected
+
+
 @pytest.mark.parametrize(
     ("url", "host_tag"),
     [
