@@ -6,6 +6,7 @@ import http.server
 import socket
 import threading
 import time
+import types
 
 import pytest
 
@@ -165,26 +166,65 @@ def test_httpx_async_client_times_each_request(udp_listener, instrumented, base,
 
 
 def test_httpx_send_keeps_its_own_keywords_and_defaults(udp_listener, instrumented, base, host):
-    # The hook takes Client.send's keywords by name: one left out is httpx's default.
+    # The hook takes Client.send's keywords by name: one left out is httpx's
+    # default, which for auth and follow_redirects is the client's own.
     instrumented("httpx")
-    with monitored_request(udp_listener), httpx.Client() as client:
-        plain = client.send(client.build_request("GET", f"{base}/status/200"))
-        assert plain.is_closed  # stream=False, httpx's default: the body was read
-        streamed = client.send(client.build_request("GET", f"{base}/redirect"), stream=True)
-        assert streamed.status_code == 302  # follow_redirects: the client's own (off)
-        assert not streamed.is_closed
-        streamed.close()
-        followed = client.send(
-            client.build_request("GET", f"{base}/redirect"), follow_redirects=True, auth=None
+    client = httpx.Client(auth=("user", "pw"), follow_redirects=True)
+    with monitored_request(udp_listener), client:
+        plain = client.send(client.build_request("GET", f"{base}/redirect"))
+        streamed = client.send(
+            client.build_request("GET", f"{base}/redirect"),
+            stream=True,
+            auth=None,
+            follow_redirects=False,
         )
-        assert followed.status_code == 200
-        with pytest.raises(TypeError, match="unknown"):
+        check_send_keywords(plain, streamed)
+        streamed.close()
+        with pytest.raises(TypeError, match="unknown"):  # refused before a request: untimed
             client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
-    timers = http_timers(receive(udp_listener))
-    assert timers == {
-        tags("get", host, "2xx"): (timers[tags("get", host, "2xx")][0], 2),
-        tags("get", host, "3xx"): (timers[tags("get", host, "3xx")][0], 1),
-    }
+    check_one_redirect_and_one_followed(receive(udp_listener), host)
+
+
+def test_httpx_async_send_keeps_its_own_keywords_and_defaults(
+    udp_listener, instrumented, base, host
+):
+    instrumented("httpx")
+
+    async def sends():
+        client = httpx.AsyncClient(auth=("user", "pw"), follow_redirects=True)
+        async with client:
+            plain = await client.send(client.build_request("GET", f"{base}/redirect"))
+            streamed = await client.send(
+                client.build_request("GET", f"{base}/redirect"),
+                stream=True,
+                auth=None,
+                follow_redirects=False,
+            )
+            check_send_keywords(plain, streamed)
+            await streamed.aclose()
+            with pytest.raises(TypeError, match="unknown"):  # untimed, as above
+                await client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
+
+    with monitored_request(udp_listener):
+        asyncio.run(sends())
+    check_one_redirect_and_one_followed(receive(udp_listener), host)
+
+
+def check_send_keywords(plain, streamed):
+    """What a client with auth and follow_redirects gave to ``send(request)`` (``plain``)
+    and to ``send(request, stream=True, auth=None, follow_redirects=False)``."""
+    assert plain.status_code == 200  # the redirect followed, as the client says
+    assert plain.history[0].request.headers["Authorization"].startswith("Basic ")
+    assert plain.is_closed  # stream=False, httpx's default: the body was read
+    assert streamed.status_code == 302
+    assert "Authorization" not in streamed.request.headers
+    assert not streamed.is_closed
+
+
+def check_one_redirect_and_one_followed(packet, host):
+    timers = http_timers(packet)
+    assert timers.keys() == {tags("get", host, "2xx"), tags("get", host, "3xx")}
+    assert timers[tags("get", host, "2xx")][1] == timers[tags("get", host, "3xx")][1] == 1
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
@@ -230,6 +270,43 @@ def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronou
     assert timers[tags("put", "example.com:8443", "2xx")][1] == 2
 
 
+def send_of_more_keywords(
+    self, request, *, stream=False, auth=None, follow_redirects=False, **more
+):
+    return more
+
+
+def send_of_three_arguments(
+    self, request, extra=None, *, stream=False, auth=None, follow_redirects=False
+):
+    return extra
+
+
+def send_of_a_required_keyword(
+    self, request, *, stream=False, auth=None, follow_redirects=False, timeout
+):
+    return timeout
+
+
+@pytest.mark.parametrize(
+    ("send", "args", "keywords", "expected"),
+    [
+        (send_of_more_keywords, (), {"timeout": 3}, {"timeout": 3}),
+        (send_of_three_arguments, (), {"extra": 7}, 7),
+        (send_of_a_required_keyword, (), {"timeout": 3}, 3),
+    ],
+)
+def test_an_httpx_send_of_httpx_keywords_and_more_gets_all_it_is_given(
+    send, args, keywords, expected
+):
+    # Only a send of httpx's parameters and no others gets the hook of named
+    # keywords; any other gets the one that passes on any keywords.
+    from pynba.instrumentation import httpx as hooks
+
+    request = httpx.Request("GET", "http://h.example/")
+    assert hooks._sync_hook(send)("client", request, *args, **keywords) == expected
+
+
 @pytest.mark.parametrize(
     ("url", "host_tag"),
     [
@@ -240,25 +317,56 @@ def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronou
         ("https://xn--bcher-kva.example/", "bücher.example"),
         ("https://bücher.example:8443/", "bücher.example:8443"),
         ("http://user:secret@h.example/", "h.example"),
+        # The name httpx connects to (IDNA 2008: xn--fa-hia.de), not fass.de.
+        ("https://faß.de/", "faß.de"),
+        ("https://xn--fa-hia.de/", "faß.de"),
     ],
 )
 @pytest.mark.parametrize("read_parts", [True, False], ids=["url-parts", "url-properties"])
 def test_an_httpx_request_is_tagged_with_its_urls_host(
     url, host_tag, read_parts, udp_listener, instrumented, monkeypatch
 ):
+    # A call that fails gets the same host tag as one that is answered.
     from pynba.instrumentation import httpx as hooks
 
     instrumented("httpx")
     # This httpx keeps its URL's parts as the hook reads them...
     assert hooks._read_parts
-    # ... and one that does not is read through URL.host and URL.port.
+    # ... and one that does not is read through URL.raw_host and URL.port.
     monkeypatch.setattr(hooks, "_read_parts", read_parts)
-    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+
+    def answer(request):
+        if request.method == "POST":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(204)
+
+    transport = httpx.MockTransport(answer)
     with monitored_request(udp_listener), httpx.Client(transport=transport) as client:
         assert client.get(url).status_code == 204
+        with pytest.raises(httpx.ConnectError):
+            client.post(url)
     packet = receive(udp_listener)
-    assert http_timers(packet).keys() == {tags("get", host_tag, "2xx")}
+    assert http_timers(packet).keys() == {
+        tags("get", host_tag, "2xx"),
+        tags("post", host_tag, "error"),
+    }
     assert b"secret" not in packet.datagram
+
+
+def test_an_httpx_whose_url_parts_are_not_as_its_url_gives_them_is_read_through_the_url():
+    # httpx 0.23 kept them as rfc3986 did: the port a str.
+    from pynba.instrumentation import httpx as hooks
+
+    class Parts:
+        host, port = "example.com", "8080"
+
+    class URL:
+        def __init__(self, text):
+            self._uri_reference = Parts()
+            self.raw_host, self.port = b"example.com", 8080
+
+    assert hooks._parts_read_as_properties(httpx)
+    assert not hooks._parts_read_as_properties(types.SimpleNamespace(URL=URL))
 
 
 def test_requests_times_each_call(udp_listener, instrumented, base, host):
