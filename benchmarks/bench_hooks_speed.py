@@ -116,8 +116,9 @@ def httpx_client_get() -> Case | None:
     class BareClient(httpx.Client):
         send = httpx.Client.send  # its own: instrument() hooks Client's
 
-    answer = httpx.Response(200, content=b"ok")
-    transport = httpx.MockTransport(lambda request: answer)
+    # A response of its own for each call: httpx wraps a response's stream
+    # again on each send, and one shared would grow with every call.
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
     bare, twin = BareClient(transport=transport), BareClient(transport=transport)
     timed = httpx.Client(transport=transport)
     hooks.instrument()

@@ -404,8 +404,10 @@ def httpx_in_process() -> Made:
 
     from pynba.instrumentation import httpx as httpx_integration
 
-    answer = httpx.Response(200, content=b"ok")
-    client = httpx.Client(transport=httpx.MockTransport(lambda request: answer))
+    # A response of its own for each call (see bench_hooks_speed's httpx case).
+    client = httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
+    )
     return patched_case(
         "httpx: GET answered in this process (MockTransport, no network)",
         lambda: client.get("http://127.0.0.1:8080/users/42"),
