@@ -242,10 +242,10 @@ def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronou
             calls.append((self, request, stream, timeout))
             return answer
 
-        hooked = hooks._async_hook(send)
+        hooked_async = hooks._async_hook(send)
 
         def call(*args, **kwargs):
-            return asyncio.run(hooked(*args, **kwargs))
+            return asyncio.run(hooked_async(*args, **kwargs))
 
     else:
 
@@ -253,7 +253,7 @@ def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronou
             calls.append((self, request, stream, timeout))
             return answer
 
-        call = hooked = hooks._sync_hook(send)
+        call = hooks._sync_hook(send)
 
     request = httpx.Request("PUT", "https://Example.COM:8443/x")
     with monitored_request(udp_listener):
@@ -643,6 +643,9 @@ def test_the_host_tag_is_the_remote_host_normalised_without_its_default_port():
     assert origin_host("http://[0:0::1]:8000/") == "[::1]:8000"
     assert origin_host("http://xn--bcher-kva.example/") == "bücher.example"
     assert origin_host("http://Bücher.example/") == "bücher.example"
+    # The name the client connects to (IDNA 2008: xn--fa-hia.de), not fass.de.
+    assert origin_host("http://faß.de/") == "faß.de"
+    assert host_tag("FAß.de", 8080) == "faß.de:8080"
     assert origin_host("http://example.com:99999/") == "<invalid-host>"
     assert origin_host("http://exa mple.com/") == "<invalid-host>"
     assert origin_host("/relative") == "<invalid-host>"

@@ -28,6 +28,7 @@ __all__ = [
     "OTHER_NAME",
     "UNMATCHED_NAME",
     "ClientNames",
+    "a_labels",
     "normalize_host",
 ]
 
@@ -152,14 +153,14 @@ def parse_names(value: Any, name: str) -> tuple[str, ...]:
     for item in items:
         if not isinstance(item, str):
             raise TypeError(f"{name} must be a list of str, not of {type(item).__name__}")
-        normal = normalize_host(_a_labels(item))
+        normal = normalize_host(a_labels(item))
         if normal == INVALID_HOST:
             raise ValueError(f"{name}: {item!r} is not a host name")
         names.append(normal)
     return tuple(names)
 
 
-def _a_labels(host: str) -> str:
+def a_labels(host: str) -> str:
     """``host`` with its Unicode labels as ``xn--`` labels, as a client sends them.
 
     So that a configured name may be written either way, and a normalised

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import internal_error
-from ..names import DEFAULT_NAME_LIMIT, INVALID_HOST, OTHER_NAME, normalize_host
+from ..names import DEFAULT_NAME_LIMIT, INVALID_HOST, OTHER_NAME, a_labels, normalize_host
 from ._hooks import bounded
 
 __all__ = [
@@ -113,10 +113,9 @@ def host_tag(host: Any, port: Any) -> str:
     if not isinstance(host, str) or not host:
         return INVALID_HOST
     if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            return INVALID_HOST
+        # Each label as its own punycode, as the clients send it (IDNA 2008):
+        # Python's "idna" codec (IDNA 2003) would make faß.de fass.de.
+        host = a_labels(host)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address, as normalize_host reads one
     name = normalize_host(host)

@@ -92,7 +92,7 @@ def _sync_hook(send: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _async_hook(send: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-    defaults = _known_defaults(send)
+    defaults = _known_defaults(send)  # httpx's own, as they are
     if defaults is None:
         return _async_hook_any(send)
 
