@@ -9,8 +9,12 @@ the kernel's count of datagrams it dropped (``/proc/net/udp``) is reported
 separately. A third path, the floor, is the bare app plus the system calls
 every Pinba client makes per request (2 getrusage and one send of a
 same-sized datagram). Prints req/s monitored, bare and floor, monitored/bare,
-monitored/floor (the goal is >= 0.97) and the packet counts, for the sync
-and gthread workers.
+monitored/floor (the goal is >= 0.97) with each round's, the server's CPU
+per request on each path (its master and workers, from /proc) with
+floor/monitored, and the packet counts, for the sync and gthread workers.
+On a machine whose cores the server shares with the load generator, the
+CPU per request is the steadier figure: the rates depend on whom the
+scheduler runs.
 
 Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync gthread]
 """
@@ -254,6 +258,35 @@ def udp_drops(port: int) -> int | None:
     return None
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its children; None off Linux.
+
+    The server's CPU per request is steadier than its rate on a machine
+    whose cores it shares with the load generator: the rate depends on
+    who the scheduler runs, the CPU a request takes much less.
+    """
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    found = False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone, or not readable
+        # After the command: state, ppid, ... utime and stime are the 12th and 13th.
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / ticks if found else None
+
+
 # -- the load generator (run in a process of its own) -------------------------
 
 
@@ -413,7 +446,12 @@ def measure(
             for name in ("bare", "floor", "monitored", "monitored", "floor", "bare") * rounds:
                 path = paths[name]
                 phase = seconds / (2 * rounds)
-                phases[name].append(run_driver(server.port, path, phase, connections, keep_alive))
+                cpu_before = tree_cpu_seconds(server.process.pid)
+                counts = run_driver(server.port, path, phase, connections, keep_alive)
+                cpu_after = tree_cpu_seconds(server.process.pid)
+                if cpu_before is not None and cpu_after is not None:
+                    counts["server_cpu"] = cpu_after - cpu_before
+                phases[name].append(counts)
         finally:
             output = server.stop()
     monitored_requests = sum(p["ok"] + p["errors"] for p in phases["monitored"])
@@ -432,11 +470,14 @@ def measure(
     for name, runs in phases.items():
         ok = sum(p["ok"] for p in runs)
         elapsed = sum(p["seconds"] for p in runs)
+        cpu = [p["server_cpu"] for p in runs if "server_cpu" in p]
         figures[name] = {
             "requests": ok,
             "errors": sum(p["errors"] for p in runs),
             "seconds": round(elapsed, 3),
             "rate": ok / elapsed if elapsed else 0.0,
+            # µs of the server's CPU (master and workers) per request answered
+            "cpu_per_request": (sum(cpu) / ok * 1e6 if ok and len(cpu) == len(runs) else None),
         }
     return {
         "floor": figures["floor"],
@@ -458,6 +499,11 @@ def measure(
             else 0.0
         ),
         "rounds_to_floor": round_ratios,
+        "cpu_floor_to_monitored": (
+            figures["floor"]["cpu_per_request"] / figures["monitored"]["cpu_per_request"]
+            if figures["floor"]["cpu_per_request"] and figures["monitored"]["cpu_per_request"]
+            else None
+        ),
         "monitored_requests": monitored_requests,
         "packets_received": received,
         "kernel_drops": drops,
@@ -485,9 +531,22 @@ def describe(figures: dict) -> str:
         f"floor (bare + 2 getrusage + one send) {figures['floor']['rate']:.0f} req/s, "
         f"monitored/floor {figures['ratio_to_floor']:.3f} (goal >= 0.97; each round: "
         f"{' '.join(f'{ratio:.3f}' for ratio in figures['rounds_to_floor'])}); "
+        f"{_describe_cpu(figures)}"
         f"packets {figures['packets_received']}/{figures['monitored_requests']}, "
         f"kernel drops {figures['kernel_drops']}, errors "
         f"{bare['errors'] + monitored['errors']}"
+    )
+
+
+def _describe_cpu(figures: dict) -> str:
+    if figures["cpu_floor_to_monitored"] is None:
+        return ""
+    per_request = ", ".join(
+        f"{name} {figures[name]['cpu_per_request']:.0f}" for name in ("bare", "floor", "monitored")
+    )
+    return (
+        f"server CPU per request (µs) {per_request}, "
+        f"floor/monitored {figures['cpu_floor_to_monitored']:.3f}; "
     )
 
 

@@ -43,6 +43,9 @@ def check_run(figures, capsys):
     assert figures["bare"]["requests"] > 0
     assert figures["monitored"]["requests"] > 0
     assert figures["rounds_to_floor"] and all(r > 0 for r in figures["rounds_to_floor"])
+    if sys.platform == "linux":  # the server's CPU is read from /proc
+        assert all(figures[path]["cpu_per_request"] > 0 for path in ("bare", "floor", "monitored"))
+        assert figures["cpu_floor_to_monitored"] > 0
     # Every request's packet arrived; the kernel's drops would say why one did not.
     assert figures["packets_received"] == figures["monitored_requests"], (
         f"kernel drops: {figures['kernel_drops']}"
