@@ -657,6 +657,14 @@ def test_the_host_tag_is_the_remote_host_normalised_without_its_default_port():
     assert host_tag(["not", "a", "host"], None) == "<invalid-host>"
 
 
+def test_a_huge_host_is_invalid_and_tagged_at_once():
+    # Python's punycode encoder is quadratic: a 100 KB label of distinct
+    # characters took minutes to encode.
+    huge = "".join(chr(0x4E00 + n % 20_000) for n in range(100_000))
+    assert host_tag(huge, None) == "<invalid-host>"
+    assert origin_host(f"http://{huge}/") == "<invalid-host>"
+
+
 def test_past_the_limit_hosts_are_reported_as_other(monkeypatch):
     monkeypatch.setattr(_http_client, "HOST_LIMIT", 2)
     monkeypatch.setattr(_http_client, "_seen_hosts", set())

@@ -22,7 +22,9 @@ from pynba.names import (
     OTHER_NAME,
     UNMATCHED_NAME,
     ClientNames,
+    a_labels,
     normalize_host,
+    parse_names,
 )
 
 
@@ -104,6 +106,22 @@ def test_normalize_host(host, expected):
 def test_a_host_that_is_not_text_is_a_type_error(host):
     with pytest.raises(TypeError, match="host must be a str"):
         normalize_host(host)
+
+
+def test_a_labels_encodes_each_unicode_label_and_leaves_what_cannot_be_a_name():
+    assert a_labels("Bücher.Example") == "xn--bcher-kva.example"
+    assert a_labels("faß.de:8080") == "xn--fa-hia.de:8080"
+    # Punycode takes time quadratic in a label's length: a label or a name
+    # too long to be one is not encoded, and is as invalid as it was.
+    long_label = "".join(chr(0x4E00 + n) for n in range(64))
+    long_name = ".".join(["é" * 20] * 13)
+    assert a_labels(long_label) == long_label
+    assert a_labels(f"{long_label}.de") == f"{long_label}.de"
+    assert a_labels(long_name) == long_name
+    for name in (long_label, long_name, "é" * 100_000):
+        assert normalize_host(a_labels(name)) == INVALID_HOST
+        with pytest.raises(ValueError):
+            parse_names([name], "server_names")
 
 
 def test_fixed_names_are_told_apart_from_host_names():

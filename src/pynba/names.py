@@ -46,6 +46,7 @@ MAX_HOST_LENGTH = 253
 # A host name with a trailing dot and the longest port: anything longer is
 # invalid, and is refused before any other work.
 _MAX_HOST_HEADER = MAX_HOST_LENGTH + len(".:65535")
+_MAX_LABEL_LENGTH = 63
 # Labels of letters, digits, "-" and "_" (service names in private networks),
 # lower case (normalize_host lowers first); at most 63 characters each (DNS).
 _HOST_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
@@ -164,13 +165,15 @@ def a_labels(host: str) -> str:
     """``host`` with its Unicode labels as ``xn--`` labels, as a client sends them.
 
     So that a configured name may be written either way, and a normalised
-    name (Unicode labels) normalises to itself.
+    name (Unicode labels) normalises to itself. A name or a label too long
+    to be one is left as it is (``normalize_host`` finds it invalid).
     """
-    if host.isascii():
+    # Python's punycode encoder takes time quadratic in a label's length.
+    if host.isascii() or len(host) > _MAX_HOST_HEADER:
         return host
     labels = []
     for label in host.lower().split("."):
-        if not label.isascii():
+        if not label.isascii() and len(label) <= _MAX_LABEL_LENGTH:
             try:
                 label = _IDNA_PREFIX + label.encode("punycode").decode("ascii")
             except UnicodeError:
