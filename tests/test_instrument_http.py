@@ -657,6 +657,16 @@ def test_the_host_tag_is_the_remote_host_normalised_without_its_default_port():
     assert host_tag(["not", "a", "host"], None) == "<invalid-host>"
 
 
+def test_a_unicode_host_is_tagged_as_the_name_urllib3_connects_to():
+    # urllib3 lowers each label on its own: a label's last Σ is a final ς,
+    # a Σ alone a σ, whatever the labels around it.
+    for url in ("http://ΣΊΣΥΦΟΣ.gr/", "http://user@ΣΊΣΥΦΟΣ.gr:8080/", "http://ı.Σ/"):
+        connected = urllib3.util.parse_url(url)
+        assert origin_host(url) == host_tag(connected.host, connected.port)
+    assert origin_host("http://ΣΊΣΥΦΟΣ.gr/") == "σίσυφος.gr"
+    assert host_tag("ΣΊΣΥΦΟΣ.gr", 8080) == "σίσυφος.gr:8080"
+
+
 def test_a_huge_host_is_invalid_and_tagged_at_once():
     # Python's punycode encoder is quadratic: a 100 KB label of distinct
     # characters took minutes to encode.

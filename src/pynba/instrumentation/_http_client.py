@@ -113,9 +113,10 @@ def host_tag(host: Any, port: Any) -> str:
     if not isinstance(host, str) or not host:
         return INVALID_HOST
     if not host.isascii():
-        # Each label as its own punycode, as the clients send it (IDNA 2008):
-        # Python's "idna" codec (IDNA 2003) would make faß.de fass.de.
-        host = a_labels(host)
+        # Each label lowered and made its own punycode, as the clients send it
+        # (IDNA 2008): Python's "idna" codec (IDNA 2003) would make faß.de
+        # fass.de, and a name lowered whole makes a label's last Σ a σ, not ς.
+        host = a_labels(".".join([label.lower() for label in host.split(".")]))
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # an IPv6 address, as normalize_host reads one
     name = normalize_host(host)
@@ -149,7 +150,10 @@ def origin_host(url: Any) -> str:
         return INVALID_HOST
     if port == _DEFAULT_PORTS.get(parts.scheme.lower()):
         port = None
-    return host_tag(parts.hostname, port)
+    host = parts.hostname
+    if host is not None and not host.isascii():
+        host = parts.netloc.rpartition("@")[2].partition(":")[0]  # as written: see host_tag
+    return host_tag(host, port)
 
 
 def origin_values(key: tuple[Any, str, Any]) -> tuple[str, ...]:
