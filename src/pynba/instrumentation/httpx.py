@@ -180,9 +180,8 @@ def _add_failed(collector: Any, seconds: float, request: Any) -> None:
     add_failed_timer(collector, seconds, failed_values)
 
 
-# The host is read IDNA-encoded, as httpx sends it. URL.host decodes an
-# xn-- name with IDNA 2008 (xn--fa-hia.de: faß.de), and host_tag would
-# encode that again with IDNA 2003 (fass.de: another name).
+# The host is read IDNA-encoded, as httpx sends it: URL.host decodes it,
+# and host_tag would only encode it again.
 def _host_and_port(url: Any) -> tuple[Any, int | None]:
     """The host httpx connects to (IDNA-encoded) and the port (None: the scheme's default)."""
     if _read_parts:
