@@ -261,9 +261,12 @@ def udp_drops(port: int) -> int | None:
 def tree_cpu_seconds(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by process ``pid`` and its children; None off Linux.
 
-    The server's CPU per request is steadier than its rate on a machine
-    whose cores it shares with the load generator: the rate depends on
-    who the scheduler runs, the CPU a request takes much less.
+    The children that exited count too (a worker restarted): the kernel
+    adds their CPU to their parent's once it has waited for them. The
+    server's CPU per request is steadier
+    than its rate on a machine whose cores it shares with the load
+    generator: the rate depends on who the scheduler runs, the CPU a
+    request takes much less.
     """
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total = 0
@@ -280,9 +283,10 @@ def tree_cpu_seconds(pid: int) -> float | None:
                 fields = stat.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone, or not readable
-        # After the command: state, ppid, ... utime and stime are the 12th and 13th.
+        # After the command: state, ppid, ... utime, stime, then cutime and
+        # cstime (the children waited for) are the 12th to the 15th.
         if int(entry) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
+            total += sum(map(int, fields[11:15]))
             found = True
     return total / ticks if found else None
 

@@ -10,7 +10,9 @@ load; ``PYNBA_LOAD_SECONDS`` sets the long run's seconds per app (default 30).
 
 import importlib.util
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,44 @@ def check_run(figures, capsys):
         assert packet.document_size == len(b"Hello, world!\n")
         assert packet.timer_tags() == [(("group", "hello"), ("op", "render"))]
     assert "Traceback" not in figures["server_output"], figures["server_output"]
+
+
+# A parent whose child spends some CPU, exits and is waited for: as a gunicorn
+# master and a worker it restarts.
+CHILD = "import time\nwhile time.process_time() < 0.2: pass\nprint(flush=True)\ninput()"
+PARENT = textwrap.dedent(
+    f"""
+    import subprocess, sys
+    child = subprocess.Popen(
+        [sys.executable, "-c", {CHILD!r}], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    child.stdout.readline()
+    print("child busy", flush=True)
+    sys.stdin.readline()
+    child.communicate(b"\\n")
+    print("child waited for", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the CPU is read from /proc")
+def test_the_server_cpu_keeps_a_worker_that_exited():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout.readline() == "child busy\n"
+        with_child = load.tree_cpu_seconds(parent.pid)
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "child waited for\n"
+        after_child = load.tree_cpu_seconds(parent.pid)
+    finally:
+        parent.stdin.close()
+        parent.wait()
+    assert with_child is not None
+    assert after_child >= with_child
 
 
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
