@@ -465,21 +465,20 @@ def measure(
     counter.close()
     floor_counter.close()
     # Each round's monitored/floor, from its own phases: how much the rounds agree.
-    round_ratios = [
-        _rate(phases["monitored"][2 * r : 2 * r + 2]) / _rate(phases["floor"][2 * r : 2 * r + 2])
-        for r in range(rounds)
-        if _rate(phases["floor"][2 * r : 2 * r + 2])
-    ]
+    round_ratios = []
+    for r in range(rounds):
+        floor_rate = _rate(phases["floor"][2 * r : 2 * r + 2])
+        if floor_rate:
+            round_ratios.append(_rate(phases["monitored"][2 * r : 2 * r + 2]) / floor_rate)
     figures = {}
     for name, runs in phases.items():
         ok = sum(p["ok"] for p in runs)
-        elapsed = sum(p["seconds"] for p in runs)
         cpu = [p["server_cpu"] for p in runs if "server_cpu" in p]
         figures[name] = {
             "requests": ok,
             "errors": sum(p["errors"] for p in runs),
-            "seconds": round(elapsed, 3),
-            "rate": ok / elapsed if elapsed else 0.0,
+            "seconds": round(sum(p["seconds"] for p in runs), 3),
+            "rate": _rate(runs),
             # µs of the server's CPU (master and workers) per request answered
             "cpu_per_request": (sum(cpu) / ok * 1e6 if ok and len(cpu) == len(runs) else None),
         }
