@@ -5,15 +5,14 @@ in a server's: requests goes through an adapter, urllib3 through a pool
 whose ``_make_request`` gives a canned response; everything else of each
 library runs. Each case is measured as ``bench_instrumentation.py``
 measures its cases (its ``measure``: best of short interleaved runs inside
-monitored requests), bare, in a hand-written ``pynba.timer``, automatic:
+monitored requests), bare, in a hand-written ``pynba.timer``, automatic.
+The three ways of the HTTP clients are calls of one object, its library
+hooked for the automatic runs only (the integration turned on, then off):
 
-- requests: ``Session.send(prepared)``; the bare and hand-written calls
-  go through a ``Session`` subclass holding the unhooked ``send``;
-- httpx: ``Client.get(url)`` answered by a ``MockTransport``; bare through
-  a ``Client`` subclass holding the unhooked ``send``;
-- urllib3: ``PoolManager.urlopen("GET", url)`` (the pool's ``urlopen``
-  under it is hooked too), and a pool's ``urlopen("GET", path)`` alone (as
-  requests calls it), bare through unhooked subclasses;
+- requests: ``Session.send(prepared)``, through a canned adapter;
+- httpx: ``Client.get(url)`` answered by a ``MockTransport``;
+- urllib3: ``PoolManager.urlopen("GET", url)``, and a pool's
+  ``urlopen("GET", path)`` alone (as requests calls it);
 - OpenTelemetry: a span started and ended (an HTTP client span, a database
   span): bare and hand-written through a ``TracerProvider`` without the
   processor, automatic through one with a ``PinbaSpanProcessor``.
@@ -43,8 +42,7 @@ URL = "http://127.0.0.1:8080/users/42?page=1"
 HOST = "127.0.0.1:8080"
 
 
-def requests_sessions() -> tuple[Any, Any, Any, Any] | None:
-    """Two bare sessions (their own unhooked ``send``), a timed one, a prepared GET; no network."""
+def requests_send() -> Case | None:
     if missing("requests"):
         return None
     import requests
@@ -66,41 +64,50 @@ def requests_sessions() -> tuple[Any, Any, Any, Any] | None:
         def close(self) -> None:
             pass
 
-    hooks.uninstrument()
-
-    class BareSession(requests.Session):
-        send = requests.Session.send  # its own: instrument() hooks Session's
-
-    def session(cls: type[requests.Session]) -> requests.Session:
-        made = cls()
+    def session() -> requests.Session:
+        made = requests.Session()
         made.trust_env = False  # no proxy settings read from the environment per call
         made.mount("http://", CannedAdapter())
         return made
 
-    bare, twin, timed = session(BareSession), session(BareSession), session(requests.Session)
-    hooks.instrument()
-    return bare, twin, timed, bare.prepare_request(requests.Request("GET", URL))
+    hooks.uninstrument()
+    one, twin = session(), session()
+    prepared = one.prepare_request(requests.Request("GET", URL))
+    return hooked_case(
+        "requests: Session.send(prepared GET), canned adapter",
+        lambda: one.send(prepared),
+        lambda: twin.send(prepared),
+        hooks,
+        lambda: None,
+    )
 
 
-def requests_send() -> Case | None:
-    sessions = requests_sessions()
-    if sessions is None:
-        return None
-    from pynba.instrumentation import requests as hooks
-
-    bare, twin, timed, prepared = sessions
+def hooked_case(
+    name: str,
+    call: Callable[[], object],
+    twin_call: Callable[[], object],
+    hooks: Any,
+    close: Callable[[], object],
+) -> Case:
+    """``call`` bare, in a hand-written timer, and with ``hooks`` on; ``twin_call`` for A/A."""
 
     def hand_written() -> None:
         with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
-            bare.send(prepared)
+            call()
+
+    def close_all() -> None:
+        hooks.uninstrument()
+        close()
 
     return Case(
-        "requests: Session.send(prepared GET), canned adapter",
-        lambda: bare.send(prepared),
+        name,
+        call,
         hand_written,
-        lambda: timed.send(prepared),
+        call,
+        close_all,
+        hooks.instrument,
         hooks.uninstrument,
-        bare_twin=lambda: twin.send(prepared),
+        bare_twin=twin_call,
     )
 
 
@@ -112,38 +119,26 @@ def httpx_client_get() -> Case | None:
     from pynba.instrumentation import httpx as hooks
 
     hooks.uninstrument()
-
-    class BareClient(httpx.Client):
-        send = httpx.Client.send  # its own: instrument() hooks Client's
-
     # A response of its own for each call: httpx wraps a response's stream
     # again on each send, and one shared would grow with every call.
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
-    bare, twin = BareClient(transport=transport), BareClient(transport=transport)
-    timed = httpx.Client(transport=transport)
-    hooks.instrument()
-
-    def hand_written() -> None:
-        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
-            bare.get(URL)
+    one, twin = httpx.Client(transport=transport), httpx.Client(transport=transport)
 
     def close() -> None:
-        hooks.uninstrument()
-        for client in (bare, twin, timed):
-            client.close()
+        one.close()
+        twin.close()
 
-    return Case(
+    return hooked_case(
         "httpx: Client.get(url), MockTransport",
-        lambda: bare.get(URL),
-        hand_written,
-        lambda: timed.get(URL),
+        lambda: one.get(URL),
+        lambda: twin.get(URL),
+        hooks,
         close,
-        bare_twin=lambda: twin.get(URL),
     )
 
 
 def urllib3_cases(manager: bool) -> Case | None:
-    """urllib3 through a pool manager (its hook and the pool's under it), or a pool alone."""
+    """urllib3 through a pool manager, or a pool alone."""
     if missing("urllib3"):
         return None
     import urllib3
@@ -160,42 +155,25 @@ def urllib3_cases(manager: bool) -> Case | None:
                 body=b"", status=200, request_method=method, request_url=url, pool=self
             )
 
-    class BarePool(CannedPool):
-        urlopen = urllib3.HTTPConnectionPool.urlopen  # its own: instrument() hooks the base's
-
-    class BareManager(urllib3.PoolManager):
-        urlopen = urllib3.PoolManager.urlopen
-
-    bare, twin = BareManager(), BareManager()
-    bare.pool_classes_by_scheme = twin.pool_classes_by_scheme = {"http": BarePool}
-    timed = urllib3.PoolManager()
-    timed.pool_classes_by_scheme = {"http": CannedPool}
-    hooks.instrument()
+    one, twin = urllib3.PoolManager(), urllib3.PoolManager()
+    one.pool_classes_by_scheme = twin.pool_classes_by_scheme = {"http": CannedPool}
     if manager:
         label = "urllib3: PoolManager.urlopen('GET', url), canned response"
-        bare_call: Callable[[], object] = lambda: bare.urlopen("GET", URL)  # noqa: E731
+        call: Callable[[], object] = lambda: one.urlopen("GET", URL)  # noqa: E731
         twin_call: Callable[[], object] = lambda: twin.urlopen("GET", URL)  # noqa: E731
-        timed_call: Callable[[], object] = lambda: timed.urlopen("GET", URL)  # noqa: E731
     else:
         # What requests' adapter calls.
         label = "urllib3: HTTPConnectionPool.urlopen('GET', path), canned response"
         path = URL[URL.index("/", len("http://")) :]
-        bare_pool, twin_pool = bare.connection_from_url(URL), twin.connection_from_url(URL)
-        timed_pool = timed.connection_from_url(URL)
-        bare_call = lambda: bare_pool.urlopen("GET", path)  # noqa: E731
+        pool, twin_pool = one.connection_from_url(URL), twin.connection_from_url(URL)
+        call = lambda: pool.urlopen("GET", path)  # noqa: E731
         twin_call = lambda: twin_pool.urlopen("GET", path)  # noqa: E731
-        timed_call = lambda: timed_pool.urlopen("GET", path)  # noqa: E731
-
-    def hand_written() -> None:
-        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
-            bare_call()
 
     def close() -> None:
-        hooks.uninstrument()
-        for manager in (bare, twin, timed):
-            manager.clear()
+        one.clear()
+        twin.clear()
 
-    return Case(label, bare_call, hand_written, timed_call, close, bare_twin=twin_call)
+    return hooked_case(label, call, twin_call, hooks, close)
 
 
 def urllib3_urlopen() -> Case | None:

@@ -26,7 +26,8 @@ DELAY = 0.05
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """``/status/<code>``, ``/delay`` (DELAY seconds, then 200), ``/redirect`` (to a 200),
-    ``/hold`` (waits for the test's ``release``); any method."""
+    ``/elsewhere`` (to a 200 at ``localhost``), ``/hold`` (waits for the test's ``release``);
+    any method; a request in absolute form (as to a proxy) gets a 200."""
 
     protocol_version = "HTTP/1.1"
 
@@ -35,6 +36,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/redirect":
             return self.reply(302, location="/status/200")
+        if path == "/elsewhere":  # the same server under another host name
+            port = self.server.server_address[1]
+            return self.reply(302, location=f"http://localhost:{port}/status/200")
         if path == "/delay":
             time.sleep(DELAY)
         elif path == "/hold":
@@ -456,7 +460,7 @@ def call(client, url):
 CLIENTS = ["httpx", "requests", "urllib3"]
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", ["httpx", "requests"])
 def test_a_call_following_a_redirect_is_one_timer(client, udp_listener, instrumented, base, host):
     instrumented(client)
     with monitored_request(udp_listener):
@@ -464,6 +468,143 @@ def test_a_call_following_a_redirect_is_one_timer(client, udp_listener, instrume
     timers = http_timers(receive(udp_listener))
     assert timers.keys() == {tags("get", host, "2xx")}
     assert timers[tags("get", host, "2xx")][1] == 1
+
+
+def test_a_pool_managers_redirect_is_a_timer_per_request_each_of_its_host(
+    udp_listener, instrumented, base, host
+):
+    # A PoolManager follows a redirect with a new pool call: each request
+    # is timed under the host it went to. A pool following a redirect
+    # itself makes one call of it.
+    instrumented("urllib3")
+    port = int(host.rsplit(":", 1)[1])
+    with monitored_request(udp_listener):
+        assert urllib3.request("GET", f"{base}/elsewhere").status == 200
+        with urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
+            assert pool.request("HEAD", "/redirect").status == 200
+    timers = http_timers(receive(udp_listener))
+    assert {name: hits for name, (_, hits) in timers.items()} == {
+        tags("get", host, "3xx"): 1,
+        tags("get", f"localhost:{port}", "2xx"): 1,
+        tags("head", host, "2xx"): 1,
+    }
+
+
+def test_a_urllib3_pool_call_keeps_its_own_parameters_and_defaults(
+    udp_listener, instrumented, host
+):
+    from pynba.instrumentation import urllib3 as hooks
+
+    instrumented("urllib3")
+    urlopen = urllib3.HTTPConnectionPool.urlopen
+    # This urllib3's urlopen gets the hook of named parameters.
+    assert hooks._known_defaults(urlopen.__wrapped__) == urlopen.__wrapped__.__defaults__
+    port = int(host.rsplit(":", 1)[1])
+    with monitored_request(udp_listener):
+        with urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
+            followed = pool.urlopen("GET", "/redirect")  # redirect=True: urllib3's default
+            assert (followed.status, followed.data) == (200, b"200 GET")
+            kept = pool.urlopen("GET", "/redirect", None, None, False, False)  # positional
+            assert kept.status == 302
+            streamed = pool.urlopen(
+                method="PUT",
+                url="/status/201",
+                body=b"data",
+                headers={"X-Test": "1"},
+                preload_content=False,
+                decode_content=False,
+                retries=False,
+            )
+            assert (streamed.status, streamed.read()) == (201, b"201 PUT")
+            streamed.release_conn()
+            with pytest.raises(TypeError):
+                pool.urlopen("GET")  # as without pynba: no URL
+    timers = http_timers(receive(udp_listener))
+    assert {name: hits for name, (_, hits) in timers.items()} == {
+        tags("get", host, "2xx"): 1,
+        tags("get", host, "3xx"): 1,
+        tags("put", host, "2xx"): 1,
+    }
+
+
+class Answer:
+    """A urlopen's response: its status, and what the urlopen was given."""
+
+    status = 200
+
+    def __init__(self, *given):
+        self.given = given
+
+
+class Pool:
+    """What the hook reads of a pool."""
+
+    host, port, scheme = "h.example", 8080, "http"
+
+
+def urlopen_of_more(
+    self, method, url, body=None, headers=None, retries=None, redirect=True,
+    assert_same_host=True, timeout=None, pool_timeout=None, release_conn=None, chunked=False,
+    body_pos=None, preload_content=True, decode_content=True, extra=None, **response_kw,
+):  # fmt: skip
+    return Answer(method, url, extra, response_kw)
+
+
+def urlopen_of_urllib3_1_26(
+    self, method, url, body=None, headers=None, retries=None, redirect=True,
+    assert_same_host=True, timeout=None, pool_timeout=None, release_conn=None, chunked=False,
+    body_pos=None, **response_kw,
+):  # fmt: skip
+    return Answer(method, url, body_pos, response_kw)
+
+
+def urlopen_of_another_hook(*args, **kwargs):
+    return Answer(args[1:], kwargs)
+
+
+@pytest.mark.parametrize(
+    ("urlopen", "args", "keywords", "given"),
+    [
+        (urlopen_of_more, ("PUT", "/a"), {"extra": 7}, ("PUT", "/a", 7, {})),
+        (urlopen_of_urllib3_1_26, ("PUT", "/a"), {"body_pos": 3, "x": 1}, ("PUT", "/a", 3, {"x": 1})),  # noqa: E501
+        (urlopen_of_another_hook, ("PUT",), {"url": "/a", "x": 1}, (("PUT",), {"url": "/a", "x": 1})),  # noqa: E501
+    ],
+)  # fmt: skip
+def test_a_urlopen_of_other_parameters_gets_all_it_is_given(
+    urlopen, args, keywords, given, udp_listener
+):
+    # Only a urlopen of urllib3's parameters and no others gets the hook of
+    # named parameters; any other gets the one that passes on what it is given.
+    from pynba.instrumentation import urllib3 as hooks
+
+    assert hooks._known_defaults(urlopen) is None
+    hooked = hooks._pool_hook(urlopen)
+    assert hooked(Pool(), *args, **keywords).given == given  # outside a request
+    with monitored_request(udp_listener):
+        assert hooked(Pool(), *args, **keywords).given == given
+    timers = http_timers(receive(udp_listener))
+    assert {name: hits for name, (_, hits) in timers.items()} == {
+        tags("put", "h.example:8080", "2xx"): 1
+    }
+
+
+def test_a_request_through_a_proxy_is_tagged_with_the_host_it_asks_for(
+    udp_listener, instrumented, base, refused_port
+):
+    # A plain-HTTP request through a proxy goes to the proxy's pool, its URL
+    # in absolute form: the host is the URL's.
+    instrumented("urllib3")
+    with monitored_request(udp_listener):
+        with urllib3.ProxyManager(base) as proxy:
+            assert proxy.request("GET", "http://api.example.test:8080/x?q=1").status == 200
+        with urllib3.ProxyManager(f"http://127.0.0.1:{refused_port}") as proxy:
+            with pytest.raises(urllib3.exceptions.HTTPError):
+                proxy.request("POST", "http://Other.Example.test/", retries=False)
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {
+        tags("get", "api.example.test:8080", "2xx"),
+        tags("post", "other.example.test", "error"),
+    }
 
 
 def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host):

@@ -2,7 +2,9 @@
 
 A call is one timer, however many requests it makes: the redirects it
 follows, its retries, and the urllib3 calls under a requests call are part
-of the outermost timed call (``IN_CALL``). Its tags (``NAMES``):
+of the outermost timed call (``IN_CALL``); urllib3 is timed at its pools,
+and a ``PoolManager`` follows a redirect with a call of another pool. Its
+tags (``NAMES``):
 
 - ``group=http``;
 - ``op``: the method in lower case (``get``, ``head``, ``post``, ``put``,

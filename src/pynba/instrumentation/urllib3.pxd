@@ -1,0 +1,8 @@
+# Declarations for compiling urllib3.py with Cython (see ../timer.pxd):
+# the check each call makes of its URL is a C call.
+cimport cython
+
+@cython.locals(text=str)
+cdef bint _absolute(object url)
+
+cdef _add(collector, double seconds, pool, method, url, response)
