@@ -607,6 +607,23 @@ def test_a_request_through_a_proxy_is_tagged_with_the_host_it_asks_for(
     }
 
 
+def test_a_str_subclass_url_through_a_proxy_is_tagged_with_the_host_it_asks_for(
+    udp_listener, instrumented, base, refused_port
+):
+    instrumented("urllib3")
+    with monitored_request(udp_listener):
+        with urllib3.ProxyManager(base) as proxy:
+            assert proxy.request("GET", Url("http://api.example.test:8080/x")).status == 200
+        with urllib3.ProxyManager(f"http://127.0.0.1:{refused_port}") as proxy:
+            with pytest.raises(urllib3.exceptions.HTTPError):
+                proxy.request("POST", Url("http://other.example.test/"), retries=False)
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {
+        tags("get", "api.example.test:8080", "2xx"),
+        tags("post", "other.example.test", "error"),
+    }
+
+
 def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host):
     instrumented("requests", "urllib3")
     errors = []

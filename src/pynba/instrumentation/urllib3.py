@@ -52,7 +52,9 @@ def _absolute(url: Any) -> bool:
     # through its proxy's pool: the host is the URL's, not the pool's.
     # (Compiled, a C function: see urllib3.pxd.)
     if type(url) is not str:
-        return False
+        if not isinstance(url, str):
+            return False
+        url = str.__str__(url)  # its value: a subclass's methods are not called
     text = url  # compiled, a str: its "in" and startswith() are C calls
     return "://" in text and not text.startswith("/")
 
