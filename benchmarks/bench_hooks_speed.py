@@ -28,11 +28,13 @@ Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-from bench_instrumentation import BAR, Case, missing, run_case
+from bench_instrumentation import BAR, Case, missing, patched_case, run_case
 
 from pynba import pynba
 from pynba.reporter import Reporter
@@ -40,6 +42,7 @@ from pynba.wire.encoder import IMPLEMENTATION
 
 URL = "http://127.0.0.1:8080/users/42?page=1"
 HOST = "127.0.0.1:8080"
+HTTP_TAGS = {"group": "http", "op": "get", "host": HOST, "status": "2xx"}
 
 
 def requests_send() -> Case | None:
@@ -78,7 +81,6 @@ def requests_send() -> Case | None:
         lambda: one.send(prepared),
         lambda: twin.send(prepared),
         hooks,
-        lambda: None,
     )
 
 
@@ -86,29 +88,12 @@ def hooked_case(
     name: str,
     call: Callable[[], object],
     twin_call: Callable[[], object],
-    hooks: Any,
-    close: Callable[[], object],
+    hooks: ModuleType,
+    close: Callable[[], object] | None = None,
 ) -> Case:
-    """``call`` bare, in a hand-written timer, and with ``hooks`` on; ``twin_call`` for A/A."""
-
-    def hand_written() -> None:
-        with pynba.timer(group="http", op="get", host=HOST, status="2xx"):
-            call()
-
-    def close_all() -> None:
-        hooks.uninstrument()
-        close()
-
-    return Case(
-        name,
-        call,
-        hand_written,
-        call,
-        close_all,
-        hooks.instrument,
-        hooks.uninstrument,
-        bare_twin=twin_call,
-    )
+    """``patched_case`` of an HTTP client's GET, ``twin_call`` its A/A twin."""
+    case = patched_case(name, call, HTTP_TAGS, hooks, close)
+    return dataclasses.replace(case, bare_twin=twin_call)
 
 
 def httpx_client_get() -> Case | None:

@@ -607,6 +607,57 @@ def test_a_request_through_a_proxy_is_tagged_with_the_host_it_asks_for(
     }
 
 
+def test_a_str_subclass_url_through_a_proxy_is_tagged_with_the_host_it_asks_for(
+    udp_listener, instrumented, base, refused_port
+):
+    instrumented("urllib3")
+    with monitored_request(udp_listener):
+        with urllib3.ProxyManager(base) as proxy:
+            assert proxy.request("GET", Url("http://api.example.test:8080/x")).status == 200
+        with urllib3.ProxyManager(f"http://127.0.0.1:{refused_port}") as proxy:
+            with pytest.raises(urllib3.exceptions.HTTPError):
+                proxy.request("POST", Url("http://other.example.test/"), retries=False)
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {
+        tags("get", "api.example.test:8080", "2xx"),
+        tags("post", "other.example.test", "error"),
+    }
+
+
+def test_a_urlopen_wrapped_first_with_wrapt_gets_the_call_as_it_came(
+    udp_listener, instrumented, base, host
+):
+    # wrapt's wrappers (OpenTelemetry's, ddtrace's, New Relic's) show the
+    # wrapped function's __code__ and __defaults__, but take (*args, **kw):
+    # OpenTelemetry's sets kwargs["headers"], and a call of every parameter
+    # given by position would get headers twice.
+    wrapt = pytest.importorskip("wrapt")
+    seen = []
+
+    def add_a_header(wrapped, instance, args, kwargs):
+        seen.append((args, sorted(kwargs)))
+        headers = kwargs.get("headers")
+        kwargs["headers"] = {**(headers or {}), "X-Trace": "1"}
+        return wrapped(*args, **kwargs)
+
+    instrumentation.uninstrument("http")
+    own = vars(urllib3.HTTPConnectionPool)["urlopen"]
+    wrapt.wrap_function_wrapper(urllib3.HTTPConnectionPool, "urlopen", add_a_header)
+    try:
+        instrumented("urllib3")
+        port = int(host.rsplit(":", 1)[1])
+        with monitored_request(udp_listener):
+            with urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
+                assert pool.urlopen("GET", "/status/200", retries=False).status == 200
+            assert urllib3.request("GET", f"{base}/status/404").status == 404
+    finally:
+        instrumentation.uninstrument("http")
+        urllib3.HTTPConnectionPool.urlopen = own
+    assert seen[0] == (("GET", "/status/200"), ["retries"])
+    timers = http_timers(receive(udp_listener))
+    assert timers.keys() == {tags("get", host, "2xx"), tags("get", host, "4xx")}
+
+
 def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host):
     instrumented("requests", "urllib3")
     errors = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from time import perf_counter
+from types import FunctionType
 from typing import Any
 
 from ..context import current_collector
@@ -52,7 +53,9 @@ def _absolute(url: Any) -> bool:
     # through its proxy's pool: the host is the URL's, not the pool's.
     # (Compiled, a C function: see urllib3.pxd.)
     if type(url) is not str:
-        return False
+        if not isinstance(url, str):
+            return False
+        url = str.__str__(url)  # its value: a subclass's methods are not called
     text = url  # compiled, a str: its "in" and startswith() are C calls
     return "://" in text and not text.startswith("/")
 
@@ -86,11 +89,14 @@ _PARAMETERS = (
 
 def _known_defaults(urlopen: Callable[..., Any]) -> tuple[Any, ...] | None:
     """The defaults of ``_PARAMETERS`` when ``urlopen`` takes them after (self, method, url)."""
-    code = getattr(urlopen, "__code__", None)
-    defaults = getattr(urlopen, "__defaults__", None)
+    if type(urlopen) is not FunctionType:
+        # A wrapper may show the __code__ of the function it wraps (wrapt's
+        # do) yet take (*args, **kw) and read its keywords.
+        return None
+    code = urlopen.__code__
+    defaults = urlopen.__defaults__
     if (
-        code is not None
-        and isinstance(defaults, tuple)
+        isinstance(defaults, tuple)
         and len(defaults) == len(_PARAMETERS)
         and code.co_varnames[: code.co_argcount] == ("self", "method", "url", *_PARAMETERS)
         and code.co_kwonlyargcount == 0
