@@ -163,6 +163,9 @@ setup(
             "urllib3>=2",
             "jinja2>=3.1",
             "opentelemetry-sdk>=1.20",
+            # The wrappers other instrumentations put around a library's
+            # functions (OpenTelemetry's, ddtrace's), for the hooks over them.
+            "wrapt>=1.14",
             # The task queues' tests run real workers on a private Redis.
             "celery>=5.3",
             "rq>=2.0",

@@ -67,10 +67,11 @@ _url_timers = CallTimers(origin_values)
 # HTTPConnectionPool.urlopen's parameters after (self, method, url), as
 # urllib3 2 has them. A hook that takes them by name passes them on in one
 # plain call: a PoolManager calls its pools with keywords (conn.urlopen(...,
-# **kw)), and a hook of (*args, **kw) would pack them into a dict and unpack
-# them again, 4,500 instructions over a hand-written timer where this one
-# costs 300. A urlopen of other parameters (another urllib3, another
-# library's hook put there first) gets the (*args, **kw) hook.
+# **kw)), and a hook of (*args, **kw) packs them into a dict and unpacks
+# them again: 7,000 instructions of its own on a PoolManager call, where
+# this one's are 4,200, its timer included. A urlopen of other parameters
+# (another urllib3, another library's hook put there first) gets the
+# (*args, **kw) hook.
 _PARAMETERS = (
     "body",
     "headers",
