@@ -134,7 +134,8 @@ def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
         collector = current_collector()
         if collector is not None and collector.enabled:
             in_call = IN_CALL.__dict__  # this thread's
-            # Else a retry or redirect of the pool's own, or under requests.
+            # Active: a retry or redirect of the pool's own, or a call under
+            # a requests call, timed there.
             if not in_call.get("active"):
                 in_call["active"] = True
                 start = perf_counter()
