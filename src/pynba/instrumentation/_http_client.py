@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from ..errors import internal_error
 from ..names import DEFAULT_NAME_LIMIT, INVALID_HOST, OTHER_NAME, a_labels, normalize_host
+from ..tags import check_split_tags
 from ._hooks import bounded
 
 __all__ = [
@@ -208,9 +209,12 @@ class CallTimers:
         values = self._values.get(key)
         if values is None:
             values = self._values_of(key)
+            check_split_tags(NAMES, values)
             if len(self._values) < _KEYS_MAX:
                 self._values[key] = values
-        collector.new_checked_timer(NAMES, values).add(seconds)
+        # Checked when made (above): not again on every call, as
+        # new_checked_timer would (about 0.15 us a call).
+        collector._new_split_timer(NAMES, values).add(seconds)
 
 
 def add_failed_timer(

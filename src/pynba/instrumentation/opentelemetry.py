@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 
 from ..context import current_collector
 from ..errors import internal_error
+from ..tags import check_split_tags
 from ._hooks import bounded
 
 __all__ = ["VALUE_LENGTH", "VALUE_LIMIT", "PinbaSpanProcessor", "instrument", "uninstrument"]
@@ -83,7 +84,7 @@ class PinbaSpanProcessor(SpanProcessor):
         tags = self._capped_tags.get(found)
         if tags is None:
             tags = self._remember(found)
-        return collector.new_checked_timer(*tags)
+        return _timer_of(collector, tags)
 
     def span_tags(self, span: ReadableSpan) -> Tags | None:
         """The timer tags of ``span`` (names, values); None for a span not timed.
@@ -118,7 +119,9 @@ class PinbaSpanProcessor(SpanProcessor):
         """The capped tags of ``found``, kept for the spans that will find the same."""
         if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
             self._capped_tags.clear()
-        tags = self._capped_tags[found] = self._capped(*found)
+        tags = self._capped(*found)
+        check_split_tags(*tags)  # once: see _timer_of
+        self._capped_tags[found] = tags
         return tags
 
     def _capped(self, names: tuple[str, ...], values: tuple[str, ...]) -> Tags:
@@ -129,6 +132,16 @@ class PinbaSpanProcessor(SpanProcessor):
             value = values[index][:VALUE_LENGTH] or "other"
             capped.append(bounded(value, seen, VALUE_LIMIT))
         return names, tuple(capped)
+
+
+def _timer_of(collector: Any, tags: Tags) -> Any:
+    """A new timer of ``collector`` with ``tags``, checked when they were remembered.
+
+    Not checked again on every span, as ``new_checked_timer`` would (about
+    0.15 us a span). Compiled, a C function of a typed collector (see
+    opentelemetry.pxd).
+    """
+    return collector._new_split_timer(tags[0], tags[1])
 
 
 # Read once: an Enum member looked up on its class costs as much as a dict lookup or two.

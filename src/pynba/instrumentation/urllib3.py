@@ -148,7 +148,7 @@ def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
                 except BaseException:
                     seconds = perf_counter() - start
                     in_call["active"] = False
-                    add_failed_timer(collector, seconds, lambda: _failed_values(self, method, url))
+                    _add_failed(collector, seconds, self, method, url)
                     raise
                 seconds = perf_counter() - start
                 in_call["active"] = False
@@ -178,7 +178,7 @@ def _pool_hook_any(urlopen: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException:
             seconds = perf_counter() - start
             in_call["active"] = False
-            add_failed_timer(collector, seconds, lambda: _failed_values(*_call_of(args, kw)))
+            _add_failed_any(collector, seconds, args, kw)
             raise
         seconds = perf_counter() - start
         in_call["active"] = False
@@ -213,6 +213,18 @@ def _add(collector: Any, seconds: float, pool: Any, method: Any, url: Any, respo
             )
     except Exception:
         internal_error("cannot tag an HTTP call's timer", False)
+
+
+# The hooks call these on failure, not lambdas of their own: compiled, a
+# lambda in a hook makes its locals a closure, allocated on every call.
+def _add_failed(collector: Any, seconds: float, pool: Any, method: Any, url: Any) -> None:
+    add_failed_timer(collector, seconds, lambda: _failed_values(pool, method, url))
+
+
+def _add_failed_any(
+    collector: Any, seconds: float, args: tuple[Any, ...], kw: dict[str, Any]
+) -> None:
+    add_failed_timer(collector, seconds, lambda: _failed_values(*_call_of(args, kw)))
 
 
 def _failed_values(pool: Any, method: Any, url: Any) -> tuple[str, ...]:
