@@ -885,3 +885,27 @@ def test_the_op_and_status_tags_come_from_small_fixed_sets():
         "other",
         "other",
     ]
+
+
+@pytest.mark.parametrize("bad", [object(), ["a list"], 1.5j])
+def test_a_calls_tags_are_checked_once_made_and_a_bad_one_never_timed(bad, udp_listener):
+    # A key's tags are checked when made, not on every call: tags that are
+    # not tags are refused (raised here, in strict mode; logged in
+    # production), never cached, and no timer is made of them.
+    made = []
+
+    def values_of(key):
+        made.append(key)
+        return ("http", "get", bad, "2xx") if key == "bad" else ("http", "get", "h", "2xx")
+
+    timers = _http_client.CallTimers(values_of)
+    with monitored_request(udp_listener) as collector:
+        for _ in range(2):
+            with pytest.raises(TypeError, match="host"):
+                timers.add(collector, 0.001, "bad")
+        timers.add(collector, 0.002, "good")
+        timers.add(collector, 0.003, "good")
+    assert made == ["bad", "bad", "good"]  # refused tags are made again; good ones once
+    assert http_timers(receive(udp_listener)) == {
+        tags("get", "h", "2xx"): (pytest.approx(0.005), 2)
+    }
