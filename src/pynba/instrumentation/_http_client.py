@@ -168,9 +168,10 @@ def origin_values(key: tuple[Any, str, Any]) -> tuple[str, ...]:
 class CallTimers:
     """The timers of one hook's calls, tagged ``values_of(key)``: a timer a call.
 
-    The tags of at most ``_KEYS_MAX`` keys are kept, each made once. No timer
-    is kept between calls: a timer holds its request, and a request dropped
-    unfinished must be freed (it shares its thread's CPU until then).
+    The tags of at most ``_KEYS_MAX`` keys are kept, each made and checked
+    once. No timer is kept between calls: a timer holds its request, and a
+    request dropped unfinished must be freed (it shares its thread's CPU
+    until then).
     """
 
     __slots__ = ("_values", "_values_of")
