@@ -28,10 +28,8 @@ Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import socket
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from bench_instrumentation import BAR, Case, missing, patched_case, run_case
@@ -76,24 +74,13 @@ def requests_send() -> Case | None:
     hooks.uninstrument()
     one, twin = session(), session()
     prepared = one.prepare_request(requests.Request("GET", URL))
-    return hooked_case(
+    return patched_case(
         "requests: Session.send(prepared GET), canned adapter",
         lambda: one.send(prepared),
-        lambda: twin.send(prepared),
+        HTTP_TAGS,
         hooks,
+        bare_twin=lambda: twin.send(prepared),
     )
-
-
-def hooked_case(
-    name: str,
-    call: Callable[[], object],
-    twin_call: Callable[[], object],
-    hooks: ModuleType,
-    close: Callable[[], object] | None = None,
-) -> Case:
-    """``patched_case`` of an HTTP client's GET, ``twin_call`` its A/A twin."""
-    case = patched_case(name, call, HTTP_TAGS, hooks, close)
-    return dataclasses.replace(case, bare_twin=twin_call)
 
 
 def httpx_client_get() -> Case | None:
@@ -113,12 +100,13 @@ def httpx_client_get() -> Case | None:
         one.close()
         twin.close()
 
-    return hooked_case(
+    return patched_case(
         "httpx: Client.get(url), MockTransport",
         lambda: one.get(URL),
-        lambda: twin.get(URL),
+        HTTP_TAGS,
         hooks,
         close,
+        bare_twin=lambda: twin.get(URL),
     )
 
 
@@ -158,7 +146,7 @@ def urllib3_cases(manager: bool) -> Case | None:
         one.clear()
         twin.clear()
 
-    return hooked_case(label, call, twin_call, hooks, close)
+    return patched_case(label, call, HTTP_TAGS, hooks, close, bare_twin=twin_call)
 
 
 def urllib3_urlopen() -> Case | None:

@@ -97,6 +97,7 @@ def patched_case(
     tags: dict[str, str],
     integration: ModuleType,
     close: Callable[[], object] | None = None,
+    bare_twin: Callable[[], object] | None = None,
 ) -> Case:
     """The case of an integration that patches its library (its ``instrument()``):
     ``call`` bare, in a hand-written ``pynba.timer(**tags)``, and through the integration.
@@ -107,7 +108,14 @@ def patched_case(
             call()
 
     return Case(
-        name, call, hand_written, call, close, integration.instrument, integration.uninstrument
+        name,
+        call,
+        hand_written,
+        call,
+        close,
+        integration.instrument,
+        integration.uninstrument,
+        bare_twin,
     )
 
 

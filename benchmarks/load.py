@@ -262,11 +262,7 @@ def tree_cpu_seconds(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by process ``pid`` and its children; None off Linux.
 
     The children that exited count too (a worker restarted): the kernel
-    adds their CPU to their parent's once it has waited for them. The
-    server's CPU per request is steadier
-    than its rate on a machine whose cores it shares with the load
-    generator: the rate depends on who the scheduler runs, the CPU a
-    request takes much less.
+    adds their CPU to their parent's once it has waited for them.
     """
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total = 0

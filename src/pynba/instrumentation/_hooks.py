@@ -18,7 +18,9 @@ passed to the application, and the call goes on untimed.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
+from types import FunctionType
 from typing import Any
 
 from ..context import current_collector
@@ -26,7 +28,16 @@ from ..errors import internal_error
 from ..tags import TagValue
 from ..timer import NoopTimer, Timer
 
-__all__ = ["SQL_VERBS", "Patches", "bounded", "row_count", "sql_verb", "start_timer", "stop_timer"]
+__all__ = [
+    "SQL_VERBS",
+    "Patches",
+    "bounded",
+    "row_count",
+    "sql_verb",
+    "start_timer",
+    "stop_timer",
+    "takes_exactly",
+]
 
 #: The ``op`` tag of a database timer: a statement's verb, or ``other``.
 SQL_VERBS = frozenset(["select", "insert", "update", "delete", "begin", "commit", "rollback"])
@@ -140,6 +151,31 @@ def row_count(rows: Any) -> int:
 
 
 # -- replacing a library's functions, and putting them back -------------------
+
+
+def takes_exactly(
+    function: Any,
+    positional: tuple[str, ...],
+    keyword_only: tuple[str, ...] = (),
+    var_keyword: bool = False,
+) -> bool:
+    """Whether ``function`` is a Python function of exactly these parameters.
+
+    Only then may a hook take them by name and pass them on so. A wrapper
+    of another kind may show the ``__code__`` of the function it wraps
+    (wrapt's do) yet take ``(*args, **kwargs)`` and read its keywords.
+    """
+    if type(function) is not FunctionType:
+        return False
+    code = function.__code__
+    count = code.co_argcount
+    return (
+        code.co_varnames[:count] == positional
+        and code.co_varnames[count : count + code.co_kwonlyargcount] == keyword_only
+        and not code.co_flags & inspect.CO_VARARGS
+        and bool(code.co_flags & inspect.CO_VARKEYWORDS) == var_keyword
+    )
+
 
 _ABSENT = object()
 

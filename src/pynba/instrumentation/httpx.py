@@ -9,14 +9,13 @@ headers; any other to its whole body. Tags: see ``_http_client``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import Any
 
 from ..context import current_collector
 from ..errors import internal_error
-from ._hooks import Patches
+from ._hooks import Patches, takes_exactly
 from ._http_client import ERROR, CallTimers, add_failed_timer, host_tag, status_class, values
 
 __all__ = ["instrument", "uninstrument"]
@@ -44,18 +43,10 @@ _KEYWORDS = ("stream", "auth", "follow_redirects")
 
 def _known_defaults(send: Callable[..., Any]) -> dict[str, Any] | None:
     """The defaults of ``send``'s keywords when they are ``_KEYWORDS``, after (self, request)."""
-    defaults = getattr(send, "__kwdefaults__", None)
-    code = getattr(send, "__code__", None)
-    if (
-        isinstance(defaults, dict)
-        and tuple(defaults) == _KEYWORDS
-        and code is not None
-        and code.co_argcount == 2
-        and code.co_kwonlyargcount == len(_KEYWORDS)
-        and not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
-    ):
-        return defaults
-    return None
+    if not takes_exactly(send, ("self", "request"), _KEYWORDS):
+        return None
+    defaults = send.__kwdefaults__
+    return defaults if isinstance(defaults, dict) and tuple(defaults) == _KEYWORDS else None
 
 
 # httpx calls no client from inside a client: the hooks need not look for

@@ -12,15 +12,13 @@ read later (``preload_content=False``) is timed to its headers. Tags: see
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from time import perf_counter
-from types import FunctionType
 from typing import Any
 
 from ..context import current_collector
 from ..errors import internal_error
-from ._hooks import Patches
+from ._hooks import Patches, takes_exactly
 from ._http_client import (
     ERROR,
     IN_CALL,
@@ -69,7 +67,7 @@ _url_timers = CallTimers(origin_values)
 # plain call: a PoolManager calls its pools with keywords (conn.urlopen(...,
 # **kw)), and a hook of (*args, **kw) packs them into a dict and unpacks
 # them again: 7,000 instructions of its own on a PoolManager call, where
-# this one's are 4,200, its timer included. A urlopen of other parameters
+# this one's are about 4,000, its timer included. A urlopen of other parameters
 # (another urllib3, another library's hook put there first) gets the
 # (*args, **kw) hook.
 _PARAMETERS = (
@@ -90,22 +88,10 @@ _PARAMETERS = (
 
 def _known_defaults(urlopen: Callable[..., Any]) -> tuple[Any, ...] | None:
     """The defaults of ``_PARAMETERS`` when ``urlopen`` takes them after (self, method, url)."""
-    if type(urlopen) is not FunctionType:
-        # A wrapper may show the __code__ of the function it wraps (wrapt's
-        # do) yet take (*args, **kw) and read its keywords.
+    if not takes_exactly(urlopen, ("self", "method", "url", *_PARAMETERS), var_keyword=True):
         return None
-    code = urlopen.__code__
     defaults = urlopen.__defaults__
-    if (
-        isinstance(defaults, tuple)
-        and len(defaults) == len(_PARAMETERS)
-        and code.co_varnames[: code.co_argcount] == ("self", "method", "url", *_PARAMETERS)
-        and code.co_kwonlyargcount == 0
-        and code.co_flags & inspect.CO_VARKEYWORDS
-        and not code.co_flags & inspect.CO_VARARGS
-    ):
-        return defaults
-    return None
+    return defaults if isinstance(defaults, tuple) and len(defaults) == len(_PARAMETERS) else None
 
 
 def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
