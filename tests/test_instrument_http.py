@@ -909,3 +909,25 @@ def test_a_calls_tags_are_checked_once_made_and_a_bad_one_never_timed(bad, udp_l
     assert http_timers(receive(udp_listener)) == {
         tags("get", "h", "2xx"): (pytest.approx(0.005), 2)
     }
+
+
+def test_an_httpx_send_wrapped_with_wrapt_gets_the_hook_of_any_keywords(udp_listener):
+    # A wrapt wrapper shows httpx's __code__ and __kwdefaults__ but takes
+    # (*args, **kwargs): it gets the hook that passes on what it is given.
+    wrapt = pytest.importorskip("wrapt")
+    from pynba.instrumentation import httpx as hooks
+
+    seen = []
+
+    def record(wrapped, instance, args, kwargs):
+        seen.append(sorted(kwargs))
+        return httpx.Response(200)
+
+    wrapped = wrapt.FunctionWrapper(httpx.Client.send, record)
+    assert wrapped.__code__ is httpx.Client.send.__code__  # what a check of __code__ would see
+    assert hooks._known_defaults(wrapped) is None
+    request = httpx.Request("GET", "http://h.example/")
+    with monitored_request(udp_listener):
+        assert hooks._sync_hook(wrapped)("client", request, stream=True).status_code == 200
+    assert seen == [["stream"]]  # as it came: no defaults added
+    assert http_timers(receive(udp_listener)).keys() == {tags("get", "h.example", "2xx")}
