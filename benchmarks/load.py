@@ -16,7 +16,13 @@ On a machine whose cores the server shares with the load generator, the
 CPU per request is the steadier figure: the rates depend on whom the
 scheduler runs.
 
-Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync gthread]
+Then the same for PHP's C extension, when php-cli and php-pinba are installed:
+PHP's built-in server (as many workers) answers the same hello world bare,
+with its floor (the system calls php-pinba adds to a request: 3 getrusage
+and one send, made from PHP), and monitored by php-pinba with one timer. Its
+monitored/floor and CPU per request stand next to pynba's.
+
+Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync gthread] [--no-php]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import errno
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,6 +102,53 @@ HELLO_APP = textwrap.dedent(
         return monitored(environ, start_response)
     """
 )
+
+
+# PHP's side: the same hello world, served by PHP's built-in server. Two servers
+# run it, php-pinba enabled in one (it monitors every request: "/") and
+# disabled in the other ("/bare" and "/floor").
+PHP_ROUTER = r"""<?php
+$body = "Hello, world!\n";
+header("Content-Type: text/plain");
+header("Content-Length: " . strlen($body));
+switch ($_SERVER["REQUEST_URI"]) {
+case "/floor":
+    // The system calls php-pinba adds to a request (strace): 3 getrusage and
+    // one send of its datagram, here from a socket kept by the worker, as the
+    // extension keeps its own.
+    getrusage();
+    echo $body;
+    getrusage();
+    getrusage();
+    $socket = pfsockopen("udp://127.0.0.1", (int) getenv("PYNBA_LOAD_FLOOR_PORT"));
+    fwrite($socket, str_repeat("x", (int) getenv("PYNBA_LOAD_FLOOR_BYTES")));
+    break;
+case "/":
+    $timer = pinba_timer_start(["group" => "hello", "op" => "render"]);
+    echo $body;
+    pinba_timer_stop($timer);
+    break;
+default:
+    echo $body;
+}
+"""
+
+
+def find_php() -> str | None:
+    """The php binary, when it runs with the pinba extension loaded."""
+    php = shutil.which("php")
+    if php is None:
+        return None
+    try:
+        probe = subprocess.run(
+            [php, "-r", 'echo phpversion("pinba") ?: "";'],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return php if probe.returncode == 0 and probe.stdout.strip() else None
 
 
 def free_port() -> int:
@@ -187,6 +241,76 @@ class Gunicorn:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class PHPServer:
+    """PHP's built-in server on loopback, ``workers`` processes, running ``router``."""
+
+    def __init__(
+        self,
+        php: str,
+        router: Path | str,
+        *,
+        pinba_enabled: bool,
+        pinba_server: tuple[str, int],
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        command = [
+            php,
+            "-d",
+            f"pinba.enabled={int(pinba_enabled)}",
+            "-d",
+            "pinba.server={}:{}".format(*pinba_server),
+            "-q",  # no log line per request, as gunicorn logs none here
+            "-S",
+            f"127.0.0.1:{self.port}",
+            str(router),
+        ]
+        environment = dict(os.environ, PHP_CLI_SERVER_WORKERS=str(workers), **(env or {}))
+        self._log = tempfile.TemporaryFile("w+")
+        # A session of its own: stopping it stops its workers too.
+        self.process = subprocess.Popen(
+            command,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        self.output = ""
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until the server accepts connections."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"php exited early:\n{self.output}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"php did not start:\n{self.output}")
+
+    def stop(self) -> str:
+        """Stop the server and its workers; what it wrote to stderr."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if not self._log.closed:
+            self._log.seek(0)
+            self.output = self._log.read()
+            self._log.close()
+        return self.output
 
 
 class PacketCounter:
@@ -435,31 +559,113 @@ def measure(
         keep_alive = keep_alive and worker_class != "sync"  # sync closes every connection
         try:
             server.wait_ready()
-            # Warm up both paths (workers booted, code paths hot); not counted.
-            warm = run_driver(server.port, "/", 0.3, connections, keep_alive)
-            run_driver(server.port, "/bare", 0.3, connections, keep_alive)
-            counter.wait_for(warm["ok"] + warm["errors"], quiet=0.5)
-            counted_before = counter.count
-            phases = {"bare": [], "floor": [], "monitored": []}
-            rounds = max(1, round(seconds / 10))  # phases of about 5 s in long runs
-            paths = {"bare": "/bare", "floor": "/floor", "monitored": "/"}
-            for name in ("bare", "floor", "monitored", "monitored", "floor", "bare") * rounds:
-                path = paths[name]
-                phase = seconds / (2 * rounds)
-                cpu_before = tree_cpu_seconds(server.process.pid)
-                counts = run_driver(server.port, path, phase, connections, keep_alive)
-                cpu_after = tree_cpu_seconds(server.process.pid)
-                if cpu_before is not None and cpu_after is not None:
-                    counts["server_cpu"] = cpu_after - cpu_before
-                phases[name].append(counts)
+            served = server.port, server.process.pid
+            targets = {
+                "bare": (*served, "/bare"),
+                "floor": (*served, "/floor"),
+                "monitored": (*served, "/"),
+            }
+            figures = _drive(targets, counter, seconds, connections, keep_alive)
         finally:
             output = server.stop()
+    floor_counter.close()
+    figures.update(
+        worker_class=worker_class,
+        workers=workers,
+        threads=threads if worker_class == "gthread" else 1,
+        connections=connections,
+        keep_alive=keep_alive,
+        client="pynba",
+        floor_calls="2 getrusage + one send",
+        server_output=output,
+    )
+    return figures
+
+
+def measure_php(php: str, seconds: float = 3.0, workers: int = 2, connections: int = 16) -> dict:
+    """``measure`` for PHP's C extension: PHP's built-in server, bare, floor and monitored."""
+    counter = PacketCounter()
+    floor_counter = PacketCounter(keep=0)
+    servers: list[PHPServer] = []
+    with tempfile.TemporaryDirectory() as app_dir:
+        router = Path(app_dir, "hello_load.php")
+        router.write_text(PHP_ROUTER)
+        try:
+            monitored = PHPServer(
+                php, router, pinba_enabled=True, pinba_server=counter.address, workers=workers
+            )
+            servers.append(monitored)
+            monitored.wait_ready()
+            # The floor sends a datagram the size of php-pinba's own.
+            warm = run_driver(monitored.port, "/", 0.3, connections, False)
+            counter.wait_for(warm["ok"] + warm["errors"], quiet=0.5)
+            if not counter.kept:
+                raise RuntimeError("php-pinba sent nothing")
+            bare = PHPServer(
+                php,
+                router,
+                pinba_enabled=False,
+                pinba_server=counter.address,
+                workers=workers,
+                env={
+                    "PYNBA_LOAD_FLOOR_PORT": str(floor_counter.address[1]),
+                    "PYNBA_LOAD_FLOOR_BYTES": str(len(counter.kept[0])),
+                },
+            )
+            servers.append(bare)
+            bare.wait_ready()
+            targets = {
+                "bare": (bare.port, bare.process.pid, "/bare"),
+                "floor": (bare.port, bare.process.pid, "/floor"),
+                "monitored": (monitored.port, monitored.process.pid, "/"),
+            }
+            figures = _drive(targets, counter, seconds, connections, False)
+        finally:
+            output = "".join(server.stop() for server in servers)
+    floor_counter.close()
+    figures.update(
+        worker_class="php -S",
+        workers=workers,
+        threads=1,
+        connections=connections,
+        keep_alive=False,
+        client="php-pinba",
+        floor_calls="3 getrusage + one send",
+        server_output=output,
+    )
+    return figures
+
+
+def _drive(
+    targets: dict[str, tuple[int, int, str]],
+    counter: PacketCounter,
+    seconds: float,
+    connections: int,
+    keep_alive: bool,
+) -> dict:
+    """Drive each of bare, floor and monitored, ``targets[name]`` = (port, server pid, path)."""
+    # Warm up every path (workers booted, code paths hot); not counted.
+    for port, _, path in targets.values():
+        before = counter.count
+        warm = run_driver(port, path, 0.3, connections, keep_alive)
+        counter.wait_for(before + warm["ok"] + warm["errors"], quiet=0.5)
+    counted_before = counter.count
+    phases: dict[str, list[dict]] = {"bare": [], "floor": [], "monitored": []}
+    rounds = max(1, round(seconds / 10))  # phases of about 5 s in long runs
+    for name in ("bare", "floor", "monitored", "monitored", "floor", "bare") * rounds:
+        port, pid, path = targets[name]
+        phase = seconds / (2 * rounds)
+        cpu_before = tree_cpu_seconds(pid)
+        counts = run_driver(port, path, phase, connections, keep_alive)
+        cpu_after = tree_cpu_seconds(pid)
+        if cpu_before is not None and cpu_after is not None:
+            counts["server_cpu"] = cpu_after - cpu_before
+        phases[name].append(counts)
     monitored_requests = sum(p["ok"] + p["errors"] for p in phases["monitored"])
     received = counter.wait_for(counted_before + monitored_requests) - counted_before
     drops = counter.kernel_drops()
     kept = list(counter.kept)
     counter.close()
-    floor_counter.close()
     # Each round's monitored/floor, from its own phases: how much the rounds agree.
     round_ratios = []
     for r in range(rounds):
@@ -480,11 +686,6 @@ def measure(
         }
     return {
         "floor": figures["floor"],
-        "worker_class": worker_class,
-        "workers": workers,
-        "threads": threads if worker_class == "gthread" else 1,
-        "connections": connections,
-        "keep_alive": keep_alive,
         "bare": figures["bare"],
         "monitored": figures["monitored"],
         "ratio": (
@@ -508,7 +709,6 @@ def measure(
         "kernel_drops": drops,
         "receive_buffer": counter.receive_buffer,
         "sample_packets": kept,
-        "server_output": output,
     }
 
 
@@ -520,15 +720,17 @@ def _rate(runs: list[dict]) -> float:
 
 def describe(figures: dict) -> str:
     bare, monitored = figures["bare"], figures["monitored"]
+    # pynba's goal; PHP's extension is measured to stand next to it
+    goal = "goal >= 0.97; " if figures["client"] == "pynba" else ""
     return (
-        f"{figures['worker_class']} x{figures['workers']}"
+        f"{figures['client']}, {figures['worker_class']} x{figures['workers']}"
         f" (threads {figures['threads']}, {figures['connections']} connections): "
         f"bare {bare['rate']:.0f} req/s ({bare['requests']} in {bare['seconds']:.1f} s), "
         f"monitored {monitored['rate']:.0f} req/s "
         f"({monitored['requests']} in {monitored['seconds']:.1f} s), "
         f"monitored/bare {figures['ratio']:.3f}; "
-        f"floor (bare + 2 getrusage + one send) {figures['floor']['rate']:.0f} req/s, "
-        f"monitored/floor {figures['ratio_to_floor']:.3f} (goal >= 0.97; each round: "
+        f"floor (bare + {figures['floor_calls']}) {figures['floor']['rate']:.0f} req/s, "
+        f"monitored/floor {figures['ratio_to_floor']:.3f} ({goal}each round: "
         f"{' '.join(f'{ratio:.3f}' for ratio in figures['rounds_to_floor'])}); "
         f"{_describe_cpu(figures)}"
         f"packets {figures['packets_received']}/{figures['monitored_requests']}, "
@@ -564,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--worker-class", nargs="+", default=["sync", "gthread"])
     parser.add_argument("--keep-alive", action="store_true", help="gthread: keep connections")
+    parser.add_argument(
+        "--php", default=None, help="php binary with php-pinba (default: found on PATH)"
+    )
+    parser.add_argument("--no-php", action="store_true", help="leave PHP's C extension out")
     args = parser.parse_args(argv)
     if args.command == "drive":
         counts = drive(args.port, args.path, args.seconds, args.connections, args.keep_alive)
@@ -582,6 +788,13 @@ def main(argv: list[str] | None = None) -> int:
             args.keep_alive,
         )
         print(describe(figures))
+    if args.no_php:
+        return 0
+    php = args.php or find_php()
+    if php is None:
+        print("PHP's C extension: left out, php-cli with php-pinba is not installed")
+        return 0
+    print(describe(measure_php(php, args.seconds, args.workers, args.connections)))
     return 0
 
 

@@ -1,5 +1,7 @@
 """Load: a monitored hello-world app under gunicorn, driven from a second process.
 
+PHP's C extension runs the same load on PHP's built-in server, to stand next to it.
+
 Every monitored request's packet must reach a listener with a large receive
 buffer. The request rates, monitored and bare in the same run, are printed,
 never asserted (the goal, monitored >= 0.97 x the floor, is checked by reading the
@@ -111,3 +113,25 @@ def test_long_load_loses_no_packet(worker_class, capsys, request):
     if not long_runs_selected(request.config):
         pytest.skip("a long run: select it with -m slow")
     check_run(load.measure(worker_class, LONG_SECONDS), capsys)
+
+
+def php_with_pinba():
+    """PHP's C extension to measure next to pynba: the php binary, or the test skipped."""
+    php = load.find_php()
+    if php is None:
+        reason = "php-cli with php-pinba is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run PHP's side of the load: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return php
+
+
+def test_short_php_load_loses_no_packet(capsys):
+    check_run(load.measure_php(php_with_pinba(), SHORT_SECONDS), capsys)
+
+
+@pytest.mark.slow
+def test_long_php_load_loses_no_packet(capsys, request):
+    if not long_runs_selected(request.config):
+        pytest.skip("a long run: select it with -m slow")
+    check_run(load.measure_php(php_with_pinba(), LONG_SECONDS), capsys)
