@@ -2,7 +2,11 @@
 
 import ast
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
@@ -27,22 +31,126 @@ COMPILED_MODULES = _compiled_modules()
 LINKED = {f"pynba.{name}" for name in COMPILED_MODULES if name != "wire._encoder"}
 
 
+#: Set to 1 for a profile-guided build (GCC only): see OptionalBuildExt.
+PGO_VARIABLE = "PYNBA_PGO"
+#: The workload the profile is made of.
+PGO_TRAINING = HERE / "benchmarks" / "pgo_training.py"
+
+
 class OptionalBuildExt(build_ext):
     """Builds the compiled modules when it can; says so and goes on when it can't.
 
     The per-request modules cimport one another and ``_rusage``, so one that
     cannot be built leaves none of them: each would fail to import without
     the others. Their Python sources run instead.
+
+    With ``PYNBA_PGO=1`` and GCC, the build is profile-guided: the modules are
+    built instrumented, run on ``benchmarks/pgo_training.py``, and built
+    again from the profile it leaves. A request then runs over fewer lines
+    of code: under load, a worker spends about 6 µs less a request in them
+    (docs/performance.md). Whatever fails on the way gives a plain build.
     """
 
     def run(self):
         self._linked_failed = False
         try:
-            super().run()
+            if os.environ.get(PGO_VARIABLE) == "1":
+                self._run_profile_guided()
+            else:
+                super().run()
         except Exception as error:  # no compiler, no Python headers, ...
             self._fall_back(error)
         if self._linked_failed:
             self._drop_per_request_modules()
+
+    def _run_profile_guided(self):
+        reason = self._cannot_profile()
+        if reason is not None:
+            self._say(f"{PGO_VARIABLE}=1: {reason}; building without a profile.")
+            super().run()
+            return
+        compiler = self.compiler  # its name: each run makes the compiler of that name
+        self.force = True  # every module, each time: built instrumented, then with its profile
+        with tempfile.TemporaryDirectory(prefix="pynba-pgo-") as profile:
+            self._set_flags([f"-fprofile-generate={profile}"], link=True)
+            super().run()
+            self.compiler = compiler
+            failure = None if self._linked_failed else self._train()
+            if failure is None:
+                self._set_flags(
+                    [f"-fprofile-use={profile}", "-fprofile-partial-training",
+                     "-Wno-missing-profile"],
+                    link=False,
+                )  # fmt: skip
+            else:
+                self._say(f"{PGO_VARIABLE}=1: {failure}; building without a profile.")
+                self._set_flags([], link=False)
+            self._linked_failed = False
+            super().run()
+
+    def _cannot_profile(self):
+        """Why this build cannot be profile-guided, or None."""
+        if not PGO_TRAINING.exists():
+            return f"{PGO_TRAINING.name} is missing"
+        # The compiler the build runs, as distutils picks it.
+        compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+        try:
+            version = subprocess.run(
+                [compiler[0], "--version"], capture_output=True, text=True, timeout=60
+            ).stdout
+            release = subprocess.run(
+                [compiler[0], "-dumpfullversion"], capture_output=True, text=True, timeout=60
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as error:
+            return f"the compiler does not run ({error})"
+        if "Free Software Foundation" not in version or "clang" in version.lower():
+            return "the compiler is not GCC"
+        major = release.strip().split(".")[0]
+        if not major.isdigit() or int(major) < 10:  # -fprofile-partial-training
+            return f"GCC {release.strip() or '?'} is older than 10"
+        return None
+
+    def _set_flags(self, flags, link):
+        for ext in self.extensions:
+            ext.extra_compile_args = list(flags)
+            ext.extra_link_args = list(flags) if link else []
+
+    def _train(self):
+        """Run the training workload on the modules just built: None, or why it failed."""
+        built = [ext for ext in self.extensions if os.path.exists(self.get_ext_fullpath(ext.name))]
+        if not built:
+            return "no module was built"
+        with tempfile.TemporaryDirectory(prefix="pynba-pgo-run-") as run_dir:
+            # The package's sources with the modules just built in them, whether
+            # they went in place or to the build directory.
+            package = os.path.join(run_dir, "pynba")
+            shutil.copytree(
+                HERE / "src" / "pynba", package,
+                ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.c", "__pycache__"),
+            )  # fmt: skip
+            for ext in built:
+                relative = self.get_ext_filename(ext.name)
+                shutil.copy2(self.get_ext_fullpath(ext.name), os.path.join(run_dir, relative))
+            names = [ext.name.split(".", 1)[1] for ext in built]
+            environment = dict(os.environ, PYTHONPATH=run_dir, PYNBA_PURE_PYTHON="0")
+            try:
+                done = subprocess.run(
+                    [sys.executable, str(PGO_TRAINING), *names],
+                    cwd=run_dir,
+                    env=environment,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+            except (OSError, subprocess.SubprocessError) as error:
+                return f"the training did not run ({error})"
+        if done.returncode:
+            return f"the training failed: {done.stderr.strip()[-500:]}"
+        return None
+
+    def _say(self, message):
+        print(f"pynba: {message}", file=sys.stderr)
+        self.warn(message)
 
     def build_extension(self, ext):
         if ext.name in LINKED and self._linked_failed:

@@ -138,37 +138,117 @@ def test_every_compiled_module_runs_compiled_when_built():
     )
 
 
+def copy_the_project(destination, training=True):
+    """What a build reads: setup.py and its files, the sources, the PGO training."""
+    for name in ("setup.py", "pyproject.toml", "README.rst", "MANIFEST.in"):
+        shutil.copy(ROOT / name, destination / name)
+    shutil.copytree(
+        ROOT / "src" / "pynba",
+        destination / "src" / "pynba",
+        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
+    )
+    if training:
+        (destination / "benchmarks").mkdir()
+        shutil.copy(ROOT / "benchmarks" / "pgo_training.py", destination / "benchmarks")
+
+
+def build(directory, **env):
+    """``setup.py build`` into ``directory``/lib; its completed process."""
+    return subprocess.run(
+        [sys.executable, "setup.py", "build", "-j", "2", "--build-lib", "lib"],
+        cwd=directory,
+        env={**os.environ, "PYNBA_NO_EXTENSION": "", "PYNBA_PGO": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def built_modules(directory):
+    lib = directory / "lib" / "pynba"
+    return sorted(str(path.relative_to(lib)).split(".")[0] for path in lib.rglob("*.so"))
+
+
 @pytest.mark.parametrize("broken", ["_rusage", "_timer_fields"])  # built before them, after them
 def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path, broken):
     """They cimport one another and _rusage: kept without it, they could not be imported."""
     pytest.importorskip("Cython")
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler")
-    for name in ("setup.py", "pyproject.toml", "README.rst", "MANIFEST.in"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(
-        ROOT / "src" / "pynba",
-        tmp_path / "src" / "pynba",
-        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
-    )
+    copy_the_project(tmp_path, training=False)
     source = tmp_path / "src" / "pynba" / f"{broken}.pyx"
     # Valid Cython whose C does not compile: the failure a platform could bring.
     source.write_text(
         source.read_text() + '\n\ncdef extern from *:\n    """\n#error not here\n    """\n'
     )
-    build = subprocess.run(
-        [sys.executable, "setup.py", "build", "--build-lib", "lib"],
-        cwd=tmp_path,
-        env={**os.environ, "PYNBA_NO_EXTENSION": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    assert "installing its pure Python instead" in build.stderr
-    lib = tmp_path / "lib" / "pynba"
-    built = sorted(str(path.relative_to(lib)).split(".")[0] for path in lib.rglob("*.so"))
-    assert built == ["wire/_encoder"]
+    done = build(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "installing its pure Python instead" in done.stderr
+    assert built_modules(tmp_path) == ["wire/_encoder"]
     code = "import pynba, pynba.wsgi; print(' '.join(pynba.compiled_modules()))"
     out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
     assert out == "wire._encoder"
+
+
+def gcc_for_profiles():
+    """Skip unless the build's compiler is GCC 10 or later (what PYNBA_PGO=1 needs)."""
+    pytest.importorskip("Cython")
+    if os.environ.get("PYNBA_PURE_PYTHON", "") not in ("", "0"):
+        # The build is the same whichever implementation the tests run:
+        # built once, in the compiled run.
+        pytest.skip("the build does not depend on the implementation under test")
+    compiler = shutil.which(os.environ.get("CC", "gcc"))
+    if compiler is None:
+        pytest.skip("no C compiler")
+    release = subprocess.run([compiler, "-dumpfullversion"], capture_output=True, text=True)
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    major = release.stdout.strip().split(".")[0]
+    if "Free Software Foundation" not in version or not major.isdigit() or int(major) < 10:
+        pytest.skip("the compiler is not GCC 10 or later")
+
+
+def compile_lines(output):
+    """The compiler's command lines of each module's C file, in order."""
+    return [line for line in output.splitlines() if " -c src/pynba/" in line]
+
+
+PER_REQUEST = ["collector", "reporter", "tags", "timer", "wire/_encoder", "wsgi"]
+
+
+def test_a_profile_guided_build_compiles_each_module_again_from_its_training(tmp_path):
+    gcc_for_profiles()
+    copy_the_project(tmp_path)
+    done = build(tmp_path, PYNBA_PGO="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "without a profile" not in done.stderr, done.stderr
+    lines = compile_lines(done.stdout)
+    instrumented = [line for line in lines if "-fprofile-generate=" in line]
+    guided = [line for line in lines if "-fprofile-use=" in line]
+    built = built_modules(tmp_path)
+    assert set(PER_REQUEST) <= set(built)
+    assert len(instrumented) == len(guided) == len(lines) // 2 == len(built)
+    # every module instrumented first, then built again from the profile
+    assert lines.index(guided[0]) > lines.index(instrumented[-1])
+    code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
+    out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
+    assert set(out.split()) >= {"collector", "reporter", "wire._encoder", "wsgi"}
+
+
+def test_a_profile_guided_build_whose_training_fails_is_built_without_a_profile(tmp_path):
+    gcc_for_profiles()
+    copy_the_project(tmp_path)
+    (tmp_path / "benchmarks" / "pgo_training.py").write_text(
+        "import sys\nsys.exit('no training here')\n"
+    )
+    done = build(tmp_path, PYNBA_PGO="1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the training failed: no training here; building without a profile" in done.stderr
+    lines = compile_lines(done.stdout)
+    built = built_modules(tmp_path)
+    assert set(PER_REQUEST) <= set(built)
+    # built instrumented, then plain: nothing of the instrumented build is kept
+    assert len(lines) == 2 * len(built)
+    assert all("-fprofile" not in line for line in lines[len(built) :])
+    code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
+    out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
+    assert set(out.split()) >= {"collector", "reporter", "wire._encoder", "wsgi"}
