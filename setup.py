@@ -75,7 +75,10 @@ class OptionalBuildExt(build_ext):
             self._set_flags([f"-fprofile-generate={profile}"], link=True)
             super().run()
             self.compiler = compiler
-            failure = None if self._linked_failed else self._train()
+            failure = "a module did not build" if self._linked_failed else self._train()
+            # None of the instrumented modules may stay: one whose second build
+            # failed would write its counts at the exit of every process using it.
+            self._remove_built()
             if failure is None:
                 self._set_flags(
                     [f"-fprofile-use={profile}", "-fprofile-partial-training",
@@ -110,6 +113,12 @@ class OptionalBuildExt(build_ext):
             return f"GCC {release.strip() or '?'} is older than 10"
         return None
 
+    def _remove_built(self):
+        for ext in self.extensions:
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                os.remove(path)
+
     def _set_flags(self, flags, link):
         for ext in self.extensions:
             ext.extra_compile_args = list(flags)
@@ -117,6 +126,12 @@ class OptionalBuildExt(build_ext):
 
     def _train(self):
         """Run the training workload on the modules just built: None, or why it failed."""
+        try:
+            return self._run_training()
+        except Exception as error:  # a copy that fails, ...
+            return f"the training did not run ({error!r})"
+
+    def _run_training(self):
         built = [ext for ext in self.extensions if os.path.exists(self.get_ext_fullpath(ext.name))]
         if not built:
             return "no module was built"

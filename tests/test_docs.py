@@ -62,6 +62,8 @@ NOT_RUN = {
     "pip install .": "installing over the environment under test; test_packaging installs"
     " the sdist into a temporary directory instead",
     "pip install '.[flask]'": "installing over the environment under test (as above)",
+    "PYNBA_PGO=1 pip install .": "installing over the environment under test; test_packaging"
+    " makes the profile-guided build in a temporary directory",
     "pip install '.[docs]'": "installing over the environment under test; .ci/run installs it",
     TEST_COMMAND: "the command running these tests; .ci/run runs it verbatim (checked below)",
     "apt-get install php-cli php-pinba": "a system package manager; .ci/run installs them",
