@@ -158,6 +158,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_server(server: Gunicorn | PHPServer, name: str, timeout: float) -> None:
+    """Wait until ``server`` accepts connections; stopped, and RuntimeError, if it does not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            server.stop()
+            raise RuntimeError(f"{name} exited early:\n{server.output}")
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{name} did not start:\n{server.output}")
+
+
 class Gunicorn:
     """A gunicorn server on loopback running ``module:application`` from ``app_dir``."""
 
@@ -209,19 +225,8 @@ class Gunicorn:
         self.output = ""
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait until the server accepts connections (and answers a request)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"gunicorn exited early:\n{self.output}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not start:\n{self.output}")
+        """Wait until the server accepts connections."""
+        wait_for_server(self, "gunicorn", timeout)
 
     def stop(self) -> str:
         """Stop gracefully (SIGTERM: workers finish and run their exit hooks); its output."""
@@ -282,18 +287,7 @@ class PHPServer:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until the server accepts connections."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"php exited early:\n{self.output}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"php did not start:\n{self.output}")
+        wait_for_server(self, "php", timeout)
 
     def stop(self) -> str:
         """Stop the server and its workers; what it wrote to stderr."""
