@@ -147,7 +147,15 @@ class OptionalBuildExt(build_ext):
                 relative = self.get_ext_filename(ext.name)
                 shutil.copy2(self.get_ext_fullpath(ext.name), os.path.join(run_dir, relative))
             names = [ext.name.split(".", 1)[1] for ext in built]
-            environment = dict(os.environ, PYTHONPATH=run_dir, PYNBA_PURE_PYTHON="0")
+            # pynba's own settings of this environment (PINBA_ENABLED=0, PYNBA_STRICT,
+            # a bad PINBA_NAME_LIMIT...) are for the application: the workload
+            # is the same wherever it is built.
+            environment = {
+                name: value
+                for name, value in os.environ.items()
+                if not name.startswith(("PINBA_", "PYNBA_"))
+            }
+            environment.update(PYTHONPATH=run_dir, PYNBA_PURE_PYTHON="0")
             try:
                 done = subprocess.run(
                     [sys.executable, str(PGO_TRAINING), *names],
