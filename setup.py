@@ -73,12 +73,15 @@ class OptionalBuildExt(build_ext):
         self.force = True  # every module, each time: built instrumented, then with its profile
         with tempfile.TemporaryDirectory(prefix="pynba-pgo-") as profile:
             self._set_flags([f"-fprofile-generate={profile}"], link=True)
-            super().run()
-            self.compiler = compiler
-            failure = "a module did not build" if self._linked_failed else self._train()
-            # None of the instrumented modules may stay: one whose second build
-            # failed would write its counts at the exit of every process using it.
-            self._remove_built()
+            try:
+                super().run()
+                self.compiler = compiler
+                failure = "a module did not build" if self._linked_failed else self._train()
+            finally:
+                # None of the instrumented modules may stay, even when the build is
+                # interrupted: one would write its counts at the exit of every
+                # process using it.
+                self._remove_built()
             if failure is None:
                 self._set_flags(
                     [f"-fprofile-use={profile}", "-fprofile-partial-training",
@@ -115,9 +118,13 @@ class OptionalBuildExt(build_ext):
 
     def _remove_built(self):
         for ext in self.extensions:
-            path = self.get_ext_fullpath(ext.name)
-            if os.path.exists(path):
-                os.remove(path)
+            # In place, the module is built in the build directory and copied
+            # into the sources: a copy left there would be copied again when
+            # its next build fails, and installed by a later build.
+            built = os.path.join(self.build_lib, self.get_ext_filename(ext.name))
+            for path in {self.get_ext_fullpath(ext.name), built}:
+                if os.path.exists(path):
+                    os.remove(path)
 
     def _set_flags(self, flags, link):
         for ext in self.extensions:

@@ -152,10 +152,10 @@ def copy_the_project(destination, training=True):
         shutil.copy(ROOT / "benchmarks" / "pgo_training.py", destination / "benchmarks")
 
 
-def build(directory, **env):
-    """``setup.py build`` into ``directory``/lib; its completed process."""
+def build(directory, command=("build", "-j", "2", "--build-lib", "lib"), **env):
+    """``setup.py build`` into ``directory``/lib (or ``command``); its completed process."""
     return subprocess.run(
-        [sys.executable, "setup.py", "build", "-j", "2", "--build-lib", "lib"],
+        [sys.executable, "setup.py", *command],
         cwd=directory,
         env={**os.environ, "PYNBA_NO_EXTENSION": "", "PYNBA_PGO": "", **env},
         capture_output=True,
@@ -253,3 +253,44 @@ def test_a_profile_guided_build_whose_training_fails_is_built_without_a_profile(
     code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
     out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
     assert set(out.split()) >= {"collector", "reporter", "wire._encoder", "wsgi"}
+
+
+def test_a_profile_guided_build_interrupted_in_its_training_keeps_no_instrumented_module(
+    tmp_path,
+):
+    """A later build would install them: they write their counts at every exit."""
+    gcc_for_profiles()
+    copy_the_project(tmp_path)
+    (tmp_path / "benchmarks" / "pgo_training.py").write_text(
+        "import os, signal, time\nos.kill(os.getppid(), signal.SIGINT)\ntime.sleep(60)\n"
+    )
+    done = build(tmp_path, PYNBA_PGO="1")
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert done.stderr.rstrip().endswith("interrupted")
+    assert built_modules(tmp_path) == []
+
+
+def test_a_profile_guided_build_in_place_whose_second_build_fails_keeps_no_instrumented_module(
+    tmp_path,
+):
+    gcc_for_profiles()
+    copy_the_project(tmp_path)
+    compiler = tmp_path / "cc"
+    # The failure a profile could bring (a coverage mismatch is an error), on the encoder only.
+    compiler.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *_encoder.c*-fprofile-use*) exit 1;; esac\n'
+        f'exec {shutil.which(os.environ.get("CC", "gcc"))} "$@"\n'
+    )
+    compiler.chmod(0o755)
+    (tmp_path / "tmp").mkdir()  # where the profile is written
+    done = build(
+        tmp_path, ("build_ext", "--inplace"), PYNBA_PGO="1", CC=str(compiler),
+        TMPDIR=str(tmp_path / "tmp"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "building a compiled module failed" in done.stderr
+    code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
+    out = run_python(code, PYTHONPATH=str(tmp_path / "src"), PYNBA_PURE_PYTHON="")
+    assert "wire._encoder" not in out.split()
+    assert list(tmp_path.rglob("*.gcda")) == []
