@@ -47,7 +47,7 @@ class OptionalBuildExt(build_ext):
     With ``PYNBA_PGO=1`` and GCC, the build is profile-guided: the modules are
     built instrumented, run on ``benchmarks/pgo_training.py``, and built
     again from the profile it leaves. A request then runs over fewer lines
-    of code: under load, a worker spends about 6 µs less a request in them
+    of code: under load, a worker spends about 5 µs less a request in them
     (docs/performance.md). Whatever fails on the way gives a plain build.
     """
 
