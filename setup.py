@@ -135,7 +135,7 @@ class OptionalBuildExt(build_ext):
         """Run the training workload on the modules just built: None, or why it failed."""
         try:
             return self._run_training()
-        except Exception as error:  # a copy that fails, ...
+        except Exception as error:  # a copy that fails, a timeout, ...
             return f"the training did not run ({error!r})"
 
     def _run_training(self):
@@ -163,17 +163,14 @@ class OptionalBuildExt(build_ext):
                 if not name.startswith(("PINBA_", "PYNBA_"))
             }
             environment.update(PYTHONPATH=run_dir, PYNBA_PURE_PYTHON="0")
-            try:
-                done = subprocess.run(
-                    [sys.executable, str(PGO_TRAINING), *names],
-                    cwd=run_dir,
-                    env=environment,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                )
-            except (OSError, subprocess.SubprocessError) as error:
-                return f"the training did not run ({error})"
+            done = subprocess.run(
+                [sys.executable, str(PGO_TRAINING), *names],
+                cwd=run_dir,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         if done.returncode:
             return f"the training failed: {done.stderr.strip()[-500:]}"
         return None
@@ -200,12 +197,9 @@ class OptionalBuildExt(build_ext):
                 os.remove(path)
 
     def _fall_back(self, error):
-        message = (
-            f"pynba: building a compiled module failed ({error}); "
-            "installing its pure Python instead."
+        self._say(
+            f"building a compiled module failed ({error}); installing its pure Python instead."
         )
-        print(message, file=sys.stderr)
-        self.warn(message)
 
 
 def extensions():
