@@ -4,10 +4,11 @@ The calls make no network traffic, so that the hook's own cost is not lost
 in a server's: requests goes through an adapter, urllib3 through a pool
 whose ``_make_request`` gives a canned response; everything else of each
 library runs. Each case is measured as ``bench_instrumentation.py``
-measures its cases (its ``measure``: best of short interleaved runs inside
-monitored requests), bare, in a hand-written ``pynba.timer``, automatic.
-The three ways of the HTTP clients are calls of one object, its library
-hooked for the automatic runs only (the integration turned on, then off):
+measures its cases (best of short runs inside monitored requests), bare, in
+a hand-written ``pynba.timer``, automatic. The library of an HTTP client is
+patched only in the processes that measure its automatic calls, never in
+those measuring the bare and hand-written ones (``measure_in_processes``);
+the calls are made the same way in both:
 
 - requests: ``Session.send(prepared)``, through a canned adapter;
 - httpx: ``Client.get(url)`` answered by a ``MockTransport``;
@@ -32,7 +33,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from bench_instrumentation import BAR, Case, missing, patched_case, run_case
+from bench_instrumentation import (
+    BAR,
+    Case,
+    add_side_arguments,
+    missing,
+    patched_case,
+    print_side,
+    run_case,
+)
 
 from pynba import pynba
 from pynba.reporter import Reporter
@@ -244,17 +253,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs (noisier)")
     parser.add_argument("--seconds", type=float, help="seconds a case (default 10, quick 1)")
     parser.add_argument("--only", help="the cases whose name starts with this")
+    add_side_arguments(parser)
     options = parser.parse_args()
     seconds = options.seconds
     if seconds is None:
         seconds = 1.0 if options.quick else 10.0
+    if options.side is not None:
+        print_side(CASES, options.case, options.side, seconds)
+        return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     reporter = Reporter(sink.getsockname())
     print(f"encoder: {IMPLEMENTATION}; µs per call, best of short runs for {seconds:g} s a case")
     print(
-        f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'outside':>8}"
-        f" {'A/A':>6}  ok"
+        f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'±':>5}"
+        f" {'outside':>8} {'A/A':>6}  ok"
     )
     for make in CASES:
         if options.only and not make.__name__.startswith(options.only):
@@ -263,13 +276,15 @@ def main() -> None:
         if case is None:
             print(f"{make.__name__:<58} (not installed)")
             continue
-        best, _runs = run_case(case, reporter, seconds)  # warms, measures, closes
+        figures = run_case(case, reporter, seconds, __file__, make.__name__)
+        best = figures.best
         bare, hand, auto = best["bare"], best["hand"], best["auto"]
+        over, error = figures.over()
         outside = best["auto outside"] - best["bare outside"]
         twin = best["bare twin"] - bare
-        ok = "yes" if auto - hand <= BAR else "NO"
+        ok = "yes" if over <= BAR else "NO"
         print(
-            f"{case.name:<58} {bare:7.2f} {hand:7.2f} {auto:7.2f} {auto - hand:9.2f} "
+            f"{case.name:<58} {bare:7.2f} {hand:7.2f} {auto:7.2f} {over:9.2f} {error} "
             f"{outside:8.2f} {twin:6.2f}  {ok}"
         )
     print(

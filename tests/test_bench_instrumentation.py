@@ -56,8 +56,10 @@ def test_every_case_prints_its_row():
             continue
         words = row.split()
         assert words[-1] in ("yes", "NO"), row
-        [float(word) for word in words[-7:-2]]  # bare, hand, auto, auto-hand, outside
-        assert int(words[-2]) >= 1  # rounds
+        # bare, hand, auto, auto-hand, outside
+        [float(word) for word in words[-8:-4] + words[-3:-2]]
+        assert words[-4] == "-", row  # ±: none of one round
+        assert int(words[-2]) == 1  # rounds: one in a smoke run
     assert any(line.startswith("next to a") for line in lines), lines
     assert any(line.startswith("a monitored request making 10") for line in lines), lines
 
@@ -71,6 +73,9 @@ def test_the_hooks_script_prints_a_row_for_each_case():
         if "(not installed)" in row:
             assert not IN_CI, row
             continue
-        figures = row.split()[-7:-1]  # bare, hand, auto, auto-hand, outside, A/A
+        words = row.split()
+        assert words[-1] in ("yes", "NO"), row
+        figures = words[-8:-4] + words[-3:-1]  # bare, hand, auto, auto-hand, outside, A/A
         assert all(float(figure) == float(figure) for figure in figures), row
+        assert words[-4] == "-", row  # ±: none of one round
     assert lines[header + 7].startswith("A/A: "), lines
