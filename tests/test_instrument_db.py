@@ -53,6 +53,39 @@ def table(postgres):
     return "numbers"
 
 
+# -- a statement's verb -------------------------------------------------------
+
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize(
+    ("statement", "verb"),
+    [
+        ("SELECT 1", "select"),
+        ("  /* a comment */ -- another\n\tinsert INTO t VALUES (1)", "insert"),
+        ("(SELECT 1) UNION (SELECT 2)", "select"),
+        (b"UPDATE t SET n = 1", "update"),
+        ("START TRANSACTION", "begin"),
+        ("END", "commit"),
+        ("rollback", "rollback"),
+        ("WITH x AS (SELECT 1) SELECT * FROM x", "other"),
+        ("SELECTED", "other"),
+        ("", "other"),
+        (Unprintable(), "other"),
+    ],
+)
+def test_sql_verb(statement, verb):
+    from pynba.instrumentation._hooks import SQL_VERBS, sql_verb
+
+    found = sql_verb(statement)
+    assert found == verb
+    # The set's own string: the timers' tags then compare by identity.
+    assert found == "other" or found is next(known for known in SQL_VERBS if known == verb)
+
+
 # -- DB-API: psycopg, psycopg2, sqlite3 ----------------------------------------
 
 
@@ -455,20 +488,25 @@ def test_sqlalchemy_sqlite_in_memory_and_one_engine(udp_listener):
     assert receive(udp_listener).timers == []
 
 
-def test_sqlalchemy_no_parameters_and_another_listener(udp_listener):
+def test_sqlalchemy_no_parameters_and_other_listeners(udp_listener):
     engine = sqlalchemy.create_engine("sqlite://")
     theirs_engine = sqlalchemy.create_engine("sqlite://")
+    making_engine = sqlalchemy.create_engine("sqlite://")
     seen = []
 
     def theirs(cursor, statement, parameters, context):
         seen.append(statement)
-        return False  # SQLAlchemy makes the call
+        return False  # SQLAlchemy makes the call: the dialect's, timed
 
-    # Registered before the engine's first statement: pynba leaves do_execute
-    # to SQLAlchemy (its listener would make the call, and theirs not run).
+    def making(cursor, statement, parameters, context):
+        cursor.execute(statement, parameters)
+        return True  # made here: the dialect's method is not called, untimed
+
     sqlalchemy.event.listen(theirs_engine, "do_execute", theirs)
-    sqlalchemy_timers.instrument_engine(engine, name="lite")
-    sqlalchemy_timers.instrument_engine(theirs_engine, name="theirs")
+    sqlalchemy.event.listen(making_engine, "do_execute", making)
+    engines = {"lite": engine, "theirs": theirs_engine, "making": making_engine}
+    for name, each in engines.items():
+        sqlalchemy_timers.instrument_engine(each, name=name)
     try:
         with monitored_request(udp_listener):
             with engine.connect() as connection:
@@ -478,35 +516,100 @@ def test_sqlalchemy_no_parameters_and_another_listener(udp_listener):
                 assert connection.execute(sqlalchemy.text("SELECT 2")).scalar() == 2
                 connection.execution_options(no_parameters=True)
                 assert connection.exec_driver_sql("SELECT 3").scalar() == 3
+            with making_engine.connect() as connection:
+                assert connection.execute(sqlalchemy.text("SELECT 4")).scalar() == 4
     finally:
-        sqlalchemy_timers.uninstrument_engine(engine)
-        sqlalchemy_timers.uninstrument_engine(theirs_engine)
+        for each in engines.values():
+            sqlalchemy_timers.uninstrument_engine(each)
     assert seen == ["SELECT 2"]
     packet = receive(udp_listener)
     assert packet.timer_tags() == [
         (("db", "lite"), ("group", "db"), ("op", "select")),
-        (("db", "theirs"), ("group", "db"), ("op", "select")),  # SELECT 3: no params
+        (("db", "theirs"), ("group", "db"), ("op", "select")),
     ]
     assert packet.timer(group="db", op="select", db="lite").hit_count == 1
-    assert packet.timer(group="db", op="select", db="theirs").hit_count == 1
+    assert packet.timer(group="db", op="select", db="theirs").hit_count == 2  # SELECT 2 and 3
+
+
+def sqlalchemy_own_methods():
+    """The dialect methods pynba hooks, as each loaded dialect class defines them."""
+    from sqlalchemy.engine.default import DefaultDialect
+
+    found = {}
+    pending = [DefaultDialect]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        for name in ("do_execute", "do_executemany", "do_execute_no_params", "__init_subclass__"):
+            if name in vars(cls):
+                found[cls, name] = vars(cls)[name]
+    return found
 
 
 def test_sqlalchemy_uninstrument_and_outside_a_request(pg_engine, udp_listener):
+    before = sqlalchemy_own_methods()
     sqlalchemy_timers.instrument()
     sqlalchemy_timers.instrument()
     try:
+        assert sqlalchemy_own_methods() != before
         with pg_engine.connect() as connection:  # outside: nothing recorded, the query runs
             assert connection.execute(sqlalchemy.text("SELECT 3")).scalar() == 3
     finally:
         sqlalchemy_timers.uninstrument()
     sqlalchemy_timers.uninstrument()
-    for name, listener in sqlalchemy_timers._LISTENERS:
-        assert not sqlalchemy.event.contains(sqlalchemy.engine.Engine, name, listener)
+    assert sqlalchemy_own_methods() == before
     with monitored_request(udp_listener):
         with pg_engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 4"))
     assert receive(udp_listener).timers == []
     assert udp_listener.pending() == []
+
+
+def test_sqlalchemy_dialect_defined_later_and_calling_its_base(udp_listener, monkeypatch):
+    """A dialect class defined after instrument() is timed; calling its base adds no timer."""
+    import types
+
+    from sqlalchemy.dialects import registry
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    calls = []
+    sqlalchemy_timers.instrument()
+    try:
+
+        class Later(SQLiteDialect_pysqlite):
+            supports_statement_cache = True
+
+            def do_execute(self, cursor, statement, parameters, context=None):
+                calls.append("execute")
+                super().do_execute(cursor, statement, parameters, context)
+
+            def do_executemany(self, cursor, statement, parameters, context=None):
+                calls.append("executemany")
+                super().do_executemany(cursor, statement, parameters, context)
+
+        module = types.ModuleType("pynba_test_later_dialect")
+        module.Later = Later
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        registry.register("sqlite.pynbalater", module.__name__, "Later")
+        engine = sqlalchemy.create_engine("sqlite+pynbalater://")
+        assert type(engine.dialect) is Later
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("CREATE TABLE t (n integer)"))
+            with monitored_request(udp_listener):
+                assert connection.execute(sqlalchemy.text("SELECT 5")).scalar() == 5
+                connection.execute(
+                    sqlalchemy.text("INSERT INTO t VALUES (:n)"), [{"n": n} for n in range(4)]
+                )
+    finally:
+        sqlalchemy_timers.uninstrument()
+    assert calls == ["execute", "execute", "executemany"]
+    packet = receive(udp_listener)
+    assert len(db_timers(packet)) == 2
+    assert packet.timer(group="db", op="select", db="sqlite").hit_count == 1
+    assert packet.timer(group="db", op="insert", db="sqlite").hit_count == 4
+    # Put back as it was defined.
+    assert vars(Later)["do_execute"].__qualname__.endswith("Later.do_execute")
+    assert not hasattr(vars(Later)["do_execute"], "__wrapped__")
 
 
 def test_sqlalchemy_connections_are_not_timed_twice(postgres, udp_listener):

@@ -41,6 +41,8 @@ __all__ = [
 
 #: The ``op`` tag of a database timer: a statement's verb, or ``other``.
 SQL_VERBS = frozenset(["select", "insert", "update", "delete", "begin", "commit", "rollback"])
+# Each verb as one string object: a timer's tags then compare by identity.
+_VERBS = {verb: verb for verb in SQL_VERBS}
 
 # Statements repeat (an application has few distinct ones): each is read
 # once. Bounded, as anything keyed by what the application sends must be.
@@ -122,7 +124,7 @@ def _first_keyword(statement: Any) -> str:
         return "begin"
     if word == "end":  # END [TRANSACTION], PostgreSQL's COMMIT
         return "commit"
-    return word if word in SQL_VERBS else "other"
+    return _VERBS.get(word, "other")
 
 
 def bounded(value: str, seen: set[str], limit: int, other: str = "other") -> str:
@@ -200,7 +202,9 @@ class Patches:
 
     def replace(self, owner: Any, name: str, hook_of: Callable[[Any], Any]) -> None:
         current = getattr(owner, name)
-        hook = functools.wraps(current)(hook_of(current))
+        hook = hook_of(current)
+        if not isinstance(hook, classmethod):  # whose __wrapped__ cannot be set
+            hook = functools.wraps(current)(hook)
         self._replaced.append((owner, name, vars(owner).get(name, _ABSENT)))
         setattr(owner, name, hook)
 
