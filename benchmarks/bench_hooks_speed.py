@@ -36,11 +36,13 @@ from typing import Any
 from bench_instrumentation import (
     BAR,
     Case,
+    CaseFailed,
     add_side_arguments,
     missing,
     patched_case,
     print_side,
     run_case,
+    side_wanted,
 )
 
 from pynba import pynba
@@ -258,7 +260,7 @@ def main() -> None:
     seconds = options.seconds
     if seconds is None:
         seconds = 1.0 if options.quick else 10.0
-    if options.side is not None:
+    if side_wanted(parser, options):
         print_side(CASES, options.case, options.side, seconds)
         return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -276,7 +278,11 @@ def main() -> None:
         if case is None:
             print(f"{make.__name__:<58} (not installed)")
             continue
-        figures = run_case(case, reporter, seconds, __file__, make.__name__)
+        try:
+            figures = run_case(case, reporter, seconds, __file__, make.__name__)
+        except CaseFailed as failed:
+            print(f"{make.__name__:<58} failed: {failed}")
+            continue
         best = figures.best
         bare, hand, auto = best["bare"], best["hand"], best["auto"]
         over, error = figures.over()

@@ -386,7 +386,11 @@ def http_case(
     integration = importlib.import_module(f"pynba.instrumentation.{library}")
     server = start_http_server()
     host = f"127.0.0.1:{server.port}"
-    get, close_client = make_get(f"http://{host}/users/42")
+    try:
+        get, close_client = make_get(f"http://{host}/users/42")
+    except BaseException:
+        server.stop()
+        raise
 
     def close() -> None:
         close_client()
@@ -698,11 +702,15 @@ def measure_in_processes(script: str, name: str, seconds: float) -> Figures:
     return Figures({way: min(values) for way, values in runs.items()}, over_hand)
 
 
+class CaseFailed(Exception):
+    """A case that could not be measured (a child process failed), and why."""
+
+
 def side_in_process(script: str, name: str, side: str, seconds: float) -> dict[str, float]:
     command = [sys.executable, script, "--case", name, "--side", side, "--seconds", str(seconds)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600 + 2 * seconds)
     if done.returncode != 0:
-        raise RuntimeError(f"{name} ({side}) failed:\n{done.stderr}")
+        raise CaseFailed(f"its {side} process failed: {done.stderr.strip().splitlines()[-1:]}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -723,6 +731,13 @@ def add_side_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side", choices=("plain", "automatic"), help=argparse.SUPPRESS)
 
 
+def side_wanted(parser: argparse.ArgumentParser, options: argparse.Namespace) -> bool:
+    """Whether this process is a child measuring a side (``--case`` and ``--side`` both given)."""
+    if (options.case is None) != (options.side is None):
+        parser.error("--case and --side go together (the options of a child process)")
+    return options.side is not None
+
+
 def print_side(
     cases: list[Callable[[], Case | str | None]], name: str, side: str, seconds: float
 ) -> None:
@@ -733,10 +748,12 @@ def print_side(
     process to the next as the calls within one (on two CPUs, how the
     scheduler placed the two moved a Redis GET by up to 50 µs).
     """
+    found = [make for make in cases if make.__name__ == name]
+    if not found:
+        raise SystemExit(f"no case {name!r}: {', '.join(make.__name__ for make in cases)}")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    [make] = [make for make in cases if make.__name__ == name]
-    case = make()
+    case = found[0]()
     if not isinstance(case, Case):
         raise SystemExit(f"{name}: {case}")
     try:
@@ -855,7 +872,7 @@ def main() -> None:
     add_side_arguments(parser)
     options = parser.parse_args()
     seconds = options.seconds if options.seconds is not None else 1.0 if options.quick else 10.0
-    if options.side is not None:
+    if side_wanted(parser, options):
         print_side(CASES, options.case, options.side, seconds)
         return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -875,7 +892,11 @@ def main() -> None:
         if isinstance(case, str):
             print(f"{make.__name__:<68} skipped: {case}")
             continue
-        figures = run_case(case, reporter, seconds, __file__, make.__name__)
+        try:
+            figures = run_case(case, reporter, seconds, __file__, make.__name__)
+        except CaseFailed as failed:
+            print(f"{make.__name__:<68} failed: {failed}")
+            continue
         best = results[make.__name__] = figures.best
         over, error = figures.over()
         untimed = best["auto outside"] - best["bare outside"]

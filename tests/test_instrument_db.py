@@ -565,11 +565,128 @@ def test_sqlalchemy_uninstrument_and_outside_a_request(pg_engine, udp_listener):
     assert udp_listener.pending() == []
 
 
-def test_sqlalchemy_dialect_defined_later_and_calling_its_base(udp_listener, monkeypatch):
-    """A dialect class defined after instrument() is timed; calling its base adds no timer."""
+def register_dialect(monkeypatch, cls):
+    """The URL of an engine of the dialect class ``cls`` (sqlite underneath)."""
     import types
 
     from sqlalchemy.dialects import registry
+
+    module = types.ModuleType(f"pynba_test_dialect_{cls.__name__.lower()}")
+    setattr(module, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    registry.register(f"sqlite.pynba{cls.__name__.lower()}", module.__name__, cls.__name__)
+    return f"sqlite+pynba{cls.__name__.lower()}://"
+
+
+def dialect_layouts():
+    """Dialect classes whose do_execute is not a plain method of their own."""
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    class Mixin:
+        def do_execute(self, cursor, statement, parameters, context=None):
+            super().do_execute(cursor, statement, parameters, context)
+
+    class WithMixin(Mixin, SQLiteDialect_pysqlite):
+        supports_statement_cache = True
+
+    class Static(SQLiteDialect_pysqlite):
+        supports_statement_cache = True
+
+        @staticmethod
+        def do_execute(cursor, statement, parameters, context=None):
+            cursor.execute(statement, parameters)
+
+    class Classy(SQLiteDialect_pysqlite):
+        supports_statement_cache = True
+
+        @classmethod
+        def do_execute(cls, cursor, statement, parameters, context=None):
+            assert cls is Classy
+            cursor.execute(statement, parameters)
+
+    return [WithMixin, Static, Classy]
+
+
+@pytest.mark.parametrize("layout", range(3), ids=["mixin", "staticmethod", "classmethod"])
+@pytest.mark.parametrize("turned_on", ["instrument", "instrument_engine", "both"])
+def test_sqlalchemy_dialect_layouts(layout, turned_on, udp_listener, monkeypatch):
+    """A mixin's method calling its base, a staticmethod, a classmethod: one timer a statement."""
+    cls = dialect_layouts()[layout]
+    engine = sqlalchemy.create_engine(register_dialect(monkeypatch, cls))
+    if turned_on != "instrument_engine":
+        sqlalchemy_timers.instrument()
+    if turned_on != "instrument":
+        sqlalchemy_timers.instrument_engine(engine, name="layout")
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT 1")).scalar() == 1  # outside
+            with monitored_request(udp_listener):
+                assert connection.execute(sqlalchemy.text("SELECT 2")).scalar() == 2
+                assert connection.execute(sqlalchemy.text("SELECT 3")).scalar() == 3
+    finally:
+        sqlalchemy_timers.uninstrument_engine(engine)
+        sqlalchemy_timers.uninstrument()
+    db = "sqlite" if turned_on == "instrument" else "layout"
+    packet = receive(udp_listener)
+    assert len(db_timers(packet)) == 1
+    assert packet.timer(group="db", op="select", db=db).hit_count == 2
+
+
+def test_sqlalchemy_dialect_copying_a_hooked_method(udp_listener, monkeypatch):
+    """A class defined while instrumented, copying its base's method: plain once uninstrumented."""
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    sqlalchemy_timers.instrument()
+    try:
+
+        class Copying(SQLiteDialect_pysqlite):
+            supports_statement_cache = True
+            do_execute = SQLiteDialect_pysqlite.do_execute
+
+    finally:
+        sqlalchemy_timers.uninstrument()
+    assert vars(Copying)["do_execute"] is SQLiteDialect_pysqlite.do_execute
+    engine = sqlalchemy.create_engine(register_dialect(monkeypatch, Copying))
+    with monitored_request(udp_listener):
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    assert receive(udp_listener).timers == []
+
+
+def test_sqlalchemy_with_an_init_subclass_of_sqlalchemy(udp_listener, monkeypatch):
+    """DefaultDialect's own __init_subclass__, should it have one, still runs."""
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+    from sqlalchemy.engine.default import DefaultDialect
+
+    seen = []
+
+    def own(cls, **kwargs):
+        seen.append(cls.__name__)
+        super(DefaultDialect, cls).__init_subclass__(**kwargs)
+
+    monkeypatch.setattr(DefaultDialect, "__init_subclass__", classmethod(own), raising=False)
+    sqlalchemy_timers.instrument()
+    try:
+
+        class Own(SQLiteDialect_pysqlite):
+            supports_statement_cache = True
+
+            def do_execute(self, cursor, statement, parameters, context=None):
+                cursor.execute(statement, parameters)
+
+        engine = sqlalchemy.create_engine(register_dialect(monkeypatch, Own))
+        with monitored_request(udp_listener):
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT 1"))
+    finally:
+        sqlalchemy_timers.uninstrument()
+    assert seen == ["Own"]
+    assert vars(DefaultDialect)["__init_subclass__"].__func__ is own
+    assert receive(udp_listener).timer(group="db", op="select", db="sqlite").hit_count == 1
+
+
+def test_sqlalchemy_dialect_defined_later_and_calling_its_base(udp_listener, monkeypatch):
+    """A dialect class defined after instrument() is timed; calling its base adds no timer."""
     from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 
     calls = []
@@ -587,11 +704,7 @@ def test_sqlalchemy_dialect_defined_later_and_calling_its_base(udp_listener, mon
                 calls.append("executemany")
                 super().do_executemany(cursor, statement, parameters, context)
 
-        module = types.ModuleType("pynba_test_later_dialect")
-        module.Later = Later
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-        registry.register("sqlite.pynbalater", module.__name__, "Later")
-        engine = sqlalchemy.create_engine("sqlite+pynbalater://")
+        engine = sqlalchemy.create_engine(register_dialect(monkeypatch, Later))
         assert type(engine.dialect) is Later
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("CREATE TABLE t (n integer)"))

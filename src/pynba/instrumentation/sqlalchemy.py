@@ -17,14 +17,17 @@ call itself (returns True) leaves that statement untimed.
 
 An ``executemany`` counts a hit per parameter set; a batch of SQLAlchemy
 2's "insertmanyvalues" (one ``INSERT ... VALUES (...), (...)`` for many
-rows) a hit per row inserted.
+rows) a hit per row inserted, where the driver's ``rowcount`` tells it
+(psycopg, psycopg2; sqlite3 counts the rows of a ``RETURNING`` only as
+they are fetched: one hit).
 """
 
 from __future__ import annotations
 
+import inspect
+import threading
 import weakref
 from collections.abc import Callable
-from functools import partial
 from types import FunctionType, MethodType
 from typing import Any
 
@@ -51,8 +54,17 @@ _INSERTMANYVALUES = ExecuteStyle.INSERTMANYVALUES
 
 # The classes' hooks (instrument()), put back by uninstrument().
 _patches = Patches()
-# Every hook made, a dialect's or a class's: what is pynba's is not hooked again.
-_hooks_made: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+# Every hook made, a dialect's or a class's, and the method it calls (a
+# function of the dialect and the method's arguments): what is pynba's is
+# not hooked again, and a hook is not called through another.
+_originals: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
+# instrument() and uninstrument(), and the classes defined meanwhile, one at a time.
+_lock = threading.RLock()
+# The cursors whose statement a hook is timing (by id()): a dialect method
+# that calls another hooked one (its base class's, through super() or a
+# mixin) adds no second timer. By cursor, not by thread: the statements of
+# an asyncio engine's connections run in one thread, interleaved.
+_timing: set[int] = set()
 
 
 class _Engine:
@@ -90,29 +102,25 @@ def _name_engine(engine: Any, name: str | None) -> _Engine:
     return named
 
 
-def _hook(method: str, original: Callable[..., Any], in_class: bool) -> Callable[..., Any]:
-    """``original``, the dialect method ``method``, timing the statements of a request.
+def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The dialect method ``method``, timing a request's statements: ``original(dialect, ...)``.
 
-    A class's hook times only the call the dialect's own method gets: a
-    dialect class that overrides ``method`` and calls its base class's
-    (``super()``) makes one timer, not two. (The timer is started and
-    stopped in the hook itself: through a shared helper taking
-    ``*args``, a statement cost 0.5 to 1 us more.)
+    (The timer is started and stopped in the hook itself: through a shared
+    helper taking ``*args``, a statement cost 0.5 to 1 us more.)
     """
     hook: Callable[..., Any]
     if method == "do_execute_no_params":
 
         def hook_no_params(self: Any, cursor: Any, statement: Any, context: Any = None) -> Any:
-            if (
-                context is None
-                or current_collector() is None
-                or (in_class and getattr(type(self), method) is not hook_no_params)
-            ):
+            if context is None or current_collector() is None or id(cursor) in _timing:
                 return original(self, cursor, statement, context)
             timer = _start(self, context, statement)
+            key = id(cursor)
+            _timing.add(key)
             try:
                 return original(self, cursor, statement, context)
             finally:
+                _timing.discard(key)
                 stop_timer(timer)
 
         hook = hook_no_params
@@ -122,24 +130,23 @@ def _hook(method: str, original: Callable[..., Any], in_class: bool) -> Callable
         def hook_execute(
             self: Any, cursor: Any, statement: Any, parameters: Any, context: Any = None
         ) -> Any:
-            if (
-                context is None
-                or current_collector() is None
-                or (in_class and getattr(type(self), method) is not hook_execute)
-            ):
+            if context is None or current_collector() is None or id(cursor) in _timing:
                 return original(self, cursor, statement, parameters, context)
             timer = _start(self, context, statement)
             hits = row_count(parameters) if many else 1
+            key = id(cursor)
+            _timing.add(key)
             try:
                 result = original(self, cursor, statement, parameters, context)
                 if getattr(context, "execute_style", None) is _INSERTMANYVALUES:
                     hits = _rows_inserted(cursor)
             finally:
+                _timing.discard(key)
                 stop_timer(timer, hits)
             return result
 
         hook = hook_execute
-    _hooks_made.add(hook)
+    _originals[hook] = original
     return hook
 
 
@@ -163,26 +170,59 @@ def _rows_inserted(cursor: Any) -> int:
     return rows if type(rows) is int and rows > 1 else 1
 
 
-def _is_hook(function: Any) -> bool:
-    return getattr(function, "__func__", function) in _hooks_made
+def _original_of(attribute: Any) -> Callable[..., Any] | None:
+    """What the hook ``attribute`` calls; None when it is not pynba's."""
+    try:
+        return _originals.get(getattr(attribute, "__func__", attribute))
+    except TypeError:  # not weakly referable: not a hook
+        return None
+
+
+def _of_dialect(attribute: Any) -> Callable[..., Any]:
+    """A dialect class's ``attribute`` (a method, a staticmethod...) as a function of a dialect."""
+    found = _original_of(attribute)
+    if found is not None:
+        return found
+    if type(attribute) is FunctionType:
+        return attribute
+
+    def call(self: Any, *args: Any) -> Any:
+        return attribute.__get__(self, type(self))(*args)
+
+    return call
 
 
 def _hook_class(cls: type) -> None:
-    """Hook the methods ``cls`` defines itself (plain functions: not a staticmethod's)."""
-    try:
-        for method in _METHODS:
-            defined = vars(cls).get(method)
-            if type(defined) is FunctionType and not _is_hook(defined):
-                _patches.replace(cls, method, partial(_hook, method, in_class=True))
-    except Exception:  # never in the way of the application, nor of a class's definition
-        internal_error(f"cannot time the statements of SQLAlchemy's {cls.__name__}", False)
+    """Hook the methods ``cls`` defines itself."""
+    with _lock:
+        try:
+            for method in _METHODS:
+                if method not in vars(cls):
+                    continue
+                defined = vars(cls)[method]
+                original = _of_dialect(defined)
+                if _original_of(defined) is not None:
+                    # Another class's hook, copied (do_execute = Base.do_execute):
+                    # what it calls is what uninstrument() leaves there.
+                    setattr(cls, method, original)
+
+                def hook_of(current: Any, method: str = method, original: Any = original) -> Any:
+                    return _hook(method, original)
+
+                _patches.replace(cls, method, hook_of)
+        except Exception:  # never in the way of the application, nor of a class's definition
+            internal_error(f"cannot time the statements of SQLAlchemy's {cls.__name__}", False)
 
 
 def _subclass_hook(current: Callable[..., Any]) -> classmethod[Any, Any, None]:
     """``DefaultDialect.__init_subclass__``: a dialect class defined later is hooked too."""
+    own = vars(DefaultDialect).get("__init_subclass__")  # SQLAlchemy's, should it have one
 
     def __init_subclass__(cls: Any, **kwargs: Any) -> None:
-        super(DefaultDialect, cls).__init_subclass__(**kwargs)
+        if own is None:
+            super(DefaultDialect, cls).__init_subclass__(**kwargs)
+        else:
+            own.__get__(cls, cls)(**kwargs)
         _hook_class(cls)
 
     return classmethod(__init_subclass__)
@@ -190,26 +230,24 @@ def _subclass_hook(current: Callable[..., Any]) -> classmethod[Any, Any, None]:
 
 def instrument() -> None:
     """Time the statements of every engine (idempotent)."""
-    if _patches.applied:
-        return
-    if "__init_subclass__" in vars(DefaultDialect):
-        # A SQLAlchemy that has its own: a later dialect class is not hooked.
-        internal_error("cannot time SQLAlchemy's dialects defined later", False)
-    else:
+    with _lock:
+        if _patches.applied:
+            return
         _patches.replace(DefaultDialect, "__init_subclass__", _subclass_hook)
-    pending: list[type] = [DefaultDialect]
-    seen: set[type] = set()
-    while pending:  # the dialect classes, each once
-        cls = pending.pop()
-        if cls not in seen:
-            seen.add(cls)
-            _hook_class(cls)
-            pending.extend(cls.__subclasses__())
+        pending: list[type] = [DefaultDialect]
+        seen: set[type] = set()
+        while pending:  # the dialect classes, each once
+            cls = pending.pop()
+            if cls not in seen:
+                seen.add(cls)
+                _hook_class(cls)
+                pending.extend(cls.__subclasses__())
 
 
 def uninstrument() -> None:
     """Stop timing every engine (those given to ``instrument_engine`` stay timed; idempotent)."""
-    _patches.undo()
+    with _lock:
+        _patches.undo()
 
 
 def instrument_engine(engine: Any, name: str | None = None) -> None:
@@ -218,17 +256,14 @@ def instrument_engine(engine: Any, name: str | None = None) -> None:
     _name_engine(engine, name)
     dialect = engine.dialect
     for method in _METHODS:
-        if _is_hook(vars(dialect).get(method)):
-            continue
-        original = getattr(type(dialect), method)
-        if _is_hook(original):  # instrument()'s: this hook calls the method itself
-            original = original.__wrapped__
-        setattr(dialect, method, MethodType(_hook(method, original, False), dialect))
+        if _original_of(vars(dialect).get(method)) is None:
+            original = _of_dialect(inspect.getattr_static(type(dialect), method))
+            setattr(dialect, method, MethodType(_hook(method, original), dialect))
 
 
 def uninstrument_engine(engine: Any) -> None:
     """Stop timing ``engine`` (unless ``instrument()`` times every engine)."""
     dialect = getattr(engine, "sync_engine", engine).dialect
     for method in _METHODS:
-        if _is_hook(vars(dialect).get(method)):
+        if _original_of(vars(dialect).get(method)) is not None:
             delattr(dialect, method)
