@@ -29,7 +29,6 @@ Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME
 from __future__ import annotations
 
 import argparse
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +45,6 @@ from bench_instrumentation import (
 )
 
 from pynba import pynba
-from pynba.reporter import Reporter
 from pynba.wire.encoder import IMPLEMENTATION
 
 URL = "http://127.0.0.1:8080/users/42?page=1"
@@ -263,9 +261,6 @@ def main() -> None:
     if side_wanted(parser, options):
         print_side(CASES, options.case, options.side, seconds)
         return
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    reporter = Reporter(sink.getsockname())
     print(f"encoder: {IMPLEMENTATION}; µs per call, best of short runs for {seconds:g} s a case")
     print(
         f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'±':>5}"
@@ -279,7 +274,7 @@ def main() -> None:
             print(f"{make.__name__:<58} (not installed)")
             continue
         try:
-            figures = run_case(case, reporter, seconds, __file__, make.__name__)
+            figures = run_case(case, seconds, __file__, make.__name__)
         except CaseFailed as failed:
             print(f"{make.__name__:<58} failed: {failed}")
             continue
@@ -297,8 +292,6 @@ def main() -> None:
         "A/A: the bare call through a second object built as the first, less the bare call:"
         " how far apart the figures of identical calls lie"
     )
-    reporter.close()
-    sink.close()
 
 
 if __name__ == "__main__":

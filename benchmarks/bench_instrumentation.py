@@ -591,9 +591,9 @@ def in_requests(func: Callable[[], object], reporter: Reporter, number: int, run
 
 #: The calls that warm a case's call before it is measured.
 WARM_CALLS = 20
-#: The pairs of processes that measure a case whose integration patches its
-#: library (at least: one for a smoke test, ``--seconds 0``).
-PROCESS_PAIRS = 6
+#: The processes (or pairs of processes) that measure a case, one after the
+#: other (one for a smoke test, ``--seconds 0``): see ``measure_in_processes``.
+PROCESS_ROUNDS = 6
 
 
 @dataclass
@@ -646,8 +646,8 @@ def side_ways(case: Case, reporter: Reporter, side: str) -> dict[str, Callable[[
     return ways
 
 
-def measure(case: Case, reporter: Reporter, seconds: float) -> Figures:
-    """The ways of a case whose integration does not patch its library, interleaved in this process.
+def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
+    """The best run of each way of one side, here (a child of ``measure_in_processes``).
 
     A round makes calls for about 2 ms each way, in requests of
     ``CALLS_PER_REQUEST`` calls (as many as the bare call's time allows),
@@ -657,48 +657,51 @@ def measure(case: Case, reporter: Reporter, seconds: float) -> Figures:
     share what else the machine does; many short runs give each a chance
     to run alone.
     """
-    ways = {**side_ways(case, reporter, "plain"), **side_ways(case, reporter, "automatic")}
-    runs = interleaved(ways, seconds, 10 if seconds > 0 else 1)
-    over_hand = [auto - hand for auto, hand in zip(runs["auto"], runs["hand"], strict=True)]
-    return Figures({way: min(values) for way, values in runs.items()}, over_hand)
-
-
-def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
-    """The best run of each way of one side, here (a child of ``measure_in_processes``)."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     reporter = Reporter(sink.getsockname())
     try:
         if side == "automatic" and case.instrument is not None:
             case.instrument()
-        runs = interleaved(side_ways(case, reporter, side), seconds, 3 if seconds > 0 else 1)
+        ways: dict[str, Callable[[], float]] = {}
+        for part in ("plain", "automatic") if side == "all" else (side,):
+            ways.update(side_ways(case, reporter, part))
+        runs = interleaved(ways, seconds, 3 if seconds > 0 else 1)
         return {way: min(values) for way, values in runs.items()}
     finally:
         reporter.close()
         sink.close()
 
 
-def measure_in_processes(script: str, name: str, seconds: float) -> Figures:
-    """The ways of the case ``name`` of ``script``, whose integration patches its library.
+def measure_in_processes(case: Case, script: str, name: str, seconds: float) -> Figures:
+    """``case`` (the case ``name`` of ``script``) measured in ``PROCESS_ROUNDS`` processes or pairs.
 
-    Patching a class, and putting it back, drops what the interpreter had
-    specialized of the calls to it, for good after many times over (the
-    bare calls of a process that patched httpx 3,000 times stay about
-    1 µs slower): turned on and off each round, the automatic calls were
-    measured 1 to 2 µs slower than they run. So the library is never
-    patched where the bare and hand-written calls are measured, and
-    patched once where the automatic ones are: ``PROCESS_PAIRS`` pairs
-    of processes, one after the other, each pair a round.
+    Identical calls run faster in one process than in another (where
+    their objects lie in memory, how the hash of a string falls): the
+    same case measured in one process, then in another, moved by up to
+    0.6 µs. A round is one process, one after the other, and the figures
+    are their mean. An integration that patches its library is measured
+    in a pair of processes a round: patching a class, and putting it
+    back, drops what the interpreter had specialized of the calls to it,
+    for good after many times over (the bare calls of a process that
+    patched httpx 3,000 times stay about 1 µs slower), and turned on and
+    off each round, the automatic calls were measured 1 to 2 µs slower
+    than they run. So the library is never patched where the bare and
+    hand-written calls are measured, and patched once where the automatic
+    ones are.
     """
-    pairs = PROCESS_PAIRS if seconds > 0 else 1
+    rounds = PROCESS_ROUNDS if seconds > 0 else 1
     runs: dict[str, list[float]] = {}
     over_hand = []
-    for _ in range(pairs):
-        plain = side_in_process(script, name, "plain", seconds / pairs / 2)
-        automatic = side_in_process(script, name, "automatic", seconds / pairs / 2)
-        for way, value in {**plain, **automatic}.items():
+    for _ in range(rounds):
+        if case.instrument is None:
+            figures = side_in_process(script, name, "all", seconds / rounds)
+        else:
+            figures = side_in_process(script, name, "plain", seconds / rounds / 2)
+            figures.update(side_in_process(script, name, "automatic", seconds / rounds / 2))
+        for way, value in figures.items():
             runs.setdefault(way, []).append(value)
-        over_hand.append(automatic["auto"] - plain["hand"])
+        over_hand.append(figures["auto"] - figures["hand"])
     return Figures({way: min(values) for way, values in runs.items()}, over_hand)
 
 
@@ -711,24 +714,21 @@ def side_in_process(script: str, name: str, side: str, seconds: float) -> dict[s
     done = subprocess.run(command, capture_output=True, text=True, timeout=600 + 2 * seconds)
     if done.returncode != 0:
         raise CaseFailed(f"its {side} process failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.splitlines()[-1])
+    figures: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return figures
 
 
-def run_case(case: Case, reporter: Reporter, seconds: float, script: str, name: str) -> Figures:
-    """Measure ``case`` (the case ``name`` of ``script``), then close it."""
-    try:
-        if case.instrument is None:
-            return measure(case, reporter, seconds)
-    finally:
-        if case.close is not None:
-            case.close()
-    return measure_in_processes(script, name, seconds)
+def run_case(case: Case, seconds: float, script: str, name: str) -> Figures:
+    """Close ``case`` (the case ``name`` of ``script``), then measure it in processes of its own."""
+    if case.close is not None:
+        case.close()
+    return measure_in_processes(case, script, name, seconds)
 
 
 def add_side_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a script's child processes (``measure_in_processes``)."""
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--side", choices=("plain", "automatic"), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("plain", "automatic", "all"), help=argparse.SUPPRESS)
 
 
 def side_wanted(parser: argparse.ArgumentParser, options: argparse.Namespace) -> bool:
@@ -877,7 +877,6 @@ def main() -> None:
         return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
-    reporter = Reporter(sink.getsockname())
 
     print(f"encoder: {IMPLEMENTATION}; µs per call, the best of short runs interleaved for "
           f"{seconds:g} s a case")  # fmt: skip
@@ -893,7 +892,7 @@ def main() -> None:
             print(f"{make.__name__:<68} skipped: {case}")
             continue
         try:
-            figures = run_case(case, reporter, seconds, __file__, make.__name__)
+            figures = run_case(case, seconds, __file__, make.__name__)
         except CaseFailed as failed:
             print(f"{make.__name__:<68} failed: {failed}")
             continue
@@ -907,8 +906,8 @@ def main() -> None:
         )
     print(
         f"auto-hand: the automatic timer over the hand-written one, the mean of the rounds' "
-        f"(bar: <= {BAR} µs), ± its standard error; a round is a pair of processes for an "
-        "integration that patches its library (see measure_in_processes); outside: the "
+        f"(bar: <= {BAR} µs), ± its standard error; a round is a process (a pair for an "
+        "integration that patches its library: see measure_in_processes); outside: the "
         "integration's cost outside any request"
     )
 
@@ -935,7 +934,6 @@ def main() -> None:
         f"automatic timers {request['auto']:.2f}; automatic - hand-written {over:.2f} "
         f"({over / QUERIES:.2f} a query, bar: <= {BAR} µs)  ok: {ok}"
     )
-    reporter.close()
     sink.close()
 
 

@@ -65,6 +65,8 @@ _lock = threading.RLock()
 # mixin) adds no second timer. By cursor, not by thread: the statements of
 # an asyncio engine's connections run in one thread, interleaved.
 _timing: set[int] = set()
+# SQLAlchemy's own methods, as imported (before any hook).
+_CURSOR_CALLS = frozenset(vars(DefaultDialect)[method] for method in _METHODS)
 
 
 class _Engine:
@@ -109,18 +111,27 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
     helper taking ``*args``, a statement cost 0.5 to 1 us more.)
     """
     hook: Callable[..., Any]
+    # SQLAlchemy's own methods call the cursor, no other hook: the statement
+    # need not be marked as timed (two set operations less a statement).
+    leaf = original in _CURSOR_CALLS
     if method == "do_execute_no_params":
 
         def hook_no_params(self: Any, cursor: Any, statement: Any, context: Any = None) -> Any:
-            if context is None or current_collector() is None or id(cursor) in _timing:
+            if (
+                context is None
+                or current_collector() is None
+                or (_timing and id(cursor) in _timing)
+            ):
                 return original(self, cursor, statement, context)
             timer = _start(self, context, statement)
-            key = id(cursor)
-            _timing.add(key)
+            key = None if leaf else id(cursor)
+            if key is not None:
+                _timing.add(key)
             try:
                 return original(self, cursor, statement, context)
             finally:
-                _timing.discard(key)
+                if key is not None:
+                    _timing.discard(key)
                 stop_timer(timer)
 
         hook = hook_no_params
@@ -130,18 +141,24 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def hook_execute(
             self: Any, cursor: Any, statement: Any, parameters: Any, context: Any = None
         ) -> Any:
-            if context is None or current_collector() is None or id(cursor) in _timing:
+            if (
+                context is None
+                or current_collector() is None
+                or (_timing and id(cursor) in _timing)
+            ):
                 return original(self, cursor, statement, parameters, context)
             timer = _start(self, context, statement)
             hits = row_count(parameters) if many else 1
-            key = id(cursor)
-            _timing.add(key)
+            key = None if leaf else id(cursor)
+            if key is not None:
+                _timing.add(key)
             try:
                 result = original(self, cursor, statement, parameters, context)
                 if getattr(context, "execute_style", None) is _INSERTMANYVALUES:
                     hits = _rows_inserted(cursor)
             finally:
-                _timing.discard(key)
+                if key is not None:
+                    _timing.discard(key)
                 stop_timer(timer, hits)
             return result
 
