@@ -604,13 +604,31 @@ def dialect_layouts():
             assert cls is Classy
             cursor.execute(statement, parameters)
 
-    return [WithMixin, Static, Classy]
+    class Wrapping(SQLiteDialect_pysqlite):
+        supports_statement_cache = True
+
+        def do_execute(self, cursor, statement, parameters, context=None):
+            super().do_execute(CursorProxy(cursor), statement, parameters, context)
+
+    return [WithMixin, Static, Classy, Wrapping]
 
 
-@pytest.mark.parametrize("layout", range(3), ids=["mixin", "staticmethod", "classmethod"])
+class CursorProxy:
+    """A cursor passed on wrapped, as a dialect might."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+
+    def __getattr__(self, name):
+        return getattr(self.cursor, name)
+
+
+@pytest.mark.parametrize(
+    "layout", range(4), ids=["mixin", "staticmethod", "classmethod", "cursor-wrapped"]
+)
 @pytest.mark.parametrize("turned_on", ["instrument", "instrument_engine", "both"])
 def test_sqlalchemy_dialect_layouts(layout, turned_on, udp_listener, monkeypatch):
-    """A mixin's method calling its base, a staticmethod, a classmethod: one timer a statement."""
+    """A mixin's method calling its base, a staticmethod...: one timer a statement."""
     cls = dialect_layouts()[layout]
     engine = sqlalchemy.create_engine(register_dialect(monkeypatch, cls))
     if turned_on != "instrument_engine":

@@ -60,11 +60,14 @@ _patches = Patches()
 _originals: weakref.WeakKeyDictionary[Any, Callable[..., Any]] = weakref.WeakKeyDictionary()
 # instrument() and uninstrument(), and the classes defined meanwhile, one at a time.
 _lock = threading.RLock()
-# The cursors whose statement a hook is timing (by id()): a dialect method
-# that calls another hooked one (its base class's, through super() or a
-# mixin) adds no second timer. By cursor, not by thread: the statements of
-# an asyncio engine's connections run in one thread, interleaved.
+# The statements a hook is timing, by id() of their execution context: a
+# dialect method that calls another hooked one (its base class's, through
+# super() or a mixin; with the cursor wrapped, even) adds no second timer.
+# By statement, not by thread: the statements of an asyncio engine's
+# connections run in one thread, interleaved.
 _timing: set[int] = set()
+# Whether instrument() is on (a class defined as it is turned off is not hooked).
+_on = False
 # SQLAlchemy's own methods, as imported (before any hook).
 _CURSOR_CALLS = frozenset(vars(DefaultDialect)[method] for method in _METHODS)
 
@@ -120,14 +123,15 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
             if (
                 context is None
                 or current_collector() is None
-                or (_timing and id(cursor) in _timing)
+                or (_timing and id(context) in _timing)
             ):
                 return original(self, cursor, statement, context)
-            timer = _start(self, context, statement)
-            key = None if leaf else id(cursor)
-            if key is not None:
-                _timing.add(key)
-            try:
+            timer = key = None
+            try:  # all of it: an exception a signal raises must leave no mark
+                timer = _start(self, context, statement)
+                if not leaf:
+                    key = id(context)
+                    _timing.add(key)
                 return original(self, cursor, statement, context)
             finally:
                 if key is not None:
@@ -144,15 +148,16 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
             if (
                 context is None
                 or current_collector() is None
-                or (_timing and id(cursor) in _timing)
+                or (_timing and id(context) in _timing)
             ):
                 return original(self, cursor, statement, parameters, context)
-            timer = _start(self, context, statement)
             hits = row_count(parameters) if many else 1
-            key = None if leaf else id(cursor)
-            if key is not None:
-                _timing.add(key)
-            try:
+            timer = key = None
+            try:  # all of it: an exception a signal raises must leave no mark
+                timer = _start(self, context, statement)
+                if not leaf:
+                    key = id(context)
+                    _timing.add(key)
                 result = original(self, cursor, statement, parameters, context)
                 if getattr(context, "execute_style", None) is _INSERTMANYVALUES:
                     hits = _rows_inserted(cursor)
@@ -210,8 +215,10 @@ def _of_dialect(attribute: Any) -> Callable[..., Any]:
 
 
 def _hook_class(cls: type) -> None:
-    """Hook the methods ``cls`` defines itself."""
+    """Hook the methods ``cls`` defines itself, while ``instrument()`` is on."""
     with _lock:
+        if not _on:  # turned off since the class's definition began
+            return
         try:
             for method in _METHODS:
                 if method not in vars(cls):
@@ -247,9 +254,11 @@ def _subclass_hook(current: Callable[..., Any]) -> classmethod[Any, Any, None]:
 
 def instrument() -> None:
     """Time the statements of every engine (idempotent)."""
+    global _on
     with _lock:
-        if _patches.applied:
+        if _on:
             return
+        _on = True
         _patches.replace(DefaultDialect, "__init_subclass__", _subclass_hook)
         pending: list[type] = [DefaultDialect]
         seen: set[type] = set()
@@ -263,7 +272,9 @@ def instrument() -> None:
 
 def uninstrument() -> None:
     """Stop timing every engine (those given to ``instrument_engine`` stay timed; idempotent)."""
+    global _on
     with _lock:
+        _on = False
         _patches.undo()
 
 
