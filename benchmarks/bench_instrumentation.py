@@ -12,10 +12,10 @@ reads; the requests' start and end are not counted):
 The table gives µs per call (each way's best run), the automatic timer's
 cost over the hand-written one (the bar: at most 1.0 µs: the mean of the
 rounds', with its standard error), and over the bare call outside any
-request (what a hook costs where nothing is recorded). The ways of an
-integration that patches its library are measured in pairs of processes,
-the library patched in one of each pair only (``measure_in_processes``);
-the others' ways in turn in this process (``measure``). Then the
+request (what a hook costs where nothing is recorded). Each case is
+measured in processes of its own, its ways in turn in each; those of an
+integration that patches its library in pairs of processes, the library
+patched in one of each pair only (``measure_in_processes``). Then the
 automatic timer's cost next to a local Redis ``GET`` (the bar: under 1%),
 and a whole monitored request making 10 sqlite3 queries, timed by hand and
 automatically.
@@ -625,7 +625,7 @@ def interleaved(
 
 
 def sizes(case: Case) -> tuple[int, int]:
-    """How many calls a way makes in a round, and in a run (see ``measure``)."""
+    """How many calls a way makes in a round, and in a run (see ``measure_side``)."""
     one = per_call(case.bare, CALLS_PER_REQUEST) / 1e6
     run = max(1, min(CALLS_PER_REQUEST, round(RUN / one)))
     return max(1, round(0.002 / (one * CALLS_PER_REQUEST))) * CALLS_PER_REQUEST, run
