@@ -75,9 +75,9 @@ QUERIES = 10
 class Case:
     """One library call, made bare, in a hand-written timer, and through its integration.
 
-    ``instrument`` and ``uninstrument``, when given, turn the integration on
-    for the automatic calls only: an integration that patches its library's
-    classes would otherwise time the bare calls too. ``bare_twin``, when
+    ``instrument``, when given, turns the integration on for the automatic
+    calls only (in processes of their own): an integration that patches its
+    library's classes would otherwise time the bare calls too. ``bare_twin``, when
     given, is the bare call made through a second object built as the
     first: the gap between the two, which do the same work, is how far
     apart the figures of identical calls lie (their objects' places in
@@ -90,7 +90,6 @@ class Case:
     automatic: Callable[[], object]
     close: Callable[[], object] | None = None
     instrument: Callable[[], object] | None = None
-    uninstrument: Callable[[], object] | None = None
     bare_twin: Callable[[], object] | None = None
 
 
@@ -121,7 +120,6 @@ def patched_case(
         call,
         close,
         integration.instrument,
-        integration.uninstrument,
         bare_twin,
     )
 

@@ -50,13 +50,19 @@ _VERB_CACHE: dict[Any, str] = {}
 _VERB_CACHE_MAX = 1024
 
 
-def start_timer(names: tuple[str, ...], values: tuple[TagValue, ...]) -> Timer | NoopTimer | None:
-    """A started timer of the current request with these tags; None outside a request."""
-    collector = current_collector()
+def start_timer(
+    names: tuple[str, ...], values: tuple[TagValue, ...], collector: Any = None
+) -> Timer | NoopTimer | None:
+    """A started timer of the current request with these tags; None outside a request.
+
+    ``collector``: the current request's, when the hook has looked it up already.
+    """
+    if collector is None:
+        collector = current_collector()
     if collector is None or not collector.enabled:
         return None
     try:
-        timer = collector.new_checked_timer(names, values)  # type: ignore[union-attr]
+        timer = collector.new_checked_timer(names, values)
         timer.start()
     except Exception:
         internal_error("cannot start an automatic timer", False)

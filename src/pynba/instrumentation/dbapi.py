@@ -117,10 +117,11 @@ class _Cursor(_Proxy):
 
     def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         cursor = self._wrapped
-        if current_collector() is None:
+        collector = current_collector()
+        if collector is None:
             result = cursor.execute(statement, *args, **kwargs)
         else:
-            timer = start_timer(_NAMES, self._tags.of(statement))
+            timer = start_timer(_NAMES, self._tags.of(statement), collector)
             try:
                 result = cursor.execute(statement, *args, **kwargs)
             finally:

@@ -89,9 +89,10 @@ def _wrap(connection: Any) -> None:
 
 
 def _timed_query(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
-    if not _instrumented or current_collector() is None:
+    collector = current_collector()
+    if not _instrumented or collector is None:
         return execute(sql, params, many, context)
-    timer = start_timer(_NAMES, ("db", sql_verb(sql), context["connection"].alias))
+    timer = start_timer(_NAMES, ("db", sql_verb(sql), context["connection"].alias), collector)
     try:
         return execute(sql, params, many, context)
     finally:

@@ -66,8 +66,6 @@ _lock = threading.RLock()
 # By statement, not by thread: the statements of an asyncio engine's
 # connections run in one thread, interleaved.
 _timing: set[int] = set()
-# Whether instrument() is on (a class defined as it is turned off is not hooked).
-_on = False
 # SQLAlchemy's own methods, as imported (before any hook).
 _CURSOR_CALLS = frozenset(vars(DefaultDialect)[method] for method in _METHODS)
 
@@ -120,15 +118,12 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
     if method == "do_execute_no_params":
 
         def hook_no_params(self: Any, cursor: Any, statement: Any, context: Any = None) -> Any:
-            if (
-                context is None
-                or current_collector() is None
-                or (_timing and id(context) in _timing)
-            ):
+            collector = current_collector()
+            if context is None or collector is None or (_timing and id(context) in _timing):
                 return original(self, cursor, statement, context)
             timer = key = None
             try:  # all of it: an exception a signal raises must leave no mark
-                timer = _start(self, context, statement)
+                timer = _start(collector, self, context, statement)
                 if not leaf:
                     key = id(context)
                     _timing.add(key)
@@ -145,16 +140,13 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
         def hook_execute(
             self: Any, cursor: Any, statement: Any, parameters: Any, context: Any = None
         ) -> Any:
-            if (
-                context is None
-                or current_collector() is None
-                or (_timing and id(context) in _timing)
-            ):
+            collector = current_collector()
+            if context is None or collector is None or (_timing and id(context) in _timing):
                 return original(self, cursor, statement, parameters, context)
             hits = row_count(parameters) if many else 1
             timer = key = None
             try:  # all of it: an exception a signal raises must leave no mark
-                timer = _start(self, context, statement)
+                timer = _start(collector, self, context, statement)
                 if not leaf:
                     key = id(context)
                     _timing.add(key)
@@ -172,15 +164,15 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
     return hook
 
 
-def _start(dialect: Any, context: Any, statement: Any) -> Any:
-    """The started timer of ``statement``, None outside a request or where it cannot be tagged."""
+def _start(collector: Any, dialect: Any, context: Any, statement: Any) -> Any:
+    """The started timer of ``statement`` in ``collector``'s request; None if it has no tags."""
     try:
         engine = _engines.get(id(dialect)) or _name_engine(context.engine, None)
         tags = engine.tags.get(statement) or engine.tags_of(statement)
     except Exception:  # an engine or a statement pynba cannot read: the call goes on untimed
         internal_error("cannot tag a SQLAlchemy statement's timer", False)
         return None
-    return start_timer(_NAMES, tags)
+    return start_timer(_NAMES, tags, collector)
 
 
 def _rows_inserted(cursor: Any) -> int:
@@ -217,7 +209,7 @@ def _of_dialect(attribute: Any) -> Callable[..., Any]:
 def _hook_class(cls: type) -> None:
     """Hook the methods ``cls`` defines itself, while ``instrument()`` is on."""
     with _lock:
-        if not _on:  # turned off since the class's definition began
+        if not _patches.applied:  # turned off since the class's definition began
             return
         try:
             for method in _METHODS:
@@ -254,11 +246,9 @@ def _subclass_hook(current: Callable[..., Any]) -> classmethod[Any, Any, None]:
 
 def instrument() -> None:
     """Time the statements of every engine (idempotent)."""
-    global _on
     with _lock:
-        if _on:
+        if _patches.applied:
             return
-        _on = True
         _patches.replace(DefaultDialect, "__init_subclass__", _subclass_hook)
         pending: list[type] = [DefaultDialect]
         seen: set[type] = set()
@@ -272,9 +262,7 @@ def instrument() -> None:
 
 def uninstrument() -> None:
     """Stop timing every engine (those given to ``instrument_engine`` stay timed; idempotent)."""
-    global _on
     with _lock:
-        _on = False
         _patches.undo()
 
 
