@@ -132,7 +132,6 @@ def test_every_compiled_module_runs_compiled_when_built():
             "wsgi",
             "instrumentation._http_client",
             "instrumentation.opentelemetry",
-            "instrumentation.requests",
             "instrumentation.urllib3",
         ]
     )

@@ -29,7 +29,6 @@ COMPILED_MODULES = (
     "_timer_fields",
     "_timer_call",
     "instrumentation._http_client",
-    "instrumentation.requests",
     "instrumentation.urllib3",
     "instrumentation.opentelemetry",
 )

@@ -66,6 +66,7 @@ cdef class RequestCollector:
     cpdef new_timer(self, tags)
     cpdef new_checked_timer(self, names, values)
     cdef _new_split_timer(self, tuple names, tuple values)
+    cdef _add_call_timer(self, tuple names, tuple values, double seconds)
     cpdef add_timer(self, timer)
     cpdef remove_timer(self, timer)
     @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t)

@@ -29,6 +29,9 @@ cdef class Timer:
     @staticmethod
     @cython.locals(timer=Timer)
     cdef Timer of_request(collector, tuple names, tuple values, bint cpu)
+    @staticmethod
+    @cython.locals(timer=Timer)
+    cdef Timer of_call(collector, tuple names, tuple values, bint cpu, double seconds)
     cpdef _setup(self, tuple names, tuple values, bint cpu, data)
     cpdef _join(self, RequestCollector collector)
     cpdef _begin(self)

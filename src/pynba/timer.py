@@ -81,6 +81,26 @@ class Timer:
         timer._collector = collector
         return timer
 
+    @staticmethod
+    def of_call(
+        collector: RequestCollector,
+        names: tuple[str, ...],
+        values: tuple[TagValue, ...],
+        cpu: bool,
+        seconds: float,
+    ) -> Timer:
+        """``of_request()``, stopped, with one hit of ``seconds`` (a call timed by a hook).
+
+        Compiled, a C function: a hook's timer made and measured without a
+        Python-level call of ``add()``.
+        """
+        if not 0 <= seconds < _INFINITY:  # NaN is neither
+            raise ValueError(f"seconds must be a finite number of seconds >= 0, got {seconds!r}")
+        timer: Timer = Timer.of_request(collector, names, values, cpu)
+        timer._value = seconds
+        timer._hits = 1
+        return timer
+
     def _setup(
         self, names: tuple[str, ...], values: tuple[TagValue, ...], cpu: bool, data: Any
     ) -> None:

@@ -205,8 +205,6 @@ class CallTimers:
             internal_error("cannot record an HTTP call's timer", False)
 
     def _add(self, collector: Any, seconds: float, key: Any) -> None:
-        if collector.finished:  # its packet is gone
-            return
         values = self._values.get(key)
         if values is None:
             values = self._values_of(key)
@@ -215,7 +213,7 @@ class CallTimers:
                 self._values[key] = values
         # Checked when made (above): not again on every call, as
         # new_checked_timer would (about 0.15 us a call).
-        collector._new_split_timer(NAMES, values).add(seconds)
+        collector._add_call_timer(NAMES, values, seconds)
 
 
 def add_failed_timer(

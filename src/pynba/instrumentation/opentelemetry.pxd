@@ -1,5 +1,5 @@
 # Declarations for compiling opentelemetry.py with Cython (see ../timer.pxd):
-# a span's timer is made by a C call of its request's collector.
+# a span's timer is added by a C call of its request's collector.
 from pynba.collector cimport RequestCollector
 
-cdef _timer_of(RequestCollector collector, tuple tags)
+cdef _add_checked_timer(RequestCollector collector, tuple tags, double seconds)

@@ -75,16 +75,16 @@ class PinbaSpanProcessor(SpanProcessor):
             seconds = (end - start) / 1e9 if end > start else 0.0
             # A timer a span: none kept between spans (a timer holds its
             # request, and a request dropped unfinished must be freed).
-            self._new_timer(collector, found).add(seconds)
+            self._add_timer(collector, found, seconds)
         except Exception:
             internal_error("cannot time an OpenTelemetry span", False)
 
-    def _new_timer(self, collector: Any, found: Tags) -> Any:
-        """A timer of ``collector`` with the capped tags of ``found``."""
+    def _add_timer(self, collector: Any, found: Tags, seconds: float) -> None:
+        """Add a timer of ``seconds`` to ``collector``, with the capped tags of ``found``."""
         tags = self._capped_tags.get(found)
         if tags is None:
             tags = self._remember(found)
-        return _timer_of(collector, tags)
+        _add_checked_timer(collector, tags, seconds)
 
     def span_tags(self, span: ReadableSpan) -> Tags | None:
         """The timer tags of ``span`` (names, values); None for a span not timed.
@@ -120,7 +120,7 @@ class PinbaSpanProcessor(SpanProcessor):
         if len(self._capped_tags) >= _CAPPED_TAGS_MAX:
             self._capped_tags.clear()
         tags = self._capped(*found)
-        check_split_tags(*tags)  # once: see _timer_of
+        check_split_tags(*tags)  # once: see _add_checked_timer
         self._capped_tags[found] = tags
         return tags
 
@@ -134,14 +134,14 @@ class PinbaSpanProcessor(SpanProcessor):
         return names, tuple(capped)
 
 
-def _timer_of(collector: Any, tags: Tags) -> Any:
-    """A new timer of ``collector`` with ``tags``, checked when they were remembered.
+def _add_checked_timer(collector: Any, tags: Tags, seconds: float) -> None:
+    """Add a timer of ``seconds`` to ``collector``, with ``tags`` (checked when remembered).
 
     Not checked again on every span, as ``new_checked_timer`` would (about
     0.15 us a span). Compiled, a C function of a typed collector (see
     opentelemetry.pxd).
     """
-    return collector._new_split_timer(tags[0], tags[1])
+    collector._add_call_timer(tags[0], tags[1], seconds)
 
 
 # Read once: an Enum member looked up on its class costs as much as a dict lookup or two.
