@@ -5,10 +5,10 @@ in a server's: requests goes through an adapter, urllib3 through a pool
 whose ``_make_request`` gives a canned response; everything else of each
 library runs. Each case is measured as ``bench_instrumentation.py``
 measures its cases (best of short runs inside monitored requests), bare, in
-a hand-written ``pynba.timer``, automatic. The library of an HTTP client is
-patched only in the processes that measure its automatic calls, never in
-those measuring the bare and hand-written ones (``measure_in_processes``);
-the calls are made the same way in both:
+a hand-written ``pynba.timer``, automatic. The method an HTTP client's
+integration hooks is replaced once by a switch between the original, the
+original in a hand-written timer, and the hook (``switched_case``), so
+that the three ways run in one process, through the same objects:
 
 - requests: ``Session.send(prepared)``, through a canned adapter;
 - httpx: ``Client.get(url)`` answered by a ``MockTransport``;
@@ -38,10 +38,10 @@ from bench_instrumentation import (
     CaseFailed,
     add_side_arguments,
     missing,
-    patched_case,
     print_side,
     run_case,
     side_wanted,
+    switched_case,
 )
 
 from pynba import pynba
@@ -80,14 +80,15 @@ def requests_send() -> Case | None:
         made.mount("http://", CannedAdapter())
         return made
 
-    hooks.uninstrument()
     one, twin = session(), session()
     prepared = one.prepare_request(requests.Request("GET", URL))
-    return patched_case(
+    return switched_case(
         "requests: Session.send(prepared GET), canned adapter",
         lambda: one.send(prepared),
         HTTP_TAGS,
         hooks,
+        requests.Session,
+        "send",
         bare_twin=lambda: twin.send(prepared),
     )
 
@@ -99,7 +100,6 @@ def httpx_client_get() -> Case | None:
 
     from pynba.instrumentation import httpx as hooks
 
-    hooks.uninstrument()
     # A response of its own for each call: httpx wraps a response's stream
     # again on each send, and one shared would grow with every call.
     transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"ok"))
@@ -109,11 +109,13 @@ def httpx_client_get() -> Case | None:
         one.close()
         twin.close()
 
-    return patched_case(
+    return switched_case(
         "httpx: Client.get(url), MockTransport",
         lambda: one.get(URL),
         HTTP_TAGS,
         hooks,
+        httpx.Client,
+        "send",
         close,
         bare_twin=lambda: twin.get(URL),
     )
@@ -126,8 +128,6 @@ def urllib3_cases(manager: bool) -> Case | None:
     import urllib3
 
     from pynba.instrumentation import urllib3 as hooks
-
-    hooks.uninstrument()
 
     class CannedPool(urllib3.HTTPConnectionPool):
         """A pool whose requests get a 200 response with an empty body; no network."""
@@ -155,7 +155,16 @@ def urllib3_cases(manager: bool) -> Case | None:
         one.clear()
         twin.clear()
 
-    return patched_case(label, call, HTTP_TAGS, hooks, close, bare_twin=twin_call)
+    return switched_case(
+        label,
+        call,
+        HTTP_TAGS,
+        hooks,
+        urllib3.HTTPConnectionPool,
+        "urlopen",
+        close,
+        bare_twin=twin_call,
+    )
 
 
 def urllib3_urlopen() -> Case | None:

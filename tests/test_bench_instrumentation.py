@@ -10,15 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import pynba
 from conftest import IN_CI
+from packets import make_collector
+from pynba.context import activate, deactivate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "bench_instrumentation.py"
 
 
-def cases():
-    """The names of the script's cases."""
+def the_script():
+    """The script, imported as a module."""
     spec = importlib.util.spec_from_file_location("pynba_bench_instrumentation", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass looks its module up
@@ -26,7 +30,39 @@ def cases():
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
-    return [make.__name__ for make in module.CASES]
+    return module
+
+
+def cases():
+    """The names of the script's cases."""
+    return [make.__name__ for make in the_script().CASES]
+
+
+def test_a_switched_case_times_its_hand_written_and_automatic_ways_only(udp_listener):
+    # Its three ways go through one switch: a way that timed nothing, or the
+    # wrong thing, would still print figures.
+    httpx = pytest.importorskip("httpx")
+    original = httpx.Client.send
+    case = the_script().httpx_in_process()
+    tags = {"group": "http", "op": "get", "host": "127.0.0.1:8080", "status": "2xx"}
+    timers = {}
+    try:
+        assert httpx.Client.send is not original  # the switch
+        ways = {"bare": case.bare, "hand": case.hand_written, "auto": case.automatic}
+        for way, call in ways.items():
+            collector = make_collector(udp_listener)
+            token = activate(collector)
+            try:
+                call()
+                call()
+            finally:
+                deactivate(token)
+            timers[way] = [(dict(timer.tags), timer.hit_count) for timer in collector.timers]
+            collector.finish()
+    finally:
+        case.close()
+    assert httpx.Client.send is original
+    assert timers == {"bare": [], "hand": [(tags, 1), (tags, 1)], "auto": [(tags, 1), (tags, 1)]}
 
 
 def one_round(script: Path) -> tuple[list[str], int]:
