@@ -1,6 +1,8 @@
 """A request's memory stays bounded: many timers are merged by tag set as they come."""
 
+import contextvars
 import gc
+import threading
 
 import pytest
 
@@ -120,3 +122,28 @@ def test_merged_totals_keep_values_and_cpu(udp_listener, per_timer_cpu):
     timer = receive(udp_listener).timer(group="sum")
     assert timer.hit_count == collector_module.MERGE_TIMERS_AT + 10
     assert timer.value == pytest.approx(0.001 * (collector_module.MERGE_TIMERS_AT + 10))
+
+
+def test_timers_added_from_threads_while_their_request_merges_are_all_counted(udp_listener):
+    # Threads sharing one request (a pool whose tasks run in copies of its
+    # context) add timers while one of them merges: none may be lost.
+    threads, each = 4, 3000
+    for _ in range(5):
+        collector = make_collector(udp_listener)
+        token = activate(collector)
+        try:
+            tasks = [contextvars.copy_context() for _ in range(threads)]
+        finally:
+            deactivate(token)
+
+        def add_timers(count=each):
+            for _ in range(count):
+                pynba.timer(group="pool").add(0.001)
+
+        workers = [threading.Thread(target=task.run, args=(add_timers,)) for task in tasks]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        collector.finish()
+        assert receive(udp_listener).timer(group="pool").hit_count == threads * each

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -55,6 +56,7 @@ _INTERPRETED = not runs_compiled(__file__)
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
 MERGE_TIMERS_AT = 1000
+_MERGING = threading.Lock()
 #: The tag sets a request keeps merged timers of; timers with yet other tag
 #: sets are dropped from it, counted in ``reporter.stats["timers_dropped"]``.
 MAX_TAG_SETS = 10_000
@@ -592,12 +594,24 @@ class RequestCollector:
         ``Timer.hand_over``). Running timers stay; when they are most of what
         the request holds, merging waits for twice as many timers next time.
         """
+        # Threads of one request (a pool whose tasks run in copies of its
+        # context) may add timers meanwhile: they go to the end of the list,
+        # and only the timers looked at here are replaced, in one step. One
+        # merge at a time: they are rare (one per MERGE_TIMERS_AT timers).
+        with _MERGING:
+            timers = self._timers
+            count = len(timers)
+            if count >= self._merge_at:  # else merged meanwhile, by another thread
+                self._merge(timers, count)
+
+    def _merge(self, timers: list[Timer], count: int) -> None:
         merged = self._merged
         if merged is None:
             merged = self._merged = {}
         kept = []
         dropped = 0
-        for timer in self._timers:
+        for index in range(count):
+            timer = timers[index]
             if timer.started:
                 kept.append(timer)
                 continue
@@ -615,7 +629,7 @@ class RequestCollector:
                 merged[tag_set] = [timer.tags, value, hits, utime, stime]
             else:
                 dropped += 1
-        self._timers = kept
+        timers[:count] = kept
         if len(kept) * 2 >= self._merge_at:
             self._merge_at *= 2
         if dropped:
