@@ -65,6 +65,23 @@ def test_a_switched_case_times_its_hand_written_and_automatic_ways_only(udp_list
     assert timers == {"bare": [], "hand": [(tags, 1), (tags, 1)], "auto": [(tags, 1), (tags, 1)]}
 
 
+def test_a_switched_case_leaves_its_integration_as_it_found_it():
+    httpx = pytest.importorskip("httpx")
+    from pynba.instrumentation import httpx as integration
+
+    original = httpx.Client.send, httpx.AsyncClient.send
+    integration.instrument()
+    try:
+        hooked = httpx.Client.send, httpx.AsyncClient.send
+        assert hooked[0] is not original[0]
+        the_script().httpx_in_process().close()
+        assert (httpx.Client.send, httpx.AsyncClient.send) != original  # on again
+        assert httpx.Client.send.__wrapped__ is original[0]
+    finally:
+        integration.uninstrument()
+    assert (httpx.Client.send, httpx.AsyncClient.send) == original
+
+
 def one_round(script: Path) -> tuple[list[str], int]:
     """The lines ``script --seconds 0`` prints, and where its table's header is."""
     tested = str(Path(pynba.__file__).resolve().parent.parent)  # this pynba, not another
@@ -115,3 +132,28 @@ def test_the_hooks_script_prints_a_row_for_each_case():
         assert all(float(figure) == float(figure) for figure in figures), row
         assert words[-4] == "-", row  # ±: none of one round
     assert lines[header + 7].startswith("A/A: "), lines
+
+
+def test_a_case_failing_as_it_is_made_fails_at_once_saying_why():
+    pytest.importorskip("httpx")
+    # Its server started, then instrument() failed: the child must end, not
+    # leave its parent waiting on a pipe the server still holds.
+    code = (
+        "import runpy, sys\n"
+        "import pynba.instrumentation.httpx as integration\n"
+        "def refuse():\n"
+        "    raise RuntimeError('instrument refused')\n"
+        "integration.instrument = refuse\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--case', 'httpx_get', '--side', 'all', '--seconds', '0']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    tested = str(Path(pynba.__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": tested},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "instrument refused" in done.stderr
