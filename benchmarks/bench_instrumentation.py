@@ -148,10 +148,9 @@ def switched_case(
     three ways run in one process, through the same objects. ``close()``
     puts the method back, and the integration as it was.
 
-    For a call to a server: measured in pairs of processes
+    For a call to a server (140 to 330 µs), measured in pairs of processes
     (``patched_case``), automatic - hand-written moved by 2 µs and more
-    from one pair to the next (requests, 330 µs a call); in one process,
-    by 0.1 to 0.4 µs.
+    from one pair to the next.
     """
     before = owner.__dict__[attribute]
     integration.uninstrument()
@@ -743,9 +742,9 @@ def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
     """The best run of each way of one side, here (a child of ``measure_in_processes``).
 
     Where both are measured here, also ``PAIRED``: the mean of the rounds'
-    automatic - hand-written. The difference of the two ways' best runs
-    moves more: for a call to a server, by 2 µs from one process to the
-    next (httpx), where the rounds' mean moves by about 0.3 µs.
+    automatic - hand-written, which every round counts in. The difference
+    of the two ways' best runs, one round each, moved by 2 µs from one
+    process to the next for a call to a server (httpx).
 
     A round makes calls for about 2 ms each way, in requests of
     ``CALLS_PER_REQUEST`` calls (as many as the bare call's time allows),
