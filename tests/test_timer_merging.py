@@ -2,7 +2,10 @@
 
 import contextvars
 import gc
+import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -147,3 +150,26 @@ def test_timers_added_from_threads_while_their_request_merges_are_all_counted(ud
             worker.join()
         collector.finish()
         assert receive(udp_listener).timer(group="pool").hit_count == threads * each
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
+def test_a_child_forked_while_its_parent_merges_can_merge_its_own_timers(udp_listener):
+    with collector_module._MERGING:  # as another thread of the parent merging
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                collector = make_collector(udp_listener)
+                for _ in range(collector_module.MERGE_TIMERS_AT + 1):
+                    collector.timer(group="child").add(0.001)
+                code = 0
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child blocked on the lock its parent held when it forked")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -21,6 +21,7 @@ end:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -56,7 +57,19 @@ _INTERPRETED = not runs_compiled(__file__)
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
 MERGE_TIMERS_AT = 1000
-_MERGING = threading.Lock()
+_MERGING = threading.Lock()  # held by one merge at a time (see _merge_timers)
+
+
+def _new_merging_lock() -> None:
+    # A child forked while another thread of its parent merged would find the
+    # lock held for good.
+    global _MERGING
+    _MERGING = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_merging_lock)
+
 #: The tag sets a request keeps merged timers of; timers with yet other tag
 #: sets are dropped from it, counted in ``reporter.stats["timers_dropped"]``.
 MAX_TAG_SETS = 10_000
