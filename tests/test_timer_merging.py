@@ -1,11 +1,6 @@
 """A request's memory stays bounded: many timers are merged by tag set as they come."""
 
-import contextvars
 import gc
-import os
-import signal
-import threading
-import time
 
 import pytest
 
@@ -125,51 +120,3 @@ def test_merged_totals_keep_values_and_cpu(udp_listener, per_timer_cpu):
     timer = receive(udp_listener).timer(group="sum")
     assert timer.hit_count == collector_module.MERGE_TIMERS_AT + 10
     assert timer.value == pytest.approx(0.001 * (collector_module.MERGE_TIMERS_AT + 10))
-
-
-def test_timers_added_from_threads_while_their_request_merges_are_all_counted(udp_listener):
-    # Threads sharing one request (a pool whose tasks run in copies of its
-    # context) add timers while one of them merges: none may be lost.
-    threads, each = 4, 3000
-    for _ in range(5):
-        collector = make_collector(udp_listener)
-        token = activate(collector)
-        try:
-            tasks = [contextvars.copy_context() for _ in range(threads)]
-        finally:
-            deactivate(token)
-
-        def add_timers(count=each):
-            for _ in range(count):
-                pynba.timer(group="pool").add(0.001)
-
-        workers = [threading.Thread(target=task.run, args=(add_timers,)) for task in tasks]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        collector.finish()
-        assert receive(udp_listener).timer(group="pool").hit_count == threads * each
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork here")
-def test_a_child_forked_while_its_parent_merges_can_merge_its_own_timers(udp_listener):
-    with collector_module._MERGING:  # as another thread of the parent merging
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                collector = make_collector(udp_listener)
-                for _ in range(collector_module.MERGE_TIMERS_AT + 1):
-                    collector.timer(group="child").add(0.001)
-                code = 0
-            finally:
-                os._exit(code)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if done == (0, 0):
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the child blocked on the lock its parent held when it forked")
-    assert os.waitstatus_to_exitcode(done[1]) == 0

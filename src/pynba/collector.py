@@ -21,9 +21,7 @@ end:
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -57,19 +55,6 @@ _INTERPRETED = not runs_compiled(__file__)
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
 MERGE_TIMERS_AT = 1000
-_MERGING = threading.Lock()  # held by one merge at a time (see _merge_timers)
-
-
-def _new_merging_lock() -> None:
-    # A child forked while another thread of its parent merged would find the
-    # lock held for good.
-    global _MERGING
-    _MERGING = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_merging_lock)
-
 #: The tag sets a request keeps merged timers of; timers with yet other tag
 #: sets are dropped from it, counted in ``reporter.stats["timers_dropped"]``.
 MAX_TAG_SETS = 10_000
@@ -607,24 +592,12 @@ class RequestCollector:
         ``Timer.hand_over``). Running timers stay; when they are most of what
         the request holds, merging waits for twice as many timers next time.
         """
-        # Threads of one request (a pool whose tasks run in copies of its
-        # context) may add timers meanwhile: they go to the end of the list,
-        # and only the timers looked at here are replaced, in one step. One
-        # merge at a time: they are rare (one per MERGE_TIMERS_AT timers).
-        with _MERGING:
-            timers = self._timers
-            count = len(timers)
-            if count >= self._merge_at:  # else merged meanwhile, by another thread
-                self._merge(timers, count)
-
-    def _merge(self, timers: list[Timer], count: int) -> None:
         merged = self._merged
         if merged is None:
             merged = self._merged = {}
         kept = []
         dropped = 0
-        for index in range(count):
-            timer = timers[index]
+        for timer in self._timers:
             if timer.started:
                 kept.append(timer)
                 continue
@@ -642,7 +615,7 @@ class RequestCollector:
                 merged[tag_set] = [timer.tags, value, hits, utime, stime]
             else:
                 dropped += 1
-        timers[:count] = kept
+        self._timers = kept
         if len(kept) * 2 >= self._merge_at:
             self._merge_at *= 2
         if dropped:
