@@ -6,9 +6,9 @@ whose ``_make_request`` gives a canned response; everything else of each
 library runs. Each case is measured as ``bench_instrumentation.py``
 measures its cases (best of short runs inside monitored requests), bare, in
 a hand-written ``pynba.timer``, automatic. The method an HTTP client's
-integration hooks is replaced once by a switch between the original, the
-original in a hand-written timer, and the hook (``switched_case``), so
-that the three ways run in one process, through the same objects:
+integration hooks is replaced once by a switch between the original and
+the hook (``switched_case``; the hand-written timer is around the call),
+so that the three ways run in one process, through the same objects:
 
 - requests: ``Session.send(prepared)``, through a canned adapter;
 - httpx: ``Client.get(url)`` answered by a ``MockTransport``;
