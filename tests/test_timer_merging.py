@@ -1,10 +1,16 @@
 """A request's memory stays bounded: many timers are merged by tag set as they come."""
 
+import contextvars
+import faulthandler
 import gc
+import signal
+import sys
+import threading
+import time
 
 import pytest
 
-from packets import make_collector, receive
+from packets import make_collector, receive, receive_all
 from pynba import Timer, pynba
 from pynba import collector as collector_module
 from pynba.context import activate, deactivate
@@ -120,3 +126,83 @@ def test_merged_totals_keep_values_and_cpu(udp_listener, per_timer_cpu):
     timer = receive(udp_listener).timer(group="sum")
     assert timer.hit_count == collector_module.MERGE_TIMERS_AT + 10
     assert timer.value == pytest.approx(0.001 * (collector_module.MERGE_TIMERS_AT + 10))
+
+
+@pytest.fixture
+def frequent_thread_switches():
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.mark.parametrize("flushes", [0, 30])
+def test_threads_of_one_request_lose_no_hit_while_it_merges_and_flushes(
+    udp_listener, frequent_thread_switches, flushes
+):
+    threads_count, each = 4, 3 * collector_module.MERGE_TIMERS_AT
+    collector = make_collector(udp_listener)
+    token = activate(collector)
+    try:
+        errors = []
+
+        def add_timers(kind):
+            try:
+                for _ in range(each):
+                    with pynba.timer(group="work", kind=kind):
+                        pass
+                    pynba.timer(group="never run").delete()
+            except BaseException as error:  # noqa: BLE001  (reported below)
+                errors.append(error)
+
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(add_timers, str(i % 2)))
+            for i in range(threads_count)
+        ]
+        for thread in threads:
+            thread.start()
+        for _ in range(flushes):
+            time.sleep(0.002)
+            # Running timers left for later: a run cut by a flush is a hit in each packet.
+            collector.flush(only_stopped=True)
+        for thread in threads:
+            thread.join()
+    finally:
+        deactivate(token)
+    assert errors == []
+    collector.finish()
+    packets = receive_all(udp_listener, flushes + 1)
+    hits = sum(timer.hit_count for packet in packets for timer in packet.timers)
+    assert hits == threads_count * each
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+def test_a_signal_handler_adding_timers_in_the_middle_of_merges_loses_none(udp_listener):
+    # The handler runs on the thread that is merging, between any two steps
+    # of it (interpreted), as a finalizer could: it must neither wait for
+    # that merge nor be lost by it.
+    collector = make_collector(udp_listener)
+    handled = 0
+
+    def on_alarm(signum, frame):
+        nonlocal handled
+        with collector.timer(group="signal"):
+            handled += 1
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    faulthandler.dump_traceback_later(120, exit=True)  # a handler waiting for good ends the run
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+    try:
+        loops = 30 * collector_module.MERGE_TIMERS_AT
+        for _ in range(loops):
+            with collector.timer(group="loop"):
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        faulthandler.cancel_dump_traceback_later()
+    collector.finish()
+    packet = receive(udp_listener)
+    assert handled > 0
+    assert packet.timer(group="loop").hit_count == loops
+    assert packet.timer(group="signal").hit_count == handled
