@@ -3,6 +3,7 @@
 import importlib
 import os
 import socket
+import sys
 
 import pytest
 
@@ -117,6 +118,15 @@ def udp_listener_factory():
     yield make
     for listener in made:
         listener.close()
+
+
+@pytest.fixture
+def frequent_thread_switches():
+    """Switch threads as often as the interpreter can: a lost update shows at once."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
 
 
 @pytest.fixture(autouse=True)

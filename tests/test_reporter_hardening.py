@@ -344,15 +344,6 @@ def test_stats_cleared_while_threads_report(udp_listener, reporter_factory):
     assert errors == []
 
 
-@pytest.fixture
-def frequent_thread_switches():
-    """Switch threads as often as the interpreter can: a lost update shows at once."""
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(interval)
-
-
 def test_counters_are_exact_under_threads(udp_listener, reporter_factory, frequent_thread_switches):
     sending = reporter_factory(udp_listener.address)
     failing = reporter_factory(udp_listener.address)

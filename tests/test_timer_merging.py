@@ -4,7 +4,6 @@ import contextvars
 import faulthandler
 import gc
 import signal
-import sys
 import threading
 import time
 
@@ -126,14 +125,6 @@ def test_merged_totals_keep_values_and_cpu(udp_listener, per_timer_cpu):
     timer = receive(udp_listener).timer(group="sum")
     assert timer.hit_count == collector_module.MERGE_TIMERS_AT + 10
     assert timer.value == pytest.approx(0.001 * (collector_module.MERGE_TIMERS_AT + 10))
-
-
-@pytest.fixture
-def frequent_thread_switches():
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(interval)
 
 
 @pytest.mark.parametrize("flushes", [0, 30])
