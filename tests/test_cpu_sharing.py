@@ -25,6 +25,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_request_left_sharing_the_thread():
+    # A request an earlier test dropped unfinished shares its thread's CPU
+    # until it is freed, which the garbage collector may do in the middle of
+    # a test here: freed before.
+    gc.collect()
+
+
 def busy(seconds):
     end = time.thread_time() + seconds
     while time.thread_time() < end:

@@ -16,6 +16,7 @@ from conftest import decode
 from packets import receive
 from pinba2_rules import assert_valid
 from pynba import ScriptMonitor, pynba
+from pynba import collector as collector_module
 from pynba.reporter import Reporter
 from pynba.timer import NoopTimer
 
@@ -257,6 +258,19 @@ def test_close_after_send_reports_the_next_job_only_when_touched(udp_listener):
     tagged.close()
     first, second = receive(udp_listener), receive(udp_listener)
     assert (first.tags, second.tags) == ([], [("phase", "shutdown")])
+
+
+def test_close_after_send_reports_a_next_job_whose_timers_were_all_merged(udp_listener):
+    monitor = ScriptMonitor(udp_listener.address, scriptname="worker")
+    monitor.send()
+    for _ in range(collector_module.MERGE_TIMERS_AT):
+        with monitor.timer(group="call"):
+            pass
+    monitor.timer(group="unused")  # made, never run: joining, it merges the others
+    assert [timer.tags for timer in monitor.collector.timers] == [(("group", "unused"),)]
+    monitor.close()
+    assert receive(udp_listener).timers == []
+    assert receive(udp_listener).timer(group="call").hit_count == collector_module.MERGE_TIMERS_AT
 
 
 def test_close_without_autostart_reports_a_started_job_only(udp_listener):

@@ -12,7 +12,18 @@ import pytest
 from packets import make_collector, receive, receive_all
 from pynba import Timer, pynba
 from pynba import collector as collector_module
+from pynba._implementation import runs_compiled
 from pynba.context import activate, deactivate
+
+# Interpreted, a merge or a flush reads a request's timers, then replaces
+# them with those it kept: a timer added in between (by another thread of the
+# request, a signal handler) is lost. Compiled, both are C code that runs no
+# Python code. See docs/guarantees.md.
+pure_python_may_lose_timers = pytest.mark.xfail(
+    not runs_compiled(collector_module.__file__),
+    reason="the pure-Python build may lose timers added while a request merges or flushes",
+    strict=False,
+)
 
 
 def live_timers():
@@ -60,6 +71,23 @@ def test_a_merged_timer_started_again_rejoins_its_request(udp_listener):
     packet = receive(udp_listener)
     assert packet.timer(group="kept").hit_count == 2
     assert packet.timer(group="filler").hit_count == collector_module.MERGE_TIMERS_AT
+
+
+def test_a_timer_rejoining_a_full_request_keeps_its_run(udp_listener):
+    collector = make_collector(udp_listener)
+    reused = collector.timer(group="reused")
+    with reused:
+        pass
+    collector.flush()  # sent: it leaves the request, to rejoin when started again
+    for _ in range(collector_module.MERGE_TIMERS_AT - 1):
+        collector.timer(group="filler").start().stop()
+    with reused:  # rejoins as the request's MERGE_TIMERS_AT-th timer
+        pass
+    collector.finish()
+    assert receive(udp_listener).timer(group="reused").hit_count == 1
+    packet = receive(udp_listener)
+    assert packet.timer(group="reused").hit_count == 1
+    assert packet.timer(group="filler").hit_count == collector_module.MERGE_TIMERS_AT - 1
 
 
 def test_running_timers_are_never_merged(udp_listener):
@@ -127,6 +155,7 @@ def test_merged_totals_keep_values_and_cpu(udp_listener, per_timer_cpu):
     assert timer.value == pytest.approx(0.001 * (collector_module.MERGE_TIMERS_AT + 10))
 
 
+@pure_python_may_lose_timers
 @pytest.mark.parametrize("flushes", [0, 30])
 def test_threads_of_one_request_lose_no_hit_while_it_merges_and_flushes(
     udp_listener, frequent_thread_switches, flushes
@@ -167,6 +196,7 @@ def test_threads_of_one_request_lose_no_hit_while_it_merges_and_flushes(
     assert hits == threads_count * each
 
 
+@pure_python_may_lose_timers
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 def test_a_signal_handler_adding_timers_in_the_middle_of_merges_loses_none(udp_listener):
     # The handler runs on the thread that is merging, between any two steps

@@ -21,9 +21,7 @@ end:
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -53,25 +51,6 @@ __all__ = ["MAX_TAG_SETS", "MERGE_TIMERS_AT", "CollectorSettings", "RequestColle
 logger = logging.getLogger("pynba")
 
 _INTERPRETED = not runs_compiled(__file__)
-
-# Interpreted, a thread of the request (a task run in a copy of its context)
-# can add a timer between two steps of a merge or a flush, after the timers
-# were read and before the kept ones replace them: the timer would be lost.
-# Adding, removing, merging and measuring the timers take this lock there.
-# Compiled, each is C code that runs no Python code: the GIL is enough.
-# Re-entrant: a signal handler or a finalizer may add a timer on the thread
-# that holds it.
-_timers_lock = threading.RLock()
-
-
-def _new_timers_lock() -> None:
-    # A child forked while another thread held the lock would wait for it for good.
-    global _timers_lock
-    _timers_lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_timers_lock)
 
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
@@ -579,29 +558,15 @@ class RequestCollector:
         """
         if self._finished:
             return self._too_late(timer.tags)
-        if _INTERPRETED:
-            with _timers_lock:
-                if not self._finished:  # else finish() measured the timers while this waited
-                    self._keep_timer(timer)
-                    return timer
-            return self._too_late(timer.tags)
-        self._keep_timer(timer)
-        return timer
-
-    def _keep_timer(self, timer: Timer) -> None:
-        self._timers.append(timer)
         if len(self._timers) >= self._merge_at:
+            # Before the timer joins: one rejoining to be started or added to
+            # has not measured yet, and a merge would leave it out for good.
             self._merge_timers()
+        self._timers.append(timer)
+        return timer
 
     def remove_timer(self, timer: Timer) -> None:
         """Leave ``timer`` out of the next packet (no error when it is not there)."""
-        if _INTERPRETED:
-            with _timers_lock:
-                self._discard_timer(timer)
-        else:
-            self._discard_timer(timer)
-
-    def _discard_timer(self, timer: Timer) -> None:
         try:
             self._timers.remove(timer)
         except ValueError:
@@ -622,6 +587,11 @@ class RequestCollector:
         """
         return tuple(self._timers)
 
+    @property
+    def timers_ran(self) -> bool:
+        """Whether a timer of the next packet has run: one running, one with hits, or merged."""
+        return bool(self._merged) or any(timer.started or timer.hit_count for timer in self._timers)
+
     def _merge_timers(self) -> None:
         """Fold the stopped timers into totals per tag set, sent with the next packet.
 
@@ -632,11 +602,9 @@ class RequestCollector:
         merged = self._merged
         if merged is None:
             merged = self._merged = {}
-        timers = self._timers
-        self._timers = []  # where a timer added in the middle of the merge goes
         kept = []
         dropped = 0
-        for timer in timers:
+        for timer in self._timers:
             if timer.started:
                 kept.append(timer)
                 continue
@@ -654,8 +622,6 @@ class RequestCollector:
                 merged[tag_set] = [timer.tags, value, hits, utime, stime]
             else:
                 dropped += 1
-        if self._timers:
-            kept.extend(self._timers)
         self._timers = kept
         if len(kept) * 2 >= self._merge_at:
             self._merge_at *= 2
@@ -817,30 +783,21 @@ class RequestCollector:
         a flush sends what they measured so far, as records, and resets them
         (see ``Timer.take_measures``). The totals of merged timers go too.
         """
-        if _INTERPRETED:
-            with _timers_lock:
-                return self._take_timers(keep_running, end is None)
-        return self._take_timers(keep_running, end is None)
-
-    def _take_timers(self, keep_running: bool, ending: bool) -> Sequence[Timer | TimerRecord]:
         if self._merged is None and not self._timers:
             return ()  # no list to make and free (about 140 instructions a request)
         out: list[Timer | TimerRecord] = []
         if self._merged is not None:
             out.extend(self._merged_timers())
-        timers = self._timers
-        if not timers:
+        if not self._timers:
             return out
-        self._timers = []  # where a timer added in the middle of this goes
+        ending = end is None
         kept = []
-        for timer in timers:
+        for timer in self._timers:
             measured = timer.take_measures(ending, keep_running)
             if measured is not None:
                 out.append(measured)
             if not ending and (measured is None or timer.started):
                 kept.append(timer)  # running on, or not run yet
-        if self._timers:
-            kept.extend(self._timers)
         self._timers = kept
         return out
 

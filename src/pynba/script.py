@@ -235,7 +235,7 @@ class _OwnJob:
         """Whether no timer ran in the job and nothing was set on it."""
         settings = self.settings
         return (
-            not any(timer.started or timer.hit_count for timer in collector.timers)
+            not collector.timers_ran
             and collector.script_name == self.script_name
             and collector.server_name == self.server_name
             and collector.hostname == settings.hostname
