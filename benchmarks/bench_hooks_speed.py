@@ -23,7 +23,12 @@ first (A/A): the two do the same work, and the gap between their figures is
 how far apart identical calls lie, as their objects sit in different places
 in memory. A gap under it says nothing.
 
-Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME]
+With ``--in-turn``, the calls are timed one at a time instead, the three
+ways taking turns call by call, and each way's figure is its median
+(``calls_in_turn``): the code of each way is less in the caches, as in an
+application between two calls of a library.
+
+Run: python benchmarks/bench_hooks_speed.py [--quick] [--seconds S] [--only NAME] [--in-turn]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from bench_instrumentation import (
     BAR,
+    TURNS_PER_REQUEST,
     Case,
     CaseFailed,
     add_side_arguments,
@@ -262,6 +268,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs (noisier)")
     parser.add_argument("--seconds", type=float, help="seconds a case (default 10, quick 1)")
     parser.add_argument("--only", help="the cases whose name starts with this")
+    parser.add_argument(
+        "--in-turn", action="store_true", help="medians of single calls, the ways in turn"
+    )
     add_side_arguments(parser)
     options = parser.parse_args()
     seconds = options.seconds
@@ -270,7 +279,15 @@ def main() -> None:
     if side_wanted(parser, options):
         print_side(CASES, options.case, options.side, seconds)
         return
-    print(f"encoder: {IMPLEMENTATION}; µs per call, best of short runs for {seconds:g} s a case")
+    if options.in_turn:
+        print(
+            f"encoder: {IMPLEMENTATION}; µs per call, medians of calls timed one at a time, "
+            f"the ways in turn, in requests of {TURNS_PER_REQUEST} turns, {seconds:g} s a case"
+        )
+    else:
+        print(
+            f"encoder: {IMPLEMENTATION}; µs per call, best of short runs for {seconds:g} s a case"
+        )
     print(
         f"{'case':<58} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'±':>5}"
         f" {'outside':>8} {'A/A':>6}  ok"
@@ -283,24 +300,28 @@ def main() -> None:
             print(f"{make.__name__:<58} (not installed)")
             continue
         try:
-            figures = run_case(case, seconds, __file__, make.__name__)
+            figures = run_case(case, seconds, __file__, make.__name__, options.in_turn)
         except CaseFailed as failed:
             print(f"{make.__name__:<58} failed: {failed}")
             continue
         best = figures.best
         bare, hand, auto = best["bare"], best["hand"], best["auto"]
         over, error = figures.over()
-        outside = best["auto outside"] - best["bare outside"]
-        twin = best["bare twin"] - bare
         ok = "yes" if over <= BAR else "NO"
+        if options.in_turn:  # neither measured
+            outside = twin = "-"
+        else:
+            outside = f"{best['auto outside'] - best['bare outside']:.2f}"
+            twin = f"{best['bare twin'] - bare:.2f}"
         print(
             f"{case.name:<58} {bare:7.2f} {hand:7.2f} {auto:7.2f} {over:9.2f} {error} "
-            f"{outside:8.2f} {twin:6.2f}  {ok}"
+            f"{outside:>8} {twin:>6}  {ok}"
         )
-    print(
-        "A/A: the bare call through a second object built as the first, less the bare call:"
-        " how far apart the figures of identical calls lie"
-    )
+    if not options.in_turn:  # else not measured
+        print(
+            "A/A: the bare call through a second object built as the first, less the bare call:"
+            " how far apart the figures of identical calls lie"
+        )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,15 @@ binaries) on free loopback ports, and an HTTP/1.1 server on 127.0.0.1 in a
 process of its own, each started for its case and stopped after it. A case
 whose library or server is missing is skipped, saying why.
 
+With ``--in-turn``, the cases measured in one process (the HTTP
+clients') have their calls timed one at a time instead, the three ways
+taking turns call by call, each way's figure its median
+(``calls_in_turn``); the others say they are measured in pairs.
+
 To add a case: write a function returning a ``Case`` (or why it is
 skipped) and list it in ``CASES``.
 
-Run: python benchmarks/bench_instrumentation.py [--quick] [--seconds S]
+Run: python benchmarks/bench_instrumentation.py [--quick] [--seconds S] [--in-turn]
 """
 
 from __future__ import annotations
@@ -738,6 +743,55 @@ def side_ways(case: Case, reporter: Reporter, side: str) -> dict[str, Callable[[
     return ways
 
 
+#: The side that times calls one at a time, the three ways in turn (see ``calls_in_turn``).
+IN_TURN = "in turn"
+#: Turns (a call of each way) a request makes, in ``calls_in_turn``.
+TURNS_PER_REQUEST = 30
+
+
+def calls_in_turn(case: Case, reporter: Reporter, seconds: float) -> dict[str, float]:
+    """Each way's median µs per call, its calls timed one at a time, the ways taking turns.
+
+    The ways run call by call, in an order that rotates from one turn to the
+    next, in monitored requests of ``TURNS_PER_REQUEST`` turns, for
+    ``seconds`` (three requests at least). Between two calls of a way run
+    the calls of the others: less of each way's code and data is still in
+    the caches than in a run of its own calls, as in an application, where
+    other code runs between two calls of a library. ``PAIRED`` is the
+    median of the automatic calls less that of the hand-written ones.
+    """
+    ways = {"bare": case.bare, "hand": case.hand_written, "auto": case.automatic}
+    for call in ways.values():
+        in_requests(call, reporter, WARM_CALLS, WARM_CALLS)
+    names = list(ways)
+    orders = [names[turn:] + names[:turn] for turn in range(len(names))]
+    times: dict[str, list[int]] = {way: [] for way in ways}
+    clock = time.perf_counter_ns
+
+    def one_request() -> None:
+        collector = RequestCollector(CollectorSettings(reporter), "/bench")
+        token = activate(collector)
+        try:
+            for turn in range(TURNS_PER_REQUEST):
+                for way in orders[turn % len(orders)]:
+                    call = ways[way]
+                    start = clock()
+                    call()
+                    times[way].append(clock() - start)
+        finally:
+            deactivate(token)
+            collector.finish()
+
+    deadline = time.perf_counter() + seconds
+    requests = 0
+    while requests < 3 or time.perf_counter() < deadline:
+        contextvars.copy_context().run(one_request)
+        requests += 1
+    figures = {way: statistics.median(taken) / 1e3 for way, taken in times.items()}
+    figures[PAIRED] = figures["auto"] - figures["hand"]
+    return figures
+
+
 def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
     """The best run of each way of one side, here (a child of ``measure_in_processes``).
 
@@ -758,6 +812,8 @@ def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
     sink.bind(("127.0.0.1", 0))
     reporter = Reporter(sink.getsockname())
     try:
+        if side == IN_TURN:
+            return calls_in_turn(case, reporter, seconds)
         if side == "automatic" and case.instrument is not None:
             case.instrument()
         ways: dict[str, Callable[[], float]] = {}
@@ -774,7 +830,9 @@ def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
         sink.close()
 
 
-def measure_in_processes(case: Case, script: str, name: str, seconds: float) -> Figures:
+def measure_in_processes(
+    case: Case, script: str, name: str, seconds: float, in_turn: bool = False
+) -> Figures:
     """``case`` (the case ``name`` of ``script``) measured in ``PROCESS_ROUNDS`` processes or pairs.
 
     Identical calls run faster in one process than in another (where
@@ -796,9 +854,12 @@ def measure_in_processes(case: Case, script: str, name: str, seconds: float) -> 
     rounds = PROCESS_ROUNDS if seconds > 0 else 1
     runs: dict[str, list[float]] = {}
     over_hand = []
+    if in_turn and case.instrument is not None:
+        raise CaseFailed("measured in pairs of processes, its ways cannot take turns")
     for _ in range(rounds):
         if case.instrument is None:
-            figures = side_in_process(script, name, "all", seconds / rounds)
+            side = IN_TURN if in_turn else "all"
+            figures = side_in_process(script, name, side, seconds / rounds)
         else:
             figures = side_in_process(script, name, "plain", seconds / rounds / 2)
             figures.update(side_in_process(script, name, "automatic", seconds / rounds / 2))
@@ -822,17 +883,22 @@ def side_in_process(script: str, name: str, side: str, seconds: float) -> dict[s
     return figures
 
 
-def run_case(case: Case, seconds: float, script: str, name: str) -> Figures:
-    """Close ``case`` (the case ``name`` of ``script``), then measure it in processes of its own."""
+def run_case(case: Case, seconds: float, script: str, name: str, in_turn: bool = False) -> Figures:
+    """Close ``case`` (the case ``name`` of ``script``), then measure it in processes of its own.
+
+    ``in_turn``: its calls timed one at a time, the ways in turn (``calls_in_turn``).
+    """
     if case.close is not None:
         case.close()
-    return measure_in_processes(case, script, name, seconds)
+    return measure_in_processes(case, script, name, seconds, in_turn)
 
 
 def add_side_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a script's child processes (``measure_in_processes``)."""
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--side", choices=("plain", "automatic", "all"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--side", choices=("plain", "automatic", "all", IN_TURN), help=argparse.SUPPRESS
+    )
 
 
 def side_wanted(parser: argparse.ArgumentParser, options: argparse.Namespace) -> bool:
@@ -973,6 +1039,11 @@ def main() -> None:
         default=None,
         help="seconds of runs a case (default 10; 0: one round, to see the script run)",
     )
+    parser.add_argument(
+        "--in-turn",
+        action="store_true",
+        help="medians of single calls, the ways in turn (the cases measured in one process)",
+    )
     add_side_arguments(parser)
     options = parser.parse_args()
     seconds = options.seconds if options.seconds is not None else 1.0 if options.quick else 10.0
@@ -982,8 +1053,12 @@ def main() -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
 
-    print(f"encoder: {IMPLEMENTATION}; µs per call, the best of short runs interleaved for "
-          f"{seconds:g} s a case")  # fmt: skip
+    if options.in_turn:
+        print(f"encoder: {IMPLEMENTATION}; µs per call, medians of calls timed one at a time, "
+              f"the ways in turn (calls_in_turn), {seconds:g} s a case")  # fmt: skip
+    else:
+        print(f"encoder: {IMPLEMENTATION}; µs per call, the best of short runs interleaved for "
+              f"{seconds:g} s a case")  # fmt: skip
     header = (
         f"{'case':<68} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'±':>5} "
         f"{'outside':>8} {'rounds':>6}  ok"
@@ -995,18 +1070,23 @@ def main() -> None:
         if isinstance(case, str):
             print(f"{make.__name__:<68} skipped: {case}")
             continue
+        if options.in_turn and case.instrument is not None:
+            if case.close is not None:
+                case.close()
+            print(f"{make.__name__:<68} not timed in turn: measured in pairs of processes")
+            continue
         try:
-            figures = run_case(case, seconds, __file__, make.__name__)
+            figures = run_case(case, seconds, __file__, make.__name__, options.in_turn)
         except CaseFailed as failed:
             print(f"{make.__name__:<68} failed: {failed}")
             continue
         best = results[make.__name__] = figures.best
         over, error = figures.over()
-        untimed = best["auto outside"] - best["bare outside"]
+        untimed = "-" if options.in_turn else f"{best['auto outside'] - best['bare outside']:.2f}"
         ok = "yes" if over <= BAR else "NO"
         print(
             f"{case.name:<68} {best['bare']:7.2f} {best['hand']:7.2f} {best['auto']:7.2f} "
-            f"{over:9.2f} {error} {untimed:8.2f} {len(figures.over_hand):6d}  {ok}"
+            f"{over:9.2f} {error} {untimed:>8} {len(figures.over_hand):6d}  {ok}"
         )
     print(
         f"auto-hand: the automatic timer over the hand-written one, the mean of the rounds' "
@@ -1014,6 +1094,9 @@ def main() -> None:
         "integration that patches its library: see measure_in_processes); outside: the "
         "integration's cost outside any request"
     )
+    if options.in_turn:
+        sink.close()
+        return  # the Redis case is measured in pairs of processes, the request by runs
 
     redis = results.get("redis_get")
     if redis is None:

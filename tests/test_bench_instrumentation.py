@@ -82,11 +82,11 @@ def test_a_switched_case_leaves_its_integration_as_it_found_it():
     assert (httpx.Client.send, httpx.AsyncClient.send) == original
 
 
-def one_round(script: Path) -> tuple[list[str], int]:
+def one_round(script: Path, *options: str) -> tuple[list[str], int]:
     """The lines ``script --seconds 0`` prints, and where its table's header is."""
     tested = str(Path(pynba.__file__).resolve().parent.parent)  # this pynba, not another
     done = subprocess.run(
-        [sys.executable, str(script), "--seconds", "0"],
+        [sys.executable, str(script), "--seconds", "0", *options],
         env={**os.environ, "PYTHONPATH": tested},
         capture_output=True,
         text=True,
@@ -132,6 +132,40 @@ def test_the_hooks_script_prints_a_row_for_each_case():
         assert all(float(figure) == float(figure) for figure in figures), row
         assert words[-4] == "-", row  # ±: none of one round
     assert lines[header + 7].startswith("A/A: "), lines
+
+
+def test_the_hooks_script_times_calls_in_turn_when_asked():
+    lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py", "--in-turn")
+    assert "medians of calls timed one at a time" in lines[header - 1], lines
+    rows = lines[header + 1 :]
+    assert len(rows) == 6, lines  # no A/A line: not measured
+    for row in rows:
+        if "(not installed)" in row:
+            assert not IN_CI, row
+            continue
+        words = row.split()
+        assert words[-1] in ("yes", "NO"), row
+        bare, hand, auto, over = (float(word) for word in words[-8:-4])
+        assert min(bare, hand, auto) > 0, row
+        assert over == pytest.approx(auto - hand, abs=0.011), row  # the medians' difference
+        assert words[-4:-1] == ["-", "-", "-"], row  # ±, outside, A/A: none
+
+
+def test_in_turn_the_script_times_the_switched_cases_only():
+    lines, header = one_round(SCRIPT, "--in-turn")
+    footer = next(n for n, line in enumerate(lines) if line.startswith("auto-hand:"))
+    rows = lines[header + 1 : footer]
+    assert len(rows) == len(cases()), lines
+    in_pairs = [row for row in rows if " not timed in turn: measured in pairs" in row]
+    timed = [row for row in rows if row.split()[-1] in ("yes", "NO")]
+    assert len(in_pairs) + len(timed) + sum(" skipped: " in row for row in rows) == len(rows)
+    for row in timed:
+        assert row.split()[-3] == "-", row  # outside: not measured
+    if not IN_CI:
+        return
+    # dbapi, sqlalchemy, django_db, httpx twice, requests, urllib3, opentelemetry
+    assert len(timed) == 8, rows
+    assert not any(line.startswith("next to a") for line in lines), lines
 
 
 def test_a_case_failing_as_it_is_made_fails_at_once_saying_why():
