@@ -16,9 +16,9 @@ from pynba._implementation import runs_compiled
 from pynba.context import activate, deactivate
 
 # Interpreted, a merge or a flush reads a request's timers, then replaces
-# them with those it kept: a timer added in between (by another thread of the
-# request, a signal handler) is lost. Compiled, both are C code that runs no
-# Python code. See docs/guarantees.md.
+# them with those it kept: a timer another thread of the request adds in
+# between is lost, and two threads can merge at once. Compiled, both are C
+# code that runs no Python code. See docs/guarantees.md.
 pure_python_may_lose_timers = pytest.mark.xfail(
     not runs_compiled(collector_module.__file__),
     reason="the pure-Python build may lose timers added while a request merges or flushes",
@@ -88,6 +88,57 @@ def test_a_timer_rejoining_a_full_request_keeps_its_run(udp_listener):
     packet = receive(udp_listener)
     assert packet.timer(group="reused").hit_count == 1
     assert packet.timer(group="filler").hit_count == collector_module.MERGE_TIMERS_AT - 1
+
+
+def test_timers_a_finalizer_makes_in_the_middle_of_a_merge_are_kept(udp_listener):
+    collector = make_collector(udp_listener)
+    listed_then = []
+
+    class Resource:
+        def __init__(self):
+            self.me = self  # freed by the garbage collector only
+
+        def __del__(self):
+            listed_then.append(len(collector.timers))
+            with collector.timer(group="close"):
+                pass
+
+    for n in range(collector_module.MERGE_TIMERS_AT):
+        # Tag sets of their own: the merge makes objects, and the collector runs.
+        collector.timer(group="work", n=n).start().stop()
+    gc.collect()
+    threshold = gc.get_threshold()
+    gc.set_threshold(50)
+    try:
+        for _ in range(3):
+            Resource()
+        collector.timer(group="work", n="last").start().stop()  # its joining merges
+        gc.collect()
+    finally:
+        gc.set_threshold(*threshold)
+    collector.finish()
+    packet = receive(udp_listener)
+    assert len(listed_then) == 3
+    assert max(listed_then) >= collector_module.MERGE_TIMERS_AT  # in the middle of the merge
+    assert packet.timer(group="close").hit_count == 3
+    assert sum(t.hit_count for t in packet.timers if t.tags[0] == ("group", "work")) == (
+        collector_module.MERGE_TIMERS_AT + 1
+    )
+
+
+def test_a_scripts_next_job_merges_at_the_limit_of_the_time(udp_listener, monkeypatch):
+    from pynba import ScriptMonitor
+
+    monitor = ScriptMonitor(udp_listener.address, script_name="worker")
+    monkeypatch.setattr(collector_module, "MERGE_TIMERS_AT", 10)  # once the first job began
+    monitor.send()
+    for _ in range(25):
+        with monitor.timer(group="call"):
+            pass
+    assert len(monitor.collector.timers) < 10
+    monitor.close()
+    receive(udp_listener)
+    assert receive(udp_listener).timer(group="call").hit_count == 25
 
 
 def test_running_timers_are_never_merged(udp_listener):
@@ -196,12 +247,12 @@ def test_threads_of_one_request_lose_no_hit_while_it_merges_and_flushes(
     assert hits == threads_count * each
 
 
-@pure_python_may_lose_timers
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
 def test_a_signal_handler_adding_timers_in_the_middle_of_merges_loses_none(udp_listener):
-    # The handler runs on the thread that is merging, between any two steps
-    # of it (interpreted), as a finalizer could: it must neither wait for
-    # that merge nor be lost by it.
+    # The handler runs on the thread that is merging, in the middle of it
+    # (interpreted), as a finalizer could: its timers join the list the merge
+    # reads, and start no merge of their own (each one did, over and over,
+    # until a RecursionError).
     collector = make_collector(udp_listener)
     handled = 0
 

@@ -69,7 +69,7 @@ cdef class RequestCollector:
     cdef _add_call_timer(self, tuple names, tuple values, double seconds)
     cpdef add_timer(self, timer)
     cpdef remove_timer(self, timer)
-    @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t)
+    @cython.locals(timer=Timer, kept=list, dropped=Py_ssize_t, merge_at=Py_ssize_t)
     cpdef _merge_timers(self)
     cpdef list _merged_timers(self)
     cpdef _resolved_script_name(self)

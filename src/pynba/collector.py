@@ -52,6 +52,8 @@ logger = logging.getLogger("pynba")
 
 _INTERPRETED = not runs_compiled(__file__)
 
+_NEVER = sys.maxsize  # a request's _merge_at while it merges
+
 #: A request holding this many timers merges its stopped ones by tag set,
 #: so that a job making a million timers holds a bounded number of objects.
 MERGE_TIMERS_AT = 1000
@@ -602,29 +604,35 @@ class RequestCollector:
         merged = self._merged
         if merged is None:
             merged = self._merged = {}
+        merge_at = self._merge_at
+        # A timer added while this runs (by a finalizer it sets off, a signal
+        # handler) joins the list it reads, to be read too: it must not start
+        # a merge of its own, whose list this one would then replace.
+        self._merge_at = _NEVER
         kept = []
         dropped = 0
-        for timer in self._timers:
-            if timer.started:
-                kept.append(timer)
-                continue
-            value, hits, utime, stime = timer.hand_over_measures()
-            if not hits:  # never run: it rejoins the request when started
-                continue
-            tag_set = timer.tag_set
-            total = merged.get(tag_set)
-            if total is not None:
-                total[1] += value
-                total[2] += hits
-                total[3] += utime
-                total[4] += stime
-            elif len(merged) < MAX_TAG_SETS:
-                merged[tag_set] = [timer.tags, value, hits, utime, stime]
-            else:
-                dropped += 1
-        self._timers = kept
-        if len(kept) * 2 >= self._merge_at:
-            self._merge_at *= 2
+        try:
+            for timer in self._timers:
+                if timer.started:
+                    kept.append(timer)
+                    continue
+                value, hits, utime, stime = timer.hand_over_measures()
+                if not hits:  # never run: it rejoins the request when started
+                    continue
+                tag_set = timer.tag_set
+                total = merged.get(tag_set)
+                if total is not None:
+                    total[1] += value
+                    total[2] += hits
+                    total[3] += utime
+                    total[4] += stime
+                elif len(merged) < MAX_TAG_SETS:
+                    merged[tag_set] = [timer.tags, value, hits, utime, stime]
+                else:
+                    dropped += 1
+            self._timers = kept
+        finally:
+            self._merge_at = merge_at * 2 if len(kept) * 2 >= merge_at else merge_at
         if dropped:
             self._settings.reporter.count("timers_dropped", dropped)
 
@@ -716,8 +724,9 @@ class RequestCollector:
         """Begin a script's next job on this collector, as a new one would begin.
 
         The names are set anew, the other fields and the request tags go back
-        to their defaults, ``enabled`` to True, and the clock restarts; the
-        timers not sent (made but never run) stay.
+        to their defaults, ``enabled`` to True, the merging of timers to
+        ``MERGE_TIMERS_AT``, and the clock restarts; the timers not sent
+        (made but never run) stay.
         """
         self.script_name = script_name
         self.server_name = server_name
@@ -726,6 +735,7 @@ class RequestCollector:
         self._tags = None
         self._tags_sent = False
         self._skipped = False
+        self._merge_at = MERGE_TIMERS_AT
         self._start_afresh()
 
     def _start_afresh(self) -> None:

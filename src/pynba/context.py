@@ -306,6 +306,7 @@ class DisabledCollector:
     status = document_size = memory_peak = memory_footprint = None
     request_time = ru_utime = ru_stime = None
     timers: tuple = ()
+    timers_ran = False
     tags: Mapping[str, Any] = MappingProxyType({})
 
     _FIELDS = frozenset(
