@@ -117,38 +117,41 @@ def test_every_case_prints_its_row():
     assert any(line.startswith("a monitored request making 10") for line in lines), lines
 
 
-def test_the_hooks_script_prints_a_row_for_each_case():
-    """benchmarks/bench_hooks_speed.py: the HTTP client and OpenTelemetry hooks, no network."""
-    lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py")
+def hooks_script_rows(*options: str) -> tuple[list[str], int, list[list[str]]]:
+    """bench_hooks_speed.py's lines, its header's place, and the words of each measured row."""
+    lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py", *options)
     rows = lines[header + 1 : header + 7]
     assert len(rows) == 6, lines
+    measured = []
     for row in rows:
         if "(not installed)" in row:
             assert not IN_CI, row
             continue
         words = row.split()
         assert words[-1] in ("yes", "NO"), row
+        measured.append(words)
+    return lines, header, measured
+
+
+def test_the_hooks_script_prints_a_row_for_each_case():
+    """benchmarks/bench_hooks_speed.py: the HTTP client and OpenTelemetry hooks, no network."""
+    lines, header, rows = hooks_script_rows()
+    for words in rows:
         figures = words[-8:-4] + words[-3:-1]  # bare, hand, auto, auto-hand, outside, A/A
-        assert all(float(figure) == float(figure) for figure in figures), row
-        assert words[-4] == "-", row  # ±: none of one round
+        assert all(float(figure) == float(figure) for figure in figures), words
+        assert words[-4] == "-", words  # ±: none of one round
     assert lines[header + 7].startswith("A/A: "), lines
 
 
 def test_the_hooks_script_times_calls_in_turn_when_asked():
-    lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py", "--in-turn")
+    lines, header, rows = hooks_script_rows("--in-turn")
     assert "medians of calls timed one at a time" in lines[header - 1], lines
-    rows = lines[header + 1 :]
-    assert len(rows) == 6, lines  # no A/A line: not measured
-    for row in rows:
-        if "(not installed)" in row:
-            assert not IN_CI, row
-            continue
-        words = row.split()
-        assert words[-1] in ("yes", "NO"), row
+    assert len(lines) == header + 7, lines  # no A/A line: not measured
+    for words in rows:
         bare, hand, auto, over = (float(word) for word in words[-8:-4])
-        assert min(bare, hand, auto) > 0, row
-        assert over == pytest.approx(auto - hand, abs=0.011), row  # the medians' difference
-        assert words[-4:-1] == ["-", "-", "-"], row  # ±, outside, A/A: none
+        assert min(bare, hand, auto) > 0, words
+        assert over == pytest.approx(auto - hand, abs=0.011), words  # the medians' difference
+        assert words[-4:-1] == ["-", "-", "-"], words  # ±, outside, A/A: none
 
 
 def test_in_turn_the_script_times_the_switched_cases_only():
