@@ -591,7 +591,7 @@ class RequestCollector:
 
     @property
     def timers_ran(self) -> bool:
-        """Whether a timer of the next packet has run: one running, one with hits, or merged."""
+        """Whether a timer has run since the last packet: one running, one with hits, or merged."""
         return bool(self._merged) or any(timer.started or timer.hit_count for timer in self._timers)
 
     def _merge_timers(self) -> None:
