@@ -27,10 +27,11 @@ binaries) on free loopback ports, and an HTTP/1.1 server on 127.0.0.1 in a
 process of its own, each started for its case and stopped after it. A case
 whose library or server is missing is skipped, saying why.
 
-With ``--in-turn``, the cases measured in one process (the HTTP
-clients') have their calls timed one at a time instead, the three ways
-taking turns call by call, each way's figure its median
-(``calls_in_turn``); the others say they are measured in pairs.
+With ``--in-turn``, the cases measured in one process (the databases
+without a server, the HTTP clients, OpenTelemetry) have their calls timed
+one at a time instead, the three ways taking turns call by call, each
+way's figure its median (``calls_in_turn``); the others say they are
+measured in pairs.
 
 To add a case: write a function returning a ``Case`` (or why it is
 skipped) and list it in ``CASES``.
