@@ -108,12 +108,13 @@ def test_every_compiled_module_runs_compiled_when_built():
     if compiled_encoder() is None:
         pytest.skip("the compiled modules are not built")
     pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("sqlalchemy")
     # The encoder looks for _timer_fields when it first meets a Timer; the
     # integrations' modules load when imported.
     code = (
         "import pynba, pynba.wsgi; from pynba.timer import Timer;"
         " import pynba.instrumentation.requests, pynba.instrumentation.urllib3,"
-        " pynba.instrumentation.opentelemetry;"
+        " pynba.instrumentation.opentelemetry, pynba.instrumentation.sqlalchemy;"
         " pynba.encode('h', 's', '/', 1, 0, 0, 0.1, 0, 0, 200, 0, None, {}, [Timer({'a': 'b'})]);"
         " print(' '.join(sorted(pynba.compiled_modules())))"
     )
@@ -130,8 +131,10 @@ def test_every_compiled_module_runs_compiled_when_built():
             "tags",
             "timer",
             "wsgi",
+            "instrumentation._hooks",
             "instrumentation._http_client",
             "instrumentation.opentelemetry",
+            "instrumentation.sqlalchemy",
             "instrumentation.urllib3",
         ]
     )

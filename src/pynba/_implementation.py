@@ -28,8 +28,10 @@ COMPILED_MODULES = (
     "reporter",
     "_timer_fields",
     "_timer_call",
+    "instrumentation._hooks",
     "instrumentation._http_client",
     "instrumentation.urllib3",
+    "instrumentation.sqlalchemy",
     "instrumentation.opentelemetry",
 )
 
