@@ -23,9 +23,10 @@ from collections.abc import Callable
 from types import FunctionType
 from typing import Any
 
+from ..collector import RequestCollector
 from ..context import current_collector
 from ..errors import internal_error
-from ..tags import TagValue
+from ..tags import TagValue, check_split_tags
 from ..timer import NoopTimer, Timer
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "bounded",
     "row_count",
     "sql_verb",
+    "start_checked_timer",
     "start_timer",
     "stop_timer",
     "takes_exactly",
@@ -62,7 +64,24 @@ def start_timer(
     if collector is None or not collector.enabled:
         return None
     try:
-        timer = collector.new_checked_timer(names, values)
+        check_split_tags(names, values)
+    except Exception:
+        internal_error("cannot start an automatic timer", False)
+        return None
+    return start_checked_timer(collector, names, values)
+
+
+def start_checked_timer(
+    collector: Any, names: tuple[str, ...], values: tuple[TagValue, ...]
+) -> Timer | NoopTimer | None:
+    """``start_timer`` in the enabled request ``collector``, for tags ``check_split_tags`` passed.
+
+    For a hook that makes each set of tags once, and checks it then: not
+    again at every call.
+    """
+    try:
+        request: RequestCollector = collector
+        timer = request._new_split_timer(names, values)
         timer.start()
     except Exception:
         internal_error("cannot start an automatic timer", False)

@@ -1,10 +1,7 @@
 # Declarations for compiling sqlalchemy.py with Cython (see ../timer.pxd):
-# a statement's timer is made with C calls.
-cimport cython
-
-from pynba.collector cimport RequestCollector
+# a statement's timer is started and stopped with C calls.
 from pynba.context cimport current_collector
-from pynba.instrumentation._hooks cimport stop_timer
+from pynba.instrumentation._hooks cimport start_checked_timer, stop_timer
 from pynba.tags cimport check_split_tags
 
 cdef class _Engine:
@@ -13,5 +10,4 @@ cdef class _Engine:
 
     cpdef tuple tags_of(self, statement)
 
-@cython.locals(request=RequestCollector)
 cdef _start(collector, dialect, context, statement)

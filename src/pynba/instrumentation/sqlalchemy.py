@@ -34,11 +34,10 @@ from typing import Any
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.engine.interfaces import ExecuteStyle
 
-from ..collector import RequestCollector
 from ..context import current_collector
 from ..errors import internal_error
 from ..tags import check_split_tags
-from ._hooks import Patches, bounded, row_count, sql_verb, stop_timer
+from ._hooks import Patches, bounded, row_count, sql_verb, start_checked_timer, stop_timer
 
 __all__ = ["instrument", "instrument_engine", "uninstrument", "uninstrument_engine"]
 
@@ -179,15 +178,7 @@ def _start(collector: Any, dialect: Any, context: Any, statement: Any) -> Any:
     except Exception:  # an engine or a statement pynba cannot read: the call goes on untimed
         internal_error("cannot tag a SQLAlchemy statement's timer", False)
         return None
-    try:
-        # The tags were checked when made: not again at every statement.
-        request: RequestCollector = collector
-        timer = request._new_split_timer(_NAMES, tags)
-        timer.start()
-    except Exception:
-        internal_error("cannot start an automatic timer", False)
-        return None
-    return timer
+    return start_checked_timer(collector, _NAMES, tags)  # checked when made
 
 
 def _rows_inserted(cursor: Any) -> int:
