@@ -274,6 +274,36 @@ def test_sqlite3(instrumented, udp_listener):
     assert packet.timer(op="commit", **tags).hit_count == 1
 
 
+class RowsWithoutLength:
+    """Rows a driver can iterate, whose ``len()`` fails."""
+
+    def __init__(self, rows, error):
+        self.rows = rows
+        self.error = error
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [RuntimeError("no length"), OverflowError("too long")])
+def test_executemany_of_rows_whose_len_fails_runs_as_without_pynba(
+    error, instrumented, udp_listener
+):
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE numbers (n integer)")
+    rows = RowsWithoutLength([(1,), (2,)], error)
+    connection.executemany("INSERT INTO numbers VALUES (?)", rows)  # outside a request
+    with monitored_request(udp_listener):
+        connection.executemany("INSERT INTO numbers VALUES (?)", rows)
+    assert next(connection.execute("SELECT count(*) FROM numbers"))[0] == 4
+    connection.close()
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="insert", db="sqlite3").hit_count == 1
+
+
 @pytest.mark.parametrize("driver", sorted(DRIVERS))
 def test_a_failing_query_raises_as_it_would_and_is_timed(
     driver, postgres, instrumented, udp_listener

@@ -169,11 +169,12 @@ def bounded(value: str, seen: set[str], limit: int, other: str = "other") -> str
 def row_count(rows: Any) -> int:
     """The hits of an ``executemany(statement, rows)``: its rows, at least 1.
 
-    An iterator is counted 1: its rows are the driver's to take.
+    An iterator is counted 1: its rows are the driver's to take, and so
+    is a sequence whose ``len()`` fails.
     """
     try:
         return max(len(rows), 1)
-    except TypeError:
+    except Exception:  # the application's object: its fault is the driver's to report
         return 1
 
 
