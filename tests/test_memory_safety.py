@@ -534,3 +534,67 @@ def test_a_timer_whose_tag_fields_were_replaced_fails_alike_in_both_builds(udp_l
     assert f"cannot encode the request: {REPLACED_TAGS[case][1]}(" in output
     assert "finished" in output
     assert udp_listener.pending() == []  # no packet with tags read wrongly
+
+
+# -- a compiled class's method called with another object as self ------------------------------
+
+
+def compiled_classes():
+    """Every class of pynba's compiled modules that is an extension type, by qualified name."""
+    import importlib
+
+    from pynba._implementation import COMPILED_MODULES
+
+    found = {}
+    for name in COMPILED_MODULES:
+        try:
+            module = importlib.import_module(f"pynba.{name}")
+        except ImportError:  # an integration whose library is not installed
+            continue
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and value.__module__ == module.__name__
+                and not value.__flags__ & (1 << 9)  # not a class of Python code
+            ):
+                found[f"{value.__module__}.{value.__qualname__}"] = value
+    return found
+
+
+def methods_called_with_a_wrong_self():
+    """Call each method of each compiled class with objects of other types as self."""
+    wrong_selves = [object(), 1, "text", None, compiled_classes]
+    for qualname, cls in sorted(compiled_classes().items()):
+        for name, value in sorted(vars(cls).items()):
+            callables = [value]
+            if isinstance(value, property):
+                callables = [value.fget, value.fset, value.fdel]
+            elif type(value).__name__ == "cython_function_or_method":
+                print(f"{qualname}.{name}: unchecked")
+                continue
+            for method in callables:
+                if type(method).__name__ != "checked_method":
+                    continue
+                for self in wrong_selves:
+                    try:
+                        method(self, *([None] * 3))
+                    except TypeError as error:
+                        if "as self" not in str(error):
+                            print(f"{qualname}.{name}: {error}")
+                    else:
+                        print(f"{qualname}.{name}: no error")
+        print(f"{qualname}: checked")
+
+
+def test_every_method_of_a_compiled_class_checks_its_self():
+    from conftest import compiled_encoder
+
+    if compiled_encoder() is None:
+        pytest.skip("the compiled modules are not built")
+    output = isolated(methods_called_with_a_wrong_self)
+    assert "unchecked" not in output
+    assert "no error" not in output
+    checked = {line.split(":")[0] for line in output.splitlines() if line.endswith(": checked")}
+    assert {"pynba.timer.Timer", "pynba.collector.RequestCollector", "pynba.reporter.Reporter",
+            "pynba.wsgi.PynbaMiddleware", "pynba._rusage.ThreadCPU"} <= checked  # fmt: skip
+    assert output.count(": ") == len(checked), output  # no other line: each call said "as self"

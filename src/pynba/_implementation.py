@@ -15,8 +15,9 @@ import sys
 #: same name is compiled from it (typed by the .pxd beside it), and runs from
 #: that source under ``PYNBA_PURE_PYTHON=1``. The others exist only compiled
 #: (.pyx): the encoder (its pure twin is ``wire.fallback``), getrusage (twin:
-#: ``rusage``), the encoder's reader of compiled Timers, and ``pynba.timer``'s
-#: C fast path (see their docstrings).
+#: ``rusage``), the encoder's reader of compiled Timers, ``pynba.timer``'s
+#: C fast path, and the methods of compiled classes that check their ``self``
+#: (``_self_types``; see their docstrings).
 COMPILED_MODULES = (
     "wire._encoder",
     "_rusage",
@@ -28,6 +29,7 @@ COMPILED_MODULES = (
     "reporter",
     "_timer_fields",
     "_timer_call",
+    "_self_types",
     "instrumentation._hooks",
     "instrumentation._http_client",
     "instrumentation.urllib3",
@@ -77,3 +79,22 @@ def compiled_modules() -> list[str]:
         if module is not None and not str(module.__file__).endswith(".py"):
             names.append(name)
     return names
+
+
+def check_self_types(*classes: type) -> None:
+    """Make the methods of these classes, where compiled, check the type of ``self``.
+
+    A compiled class's method would otherwise read another object as one of
+    its instances, and may crash the interpreter (see ``_self_types``). A
+    Python class (the pure-Python build) is left as it is.
+    """
+    compiled = [cls for cls in classes if not cls.__flags__ & _HEAP_TYPE]
+    if compiled:
+        from ._self_types import check_self_types as check
+
+        for cls in compiled:
+            check(cls)
+
+
+# A class made by a class statement in Python code (type.__flags__); not one compiled.
+_HEAP_TYPE = 1 << 9

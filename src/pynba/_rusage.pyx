@@ -164,3 +164,8 @@ cpdef ThreadCPU thread_cpu():
     (<dict>state)[THREAD_KEY] = cpu
     cpu.thread_id = PyThreadState_GetID(PyThreadState_Get())
     return cpu
+
+
+from pynba._implementation import check_self_types
+
+check_self_types(ThreadCPU)

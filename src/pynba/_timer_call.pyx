@@ -91,3 +91,8 @@ TIMER_METHOD.ml_doc = (
 def keyword_timer(var, fallback):
     """``fallback`` (a function of ``**tags``) as a C function, for the collector in ``var``."""
     return PyCFunction_NewEx(&TIMER_METHOD, _Call(var, fallback), fallback.__module__)
+
+
+from pynba._implementation import check_self_types
+
+check_self_types(_Call)

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import rusage
-from ._implementation import runs_compiled
+from ._implementation import check_self_types, runs_compiled
 from .errors import internal_error
 from .names import default_hostname
 from .pinboard import pinboard_timers
@@ -904,3 +904,6 @@ class RequestCollector:
     def __repr__(self) -> str:
         state = "finished" if self._finished else "running"
         return f"<RequestCollector {self.script_name!r} {state}, {len(self._timers)} timers>"
+
+
+check_self_types(Namer, CollectorSettings, RequestCollector)

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
-from ._implementation import runs_compiled
+from ._implementation import check_self_types, runs_compiled
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .ratelimit import LogLimiter
 from .record import RequestRecord
@@ -831,3 +831,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+check_self_types(_Route, _Server, Reporter)

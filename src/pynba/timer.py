@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import rusage
+from ._implementation import check_self_types
 from .rusage import cpu_times  # re-exported, as before
 from .tags import TagPairs, TagValue, timer_tags
 
@@ -449,3 +450,6 @@ class NoopTimer:
 
 #: The one timer every disabled request hands out.
 NOOP_TIMER = NoopTimer()
+
+
+check_self_types(Timer)

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._http import CLIENT_CLOSED_REQUEST, FAILED_STATUS, Monitoring, content_length
+from ._implementation import check_self_types
 from .collector import Namer, RequestCollector, logger
 from .context import DISABLED, activate, current_collector, deactivate
 from .errors import internal_error
@@ -513,3 +514,6 @@ class _StreamBody:
 
     def close(self) -> None:
         self._request.close_stream(self._result)
+
+
+check_self_types(PynbaMiddleware, _ScriptNamer, _MonitoredRequest, _StreamBody)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._implementation import check_self_types
 from ..errors import internal_error
 from ..names import DEFAULT_NAME_LIMIT, INVALID_HOST, OTHER_NAME, a_labels, normalize_host
 from ..tags import check_split_tags
@@ -229,3 +230,6 @@ def add_failed_timer(
             collector.new_checked_timer(NAMES, found).add(seconds)
     except Exception:
         internal_error("cannot record an HTTP call's timer", False)
+
+
+check_self_types(CallTimers)

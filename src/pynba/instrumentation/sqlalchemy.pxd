@@ -4,10 +4,4 @@ from pynba.context cimport current_collector
 from pynba.instrumentation._hooks cimport start_checked_timer, stop_timer
 from pynba.tags cimport check_split_tags
 
-cdef class _Engine:
-    cdef public object db
-    cdef public dict tags
-
-    cpdef tuple tags_of(self, statement)
-
 cdef _start(collector, dialect, context, statement)
