@@ -12,9 +12,12 @@ That interpreter runs the build under test (compiled, or pure Python under
 - typed attributes set to None.
 """
 
+import copy
+import gc
 import itertools
 import logging
 import os
+import pickle
 import random
 import re
 import sys
@@ -575,6 +578,13 @@ def methods_called_with_a_wrong_self():
             for method in callables:
                 if type(method).__name__ != "checked_method":
                     continue
+                for attribute in dir(method):  # nothing hands out the unchecked method
+                    found = getattr(method, attribute, None)
+                    if (
+                        type(getattr(found, "__self__", None)).__name__
+                        == "cython_function_or_method"
+                    ):
+                        print(f"{qualname}.{name}: {attribute}.__self__ unchecked")
                 for self in wrong_selves:
                     try:
                         method(self, *([None] * 3))
@@ -584,6 +594,14 @@ def methods_called_with_a_wrong_self():
                     else:
                         print(f"{qualname}.{name}: no error")
         print(f"{qualname}: checked")
+    raw = [f for f in gc.get_objects() if type(f).__name__ == "cython_function_or_method"]
+    for function in raw:
+        owner = function.__qualname__.rpartition(".")[0]
+        if any(qualname.endswith(f".{owner}") for qualname in compiled_classes()):
+            print(f"{function.__qualname__}: unchecked, in gc.get_objects()")
+    method = compiled_classes()["pynba.timer.Timer"].stop
+    if pickle.loads(pickle.dumps(method)) is not method or copy.deepcopy(method) is not method:
+        print("Timer.stop: not pickled as itself")
 
 
 def test_every_method_of_a_compiled_class_checks_its_self():

@@ -123,6 +123,7 @@ def test_every_compiled_module_runs_compiled_when_built():
         [
             "wire._encoder",
             "_rusage",
+            "_self_types",
             "_timer_call",
             "_timer_fields",
             "collector",

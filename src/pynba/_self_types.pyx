@@ -8,8 +8,9 @@ a Timer's fields from an ``object`` and can crash the interpreter. Each
 such method is replaced, in its class's ``__dict__``, by a descriptor that
 checks ``self``, as CPython's own method descriptors do, and then calls
 the method. Bound calls (``timer.stop()``) stay vectorcalls that skip the
-bound method; attributes such as ``__name__`` and ``__wrapped__`` are the
-method's. The pure-Python classes need none of this.
+bound method; attributes such as ``__name__`` and ``__doc__`` are the
+method's, but nothing that hands the method itself out (it is not even in
+the garbage collector's lists). The pure-Python classes need none of this.
 """
 
 from cpython.object cimport PyTypeObject
@@ -42,7 +43,7 @@ cdef extern from *:
         Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
         if (nargs < 1 || !PyObject_TypeCheck(args[0], checked->owner)) {
             PyErr_Format(
-                PyExc_TypeError, "%s.%S() needs a %s object as self, got %s",
+                PyExc_TypeError, "%s.%S() needs a %s object as self, its first argument, got %s",
                 checked->owner->tp_name, checked->name, checked->owner->tp_name,
                 nargs < 1 ? "none" : Py_TYPE(args[0])->tp_name);
             return NULL;
@@ -58,18 +59,48 @@ cdef extern from *:
         return PyMethod_New(self, instance);
     }
 
-    /* What tells about the method (its name, signature, docstring...) is the method's. */
+    /* What tells about the method (its name, signature, docstring...) is the
+       method's; nothing that would hand the method itself out (a method-wrapper
+       of it, such as its __repr__, has it as __self__). */
+    static const char *const pynba_told[] = {
+        "__name__", "__qualname__", "__doc__", "__module__", "__code__", "__defaults__",
+        "__kwdefaults__", "__annotations__", "__text_signature__", "__signature__",
+        "__wrapped__", "__globals__", "__type_params__", NULL};
+
     static PyObject *pynba_checked_getattr(PyObject *self, PyObject *name) {
-        if (PyUnicode_Check(name) && (
-                PyUnicode_CompareWithASCIIString(name, "__get__") == 0
-                || PyUnicode_CompareWithASCIIString(name, "__call__") == 0
-                || PyUnicode_CompareWithASCIIString(name, "__class__") == 0
-                || PyUnicode_CompareWithASCIIString(name, "__reduce__") == 0
-                || PyUnicode_CompareWithASCIIString(name, "__reduce_ex__") == 0)) {
-            return PyObject_GenericGetAttr(self, name);
+        const char *const *told;
+        PyObject *found;
+        if (PyUnicode_Check(name)) {
+            for (told = pynba_told; *told != NULL; told++) {
+                if (PyUnicode_CompareWithASCIIString(name, *told) == 0) {
+                    found = PyObject_GetAttr(((pynba_CheckedMethod *)self)->method, name);
+                    if (found != NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                        return found;
+                    }
+                    PyErr_Clear();  /* said below, of this object */
+                    break;
+                }
+            }
         }
-        return PyObject_GetAttr(((pynba_CheckedMethod *)self)->method, name);
+        return PyObject_GenericGetAttr(self, name);
     }
+
+    /* Pickled and copied as what it is: the attribute of its class. */
+    static PyObject *pynba_checked_reduce(PyObject *self, PyObject *unused) {
+        pynba_CheckedMethod *checked = (pynba_CheckedMethod *)self;
+        PyObject *getattr_function = PyDict_GetItemString(PyEval_GetBuiltins(), "getattr");
+        if (getattr_function == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "no builtin getattr");
+            return NULL;
+        }
+        return Py_BuildValue("(O(OO))", getattr_function, (PyObject *)checked->owner,
+                             checked->name);
+    }
+
+    static PyMethodDef pynba_checked_methods[] = {
+        {"__reduce__", pynba_checked_reduce, METH_NOARGS, NULL},
+        {NULL, NULL, 0, NULL}
+    };
 
     static PyObject *pynba_checked_repr(PyObject *self) {
         pynba_CheckedMethod *checked = (pynba_CheckedMethod *)self;
@@ -89,6 +120,7 @@ cdef extern from *:
         .tp_descr_get = pynba_checked_get,
         .tp_getattro = pynba_checked_getattr,
         .tp_repr = pynba_checked_repr,
+        .tp_methods = pynba_checked_methods,
     };
 
     /* A new reference to a checked method of ``owner``, or NULL with an exception set. */
@@ -109,6 +141,11 @@ cdef extern from *:
             return NULL;
         }
         checked->name = name;
+        /* Out of the garbage collector's lists, where gc.get_objects() would
+           hand it out: this object holds it for the life of the process. */
+        if (PyObject_IS_GC(method) && PyObject_GC_IsTracked(method)) {
+            PyObject_GC_UnTrack(method);
+        }
         Py_INCREF(method);
         checked->method = method;
         Py_INCREF((PyObject *)owner);
