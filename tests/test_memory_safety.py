@@ -610,9 +610,25 @@ def test_every_method_of_a_compiled_class_checks_its_self():
     if compiled_encoder() is None:
         pytest.skip("the compiled modules are not built")
     output = isolated(methods_called_with_a_wrong_self)
-    assert "unchecked" not in output
+    unchecked = {line for line in output.splitlines() if "unchecked" in line}
+    # Left as they are (see _implementation.check_self_types): overridable
+    # methods of classes whose instances have a __dict__.
+    overridable = {
+        "pynba.wsgi.PynbaMiddleware": ("default_script_name", "default_server_name"),
+        "pynba.reporter.Reporter": ("count", "report_request"),
+    }
+    assert unchecked == {
+        line
+        for owner, names in overridable.items()
+        for name in names
+        for line in (
+            f"{owner}.{name}: unchecked",
+            f"{owner.rpartition('.')[2]}.{name}: unchecked, in gc.get_objects()",
+        )
+    }
     assert "no error" not in output
     checked = {line.split(":")[0] for line in output.splitlines() if line.endswith(": checked")}
     assert {"pynba.timer.Timer", "pynba.collector.RequestCollector", "pynba.reporter.Reporter",
             "pynba.wsgi.PynbaMiddleware", "pynba._rusage.ThreadCPU"} <= checked  # fmt: skip
-    assert output.count(": ") == len(checked), output  # no other line: each call said "as self"
+    # No other line: each call said "as self".
+    assert output.count(": ") == len(checked) + len(unchecked), output

@@ -81,19 +81,25 @@ def compiled_modules() -> list[str]:
     return names
 
 
-def check_self_types(*classes: type) -> None:
+def check_self_types(*classes: type, overridable: tuple[str, ...] = ()) -> None:
     """Make the methods of these classes, where compiled, check the type of ``self``.
 
     A compiled class's method would otherwise read another object as one of
     its instances, and may crash the interpreter (see ``_self_types``). A
     Python class (the pure-Python build) is left as it is.
+
+    ``overridable``: the methods a subclass may override (``cpdef``) of a
+    class whose instances have a ``__dict__``, left as they are. Cython
+    calls them after looking them up on the instance, to find an override,
+    and takes any other object found for one (about 3,400 instructions a
+    request, for the four methods of ``PynbaMiddleware`` and ``Reporter``).
     """
     compiled = [cls for cls in classes if not cls.__flags__ & _HEAP_TYPE]
     if compiled:
         from ._self_types import check_self_types as check
 
         for cls in compiled:
-            check(cls)
+            check(cls, overridable)
 
 
 # A class made by a class statement in Python code (type.__flags__); not one compiled.

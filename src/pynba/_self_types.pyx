@@ -24,6 +24,7 @@ cdef extern from *:
         PyObject *name;           /* its __name__ */
         PyTypeObject *owner;      /* the class whose instances it takes */
         vectorcallfunc vectorcall;
+        vectorcallfunc call;      /* the method's own vectorcall, if it has one */
         PyObject *weakrefs;       /* weakref.WeakMethod of a bound one takes a weak reference */
     } pynba_CheckedMethod;
 
@@ -47,6 +48,9 @@ cdef extern from *:
                 checked->owner->tp_name, checked->name, checked->owner->tp_name,
                 nargs < 1 ? "none" : Py_TYPE(args[0])->tp_name);
             return NULL;
+        }
+        if (checked->call != NULL) {
+            return checked->call(checked->method, args, nargsf, kwnames);
         }
         return PyObject_Vectorcall(checked->method, args, nargsf, kwnames);
     }
@@ -127,7 +131,9 @@ cdef extern from *:
     static PyObject *pynba_checked_method(PyObject *method, PyTypeObject *owner) {
         pynba_CheckedMethod *checked;
         PyObject *name;
+        vectorcallfunc call = PyVectorcall_Function(method);
         if (PyType_Ready(&pynba_CheckedMethodType) < 0) return NULL;
+
         name = PyObject_GetAttrString(method, "__name__");
         if (name == NULL) return NULL;
         if (!PyUnicode_Check(name)) {
@@ -151,6 +157,7 @@ cdef extern from *:
         Py_INCREF((PyObject *)owner);
         checked->owner = owner;
         checked->vectorcall = pynba_checked_call;
+        checked->call = call;
         checked->weakrefs = NULL;
         return (PyObject *)checked;
     }
@@ -167,12 +174,18 @@ cdef extern from *:
     int pynba_replace_attribute(PyTypeObject* owner, object name, object value) except -1
 
 
-def check_self_types(cls):
-    """Make each method of the extension type ``cls`` check its ``self`` (idempotent)."""
+def check_self_types(cls, overridable=()):
+    """Make each method of the extension type ``cls`` check its ``self`` (idempotent).
+
+    The methods named in ``overridable`` are left as they are (see
+    ``_implementation.check_self_types``).
+    """
     if not isinstance(cls, type) or cls.__flags__ & (1 << 9):  # Py_TPFLAGS_HEAPTYPE
         raise TypeError(f"check_self_types() takes a compiled class, not {cls!r}")
     cdef PyTypeObject* owner = <PyTypeObject*>cls
     for name, value in list(vars(cls).items()):
+        if name in overridable:
+            continue
         if type(value).__name__ == "cython_function_or_method":
             pynba_replace_attribute(owner, name, pynba_checked_method(value, owner))
         elif type(value) is property and _has_cython_accessor(value):

@@ -833,4 +833,5 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-check_self_types(_Route, _Server, Reporter)
+check_self_types(_Route, _Server)
+check_self_types(Reporter, overridable=("count", "report_request"))

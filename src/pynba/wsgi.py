@@ -516,4 +516,5 @@ class _StreamBody:
         self._request.close_stream(self._result)
 
 
-check_self_types(PynbaMiddleware, _ScriptNamer, _MonitoredRequest, _StreamBody)
+check_self_types(_ScriptNamer, _MonitoredRequest, _StreamBody)
+check_self_types(PynbaMiddleware, overridable=("default_script_name", "default_server_name"))
