@@ -308,6 +308,8 @@ class Reporter:
 
     def count(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``stats[kind]``, which starts at 0."""
+        if not isinstance(self, Reporter):  # see _implementation.check_self_types
+            raise TypeError(f"count() needs a Reporter as self, got {type(self).__name__}")
         if type(kind) is not str:
             if not isinstance(kind, str):
                 raise TypeError(f"kind must be a str, not {type(kind).__name__}")
@@ -388,6 +390,8 @@ class Reporter:
         Its timers may be the request's Timers themselves, read as they stand
         when encoded: an override must encode them before it returns.
         """
+        if not isinstance(self, Reporter):  # see _implementation.check_self_types
+            raise TypeError(f"report_request() needs a Reporter as self, got {type(self).__name__}")
         first_failure = None
         for wire, servers in self._wires:
             datagram = self._encode(request, wire)

@@ -130,10 +130,18 @@ class PynbaMiddleware:
 
     def default_script_name(self, environ: dict) -> str:
         """The script name reported when the application sets none."""
+        if not isinstance(self, PynbaMiddleware):  # see _implementation.check_self_types
+            raise TypeError(
+                f"default_script_name() needs a PynbaMiddleware as self, got {type(self).__name__}"
+            )
         return self.script_namer.name(environ)
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
+        if not isinstance(self, PynbaMiddleware):  # see _implementation.check_self_types
+            raise TypeError(
+                f"default_server_name() needs a PynbaMiddleware as self, got {type(self).__name__}"
+            )
         host = _lookup(environ, "HTTP_HOST")
         if host:
             name = self._known_hosts.get(host)  # none with a server name configured
