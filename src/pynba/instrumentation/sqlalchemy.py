@@ -111,9 +111,10 @@ def _hook(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
     """The dialect method ``method``, timing a request's statements: ``original(dialect, ...)``.
 
     (The timer is started and stopped in the hook itself: through a shared
-    helper taking ``*args``, a statement cost 0.5 to 1 us more. Compiled,
-    as this module is in the compiled build, a hook costs about half what it
-    does in Python, its calls being at other times out of the caches.)
+    helper taking ``*args``, a statement cost 0.5 to 1 us more. This module
+    is compiled in the compiled build: where the hook's code is out of the
+    caches between two statements, it then costs about half what it does
+    in Python.)
     """
     hook: Callable[..., Any]
     # SQLAlchemy's own methods call the cursor, no other hook: the statement
