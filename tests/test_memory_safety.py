@@ -14,6 +14,7 @@ That interpreter runs the build under test (compiled, or pure Python under
 
 import copy
 import gc
+import inspect
 import itertools
 import logging
 import os
@@ -586,9 +587,11 @@ def methods_called_with_a_wrong_self():
                         == "cython_function_or_method"
                     ):
                         print(f"{qualname}.{name}: {attribute}.__self__ unchecked")
-                # One argument: the four that check themselves take one (after their
-                # argument count is checked); a checked method checks before.
-                arguments = [None] if type(method).__name__ == "cython_function_or_method" else []
+                # A method that checks itself does so once its arguments are counted.
+                arguments = []
+                if type(method).__name__ == "cython_function_or_method":
+                    parameters = inspect.signature(method).parameters.values()
+                    arguments = [None] * (len([p for p in parameters if p.default is p.empty]) - 1)
                 for self in wrong_selves:
                     try:
                         method(self, *arguments)
@@ -619,13 +622,14 @@ def test_every_method_of_a_compiled_class_checks_its_self():
     # Left as they are (see _implementation.check_self_types): overridable
     # methods of classes whose instances have a __dict__, which check their
     # self in their own code (called above with the others).
-    overridable = {
+    self_checking = {
         "pynba.wsgi.PynbaMiddleware": ("default_script_name", "default_server_name"),
         "pynba.reporter.Reporter": ("count", "report_request"),
+        "pynba.timer.Timer": ("__enter__", "__exit__"),
     }
     assert unchecked == {
         line
-        for owner, names in overridable.items()
+        for owner, names in self_checking.items()
         for name in names
         for line in (
             f"{owner}.{name}: unchecked",

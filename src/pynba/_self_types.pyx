@@ -174,17 +174,17 @@ cdef extern from *:
     int pynba_replace_attribute(PyTypeObject* owner, object name, object value) except -1
 
 
-def check_self_types(cls, overridable=()):
+def check_self_types(cls, self_checking=()):
     """Make each method of the extension type ``cls`` check its ``self`` (idempotent).
 
-    The methods named in ``overridable`` are left as they are (see
+    The methods named in ``self_checking`` are left as they are (see
     ``_implementation.check_self_types``).
     """
     if not isinstance(cls, type) or cls.__flags__ & (1 << 9):  # Py_TPFLAGS_HEAPTYPE
         raise TypeError(f"check_self_types() takes a compiled class, not {cls!r}")
     cdef PyTypeObject* owner = <PyTypeObject*>cls
     for name, value in list(vars(cls).items()):
-        if name in overridable:
+        if name in self_checking:
             continue
         if type(value).__name__ == "cython_function_or_method":
             pynba_replace_attribute(owner, name, pynba_checked_method(value, owner))

@@ -838,4 +838,4 @@ if hasattr(os, "register_at_fork"):
 
 
 check_self_types(_Route, _Server)
-check_self_types(Reporter, overridable=("count", "report_request"))
+check_self_types(Reporter, self_checking=("count", "report_request"))

@@ -147,11 +147,15 @@ class Timer:
         return self
 
     def __enter__(self) -> Timer:
+        if not isinstance(self, Timer):  # see _implementation.check_self_types
+            raise TypeError(f"__enter__() needs a Timer as self, got {type(self).__name__}")
         if not self._running:
             self._begin()
         return self
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        if not isinstance(self, Timer):  # see _implementation.check_self_types
+            raise TypeError(f"__exit__() needs a Timer as self, got {type(self).__name__}")
         if self._running:
             self._end(time.perf_counter())
 
@@ -452,4 +456,4 @@ class NoopTimer:
 NOOP_TIMER = NoopTimer()
 
 
-check_self_types(Timer)
+check_self_types(Timer, self_checking=("__enter__", "__exit__"))

@@ -525,4 +525,4 @@ class _StreamBody:
 
 
 check_self_types(_ScriptNamer, _MonitoredRequest, _StreamBody)
-check_self_types(PynbaMiddleware, overridable=("default_script_name", "default_server_name"))
+check_self_types(PynbaMiddleware, self_checking=("default_script_name", "default_server_name"))
