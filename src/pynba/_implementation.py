@@ -106,5 +106,17 @@ def check_self_types(*classes: type, self_checking: tuple[str, ...] = ()) -> Non
             check(cls, self_checking)
 
 
+def wrong_self(cls: type, method: str, found: object) -> TypeError:
+    """The error of ``cls.method`` called with ``found``, not a ``cls``, as ``self``.
+
+    Worded as ``_self_types``' checked methods word it.
+    """
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    return TypeError(
+        f"{name}.{method}() needs a {name} object as self, its first argument,"
+        f" got {type(found).__name__}"
+    )
+
+
 # A class made by a class statement in Python code (type.__flags__); not one compiled.
 _HEAP_TYPE = 1 << 9

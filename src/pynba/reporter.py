@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
-from ._implementation import check_self_types, runs_compiled
+from ._implementation import check_self_types, runs_compiled, wrong_self
 from .address import WIRE_CLASSIC, AddressSpec, ServerAddress, parse_addresses
 from .ratelimit import LogLimiter
 from .record import RequestRecord
@@ -309,7 +309,7 @@ class Reporter:
     def count(self, kind: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``stats[kind]``, which starts at 0."""
         if not isinstance(self, Reporter):  # see _implementation.check_self_types
-            raise TypeError(f"count() needs a Reporter as self, got {type(self).__name__}")
+            raise wrong_self(Reporter, "count", self)
         if type(kind) is not str:
             if not isinstance(kind, str):
                 raise TypeError(f"kind must be a str, not {type(kind).__name__}")
@@ -391,7 +391,7 @@ class Reporter:
         when encoded: an override must encode them before it returns.
         """
         if not isinstance(self, Reporter):  # see _implementation.check_self_types
-            raise TypeError(f"report_request() needs a Reporter as self, got {type(self).__name__}")
+            raise wrong_self(Reporter, "report_request", self)
         first_failure = None
         for wire, servers in self._wires:
             datagram = self._encode(request, wire)

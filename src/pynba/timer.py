@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import rusage
-from ._implementation import check_self_types
+from ._implementation import check_self_types, wrong_self
 from .rusage import cpu_times  # re-exported, as before
 from .tags import TagPairs, TagValue, timer_tags
 
@@ -148,14 +148,14 @@ class Timer:
 
     def __enter__(self) -> Timer:
         if not isinstance(self, Timer):  # see _implementation.check_self_types
-            raise TypeError(f"__enter__() needs a Timer as self, got {type(self).__name__}")
+            raise wrong_self(Timer, "__enter__", self)
         if not self._running:
             self._begin()
         return self
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         if not isinstance(self, Timer):  # see _implementation.check_self_types
-            raise TypeError(f"__exit__() needs a Timer as self, got {type(self).__name__}")
+            raise wrong_self(Timer, "__exit__", self)
         if self._running:
             self._end(time.perf_counter())
 

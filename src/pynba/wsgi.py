@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._http import CLIENT_CLOSED_REQUEST, FAILED_STATUS, Monitoring, content_length
-from ._implementation import check_self_types
+from ._implementation import check_self_types, wrong_self
 from .collector import Namer, RequestCollector, logger
 from .context import DISABLED, activate, current_collector, deactivate
 from .errors import internal_error
@@ -131,17 +131,13 @@ class PynbaMiddleware:
     def default_script_name(self, environ: dict) -> str:
         """The script name reported when the application sets none."""
         if not isinstance(self, PynbaMiddleware):  # see _implementation.check_self_types
-            raise TypeError(
-                f"default_script_name() needs a PynbaMiddleware as self, got {type(self).__name__}"
-            )
+            raise wrong_self(PynbaMiddleware, "default_script_name", self)
         return self.script_namer.name(environ)
 
     def default_server_name(self, environ: dict) -> str:
         """The server name reported when the application sets none."""
         if not isinstance(self, PynbaMiddleware):  # see _implementation.check_self_types
-            raise TypeError(
-                f"default_server_name() needs a PynbaMiddleware as self, got {type(self).__name__}"
-            )
+            raise wrong_self(PynbaMiddleware, "default_server_name", self)
         host = _lookup(environ, "HTTP_HOST")
         if host:
             name = self._known_hosts.get(host)  # none with a server name configured
