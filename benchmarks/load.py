@@ -41,15 +41,19 @@ import tempfile
 import textwrap
 import threading
 import time
+from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "src"
 HELLO_APP = textwrap.dedent(
     """
+    import atexit
     import os
     import resource
     import socket
+    from array import array
+    from time import monotonic_ns, thread_time_ns
 
     from pynba import PynbaMiddleware, encode, pynba
 
@@ -93,13 +97,51 @@ HELLO_APP = textwrap.dedent(
         return response
 
 
+    # The CPU of each request's own part, from the app's call to the end of its
+    # response's close() (the objects it made freed): what a path adds to a
+    # request, in the worker, between gunicorn's work on the requests around it.
+    # Each request's end (monotonic) and CPU, in ns, by path; written at exit.
+    MEASURED = {"bare": array("q"), "floor": array("q"), "monitored": array("q")}
+    CPU_DIR = os.environ.get("PYNBA_LOAD_CPU_DIR")
+
+
+    class Measured:
+        __slots__ = ("response", "record", "start")
+
+        def __init__(self, response, record, start):
+            self.response = response
+            self.record = record
+            self.start = start
+
+        def __iter__(self):
+            return iter(self.response)
+
+        def close(self):
+            response, self.response = self.response, None
+            close = getattr(response, "close", None)
+            if close is not None:
+                close()
+            del response, close
+            cpu = thread_time_ns() - self.start
+            self.record.append(monotonic_ns())
+            self.record.append(cpu)
+
+
+    def write_measured():
+        if CPU_DIR:
+            for name, record in MEASURED.items():
+                with open(os.path.join(CPU_DIR, f"{os.getpid()}.{name}"), "wb") as out:
+                    record.tofile(out)
+
+
+    atexit.register(write_measured)
+    ROUTES = {"/bare": ("bare", hello), "/floor": ("floor", floor)}
+
+
     def application(environ, start_response):
-        path = environ.get("PATH_INFO")
-        if path == "/bare":
-            return hello(environ, start_response)
-        if path == "/floor":
-            return floor(environ, start_response)
-        return monitored(environ, start_response)
+        start = thread_time_ns()
+        name, app = ROUTES.get(environ.get("PATH_INFO"), ("monitored", monitored))
+        return Measured(app(environ, start_response), MEASURED[name], start)
     """
 )
 
@@ -308,7 +350,17 @@ class PHPServer:
 
 
 class PacketCounter:
-    """A UDP socket with a large receive buffer and a thread counting what arrives."""
+    """A UDP socket with a large receive buffer and a thread counting what arrives.
+
+    The thread drains the socket every ``interval`` seconds rather than
+    waiting on it: a thread waiting on a socket is woken by each datagram,
+    and the kernel does that in the sender's time. A Pinba server elsewhere
+    puts no such cost on the sender; here it was 12 to 37 µs of a worker's
+    CPU a request (perf), and it moved by more than the client's own cost
+    from one run to the next. The buffer holds what arrives meanwhile (the
+    interval is shorter where the kernel allows only a small one); the
+    kernel's drops are reported.
+    """
 
     def __init__(self, keep: int = 200, buffer_bytes: int = 32 << 20) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -317,12 +369,15 @@ class PacketCounter:
         except (AttributeError, OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
+        self.sock.setblocking(False)
         self.address = self.sock.getsockname()
         self.receive_buffer = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.count = 0
         self.kept: list[bytes] = []
         self._keep = keep
+        # Half the time the buffer takes to fill at 50,000 datagrams a second,
+        # each charged 2 KB (a small one's share of the buffer), at most 20 ms.
+        self._interval = min(0.02, self.receive_buffer / (2048 * 50_000) / 2)
         self._running = True
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -330,15 +385,17 @@ class PacketCounter:
     def _run(self) -> None:
         recv = self.sock.recv
         while self._running:
-            try:
-                datagram = recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.count += 1
-            if len(self.kept) < self._keep:
-                self.kept.append(datagram)
+            time.sleep(self._interval)
+            while True:
+                try:
+                    datagram = recv(65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return
+                self.count += 1
+                if len(self.kept) < self._keep:
+                    self.kept.append(datagram)
 
     def wait_for(self, expected: int, quiet: float = 1.0, timeout: float = 30.0) -> int:
         """The count once it reaches ``expected``, or stops growing for ``quiet`` seconds."""
@@ -535,6 +592,8 @@ def measure(
     floor_counter = PacketCounter(keep=0)
     with tempfile.TemporaryDirectory() as app_dir:
         Path(app_dir, "hello_load_app.py").write_text(HELLO_APP)
+        cpu_dir = Path(app_dir, "cpu")
+        cpu_dir.mkdir()
         server = Gunicorn(
             app_dir,
             "hello_load_app",
@@ -544,6 +603,7 @@ def measure(
             env={
                 "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
                 "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
+                "PYNBA_LOAD_CPU_DIR": str(cpu_dir),
                 "PYNBA_STRICT": "0",
             },
         )
@@ -562,6 +622,7 @@ def measure(
             figures = _drive(targets, counter, seconds, connections, keep_alive)
         finally:
             output = server.stop()
+        figures["app_cpu"] = app_cpu(cpu_dir, figures)
     floor_counter.close()
     figures.update(
         worker_class=worker_class,
@@ -650,7 +711,9 @@ def _drive(
         port, pid, path = targets[name]
         phase = seconds / (2 * rounds)
         cpu_before = tree_cpu_seconds(pid)
+        started = time.monotonic_ns()
         counts = run_driver(port, path, phase, connections, keep_alive)
+        counts["window"] = (started, time.monotonic_ns())
         cpu_after = tree_cpu_seconds(pid)
         if cpu_before is not None and cpu_after is not None:
             counts["server_cpu"] = cpu_after - cpu_before
@@ -677,6 +740,7 @@ def _drive(
             "rate": _rate(runs),
             # µs of the server's CPU (master and workers) per request answered
             "cpu_per_request": (sum(cpu) / ok * 1e6 if ok and len(cpu) == len(runs) else None),
+            "windows": [p["window"] for p in runs],
         }
     return {
         "floor": figures["floor"],
@@ -704,6 +768,47 @@ def _drive(
         "receive_buffer": counter.receive_buffer,
         "sample_packets": kept,
     }
+
+
+def app_cpu(cpu_dir: Path, figures: dict) -> dict | None:
+    """The app's part of a request in the worker, µs of CPU: each path's mean, and by round.
+
+    Read from what the workers wrote at exit (``PYNBA_LOAD_CPU_DIR``): each
+    request's end and CPU. A request counts in the phase of its path whose
+    time window holds its end; the warm-up's requests count in none. Gives
+    each path's ``mean`` and ``requests``, and each round's ``monitored -
+    floor`` (the mean of its two monitored phases less that of its two floor
+    phases). None if the workers wrote nothing.
+    """
+    records: dict[str, list[tuple[int, int]]] = {"bare": [], "floor": [], "monitored": []}
+    for name, pairs in records.items():
+        for path in cpu_dir.glob(f"*.{name}"):
+            values = array("q")
+            values.frombytes(path.read_bytes())
+            pairs.extend(zip(values[0::2], values[1::2], strict=True))
+    if not all(records.values()):
+        return None
+
+    def phases(name: str) -> list[list[int]]:
+        return [
+            [cpu for at, cpu in records[name] if start <= at <= end]
+            for start, end in figures[name]["windows"]
+        ]
+
+    by_phase = {name: phases(name) for name in records}
+    result: dict = {"mean": {}, "requests": {}}
+    for name, runs in by_phase.items():
+        every = [cpu for run in runs for cpu in run]
+        result["mean"][name] = sum(every) / len(every) / 1e3 if every else None
+        result["requests"][name] = len(every)
+    rounds = []
+    for r in range(len(by_phase["floor"]) // 2):
+        runs = by_phase["monitored"][2 * r : 2 * r + 2] + by_phase["floor"][2 * r : 2 * r + 2]
+        if all(runs):
+            monitored_1, monitored_2, floor_1, floor_2 = (sum(run) / len(run) / 1e3 for run in runs)
+            rounds.append((monitored_1 + monitored_2 - floor_1 - floor_2) / 2)
+    result["monitored_over_floor_rounds"] = rounds
+    return result
 
 
 def _rate(runs: list[dict]) -> float:
@@ -742,7 +847,28 @@ def _describe_cpu(figures: dict) -> str:
     return (
         f"server CPU per request (µs) {per_request}, "
         f"floor/monitored {figures['cpu_floor_to_monitored']:.3f}; "
+        f"{_describe_app_cpu(figures)}"
     )
+
+
+def _describe_app_cpu(figures: dict) -> str:
+    found = figures.get("app_cpu")
+    if not found or None in found["mean"].values():
+        return ""
+    mean = found["mean"]
+    extra = mean["monitored"] - mean["floor"]
+    text = (
+        f"in the worker, the app's part of a request (µs of CPU) bare {mean['bare']:.1f}, "
+        f"floor {mean['floor']:.1f}, monitored {mean['monitored']:.1f}: monitored - floor "
+        f"{extra:.1f} (each round: "
+        f"{' '.join(f'{r:.1f}' for r in found['monitored_over_floor_rounds'])})"
+    )
+    floor_request = figures["floor"]["cpu_per_request"]
+    if floor_request:
+        # The server's CPU per floor request with pynba's extra on top: the
+        # throughput monitored/floor a CPU-bound server would have.
+        text += f", floor/(floor + that) {floor_request / (floor_request + extra):.3f}"
+    return text + "; "
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,15 @@ def check_run(figures, capsys):
         assert packet.document_size == len(b"Hello, world!\n")
         assert packet.timer_tags() == [(("group", "hello"), ("op", "render"))]
     assert "Traceback" not in figures["server_output"], figures["server_output"]
+    if figures["client"] == "pynba":
+        # The workers measured the app's part of every request they served, each
+        # counted in its own path's phases (none of the warm-up's).
+        app_cpu = figures["app_cpu"]
+        assert app_cpu is not None, figures["server_output"]
+        for path in ("bare", "floor", "monitored"):
+            assert app_cpu["requests"][path] == figures[path]["requests"], path
+            assert app_cpu["mean"][path] > 0, path
+        assert len(app_cpu["monitored_over_floor_rounds"]) == len(figures["rounds_to_floor"])
 
 
 # A parent whose child spends some CPU, exits and is waited for: as a gunicorn
