@@ -28,6 +28,7 @@ Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync
 from __future__ import annotations
 
 import argparse
+import bisect
 import errno
 import json
 import os
@@ -98,7 +99,8 @@ HELLO_APP = textwrap.dedent(
 
 
     # The CPU of each request's own part, from the app's call to the end of its
-    # response's close() (the objects it made freed): what a path adds to a
+    # response's close() (the objects it made freed): gunicorn writes the
+    # response in between, the same on every path. What a path adds to a
     # request, in the worker, between gunicorn's work on the requests around it.
     # Each request's end (monotonic) and CPU, in ns, by path; written at exit.
     MEASURED = {"bare": array("q"), "floor": array("q"), "monitored": array("q")}
@@ -130,7 +132,8 @@ HELLO_APP = textwrap.dedent(
     def write_measured():
         if CPU_DIR:
             for name, record in MEASURED.items():
-                with open(os.path.join(CPU_DIR, f"{os.getpid()}.{name}"), "wb") as out:
+                # Appended: a worker restarted under a pid used before adds to its file.
+                with open(os.path.join(CPU_DIR, f"{os.getpid()}.{name}"), "ab") as out:
                     record.tofile(out)
 
 
@@ -700,10 +703,11 @@ def _drive(
 ) -> dict:
     """Drive each of bare, floor and monitored, ``targets[name]`` = (port, server pid, path)."""
     # Warm up every path (workers booted, code paths hot); not counted.
-    for port, _, path in targets.values():
+    for name, (port, _, path) in targets.items():
         before = counter.count
         warm = run_driver(port, path, 0.3, connections, keep_alive)
-        counter.wait_for(before + warm["ok"] + warm["errors"], quiet=0.5)
+        if name == "monitored":  # the only path that sends to ``counter``
+            counter.wait_for(before + warm["ok"] + warm["errors"], quiet=0.5)
     counted_before = counter.count
     phases: dict[str, list[dict]] = {"bare": [], "floor": [], "monitored": []}
     rounds = max(1, round(seconds / 10))  # phases of about 5 s in long runs
@@ -774,39 +778,48 @@ def app_cpu(cpu_dir: Path, figures: dict) -> dict | None:
     """The app's part of a request in the worker, µs of CPU: each path's mean, and by round.
 
     Read from what the workers wrote at exit (``PYNBA_LOAD_CPU_DIR``): each
-    request's end and CPU. A request counts in the phase of its path whose
-    time window holds its end; the warm-up's requests count in none. Gives
-    each path's ``mean`` and ``requests``, and each round's ``monitored -
-    floor`` (the mean of its two monitored phases less that of its two floor
-    phases). None if the workers wrote nothing.
+    request's end and CPU. A request counts in the last phase of its path
+    that began before its end: a worker records a request once the driver
+    has its response, perhaps after the phase's end; the warm-up's requests
+    end before any phase begins. Gives each path's ``mean`` and
+    ``requests``, and each round's ``monitored - floor`` (the mean of the
+    requests of its two monitored phases less that of its two floor
+    phases'). None if the workers wrote nothing.
     """
     records: dict[str, list[tuple[int, int]]] = {"bare": [], "floor": [], "monitored": []}
     for name, pairs in records.items():
         for path in cpu_dir.glob(f"*.{name}"):
+            data = path.read_bytes()
             values = array("q")
-            values.frombytes(path.read_bytes())
+            values.frombytes(data[: len(data) // 16 * 16])  # whole (end, cpu) pairs
             pairs.extend(zip(values[0::2], values[1::2], strict=True))
     if not all(records.values()):
         return None
 
     def phases(name: str) -> list[list[int]]:
-        return [
-            [cpu for at, cpu in records[name] if start <= at <= end]
-            for start, end in figures[name]["windows"]
-        ]
+        starts = [start for start, _ in figures[name]["windows"]]
+        found: list[list[int]] = [[] for _ in starts]
+        for at, cpu in records[name]:
+            phase = bisect.bisect_right(starts, at) - 1
+            if phase >= 0:
+                found[phase].append(cpu)
+        return found
+
+    def mean(runs: list[list[int]]) -> float | None:
+        count = sum(len(run) for run in runs)
+        return sum(sum(run) for run in runs) / count / 1e3 if count else None
 
     by_phase = {name: phases(name) for name in records}
-    result: dict = {"mean": {}, "requests": {}}
-    for name, runs in by_phase.items():
-        every = [cpu for run in runs for cpu in run]
-        result["mean"][name] = sum(every) / len(every) / 1e3 if every else None
-        result["requests"][name] = len(every)
+    result: dict = {
+        "mean": {name: mean(runs) for name, runs in by_phase.items()},
+        "requests": {name: sum(len(run) for run in runs) for name, runs in by_phase.items()},
+    }
     rounds = []
     for r in range(len(by_phase["floor"]) // 2):
-        runs = by_phase["monitored"][2 * r : 2 * r + 2] + by_phase["floor"][2 * r : 2 * r + 2]
-        if all(runs):
-            monitored_1, monitored_2, floor_1, floor_2 = (sum(run) / len(run) / 1e3 for run in runs)
-            rounds.append((monitored_1 + monitored_2 - floor_1 - floor_2) / 2)
+        monitored = mean(by_phase["monitored"][2 * r : 2 * r + 2])
+        floor = mean(by_phase["floor"][2 * r : 2 * r + 2])
+        if monitored is not None and floor is not None:
+            rounds.append(monitored - floor)
     result["monitored_over_floor_rounds"] = rounds
     return result
 
@@ -858,7 +871,8 @@ def _describe_app_cpu(figures: dict) -> str:
     mean = found["mean"]
     extra = mean["monitored"] - mean["floor"]
     text = (
-        f"in the worker, the app's part of a request (µs of CPU) bare {mean['bare']:.1f}, "
+        f"in the worker, the app's part of a request (its response's writes included; "
+        f"µs of CPU) bare {mean['bare']:.1f}, "
         f"floor {mean['floor']:.1f}, monitored {mean['monitored']:.1f}: monitored - floor "
         f"{extra:.1f} (each round: "
         f"{' '.join(f'{r:.1f}' for r in found['monitored_over_floor_rounds'])})"

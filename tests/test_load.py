@@ -144,3 +144,37 @@ def test_long_php_load_loses_no_packet(capsys, request):
     if not long_runs_selected(request.config):
         pytest.skip("a long run: select it with -m slow")
     check_run(load.measure_php(php_with_pinba(), LONG_SECONDS), capsys)
+
+
+def test_app_cpu_counts_each_request_in_the_phase_of_its_path_it_ended_in(tmp_path):
+    from array import array
+
+    # One round, its phases in load.py's order: bare, floor, monitored,
+    # monitored, floor, bare (each window: start, end in ns).
+    figures = {
+        "bare": {"windows": [(100, 200), (500, 600)]},
+        "floor": {"windows": [(200, 300), (400, 500)]},
+        "monitored": {"windows": [(300, 350), (350, 400)]},
+    }
+
+    def write(name, pid, pairs, extra=b""):
+        values = array("q", [number for pair in pairs for number in pair])
+        (tmp_path / f"{pid}.{name}").write_bytes(values.tobytes() + extra)
+
+    write("bare", 1, [(50, 999_000), (150, 1_000), (550, 3_000)])  # 50: the warm-up's
+    # 310: a floor request the worker recorded after its phase's end.
+    write("floor", 1, [(250, 2_000), (310, 4_000), (450, 6_000)])
+    write("monitored", 1, [(320, 10_000)])
+    # A second worker, killed while writing its last pair: half of it is left.
+    write("monitored", 2, [(380, 14_000)], extra=b"\x01" * 8)
+    write("monitored", 3, [])  # the master's, empty (--preload)
+
+    found = load.app_cpu(tmp_path, figures)
+
+    assert found["requests"] == {"bare": 2, "floor": 3, "monitored": 2}
+    assert found["mean"] == {"bare": 2.0, "floor": 4.0, "monitored": 12.0}
+    assert found["monitored_over_floor_rounds"] == [8.0]
+    for name in ("bare", "floor", "monitored"):
+        (tmp_path / f"2.{name}").unlink(missing_ok=True)
+        (tmp_path / f"1.{name}").unlink(missing_ok=True)
+    assert load.app_cpu(tmp_path, figures) is None  # a path with no request at all
