@@ -715,9 +715,8 @@ def _drive(
         port, pid, path = targets[name]
         phase = seconds / (2 * rounds)
         cpu_before = tree_cpu_seconds(pid)
-        started = time.monotonic_ns()
-        counts = run_driver(port, path, phase, connections, keep_alive)
-        counts["window"] = (started, time.monotonic_ns())
+        counts = {"started": time.monotonic_ns()}
+        counts.update(run_driver(port, path, phase, connections, keep_alive))
         cpu_after = tree_cpu_seconds(pid)
         if cpu_before is not None and cpu_after is not None:
             counts["server_cpu"] = cpu_after - cpu_before
@@ -744,7 +743,7 @@ def _drive(
             "rate": _rate(runs),
             # µs of the server's CPU (master and workers) per request answered
             "cpu_per_request": (sum(cpu) / ok * 1e6 if ok and len(cpu) == len(runs) else None),
-            "windows": [p["window"] for p in runs],
+            "phase_starts": [p["started"] for p in runs],
         }
     return {
         "floor": figures["floor"],
@@ -797,7 +796,7 @@ def app_cpu(cpu_dir: Path, figures: dict) -> dict | None:
         return None
 
     def phases(name: str) -> list[list[int]]:
-        starts = [start for start, _ in figures[name]["windows"]]
+        starts = figures[name]["phase_starts"]
         found: list[list[int]] = [[] for _ in starts]
         for at, cpu in records[name]:
             phase = bisect.bisect_right(starts, at) - 1

@@ -150,11 +150,11 @@ def test_app_cpu_counts_each_request_in_the_phase_of_its_path_it_ended_in(tmp_pa
     from array import array
 
     # One round, its phases in load.py's order: bare, floor, monitored,
-    # monitored, floor, bare (each window: start, end in ns).
+    # monitored, floor, bare (each phase's start, in ns).
     figures = {
-        "bare": {"windows": [(100, 200), (500, 600)]},
-        "floor": {"windows": [(200, 300), (400, 500)]},
-        "monitored": {"windows": [(300, 350), (350, 400)]},
+        "bare": {"phase_starts": [100, 500]},
+        "floor": {"phase_starts": [200, 400]},
+        "monitored": {"phase_starts": [300, 350]},
     }
 
     def write(name, pid, pairs, extra=b""):
@@ -162,7 +162,7 @@ def test_app_cpu_counts_each_request_in_the_phase_of_its_path_it_ended_in(tmp_pa
         (tmp_path / f"{pid}.{name}").write_bytes(values.tobytes() + extra)
 
     write("bare", 1, [(50, 999_000), (150, 1_000), (550, 3_000)])  # 50: the warm-up's
-    # 310: a floor request the worker recorded after its phase's end.
+    # 310: a floor request the worker recorded after its phase's end (300).
     write("floor", 1, [(250, 2_000), (310, 4_000), (450, 6_000)])
     write("monitored", 1, [(320, 10_000)])
     # A second worker, killed while writing its last pair: half of it is left.

@@ -577,21 +577,22 @@ def methods_called_with_a_wrong_self():
                 print(f"{qualname}.{name}: unchecked")  # it must check its self itself
                 callables = [value]
             for method in callables:
-                if type(method).__name__ not in ("checked_method", "cython_function_or_method"):
-                    continue
-                for attribute in dir(method) if type(method).__name__ == "checked_method" else ():
-                    # nothing hands out the unchecked method
-                    found = getattr(method, attribute, None)
-                    if (
-                        type(getattr(found, "__self__", None)).__name__
-                        == "cython_function_or_method"
-                    ):
-                        print(f"{qualname}.{name}: {attribute}.__self__ unchecked")
-                # A method that checks itself does so once its arguments are counted.
-                arguments = []
-                if type(method).__name__ == "cython_function_or_method":
+                kind = type(method).__name__
+                if kind == "checked_method":
+                    for attribute in dir(method):  # nothing hands out the unchecked method
+                        found = getattr(method, attribute, None)
+                        if (
+                            type(getattr(found, "__self__", None)).__name__
+                            == "cython_function_or_method"
+                        ):
+                            print(f"{qualname}.{name}: {attribute}.__self__ unchecked")
+                    arguments = []
+                elif kind == "cython_function_or_method":
+                    # It checks its self once its arguments are counted.
                     parameters = inspect.signature(method).parameters.values()
                     arguments = [None] * (len([p for p in parameters if p.default is p.empty]) - 1)
+                else:
+                    continue
                 for self in wrong_selves:
                     try:
                         method(self, *arguments)
@@ -619,9 +620,8 @@ def test_every_method_of_a_compiled_class_checks_its_self():
         pytest.skip("the compiled modules are not built, or not used")
     output = isolated(methods_called_with_a_wrong_self)
     unchecked = {line for line in output.splitlines() if "unchecked" in line}
-    # Left as they are (see _implementation.check_self_types): overridable
-    # methods of classes whose instances have a __dict__, which check their
-    # self in their own code (called above with the others).
+    # Left as they are, as they check their self in their own code (see
+    # _implementation.check_self_types); called above with the others.
     self_checking = {
         "pynba.wsgi.PynbaMiddleware": ("default_script_name", "default_server_name"),
         "pynba.reporter.Reporter": ("count", "report_request"),
