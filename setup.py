@@ -2,6 +2,7 @@
 
 import ast
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,7 @@ class OptionalBuildExt(build_ext):
     def run(self):
         self._linked_failed = False
         try:
+            self._set_flags([], link=False)
             if os.environ.get(PGO_VARIABLE) == "1":
                 self._run_profile_guided()
             else:
@@ -98,6 +100,21 @@ class OptionalBuildExt(build_ext):
         """Why this build cannot be profile-guided, or None."""
         if not PGO_TRAINING.exists():
             return f"{PGO_TRAINING.name} is missing"
+        major, not_gcc = self._gcc()
+        if not_gcc:
+            return not_gcc
+        if major < 10:  # -fprofile-partial-training
+            return f"GCC {major} is older than 10"
+        return None
+
+    def _gcc(self):
+        """``(major version, None)`` if the build's compiler is GCC, else ``(0, why not)``."""
+        if getattr(self, "_gcc_found", None) is None:
+            self._gcc_found = self._find_gcc()
+        return self._gcc_found
+
+    @staticmethod
+    def _find_gcc():
         # The compiler the build runs, as distutils picks it.
         compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
         try:
@@ -108,13 +125,13 @@ class OptionalBuildExt(build_ext):
                 [compiler[0], "-dumpfullversion"], capture_output=True, text=True, timeout=60
             ).stdout
         except (OSError, subprocess.SubprocessError) as error:
-            return f"the compiler does not run ({error})"
+            return 0, f"the compiler does not run ({error})"
         if "Free Software Foundation" not in version or "clang" in version.lower():
-            return "the compiler is not GCC"
+            return 0, "the compiler is not GCC"
         major = release.strip().split(".")[0]
-        if not major.isdigit() or int(major) < 10:  # -fprofile-partial-training
-            return f"GCC {release.strip() or '?'} is older than 10"
-        return None
+        if not major.isdigit():
+            return 0, f"GCC's version is not known ({release.strip() or '?'})"
+        return int(major), None
 
     def _remove_built(self):
         for ext in self.extensions:
@@ -127,8 +144,15 @@ class OptionalBuildExt(build_ext):
                     os.remove(path)
 
     def _set_flags(self, flags, link):
+        """Compile (and with ``link``, link) with ``flags``, and the flags of every build."""
+        every_build = []
+        if sys.platform == "linux" and platform.machine() == "x86_64" and self._gcc()[0] >= 6:
+            # Calls into libpython through the GOT, not through a PLT stub: a
+            # request in a busy worker runs over fewer lines of code, about
+            # 1 µs cheaper (docs/performance.md).
+            every_build.append("-fno-plt")
         for ext in self.extensions:
-            ext.extra_compile_args = list(flags)
+            ext.extra_compile_args = [*every_build, *flags]
             ext.extra_link_args = list(flags) if link else []
 
     def _train(self):

@@ -1,6 +1,7 @@
 """Encoder selection and installing without a C compiler."""
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -233,9 +234,37 @@ def test_a_profile_guided_build_compiles_each_module_again_from_its_training(tmp
     assert len(instrumented) == len(guided) == len(lines) // 2 == len(built)
     # every module instrumented first, then built again from the profile
     assert lines.index(guided[0]) > lines.index(instrumented[-1])
+    if sys.platform == "linux" and platform.machine() == "x86_64":
+        # calling libpython through the GOT: no PLT stub for a cold request to fetch
+        assert all(" -fno-plt" in line for line in lines)
+        readelf = shutil.which("readelf")
+        for module in (tmp_path / "lib").rglob("*.so") if readelf else ():
+            relocations = subprocess.run(
+                [readelf, "--relocs", "--wide", module], capture_output=True, text=True
+            ).stdout
+            assert "R_X86_64_GLOB_DAT" in relocations
+            assert "JUMP_SLOT" not in relocations, module
     code = "import pynba, pynba.wsgi; print(' '.join(sorted(pynba.compiled_modules())))"
     out = run_python(code, PYTHONPATH=str(tmp_path / "lib"), PYNBA_PURE_PYTHON="")
     assert set(out.split()) >= {"collector", "reporter", "wire._encoder", "wsgi"}
+
+
+def test_a_compiler_that_is_not_gcc_gets_no_gcc_flag(tmp_path):
+    """``-fno-plt`` (x86-64 Linux, GCC) is not given to another compiler: it may not know it."""
+    gcc_for_profiles()
+    copy_the_project(tmp_path, training=False)
+    compiler = tmp_path / "cc"
+    # Says it is clang, and fails every compile: its command lines are all the test needs.
+    compiler.write_text(
+        '#!/bin/sh\ncase "$*" in *--version*) echo "clang version 18.1.0"; exit 0;; esac\nexit 1\n'
+    )
+    compiler.chmod(0o755)
+    done = build(tmp_path, CC=str(compiler))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = compile_lines(done.stdout)
+    assert lines, done.stdout
+    assert not any("-fno-plt" in line for line in lines)
+    assert built_modules(tmp_path) == []
 
 
 def test_a_profile_guided_build_whose_training_fails_is_built_without_a_profile(tmp_path):

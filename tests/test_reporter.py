@@ -315,6 +315,26 @@ def test_report_request_takes_a_record_or_a_plain_tuple_of_its_fields(
     assert reporter.stats == {"sent": 3, "failed": 0, "oversize": 0}
 
 
+def test_a_tuple_of_13_fields_fails_as_encode_fails_with_them(udp_listener, reporter_factory):
+    fields = tuple(RequestRecord(**REQUEST))[:13]
+    with pytest.raises(TypeError) as expected:
+        encoder.encode(*fields)
+    reporter = reporter_factory(udp_listener.address, raise_on_fail=True)
+    with pytest.raises(TypeError) as raised:
+        reporter.report_request(fields)
+    assert str(raised.value) == str(expected.value)
+    assert reporter.stats["failed"] == 1
+    assert udp_listener.pending() == []
+
+
+def test_a_tuple_of_the_fields_and_packed_is_encoded_as_encode_takes_it(
+    udp_listener, reporter_factory
+):
+    reporter = reporter_factory(udp_listener.address)
+    reporter.report_request((*RequestRecord(**REQUEST), False))
+    assert receive_exactly(udp_listener, 1) == [encoded(**REQUEST)]
+
+
 @pytest.mark.parametrize("form", [RequestRecord._make, tuple], ids=["record", "plain tuple"])
 @pytest.mark.parametrize("wire", ["", "pinba2://"])
 def test_an_oversize_request_reported_as_a_record_or_a_tuple_is_sent_degraded(
