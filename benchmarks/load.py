@@ -22,7 +22,13 @@ with its floor (the system calls php-pinba adds to a request: 3 getrusage
 and one send, made from PHP), and monitored by php-pinba with one timer. Its
 monitored/floor and CPU per request stand next to pynba's.
 
+With ``--against SRC``, it serves pynba from this checkout and from SRC
+(another checkout's ``src``) side by side instead, and prints what each
+costs over the floor in its workers, and the difference (``compare``): to
+measure a change of code or build under load.
+
 Run: python benchmarks/load.py [--seconds 30] [--workers 2] [--worker-class sync gthread] [--no-php]
+     python benchmarks/load.py --against ../other/src [--seconds 60] [--worker-class sync]
 """
 
 from __future__ import annotations
@@ -233,6 +239,7 @@ class Gunicorn:
         preload: bool = True,
         config: Path | str | None = None,
         env: dict[str, str] | None = None,
+        sources: Path | str = SOURCES,
     ) -> None:
         self.port = free_port()
         command = [
@@ -261,7 +268,7 @@ class Gunicorn:
         command.append(f"{module}:application")
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
-            [str(SOURCES), str(app_dir), environment.get("PYTHONPATH", "")]
+            [str(sources), str(app_dir), environment.get("PYTHONPATH", "")]
         )
         environment.update(env or {})
         self.process = subprocess.Popen(
@@ -640,6 +647,159 @@ def measure(
     return figures
 
 
+#: A phase of ``compare``: each path of each server is driven this long at a time (s).
+COMPARE_PHASE = 1.0
+
+
+def compare(
+    other_sources: Path | str,
+    worker_class: str = "sync",
+    seconds: float = 60.0,
+    workers: int = 2,
+    threads: int = 4,
+    connections: int = 16,
+) -> dict:
+    """pynba from these sources and from ``other_sources``, served side by side.
+
+    Two gunicorn servers run the hello-world app, one importing pynba from
+    this checkout's ``src``, the other from ``other_sources`` (the ``src``
+    of another checkout, built as it should be measured). Both are up for
+    the whole run, and take turns: in each round, each serves its floor and
+    monitored paths for ``COMPARE_PHASE`` seconds at a time (floor,
+    monitored, monitored, floor), the servers' order swapped every round.
+    What each round gives is each server's monitored - floor, the app's part
+    of a request measured in its workers (see ``app_cpu``), and this one's
+    less the other's: what a change of code or build costs, with whatever
+    the machine does then shared by both.
+    """
+    counter = PacketCounter(keep=0)
+    floor_counter = PacketCounter(keep=0)
+    sides = {"this": Path(SOURCES), "other": Path(other_sources)}
+    starts: dict[str, dict[str, list[int]]] = {}
+    served = {side: {"floor": 0, "monitored": 0, "errors": 0} for side in sides}
+    with tempfile.TemporaryDirectory() as root:
+        servers = {}
+        try:
+            for side, sources in sides.items():
+                app_dir = Path(root, side)
+                (app_dir / "cpu").mkdir(parents=True)
+                (app_dir / "hello_load_app.py").write_text(HELLO_APP)
+                servers[side] = Gunicorn(
+                    app_dir,
+                    "hello_load_app",
+                    workers=workers,
+                    worker_class=worker_class,
+                    threads=threads,
+                    sources=sources,
+                    env={
+                        "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
+                        "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
+                        "PYNBA_LOAD_CPU_DIR": str(app_dir / "cpu"),
+                        "PYNBA_STRICT": "0",
+                    },
+                )
+            for server in servers.values():
+                server.wait_ready()
+            # Not counted: workers booted, code paths hot (and a record of each
+            # path written, as app_cpu wants).
+            warm_up = 0  # monitored requests, each sending its packet to ``counter``
+            for server in servers.values():
+                for path in ("/bare", "/floor", "/"):
+                    counts = run_driver(server.port, path, 0.3, connections, False)
+                    warm_up += counts["ok"] + counts["errors"] if path == "/" else 0
+            starts = {side: {"bare": [], "floor": [], "monitored": []} for side in sides}
+            rounds = max(1, round(seconds / (8 * COMPARE_PHASE)))
+            for r in range(rounds):
+                for side in ("this", "other") if r % 2 == 0 else ("other", "this"):
+                    for name in ("floor", "monitored", "monitored", "floor"):
+                        starts[side][name].append(time.monotonic_ns())
+                        counts = run_driver(
+                            servers[side].port,
+                            "/floor" if name == "floor" else "/",
+                            COMPARE_PHASE,
+                            connections,
+                            False,
+                        )
+                        served[side][name] += counts["ok"]
+                        served[side]["errors"] += counts["errors"]
+            expected = warm_up + sum(served[side]["monitored"] for side in sides)
+            expected += sum(served[side]["errors"] for side in sides)
+            received = counter.wait_for(expected)
+        finally:
+            outputs = {side: server.stop() for side, server in servers.items()}
+        figures: dict = {
+            "worker_class": worker_class,
+            "workers": workers,
+            "sides": {},
+            "packets": (received, expected),
+        }
+        for side, sources in sides.items():
+            phases = {name: {"phase_starts": found} for name, found in starts[side].items()}
+            figures["sides"][side] = {
+                "sources": str(sources),
+                "compiled": _compiled_modules_of(sources),
+                "served": served[side],
+                "app_cpu": app_cpu(Path(root, side, "cpu"), phases),
+                "server_output": outputs[side],
+            }
+    counter.close()
+    floor_counter.close()
+    this, other = (
+        (figures["sides"][side]["app_cpu"] or {}).get("monitored_over_floor_rounds", [])
+        for side in sides
+    )
+    figures["this_less_other_rounds"] = [a - b for a, b in zip(this, other, strict=False)]
+    return figures
+
+
+def _compiled_modules_of(sources: Path) -> str:
+    """The pynba modules running compiled when imported from ``sources``."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import pynba; print(' '.join(pynba.compiled_modules()))"],
+        env={**os.environ, "PYTHONPATH": str(sources)},  # as the server's workers import it
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode:
+        return "(pynba does not import)"
+    return done.stdout.strip() or "-"
+
+
+def describe_comparison(figures: dict) -> str:
+    """``compare``'s figures, in a few lines."""
+    lines = [
+        f"side by side, gunicorn {figures['worker_class']} x{figures['workers']} each; "
+        "the app's part of a request in the worker, µs of CPU (its response's writes included):"
+    ]
+    for side, found in figures["sides"].items():
+        cpu = found["app_cpu"]
+        if cpu is None or None in (cpu["mean"]["floor"], cpu["mean"]["monitored"]):
+            lines.append(f"  {side} ({found['sources']}): no figures")
+            continue
+        lines.append(
+            f"  {side} ({found['sources']}; compiled: {found['compiled']}): "
+            f"floor {cpu['mean']['floor']:.1f}, monitored {cpu['mean']['monitored']:.1f}, "
+            f"monitored - floor {_mean_and_error(cpu['monitored_over_floor_rounds'])}"
+        )
+    differences = figures["this_less_other_rounds"]
+    lines.append(
+        f"  this - other, monitored - floor: {_mean_and_error(differences)}"
+        f" ({len(differences)} rounds); packets {figures['packets'][0]}/{figures['packets'][1]}"
+    )
+    return "\n".join(lines)
+
+
+def _mean_and_error(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    spread = sum((value - mean) ** 2 for value in values) / (len(values) - 1)
+    return f"{mean:.2f} ± {(spread / len(values)) ** 0.5:.2f}"
+
+
 def measure_php(php: str, seconds: float = 3.0, workers: int = 2, connections: int = 16) -> dict:
     """``measure`` for PHP's C extension: PHP's built-in server, bare, floor and monitored."""
     counter = PacketCounter()
@@ -903,10 +1063,31 @@ def main(argv: list[str] | None = None) -> int:
         "--php", default=None, help="php binary with php-pinba (default: found on PATH)"
     )
     parser.add_argument("--no-php", action="store_true", help="leave PHP's C extension out")
+    parser.add_argument(
+        "--against",
+        metavar="SRC",
+        help="serve pynba from SRC (another checkout's src) side by side with this one and"
+        " compare their monitored - floor (see compare); nothing else is run",
+    )
     args = parser.parse_args(argv)
     if args.command == "drive":
         counts = drive(args.port, args.path, args.seconds, args.connections, args.keep_alive)
         print(json.dumps(counts))
+        return 0
+    if args.against:
+        for worker_class in args.worker_class:
+            print(
+                describe_comparison(
+                    compare(
+                        args.against,
+                        worker_class,
+                        args.seconds,
+                        args.workers,
+                        args.threads,
+                        args.connections,
+                    )
+                )
+            )
         return 0
     from pynba import ENCODER, compiled_modules
 

@@ -12,6 +12,7 @@ load; ``PYNBA_LOAD_SECONDS`` sets the long run's seconds per app (default 30).
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from packets import Packet
+from pynba import ENCODER
 
 pytest.importorskip("gunicorn")
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="gunicorn needs POSIX")
@@ -122,6 +124,36 @@ def test_long_load_loses_no_packet(worker_class, capsys, request):
     if not long_runs_selected(request.config):
         pytest.skip("a long run: select it with -m slow")
     check_run(load.measure(worker_class, LONG_SECONDS), capsys)
+
+
+def test_compare_serves_each_side_from_its_own_sources(tmp_path, capsys):
+    """Here the other side is this checkout's Python sources alone: pure Python."""
+    other = tmp_path / "src"
+    shutil.copytree(
+        load.SOURCES / "pynba",
+        other / "pynba",
+        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
+    )
+    figures = load.compare(other, "sync", seconds=8)  # one round
+    with capsys.disabled():
+        print("\n" + load.describe_comparison(figures))
+    this, theirs = figures["sides"]["this"], figures["sides"]["other"]
+    assert theirs["sources"] == str(other)
+    assert theirs["compiled"] == "-"
+    assert (this["compiled"] == "-") == (ENCODER == "pure")
+    for side in (this, theirs):
+        assert side["served"]["errors"] == 0, side["server_output"]
+        assert "Traceback" not in side["server_output"], side["server_output"]
+        cpu = side["app_cpu"]
+        assert cpu is not None, side["server_output"]
+        # every request of each path measured once, in its own server's phases
+        for path in ("floor", "monitored"):
+            assert cpu["requests"][path] == side["served"][path] > 0, path
+        assert cpu["requests"]["bare"] == 0  # only warmed up
+        assert len(cpu["monitored_over_floor_rounds"]) == 1
+    assert len(figures["this_less_other_rounds"]) == 1
+    received, expected = figures["packets"]
+    assert received == expected > 0
 
 
 def php_with_pinba():
