@@ -32,6 +32,9 @@ COMPILED_MODULES = _compiled_modules()
 LINKED = {f"pynba.{name}" for name in COMPILED_MODULES if name != "wire._encoder"}
 
 
+#: Commands that run the compiler named after them (CC="ccache gcc").
+COMPILER_LAUNCHERS = {"ccache", "sccache", "distcc"}
+
 #: Set to 1 for a profile-guided build (GCC only): see OptionalBuildExt.
 PGO_VARIABLE = "PYNBA_PGO"
 #: The workload the profile is made of.
@@ -115,16 +118,20 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _find_gcc():
-        # The compiler the build runs, as distutils picks it.
-        compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+        # The compiler the build runs, as distutils picks it, past a launcher.
+        words = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+        while len(words) > 1 and os.path.basename(words[0]) in COMPILER_LAUNCHERS:
+            words = words[1:]
+        if not words:
+            return 0, "no compiler is named"
+
+        def ask(option):
+            done = subprocess.run([words[0], option], capture_output=True, timeout=60)
+            return done.stdout.decode("utf-8", "replace")
+
         try:
-            version = subprocess.run(
-                [compiler[0], "--version"], capture_output=True, text=True, timeout=60
-            ).stdout
-            release = subprocess.run(
-                [compiler[0], "-dumpfullversion"], capture_output=True, text=True, timeout=60
-            ).stdout
-        except (OSError, subprocess.SubprocessError) as error:
+            version, release = ask("--version"), ask("-dumpversion")
+        except Exception as error:  # whatever it is, the build goes on without asking again
             return 0, f"the compiler does not run ({error})"
         if "Free Software Foundation" not in version or "clang" in version.lower():
             return 0, "the compiler is not GCC"
@@ -146,7 +153,13 @@ class OptionalBuildExt(build_ext):
     def _set_flags(self, flags, link):
         """Compile (and with ``link``, link) with ``flags``, and the flags of every build."""
         every_build = []
-        if sys.platform == "linux" and platform.machine() == "x86_64" and self._gcc()[0] >= 6:
+        asked_for_plt = "-fplt" in os.environ.get("CFLAGS", "").split()
+        if (
+            sys.platform == "linux"
+            and platform.machine() == "x86_64"
+            and not asked_for_plt
+            and self._gcc()[0] >= 6
+        ):
             # Calls into libpython through the GOT, not through a PLT stub: a
             # request in a busy worker runs over fewer lines of code, about
             # 1 µs cheaper (docs/performance.md).

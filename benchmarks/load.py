@@ -144,6 +144,11 @@ HELLO_APP = textwrap.dedent(
 
 
     atexit.register(write_measured)
+    if CPU_DIR:  # which pynba the workers run (load.py --against checks it)
+        import pynba as package
+
+        with open(os.path.join(CPU_DIR, "pynba"), "w") as out:
+            out.write(package.__file__ + "\\n" + " ".join(package.compiled_modules()) + "\\n")
     ROUTES = {"/bare": ("bare", hello), "/floor": ("floor", floor)}
 
 
@@ -672,98 +677,118 @@ def compare(
     less the other's: what a change of code or build costs, with whatever
     the machine does then shared by both.
     """
+    sides = {"this": Path(SOURCES), "other": Path(other_sources).resolve()}
+    if not (sides["other"] / "pynba" / "__init__.py").is_file():
+        raise ValueError(f"--against: {other_sources} has no pynba package (give a checkout's src)")
     counter = PacketCounter(keep=0)
     floor_counter = PacketCounter(keep=0)
-    sides = {"this": Path(SOURCES), "other": Path(other_sources)}
     starts: dict[str, dict[str, list[int]]] = {}
     served = {side: {"floor": 0, "monitored": 0, "errors": 0} for side in sides}
-    with tempfile.TemporaryDirectory() as root:
-        servers = {}
-        try:
-            for side, sources in sides.items():
-                app_dir = Path(root, side)
-                (app_dir / "cpu").mkdir(parents=True)
-                (app_dir / "hello_load_app.py").write_text(HELLO_APP)
-                servers[side] = Gunicorn(
-                    app_dir,
-                    "hello_load_app",
-                    workers=workers,
-                    worker_class=worker_class,
-                    threads=threads,
-                    sources=sources,
-                    env={
-                        "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
-                        "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
-                        "PYNBA_LOAD_CPU_DIR": str(app_dir / "cpu"),
-                        "PYNBA_STRICT": "0",
-                    },
-                )
-            for server in servers.values():
-                server.wait_ready()
-            # Not counted: workers booted, code paths hot (and a record of each
-            # path written, as app_cpu wants).
-            warm_up = 0  # monitored requests, each sending its packet to ``counter``
-            for server in servers.values():
-                for path in ("/bare", "/floor", "/"):
-                    counts = run_driver(server.port, path, 0.3, connections, False)
-                    warm_up += counts["ok"] + counts["errors"] if path == "/" else 0
-            starts = {side: {"bare": [], "floor": [], "monitored": []} for side in sides}
-            rounds = max(1, round(seconds / (8 * COMPARE_PHASE)))
-            for r in range(rounds):
-                for side in ("this", "other") if r % 2 == 0 else ("other", "this"):
-                    for name in ("floor", "monitored", "monitored", "floor"):
-                        starts[side][name].append(time.monotonic_ns())
-                        counts = run_driver(
-                            servers[side].port,
-                            "/floor" if name == "floor" else "/",
-                            COMPARE_PHASE,
-                            connections,
-                            False,
-                        )
-                        served[side][name] += counts["ok"]
-                        served[side]["errors"] += counts["errors"]
-            expected = warm_up + sum(served[side]["monitored"] for side in sides)
-            expected += sum(served[side]["errors"] for side in sides)
-            received = counter.wait_for(expected)
-        finally:
-            outputs = {side: server.stop() for side, server in servers.items()}
-        figures: dict = {
-            "worker_class": worker_class,
-            "workers": workers,
-            "sides": {},
-            "packets": (received, expected),
-        }
-        for side, sources in sides.items():
-            phases = {name: {"phase_starts": found} for name, found in starts[side].items()}
-            figures["sides"][side] = {
-                "sources": str(sources),
-                "compiled": _compiled_modules_of(sources),
-                "served": served[side],
-                "app_cpu": app_cpu(Path(root, side, "cpu"), phases),
-                "server_output": outputs[side],
+    failure = None
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            servers = {}
+            try:
+                for side, sources in sides.items():
+                    app_dir = Path(root, side)
+                    (app_dir / "cpu").mkdir(parents=True)
+                    (app_dir / "hello_load_app.py").write_text(HELLO_APP)
+                    servers[side] = Gunicorn(
+                        app_dir,
+                        "hello_load_app",
+                        workers=workers,
+                        worker_class=worker_class,
+                        threads=threads,
+                        sources=sources,
+                        env={
+                            "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
+                            "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
+                            "PYNBA_LOAD_CPU_DIR": str(app_dir / "cpu"),
+                            "PYNBA_STRICT": "0",
+                        },
+                    )
+                for server in servers.values():
+                    server.wait_ready()
+                # Not counted: workers booted, code paths hot (and a record of each
+                # path written, as app_cpu wants).
+                expected = 0  # monitored requests: each sends its packet to ``counter``
+                side = "this"
+                try:
+                    for side in sides:
+                        for path in ("/bare", "/floor", "/"):
+                            counts = run_driver(servers[side].port, path, 0.3, connections, False)
+                            expected += counts["ok"] + counts["errors"] if path == "/" else 0
+                    starts = {side: {"bare": [], "floor": [], "monitored": []} for side in sides}
+                    rounds = max(1, round(seconds / (8 * COMPARE_PHASE)))
+                    for r in range(rounds):
+                        for side in ("this", "other") if r % 2 == 0 else ("other", "this"):
+                            for name in ("floor", "monitored", "monitored", "floor"):
+                                starts[side][name].append(time.monotonic_ns())
+                                counts = run_driver(
+                                    servers[side].port,
+                                    "/floor" if name == "floor" else "/",
+                                    COMPARE_PHASE,
+                                    connections,
+                                    False,
+                                )
+                                served[side][name] += counts["ok"]
+                                served[side]["errors"] += counts["errors"]
+                                if name == "monitored":
+                                    expected += counts["ok"] + counts["errors"]
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    failure = side, error
+                received = counter.wait_for(expected) if failure is None else 0
+            finally:
+                outputs = {side: server.stop() for side, server in servers.items()}
+            if failure is not None:
+                side, error = failure
+                raise RuntimeError(
+                    f"the {side} server ({sides[side]}) stopped answering: {error}\n"
+                    f"its output:\n{outputs[side][-3000:]}"
+                ) from error
+            figures: dict = {
+                "worker_class": worker_class,
+                "workers": workers,
+                "sides": {},
+                "packets": (received, expected),
             }
-    counter.close()
-    floor_counter.close()
+            for side, sources in sides.items():
+                phases = {name: {"phase_starts": found} for name, found in starts[side].items()}
+                pynba_file, compiled = _pynba_of(Path(root, side, "cpu"))
+                if not Path(pynba_file).is_relative_to(sources):
+                    raise RuntimeError(
+                        f"the {side} server ran {pynba_file}, not pynba from {sources}"
+                    )
+                figures["sides"][side] = {
+                    "sources": str(sources),
+                    "pynba": pynba_file,
+                    "compiled": compiled,
+                    "served": served[side],
+                    "app_cpu": app_cpu(Path(root, side, "cpu"), phases),
+                    "server_output": outputs[side],
+                }
+    finally:
+        counter.close()
+        floor_counter.close()
     this, other = (
         (figures["sides"][side]["app_cpu"] or {}).get("monitored_over_floor_rounds", [])
         for side in sides
     )
-    figures["this_less_other_rounds"] = [a - b for a, b in zip(this, other, strict=False)]
+    # Only when each round has both sides' figure (app_cpu leaves out a round without one).
+    rounds_found = len(this) == len(other) == len(starts["this"]["floor"]) // 2
+    figures["this_less_other_rounds"] = (
+        [a - b for a, b in zip(this, other, strict=True)] if rounds_found else []
+    )
     return figures
 
 
-def _compiled_modules_of(sources: Path) -> str:
-    """The pynba modules running compiled when imported from ``sources``."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import pynba; print(' '.join(pynba.compiled_modules()))"],
-        env={**os.environ, "PYTHONPATH": str(sources)},  # as the server's workers import it
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode:
-        return "(pynba does not import)"
-    return done.stdout.strip() or "-"
+def _pynba_of(cpu_dir: Path) -> tuple[str, str]:
+    """Where the workers' pynba came from, and its compiled modules (as the app wrote them)."""
+    try:
+        pynba_file, compiled = (cpu_dir / "pynba").read_text().splitlines()
+    except (OSError, ValueError):
+        return "(not written)", "?"
+    return pynba_file, compiled or "-"
 
 
 def describe_comparison(figures: dict) -> str:

@@ -138,7 +138,9 @@ def test_compare_serves_each_side_from_its_own_sources(tmp_path, capsys):
     with capsys.disabled():
         print("\n" + load.describe_comparison(figures))
     this, theirs = figures["sides"]["this"], figures["sides"]["other"]
-    assert theirs["sources"] == str(other)
+    # as the workers found it
+    assert this["pynba"] == str(load.SOURCES / "pynba" / "__init__.py")
+    assert theirs["pynba"] == str(other.resolve() / "pynba" / "__init__.py")
     assert theirs["compiled"] == "-"
     assert (this["compiled"] == "-") == (ENCODER == "pure")
     for side in (this, theirs):
@@ -154,6 +156,14 @@ def test_compare_serves_each_side_from_its_own_sources(tmp_path, capsys):
     assert len(figures["this_less_other_rounds"]) == 1
     received, expected = figures["packets"]
     assert received == expected > 0
+
+
+def test_compare_refuses_sources_without_pynba(tmp_path):
+    # Else the workers would import whichever pynba comes next on the path.
+    with pytest.raises(ValueError, match="has no pynba package"):
+        load.compare(tmp_path / "missing")
+    with pytest.raises(ValueError, match="has no pynba package"):
+        load.compare(tmp_path)
 
 
 def php_with_pinba():

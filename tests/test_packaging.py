@@ -249,21 +249,37 @@ def test_a_profile_guided_build_compiles_each_module_again_from_its_training(tmp
     assert set(out.split()) >= {"collector", "reporter", "wire._encoder", "wsgi"}
 
 
-def test_a_compiler_that_is_not_gcc_gets_no_gcc_flag(tmp_path):
-    """``-fno-plt`` (x86-64 Linux, GCC) is not given to another compiler: it may not know it."""
-    gcc_for_profiles()
+# Fake compilers: what each says of itself, and a failure for every compile (the
+# command lines the build prints are all these tests need).
+CLANG = "printf 'clang version 18.1.0\\n'"
+GCC_IN_LATIN_1 = "printf 'gcc (GCC) 12.2.0\\nCopyright \\251 2022 Free Software Foundation\\n'"
+
+
+@pytest.mark.parametrize(
+    ("says", "launcher", "flagged"),
+    [(CLANG, "", False), (GCC_IN_LATIN_1, "ccache ", True)],
+    ids=["clang", "GCC behind ccache, in Latin-1"],
+)
+def test_the_gcc_flag_goes_to_gcc_only(tmp_path, says, launcher, flagged):
+    """``-fno-plt`` (x86-64 Linux, GCC): another compiler may not know it."""
+    pytest.importorskip("Cython")
+    if os.environ.get("PYNBA_PURE_PYTHON", "") not in ("", "0"):
+        pytest.skip("the build does not depend on the implementation under test")
     copy_the_project(tmp_path, training=False)
     compiler = tmp_path / "cc"
-    # Says it is clang, and fails every compile: its command lines are all the test needs.
     compiler.write_text(
-        '#!/bin/sh\ncase "$*" in *--version*) echo "clang version 18.1.0"; exit 0;; esac\nexit 1\n'
+        "#!/bin/sh\n"
+        f'case "$*" in --version) {says}; exit 0;; -dumpversion) echo 12; exit 0;; esac\n'
+        "exit 1\n"
     )
     compiler.chmod(0o755)
-    done = build(tmp_path, CC=str(compiler))
+    done = build(tmp_path, CC=f"{launcher}{compiler}")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "the compiler does not run" not in done.stderr
     lines = compile_lines(done.stdout)
     assert lines, done.stdout
-    assert not any("-fno-plt" in line for line in lines)
+    linux_x86_64 = sys.platform == "linux" and platform.machine() == "x86_64"
+    assert all((" -fno-plt" in line) == (flagged and linux_x86_64) for line in lines)
     assert built_modules(tmp_path) == []
 
 

@@ -331,8 +331,10 @@ def test_a_tuple_of_the_fields_and_packed_is_encoded_as_encode_takes_it(
     udp_listener, reporter_factory
 ):
     reporter = reporter_factory(udp_listener.address)
-    reporter.report_request((*RequestRecord(**REQUEST), False))
-    assert receive_exactly(udp_listener, 1) == [encoded(**REQUEST)]
+    reporter.report_request((*RequestRecord(**REQUEST), True))
+    packed = encoder.encode(*RequestRecord(**REQUEST), True)
+    assert packed != encoded(**REQUEST)
+    assert receive_exactly(udp_listener, 1) == [packed]
 
 
 @pytest.mark.parametrize("form", [RequestRecord._make, tuple], ids=["record", "plain tuple"])
