@@ -256,11 +256,15 @@ GCC_IN_LATIN_1 = "printf 'gcc (GCC) 12.2.0\\nCopyright \\251 2022 Free Software 
 
 
 @pytest.mark.parametrize(
-    ("says", "launcher", "flagged"),
-    [(CLANG, "", False), (GCC_IN_LATIN_1, "ccache ", True)],
-    ids=["clang", "GCC behind ccache, in Latin-1"],
+    ("says", "launcher", "cflags", "flagged"),
+    [
+        (CLANG, "", "", False),
+        (GCC_IN_LATIN_1, "ccache ", "", True),
+        (GCC_IN_LATIN_1, "", "-O2 -fplt", False),
+    ],
+    ids=["clang", "GCC behind ccache, in Latin-1", "GCC, CFLAGS asking for a PLT"],
 )
-def test_the_gcc_flag_goes_to_gcc_only(tmp_path, says, launcher, flagged):
+def test_the_gcc_flag_goes_to_gcc_only(tmp_path, says, launcher, cflags, flagged):
     """``-fno-plt`` (x86-64 Linux, GCC): another compiler may not know it."""
     pytest.importorskip("Cython")
     if os.environ.get("PYNBA_PURE_PYTHON", "") not in ("", "0"):
@@ -273,7 +277,7 @@ def test_the_gcc_flag_goes_to_gcc_only(tmp_path, says, launcher, flagged):
         "exit 1\n"
     )
     compiler.chmod(0o755)
-    done = build(tmp_path, CC=f"{launcher}{compiler}")
+    done = build(tmp_path, CC=f"{launcher}{compiler}", CFLAGS=cflags)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the compiler does not run" not in done.stderr
     lines = compile_lines(done.stdout)
