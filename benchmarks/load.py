@@ -277,7 +277,12 @@ class Gunicorn:
         )
         environment.update(env or {})
         self.process = subprocess.Popen(
-            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its workers too can be killed at once (stop)
         )
         self.output = ""
 
@@ -292,8 +297,15 @@ class Gunicorn:
         try:
             out, err = self.process.communicate(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            out, err = self.process.communicate()
+            # A hung master, and workers that hold its output open: all of them.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                out, err = self.process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                out, err = "", "(its output could not be read)"
         self.output = (out or "") + (err or "")
         return self.output
 
@@ -594,6 +606,38 @@ def run_driver(port: int, path: str, seconds: float, connections: int, keep_aliv
 # -- one measured run ------------------------------------------------------------
 
 
+def hello_server(
+    app_dir: Path,
+    counter: PacketCounter,
+    floor_counter: PacketCounter,
+    worker_class: str,
+    workers: int,
+    threads: int,
+    sources: Path | str = SOURCES,
+) -> Gunicorn:
+    """Gunicorn serving ``HELLO_APP`` from ``app_dir``, pynba from ``sources``.
+
+    The monitored path reports to ``counter``, the floor's to ``floor_counter``;
+    the workers write what they measured in ``app_dir``/cpu.
+    """
+    (app_dir / "hello_load_app.py").write_text(HELLO_APP)
+    (app_dir / "cpu").mkdir()
+    return Gunicorn(
+        app_dir,
+        "hello_load_app",
+        workers=workers,
+        worker_class=worker_class,
+        threads=threads,
+        sources=sources,
+        env={
+            "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
+            "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
+            "PYNBA_LOAD_CPU_DIR": str(app_dir / "cpu"),
+            "PYNBA_STRICT": "0",
+        },
+    )
+
+
 def measure(
     worker_class: str = "sync",
     seconds: float = 3.0,
@@ -606,22 +650,8 @@ def measure(
     counter = PacketCounter()
     floor_counter = PacketCounter(keep=0)
     with tempfile.TemporaryDirectory() as app_dir:
-        Path(app_dir, "hello_load_app.py").write_text(HELLO_APP)
         cpu_dir = Path(app_dir, "cpu")
-        cpu_dir.mkdir()
-        server = Gunicorn(
-            app_dir,
-            "hello_load_app",
-            workers=workers,
-            worker_class=worker_class,
-            threads=threads,
-            env={
-                "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
-                "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
-                "PYNBA_LOAD_CPU_DIR": str(cpu_dir),
-                "PYNBA_STRICT": "0",
-            },
-        )
+        server = hello_server(Path(app_dir), counter, floor_counter, worker_class, workers, threads)
         # Without keep-alive by default: on loopback, gunicorn's separate writes of
         # headers and body meet delayed ACKs on kept-alive connections, which
         # makes the rates of a run swing by tens of percent either way.
@@ -691,24 +721,15 @@ def compare(
             try:
                 for side, sources in sides.items():
                     app_dir = Path(root, side)
-                    (app_dir / "cpu").mkdir(parents=True)
-                    (app_dir / "hello_load_app.py").write_text(HELLO_APP)
-                    servers[side] = Gunicorn(
-                        app_dir,
-                        "hello_load_app",
-                        workers=workers,
-                        worker_class=worker_class,
-                        threads=threads,
-                        sources=sources,
-                        env={
-                            "PYNBA_LOAD_SERVER": "{}:{}".format(*counter.address),
-                            "PYNBA_LOAD_FLOOR_SERVER": "{}:{}".format(*floor_counter.address),
-                            "PYNBA_LOAD_CPU_DIR": str(app_dir / "cpu"),
-                            "PYNBA_STRICT": "0",
-                        },
+                    app_dir.mkdir()
+                    servers[side] = hello_server(
+                        app_dir, counter, floor_counter, worker_class, workers, threads, sources
                     )
-                for server in servers.values():
-                    server.wait_ready()
+                for side, server in servers.items():
+                    try:
+                        server.wait_ready()
+                    except RuntimeError as error:
+                        raise RuntimeError(f"the {side} server ({sides[side]}): {error}") from error
                 # Not counted: workers booted, code paths hot (and a record of each
                 # path written, as app_cpu wants).
                 expected = 0  # monitored requests: each sends its packet to ``counter``

@@ -279,7 +279,6 @@ def test_the_gcc_flag_goes_to_gcc_only(tmp_path, says, launcher, cflags, flagged
     compiler.chmod(0o755)
     done = build(tmp_path, CC=f"{launcher}{compiler}", CFLAGS=cflags)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "the compiler does not run" not in done.stderr
     lines = compile_lines(done.stdout)
     assert lines, done.stdout
     linux_x86_64 = sys.platform == "linux" and platform.machine() == "x86_64"
