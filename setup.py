@@ -57,6 +57,7 @@ class OptionalBuildExt(build_ext):
 
     def run(self):
         self._linked_failed = False
+        self._gcc_found = None  # asked once, by _gcc()
         try:
             self._set_flags([], link=False)
             if os.environ.get(PGO_VARIABLE) == "1":
@@ -112,7 +113,7 @@ class OptionalBuildExt(build_ext):
 
     def _gcc(self):
         """``(major version, None)`` if the build's compiler is GCC, else ``(0, why not)``."""
-        if getattr(self, "_gcc_found", None) is None:
+        if self._gcc_found is None:
             self._gcc_found = self._find_gcc()
         return self._gcc_found
 

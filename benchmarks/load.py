@@ -42,6 +42,7 @@ import selectors
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -620,8 +621,8 @@ def hello_server(
     The monitored path reports to ``counter``, the floor's to ``floor_counter``;
     the workers write what they measured in ``app_dir``/cpu.
     """
+    (app_dir / "cpu").mkdir(parents=True)
     (app_dir / "hello_load_app.py").write_text(HELLO_APP)
-    (app_dir / "cpu").mkdir()
     return Gunicorn(
         app_dir,
         "hello_load_app",
@@ -712,69 +713,48 @@ def compare(
         raise ValueError(f"--against: {other_sources} has no pynba package (give a checkout's src)")
     counter = PacketCounter(keep=0)
     floor_counter = PacketCounter(keep=0)
-    starts: dict[str, dict[str, list[int]]] = {}
-    served = {side: {"floor": 0, "monitored": 0, "errors": 0} for side in sides}
-    failure = None
     try:
         with tempfile.TemporaryDirectory() as root:
             servers = {}
+            stopped = None
             try:
                 for side, sources in sides.items():
-                    app_dir = Path(root, side)
-                    app_dir.mkdir()
                     servers[side] = hello_server(
-                        app_dir, counter, floor_counter, worker_class, workers, threads, sources
+                        Path(root, side),
+                        counter,
+                        floor_counter,
+                        worker_class,
+                        workers,
+                        threads,
+                        sources,
                     )
                 for side, server in servers.items():
                     try:
                         server.wait_ready()
                     except RuntimeError as error:
                         raise RuntimeError(f"the {side} server ({sides[side]}): {error}") from error
-                # Not counted: workers booted, code paths hot (and a record of each
-                # path written, as app_cpu wants).
-                expected = 0  # monitored requests: each sends its packet to ``counter``
-                side = "this"
                 try:
-                    for side in sides:
-                        for path in ("/bare", "/floor", "/"):
-                            counts = run_driver(servers[side].port, path, 0.3, connections, False)
-                            expected += counts["ok"] + counts["errors"] if path == "/" else 0
-                    starts = {side: {"bare": [], "floor": [], "monitored": []} for side in sides}
-                    rounds = max(1, round(seconds / (8 * COMPARE_PHASE)))
-                    for r in range(rounds):
-                        for side in ("this", "other") if r % 2 == 0 else ("other", "this"):
-                            for name in ("floor", "monitored", "monitored", "floor"):
-                                starts[side][name].append(time.monotonic_ns())
-                                counts = run_driver(
-                                    servers[side].port,
-                                    "/floor" if name == "floor" else "/",
-                                    COMPARE_PHASE,
-                                    connections,
-                                    False,
-                                )
-                                served[side][name] += counts["ok"]
-                                served[side]["errors"] += counts["errors"]
-                                if name == "monitored":
-                                    expected += counts["ok"] + counts["errors"]
-                except (RuntimeError, subprocess.TimeoutExpired) as error:
-                    failure = side, error
-                received = counter.wait_for(expected) if failure is None else 0
+                    run = _alternate(servers, seconds, connections)
+                    received = counter.wait_for(run["expected"])
+                except _ServerStopped as error:
+                    stopped = error
             finally:
                 outputs = {side: server.stop() for side, server in servers.items()}
-            if failure is not None:
-                side, error = failure
+            if stopped is not None:
                 raise RuntimeError(
-                    f"the {side} server ({sides[side]}) stopped answering: {error}\n"
-                    f"its output:\n{outputs[side][-3000:]}"
-                ) from error
+                    f"the {stopped.side} server ({sides[stopped.side]}) stopped answering:"
+                    f" {stopped.__cause__}\nits output:\n{outputs[stopped.side][-3000:]}"
+                ) from stopped.__cause__
             figures: dict = {
                 "worker_class": worker_class,
                 "workers": workers,
                 "sides": {},
-                "packets": (received, expected),
+                "packets": (received, run["expected"]),
             }
             for side, sources in sides.items():
-                phases = {name: {"phase_starts": found} for name, found in starts[side].items()}
+                phases = {
+                    name: {"phase_starts": found} for name, found in run["starts"][side].items()
+                }
                 pynba_file, compiled = _pynba_of(Path(root, side, "cpu"))
                 if not Path(pynba_file).is_relative_to(sources):
                     raise RuntimeError(
@@ -784,7 +764,7 @@ def compare(
                     "sources": str(sources),
                     "pynba": pynba_file,
                     "compiled": compiled,
-                    "served": served[side],
+                    "served": run["served"][side],
                     "app_cpu": app_cpu(Path(root, side, "cpu"), phases),
                     "server_output": outputs[side],
                 }
@@ -796,11 +776,52 @@ def compare(
         for side in sides
     )
     # Only when each round has both sides' figure (app_cpu leaves out a round without one).
-    rounds_found = len(this) == len(other) == len(starts["this"]["floor"]) // 2
+    rounds_found = len(this) == len(other) == run["rounds"]
     figures["this_less_other_rounds"] = (
         [a - b for a, b in zip(this, other, strict=True)] if rounds_found else []
     )
     return figures
+
+
+class _ServerStopped(Exception):
+    """A server of ``compare`` stopped answering (the driver's error is the cause)."""
+
+    def __init__(self, side: str) -> None:
+        super().__init__(side)
+        self.side = side
+
+
+def _alternate(servers: dict[str, Gunicorn], seconds: float, connections: int) -> dict:
+    """Drive ``compare``'s servers in turn: each phase's start, each side's counts, by path.
+
+    Also the packets the monitored requests sent (``expected``), the warm-up's
+    included, and the number of rounds.
+    """
+    expected = 0
+    side = "this"
+    try:
+        # Not counted: workers booted, code paths hot (and a record of each
+        # path written, as app_cpu wants).
+        for side in servers:
+            for path in ("/bare", "/floor", "/"):
+                counts = run_driver(servers[side].port, path, 0.3, connections, False)
+                expected += counts["ok"] + counts["errors"] if path == "/" else 0
+        starts = {name: {"bare": [], "floor": [], "monitored": []} for name in servers}
+        served = {name: {"floor": 0, "monitored": 0, "errors": 0} for name in servers}
+        rounds = max(1, round(seconds / (8 * COMPARE_PHASE)))
+        for r in range(rounds):
+            for side in ("this", "other") if r % 2 == 0 else ("other", "this"):
+                for name in ("floor", "monitored", "monitored", "floor"):
+                    starts[side][name].append(time.monotonic_ns())
+                    path = "/floor" if name == "floor" else "/"
+                    counts = run_driver(servers[side].port, path, COMPARE_PHASE, connections, False)
+                    served[side][name] += counts["ok"]
+                    served[side]["errors"] += counts["errors"]
+                    if name == "monitored":  # each sends its packet to the counter
+                        expected += counts["ok"] + counts["errors"]
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        raise _ServerStopped(side) from error
+    return {"starts": starts, "served": served, "expected": expected, "rounds": rounds}
 
 
 def _pynba_of(cpu_dir: Path) -> tuple[str, str]:
@@ -837,13 +858,9 @@ def describe_comparison(figures: dict) -> str:
 
 
 def _mean_and_error(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = sum(values) / len(values)
     if len(values) < 2:
-        return f"{mean:.2f}"
-    spread = sum((value - mean) ** 2 for value in values) / (len(values) - 1)
-    return f"{mean:.2f} ± {(spread / len(values)) ** 0.5:.2f}"
+        return f"{values[0]:.2f}" if values else "-"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) / len(values) ** 0.5:.2f}"
 
 
 def measure_php(php: str, seconds: float = 3.0, workers: int = 2, connections: int = 16) -> dict:
