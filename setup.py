@@ -289,6 +289,8 @@ setup(
             "wire/*.pyx",
             "wire/*.pyi",
             "instrumentation/*.pxd",
+            "instrumentation/*.pyx",
+            "instrumentation/*.pyi",
         ]
     },
     ext_modules=extensions(),

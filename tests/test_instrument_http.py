@@ -184,9 +184,11 @@ def test_httpx_send_keeps_its_own_keywords_and_defaults(udp_listener, instrument
         )
         check_send_keywords(plain, streamed)
         streamed.close()
-        with pytest.raises(TypeError, match="unknown"):  # refused before a request: untimed
+        with pytest.raises(TypeError, match="unknown"):  # refused before a request
             client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
-    check_one_redirect_and_one_followed(receive(udp_listener), host)
+    # The hook hands the call on as it came: the refused one is timed, as a
+    # call that raised.
+    check_one_redirect_and_one_followed(receive(udp_listener), host, refused=True)
 
 
 def test_httpx_async_send_keeps_its_own_keywords_and_defaults(
@@ -206,7 +208,8 @@ def test_httpx_async_send_keeps_its_own_keywords_and_defaults(
             )
             check_send_keywords(plain, streamed)
             await streamed.aclose()
-            with pytest.raises(TypeError, match="unknown"):  # untimed, as above
+            # Refused by the hook's own parameters (a coroutine function's), untimed.
+            with pytest.raises(TypeError, match="unknown"):
                 await client.send(client.build_request("GET", f"{base}/status/200"), unknown=1)
 
     with monitored_request(udp_listener):
@@ -225,16 +228,17 @@ def check_send_keywords(plain, streamed):
     assert not streamed.is_closed
 
 
-def check_one_redirect_and_one_followed(packet, host):
+def check_one_redirect_and_one_followed(packet, host, refused=False):
     timers = http_timers(packet)
-    assert timers.keys() == {tags("get", host, "2xx"), tags("get", host, "3xx")}
+    refused_timers = {tags("get", host, "error")} if refused else set()
+    assert timers.keys() == {tags("get", host, "2xx"), tags("get", host, "3xx"), *refused_timers}
     assert timers[tags("get", host, "2xx")][1] == timers[tags("get", host, "3xx")][1] == 1
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_an_httpx_send_of_other_keywords_passes_them_on_as_they_came(asynchronous, udp_listener):
-    # An httpx whose Client.send takes other keywords gets the hook that
-    # passes on any keywords (**kwargs).
+    # An httpx whose Client.send takes other keywords: the hooks pass on
+    # what they are given (the async one, by **kwargs).
     from pynba.instrumentation import httpx as hooks
 
     calls = []
@@ -303,8 +307,7 @@ def send_of_a_required_keyword(
 def test_an_httpx_send_of_httpx_keywords_and_more_gets_all_it_is_given(
     send, args, keywords, expected
 ):
-    # Only a send of httpx's parameters and no others gets the hook of named
-    # keywords; any other gets the one that passes on any keywords.
+    # Whatever send's parameters, the hook hands on all it is given.
     from pynba.instrumentation import httpx as hooks
 
     request = httpx.Request("GET", "http://h.example/")
@@ -493,12 +496,7 @@ def test_a_pool_managers_redirect_is_a_timer_per_request_each_of_its_host(
 def test_a_urllib3_pool_call_keeps_its_own_parameters_and_defaults(
     udp_listener, instrumented, host
 ):
-    from pynba.instrumentation import urllib3 as hooks
-
     instrumented("urllib3")
-    urlopen = urllib3.HTTPConnectionPool.urlopen
-    # This urllib3's urlopen gets the hook of named parameters.
-    assert hooks._known_defaults(urlopen.__wrapped__) == urlopen.__wrapped__.__defaults__
     port = int(host.rsplit(":", 1)[1])
     with monitored_request(udp_listener):
         with urllib3.HTTPConnectionPool("127.0.0.1", port) as pool:
@@ -518,12 +516,13 @@ def test_a_urllib3_pool_call_keeps_its_own_parameters_and_defaults(
             assert (streamed.status, streamed.read()) == (201, b"201 PUT")
             streamed.release_conn()
             with pytest.raises(TypeError):
-                pool.urlopen("GET")  # as without pynba: no URL
+                pool.urlopen("GET")  # as without pynba: no URL (a call that raised)
     timers = http_timers(receive(udp_listener))
     assert {name: hits for name, (_, hits) in timers.items()} == {
         tags("get", host, "2xx"): 1,
         tags("get", host, "3xx"): 1,
         tags("put", host, "2xx"): 1,
+        tags("get", host, "error"): 1,
     }
 
 
@@ -573,11 +572,9 @@ def urlopen_of_another_hook(*args, **kwargs):
 def test_a_urlopen_of_other_parameters_gets_all_it_is_given(
     urlopen, args, keywords, given, udp_listener
 ):
-    # Only a urlopen of urllib3's parameters and no others gets the hook of
-    # named parameters; any other gets the one that passes on what it is given.
+    # The hook hands on what it is given, whatever urlopen's parameters.
     from pynba.instrumentation import urllib3 as hooks
 
-    assert hooks._known_defaults(urlopen) is None
     hooked = hooks._pool_hook(urlopen)
     assert hooked(Pool(), *args, **keywords).given == given  # outside a request
     with monitored_request(udp_listener):
@@ -911,9 +908,9 @@ def test_a_calls_tags_are_checked_once_made_and_a_bad_one_never_timed(bad, udp_l
     }
 
 
-def test_an_httpx_send_wrapped_with_wrapt_gets_the_hook_of_any_keywords(udp_listener):
+def test_an_httpx_send_wrapped_with_wrapt_gets_the_call_as_it_came(udp_listener):
     # A wrapt wrapper shows httpx's __code__ and __kwdefaults__ but takes
-    # (*args, **kwargs): it gets the hook that passes on what it is given.
+    # (*args, **kwargs): the hook hands on what it is given, and no more.
     wrapt = pytest.importorskip("wrapt")
     from pynba.instrumentation import httpx as hooks
 
@@ -925,7 +922,6 @@ def test_an_httpx_send_wrapped_with_wrapt_gets_the_hook_of_any_keywords(udp_list
 
     wrapped = wrapt.FunctionWrapper(httpx.Client.send, record)
     assert wrapped.__code__ is httpx.Client.send.__code__  # what a check of __code__ would see
-    assert hooks._known_defaults(wrapped) is None
     request = httpx.Request("GET", "http://h.example/")
     with monitored_request(udp_listener):
         assert hooks._sync_hook(wrapped)("client", request, stream=True).status_code == 200

@@ -133,6 +133,7 @@ def test_every_compiled_module_runs_compiled_when_built():
             "tags",
             "timer",
             "wsgi",
+            "instrumentation._call_hook",
             "instrumentation._hooks",
             "instrumentation._http_client",
             "instrumentation.opentelemetry",

@@ -16,8 +16,10 @@ import sys
 #: that source under ``PYNBA_PURE_PYTHON=1``. The others exist only compiled
 #: (.pyx): the encoder (its pure twin is ``wire.fallback``), getrusage (twin:
 #: ``rusage``), the encoder's reader of compiled Timers, ``pynba.timer``'s
-#: C fast path, and the methods of compiled classes that check their ``self``
-#: (``_self_types``; see their docstrings).
+#: C fast path, the methods of compiled classes that check their ``self``
+#: (``_self_types``), and the hook that hands a call on as it came
+#: (``instrumentation._call_hook``, twin: ``_hooks.timed_calls``); see their
+#: docstrings.
 COMPILED_MODULES = (
     "wire._encoder",
     "_rusage",
@@ -30,6 +32,7 @@ COMPILED_MODULES = (
     "_timer_fields",
     "_timer_call",
     "_self_types",
+    "instrumentation._call_hook",
     "instrumentation._hooks",
     "instrumentation._http_client",
     "instrumentation.urllib3",

@@ -37,6 +37,7 @@ __all__ = [
     "PynbaProxy",
     "UnboundTimer",
     "activate",
+    "collector_variable",
     "current_collector",
     "deactivate",
     "pynba",
@@ -53,6 +54,11 @@ _current: ContextVar[Collector | None] = contextvars.ContextVar("pynba_collector
 def current_collector() -> Collector | None:
     """The collector of the request running in this context, or None."""
     return ContextVar.get(_current)
+
+
+def collector_variable() -> ContextVar[Collector | None]:
+    """The context variable ``current_collector()`` reads, for C code that reads it itself."""
+    return _current
 
 
 def activate(collector: Collector) -> Token[Collector | None]:

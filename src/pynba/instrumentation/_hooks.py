@@ -20,11 +20,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from time import perf_counter
 from types import FunctionType
 from typing import Any
 
+from .._implementation import pure_python_forced
 from ..collector import RequestCollector
-from ..context import current_collector
+from ..context import collector_variable, current_collector
 from ..errors import internal_error
 from ..tags import TagValue, check_split_tags
 from ..timer import NoopTimer, Timer
@@ -39,6 +41,7 @@ __all__ = [
     "start_timer",
     "stop_timer",
     "takes_exactly",
+    "timed_calls",
 ]
 
 #: The ``op`` tag of a database timer: a statement's verb, or ``other``.
@@ -99,6 +102,104 @@ def stop_timer(timer: Timer | NoopTimer | None, hit_count: int = 1) -> None:
             timer.add(0.0, hit_count - 1)
     except Exception:
         internal_error("cannot stop an automatic timer", False)
+
+
+#: Where ``timed_calls``' callbacks find an argument of the call: its position, else its keyword.
+Pick = tuple[int, str]
+_MAX_POSITION = 255  # as _call_hook's
+_MAX_PICKS = 3
+
+
+def timed_calls(
+    wrapped: Callable[..., Any],
+    enter: Callable[[Any], object],
+    done: Callable[..., object],
+    failed: Callable[..., object],
+    picks: tuple[Pick, ...],
+) -> Callable[..., Any]:
+    """A hook of ``wrapped`` that times its calls made inside a monitored request.
+
+    Each call is passed on to ``wrapped`` as it came. Inside a request, when
+    ``enter(collector)`` says to time it, the arguments at ``picks`` are
+    read first (None where the call has none), then the call is timed:
+    ``done(collector, seconds, *picked, result)`` gets it when it returns,
+    ``failed(collector, seconds, *picked)`` when it raises (the exception
+    goes on). An error in a callback is pynba's own (``internal_error``).
+    ``enter`` may mark the call (a flag for the calls it makes); ``done``
+    and ``failed`` then unmark it.
+
+    Compiled, the hook is a C object that hands the call on without
+    binding its arguments (``_call_hook``); this function is its twin.
+    """
+    if type(picks) is not tuple:
+        raise TypeError(f"picks must be a tuple of (position, keyword) tuples, not {picks!r}")
+    if len(picks) > _MAX_PICKS:
+        raise TypeError(f"at most {_MAX_PICKS} picks, not {len(picks)}")
+    for pick in picks:
+        if not (
+            type(pick) is tuple
+            and len(pick) == 2
+            and type(pick[0]) is int
+            and 0 <= pick[0] <= _MAX_POSITION
+            and type(pick[1]) is str
+        ):
+            raise TypeError(f"each of picks must be a (position, keyword) tuple, not {pick!r}")
+    for name, callback in (
+        ("wrapped", wrapped),
+        ("enter", enter),
+        ("done", done),
+        ("failed", failed),
+    ):
+        if not callable(callback):
+            raise TypeError(f"{name} must be callable, not {callback!r}")
+    if _c_call_hook is not None:
+        return _c_call_hook(wrapped, collector_variable(), enter, done, failed, picks)
+
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        collector = current_collector()
+        if collector is None:
+            return wrapped(*args, **kwargs)
+        try:
+            timed = enter(collector)
+        except Exception:
+            internal_error("cannot start an automatic timer", False)
+            timed = False
+        if not timed:
+            return wrapped(*args, **kwargs)
+        picked = [_argument(args, kwargs, pick) for pick in picks]
+        start = perf_counter()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException:
+            seconds = perf_counter() - start
+            try:
+                failed(collector, seconds, *picked)
+            except Exception:
+                internal_error("cannot record an automatic timer", False)
+            raise
+        seconds = perf_counter() - start
+        try:
+            done(collector, seconds, *picked, result)
+        except Exception:
+            internal_error("cannot record an automatic timer", False)
+        return result
+
+    return hook
+
+
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], pick: Pick) -> Any:
+    position, keyword = pick
+    if position < len(args):
+        return args[position]
+    return kwargs.get(keyword)
+
+
+_c_call_hook: Callable[..., Any] | None = None
+if not pure_python_forced():
+    try:
+        from ._call_hook import call_hook as _c_call_hook
+    except ImportError:  # not built: the Python function serves
+        pass
 
 
 def sql_verb(statement: Any) -> str:

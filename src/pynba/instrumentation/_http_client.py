@@ -47,7 +47,10 @@ __all__ = [
     "NAMES",
     "CallTimers",
     "add_failed_timer",
+    "enter_enabled",
+    "enter_outermost",
     "host_tag",
+    "leave_outermost",
     "method_op",
     "origin",
     "origin_host",
@@ -74,6 +77,31 @@ class _CallState(threading.local):
 #: The hooks of requests and urllib3 read and set it in the thread's own dict
 #: (``IN_CALL.__dict__``): three attribute accesses of a thread-local cost twice as much.
 IN_CALL = _CallState()
+
+
+def enter_outermost(collector: Any) -> bool:
+    """``timed_calls``' ``enter`` for a call that another timed call makes untimed (``IN_CALL``).
+
+    Marks the call; its ``done`` and ``failed`` call ``leave_outermost()``.
+    """
+    if not collector.enabled:
+        return False
+    in_call = IN_CALL.__dict__  # this thread's
+    if in_call.get("active"):  # a retry or redirect of the call timed, or urllib3 under requests
+        return False
+    in_call["active"] = True
+    return True
+
+
+def leave_outermost() -> None:
+    """Unmark the call ``enter_outermost`` marked."""
+    IN_CALL.__dict__["active"] = False
+
+
+def enter_enabled(collector: Any) -> bool:
+    """``timed_calls``' ``enter`` for a call timed in every enabled request."""
+    return bool(collector.enabled)
+
 
 #: The values of ``NAMES`` for a key (see ``values``).
 ValuesOf = Callable[[Any], tuple[str, ...]]

@@ -10,16 +10,15 @@ requests call stays one timer. Tags: see ``_http_client``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import perf_counter
 from typing import Any
 
-from ..context import current_collector
-from ._hooks import Patches
+from ._hooks import Patches, timed_calls
 from ._http_client import (
     ERROR,
-    IN_CALL,
     CallTimers,
     add_failed_timer,
+    enter_outermost,
+    leave_outermost,
     origin_host,
     origin_values,
     values,
@@ -32,33 +31,16 @@ _timers = CallTimers(origin_values)
 
 
 def _hook(send: Callable[..., Any]) -> Callable[..., Any]:
-    # Session.send's own parameters: the request is at hand, and the
-    # keywords go on as they came.
-    def timed_send(self: Any, request: Any, **kwargs: Any) -> Any:
-        collector = current_collector()
-        if collector is None or not collector.enabled:
-            return send(self, request, **kwargs)
-        in_call = IN_CALL.__dict__  # this thread's
-        if in_call.get("active"):
-            return send(self, request, **kwargs)
-        in_call["active"] = True
-        start = perf_counter()
-        try:
-            response = send(self, request, **kwargs)
-        except BaseException:
-            seconds = perf_counter() - start
-            in_call["active"] = False
-            _add_failed(collector, seconds, request)
-            raise
-        seconds = perf_counter() - start
-        in_call["active"] = False
-        _timers.add_origin(collector, seconds, request.method, request.url, response.status_code)
-        return response
-
-    return timed_send
+    return timed_calls(send, enter_outermost, _done, _failed, ((1, "request"),))
 
 
-def _add_failed(collector: Any, seconds: float, request: Any) -> None:
+def _done(collector: Any, seconds: float, request: Any, response: Any) -> None:
+    leave_outermost()
+    _timers.add_origin(collector, seconds, request.method, request.url, response.status_code)
+
+
+def _failed(collector: Any, seconds: float, request: Any) -> None:
+    leave_outermost()
     add_failed_timer(
         collector, seconds, lambda: values(request.method, origin_host(request.url), ERROR)
     )

@@ -13,18 +13,18 @@ read later (``preload_content=False``) is timed to its headers. Tags: see
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import perf_counter
 from typing import Any
 
-from ..context import current_collector
 from ..errors import internal_error
-from ._hooks import Patches, takes_exactly
+from ._hooks import Patches, timed_calls
 from ._http_client import (
     ERROR,
     IN_CALL,
     CallTimers,
     add_failed_timer,
+    enter_outermost,
     host_tag,
+    leave_outermost,
     origin_host,
     origin_values,
     status_class,
@@ -62,130 +62,24 @@ _pool_timers = CallTimers(_pool_values)
 _url_timers = CallTimers(origin_values)
 
 
-# HTTPConnectionPool.urlopen's parameters after (self, method, url), as
-# urllib3 2 has them. A hook that takes them by name passes them on in one
-# plain call: a PoolManager calls its pools with keywords (conn.urlopen(...,
-# **kw)), and a hook of (*args, **kw) packs them into a dict and unpacks
-# them again: 7,000 instructions of its own on a PoolManager call, where
-# this one's are about 4,000, its timer included. A urlopen of other parameters
-# (another urllib3, another library's hook put there first) gets the
-# (*args, **kw) hook.
-_PARAMETERS = (
-    "body",
-    "headers",
-    "retries",
-    "redirect",
-    "assert_same_host",
-    "timeout",
-    "pool_timeout",
-    "release_conn",
-    "chunked",
-    "body_pos",
-    "preload_content",
-    "decode_content",
-)
-
-
-def _known_defaults(urlopen: Callable[..., Any]) -> tuple[Any, ...] | None:
-    """The defaults of ``_PARAMETERS`` when ``urlopen`` takes them after (self, method, url)."""
-    if not takes_exactly(urlopen, ("self", "method", "url", *_PARAMETERS), var_keyword=True):
-        return None
-    defaults = urlopen.__defaults__
-    return defaults if isinstance(defaults, tuple) and len(defaults) == len(_PARAMETERS) else None
-
-
 def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
-    defaults = _known_defaults(urlopen)  # urllib3's own, as they are
-    if defaults is None:
-        return _pool_hook_any(urlopen)
-
-    def timed_urlopen(
-        self: Any,
-        method: Any,
-        url: Any,
-        body: Any = defaults[0],
-        headers: Any = defaults[1],
-        retries: Any = defaults[2],
-        redirect: Any = defaults[3],
-        assert_same_host: Any = defaults[4],
-        timeout: Any = defaults[5],
-        pool_timeout: Any = defaults[6],
-        release_conn: Any = defaults[7],
-        chunked: Any = defaults[8],
-        body_pos: Any = defaults[9],
-        preload_content: Any = defaults[10],
-        decode_content: Any = defaults[11],
-        **response_kw: Any,
-    ) -> Any:
-        collector = current_collector()
-        if collector is not None and collector.enabled:
-            in_call = IN_CALL.__dict__  # this thread's
-            # Active: a retry or redirect of the pool's own, or a call under
-            # a requests call, timed there.
-            if not in_call.get("active"):
-                in_call["active"] = True
-                start = perf_counter()
-                try:
-                    response = urlopen(
-                        self, method, url, body, headers, retries, redirect, assert_same_host,
-                        timeout, pool_timeout, release_conn, chunked, body_pos, preload_content,
-                        decode_content, **response_kw,
-                    )  # fmt: skip
-                except BaseException:
-                    seconds = perf_counter() - start
-                    in_call["active"] = False
-                    _add_failed(collector, seconds, self, method, url)
-                    raise
-                seconds = perf_counter() - start
-                in_call["active"] = False
-                _add(collector, seconds, self, method, url, response)
-                return response
-        return urlopen(
-            self, method, url, body, headers, retries, redirect, assert_same_host, timeout,
-            pool_timeout, release_conn, chunked, body_pos, preload_content, decode_content,
-            **response_kw,
-        )  # fmt: skip
-
-    return timed_urlopen
+    return timed_calls(urlopen, enter_outermost, _done, _failed, _PICKS)
 
 
-def _pool_hook_any(urlopen: Callable[..., Any]) -> Callable[..., Any]:
-    def timed_urlopen(*args: Any, **kw: Any) -> Any:
-        collector = current_collector()
-        if collector is None or not collector.enabled:
-            return urlopen(*args, **kw)
-        in_call = IN_CALL.__dict__  # this thread's
-        if in_call.get("active"):  # a retry or redirect of the pool's own, or under requests
-            return urlopen(*args, **kw)
-        in_call["active"] = True
-        start = perf_counter()
-        try:
-            response = urlopen(*args, **kw)
-        except BaseException:
-            seconds = perf_counter() - start
-            in_call["active"] = False
-            _add_failed_any(collector, seconds, args, kw)
-            raise
-        seconds = perf_counter() - start
-        in_call["active"] = False
-        try:
-            pool, method, url = _call_of(args, kw)
-        except Exception:
-            internal_error("cannot tag an HTTP call's timer", False)
-        else:
-            _add(collector, seconds, pool, method, url, response)
-        return response
-
-    return timed_urlopen
+# Where the hook finds, in the arguments of HTTPConnectionPool.urlopen, what
+# a call's tags are made of: a PoolManager passes the method and the URL by
+# position, requests' adapter by keyword.
+_PICKS = ((0, "self"), (1, "method"), (2, "url"))
 
 
-def _call_of(args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """The pool, the method and the URL of a call of urlopen(*args, **kw)."""
-    return (
-        args[0],
-        args[1] if len(args) > 1 else kw["method"],
-        args[2] if len(args) > 2 else kw["url"],
-    )
+def _done(collector: Any, seconds: float, pool: Any, method: Any, url: Any, response: Any) -> None:
+    IN_CALL.__dict__["active"] = False  # leave_outermost(), inline: a call less
+    _add(collector, seconds, pool, method, url, response)
+
+
+def _failed(collector: Any, seconds: float, pool: Any, method: Any, url: Any) -> None:
+    leave_outermost()
+    add_failed_timer(collector, seconds, lambda: _failed_values(pool, method, url))
 
 
 def _add(collector: Any, seconds: float, pool: Any, method: Any, url: Any, response: Any) -> None:
@@ -199,18 +93,6 @@ def _add(collector: Any, seconds: float, pool: Any, method: Any, url: Any, respo
             )
     except Exception:
         internal_error("cannot tag an HTTP call's timer", False)
-
-
-# The hooks call these on failure, not lambdas of their own: compiled, a
-# lambda in a hook makes its locals a closure, allocated on every call.
-def _add_failed(collector: Any, seconds: float, pool: Any, method: Any, url: Any) -> None:
-    add_failed_timer(collector, seconds, lambda: _failed_values(pool, method, url))
-
-
-def _add_failed_any(
-    collector: Any, seconds: float, args: tuple[Any, ...], kw: dict[str, Any]
-) -> None:
-    add_failed_timer(collector, seconds, lambda: _failed_values(*_call_of(args, kw)))
 
 
 def _failed_values(pool: Any, method: Any, url: Any) -> tuple[str, ...]:

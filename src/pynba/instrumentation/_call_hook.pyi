@@ -1,0 +1,15 @@
+# Types of the compiled twin of _hooks.timed_calls (_call_hook.pyx).
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+MAX_POSITION: int
+
+def call_hook(
+    wrapped: Callable[..., Any],
+    var: ContextVar[Any],
+    enter: Callable[[Any], object],
+    done: Callable[..., object],
+    failed: Callable[..., object],
+    picks: tuple[tuple[int, str], ...],
+) -> Callable[..., Any]: ...

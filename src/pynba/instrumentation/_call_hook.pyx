@@ -1,0 +1,291 @@
+# cython: language_level=3
+"""``_hooks.timed_calls`` as a C object: a hook that passes each call on as it came.
+
+A hook written in Python takes the arguments of the call it wraps and
+passes them on again: for urllib3's ``urlopen``, called with keywords by a
+``PoolManager``, binding its 15 parameters twice cost about 1.2 us a call,
+inside a request or out. This hook is a method descriptor with a vectorcall
+slot: a call reaches it with its arguments as the caller laid them out
+(``pool.urlopen(...)`` makes no bound method), and it hands them on
+untouched to the function it wraps. Outside a monitored request that is all
+it does, after one read of the context variable. Inside one it does what
+``_hooks.timed_calls``' Python function does, in the same order, with the
+same callbacks: the two give the same timers and raise the same errors.
+"""
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+cimport cpython.time as time
+
+
+cdef extern from *:
+    """
+    typedef struct {
+        PyObject_HEAD
+        vectorcallfunc vectorcall;
+        PyObject *wrapped;   /* the function the hook stands in for */
+        PyObject *var;       /* the context variable of the current request */
+        PyObject *enter;     /* enter(collector): whether to time this call */
+        PyObject *done;      /* done(collector, seconds, *picked, result) */
+        PyObject *failed;    /* failed(collector, seconds, *picked) */
+        PyObject *picks;     /* a tuple of (position, keyword) pairs, read into: */
+        Py_ssize_t npicks;
+        Py_ssize_t positions[3];
+        PyObject *keywords[3];  /* borrowed from picks */
+        PyObject *dict;      /* __dict__: functools.wraps sets __wrapped__, __name__... */
+        PyObject *weakrefs;
+    } pynba_CallHook;
+
+    /* The hook's call, written in Cython below; set when the module starts. */
+    static PyObject *(*pynba_hook_call)(
+        pynba_CallHook *, PyObject *const *, size_t, PyObject *) = NULL;
+
+    static void pynba_set_hook_call(void *call) {
+        pynba_hook_call =
+            (PyObject *(*)(pynba_CallHook *, PyObject *const *, size_t, PyObject *))call;
+    }
+
+    static PyObject *pynba_hook_vectorcall(
+        PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
+    ) {
+        return pynba_hook_call((pynba_CallHook *)self, args, nargsf, kwnames);
+    }
+
+    static int pynba_hook_traverse(PyObject *self, visitproc visit, void *arg) {
+        pynba_CallHook *hook = (pynba_CallHook *)self;
+        Py_VISIT(hook->wrapped);
+        Py_VISIT(hook->var);
+        Py_VISIT(hook->enter);
+        Py_VISIT(hook->done);
+        Py_VISIT(hook->failed);
+        Py_VISIT(hook->picks);
+        Py_VISIT(hook->dict);
+        return 0;
+    }
+
+    static int pynba_hook_clear(PyObject *self) {
+        pynba_CallHook *hook = (pynba_CallHook *)self;
+        Py_CLEAR(hook->wrapped);
+        Py_CLEAR(hook->var);
+        Py_CLEAR(hook->enter);
+        Py_CLEAR(hook->done);
+        Py_CLEAR(hook->failed);
+        Py_CLEAR(hook->picks);
+        Py_CLEAR(hook->dict);
+        return 0;
+    }
+
+    static void pynba_hook_dealloc(PyObject *self) {
+        PyObject_GC_UnTrack(self);
+        if (((pynba_CallHook *)self)->weakrefs != NULL) PyObject_ClearWeakRefs(self);
+        pynba_hook_clear(self);
+        PyObject_GC_Del(self);
+    }
+
+    /* As a function's: bound to an instance, a method; from its class, itself. */
+    static PyObject *pynba_hook_get(PyObject *self, PyObject *instance, PyObject *owner) {
+        if (instance == NULL || instance == Py_None) {
+            Py_INCREF(self);
+            return self;
+        }
+        return PyMethod_New(self, instance);
+    }
+
+    static PyObject *pynba_hook_repr(PyObject *self) {
+        PyObject *wrapped = ((pynba_CallHook *)self)->wrapped;
+        if (wrapped == NULL) return PyUnicode_FromString("<pynba hook, cleared>");
+        return PyUnicode_FromFormat("<pynba hook of %R>", wrapped);
+    }
+
+    static PyGetSetDef pynba_hook_getset[] = {
+        {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+        {NULL, NULL, NULL, NULL, NULL}
+    };
+
+    static PyTypeObject pynba_CallHookType = {
+        PyVarObject_HEAD_INIT(NULL, 0)
+        .tp_name = "pynba.call_hook",
+        .tp_doc = "A pynba hook: the function it wraps, timed inside a monitored request.",
+        .tp_basicsize = sizeof(pynba_CallHook),
+        .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                    | Py_TPFLAGS_METHOD_DESCRIPTOR,
+        .tp_vectorcall_offset = offsetof(pynba_CallHook, vectorcall),
+        .tp_dictoffset = offsetof(pynba_CallHook, dict),
+        .tp_weaklistoffset = offsetof(pynba_CallHook, weakrefs),
+        .tp_dealloc = pynba_hook_dealloc,
+        .tp_traverse = pynba_hook_traverse,
+        .tp_clear = pynba_hook_clear,
+        .tp_call = PyVectorcall_Call,
+        .tp_descr_get = pynba_hook_get,
+        .tp_repr = pynba_hook_repr,
+        .tp_getset = pynba_hook_getset,
+    };
+
+    /* A new hook (the references are its own), or NULL with an exception set. */
+    static PyObject *pynba_new_hook(
+        PyObject *wrapped, PyObject *var, PyObject *enter, PyObject *done, PyObject *failed,
+        PyObject *picks
+    ) {
+        pynba_CallHook *hook;
+        if (PyType_Ready(&pynba_CallHookType) < 0) return NULL;
+        hook = PyObject_GC_New(pynba_CallHook, &pynba_CallHookType);
+        if (hook == NULL) return NULL;
+        hook->vectorcall = pynba_hook_vectorcall;
+        Py_INCREF(wrapped);
+        hook->wrapped = wrapped;
+        Py_INCREF(var);
+        hook->var = var;
+        Py_INCREF(enter);
+        hook->enter = enter;
+        Py_INCREF(done);
+        hook->done = done;
+        Py_INCREF(failed);
+        hook->failed = failed;
+        Py_INCREF(picks);
+        hook->picks = picks;
+        hook->npicks = 0;
+        hook->dict = NULL;
+        hook->weakrefs = NULL;
+        PyObject_GC_Track((PyObject *)hook);
+        return (PyObject *)hook;
+    }
+    """
+    ctypedef struct pynba_CallHook:
+        PyObject* wrapped
+        PyObject* var
+        PyObject* enter
+        PyObject* done
+        PyObject* failed
+        PyObject* picks
+        Py_ssize_t npicks
+        Py_ssize_t positions[3]
+        PyObject* keywords[3]
+    void pynba_set_hook_call(void* call)
+    object pynba_new_hook(
+        object wrapped, object var, object enter, object done, object failed, object picks
+    )
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
+    int PyContextVar_Get(object var, PyObject* default_value, PyObject** value) except -1
+
+
+from pynba.errors import internal_error
+
+#: The largest position a pick may name.
+MAX_POSITION = 255
+#: The most picks a hook may have.
+MAX_PICKS = 3
+
+
+cdef object _argument(
+    PyObject** args, Py_ssize_t nargs, PyObject* kwnames, Py_ssize_t position, PyObject* keyword
+):
+    """The argument of a call at ``position``, else of ``keyword``; None when it has none."""
+    cdef Py_ssize_t i, count
+    if position < nargs:
+        return <object>args[position]
+    if kwnames is not NULL:
+        count = PyTuple_GET_SIZE(<object>kwnames)
+        for i in range(count):
+            if PyTuple_GET_ITEM(<object>kwnames, i) == keyword:  # the caller's constant, mostly
+                return <object>args[nargs + i]
+        for i in range(count):
+            if <object>PyTuple_GET_ITEM(<object>kwnames, i) == <object>keyword:
+                return <object>args[nargs + i]
+    return None
+
+
+cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
+    cdef PyObject* current = NULL
+    cdef PyObject* stack[6]
+    cdef Py_ssize_t nargs, npicks, i
+    cdef double start
+    cdef object wrapped, seconds
+    if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
+        raise ReferenceError("this pynba hook was cleared")
+    wrapped = <object>hook.wrapped  # a reference of our own through the call
+    PyContextVar_Get(<object>hook.var, NULL, &current)
+    if current is NULL:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    collector = <object>current
+    Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
+    if collector is None:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    try:
+        timed = (<object>hook.enter)(collector)
+    except Exception:
+        internal_error("cannot start an automatic timer", False)
+        timed = False
+    if not timed:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+
+    # The arguments the callbacks read, as references of our own, taken
+    # before the call: none of the caller's is borrowed across it.
+    nargs = PyVectorcall_NARGS(nargsf)
+    npicks = hook.npicks
+    first = second = third = None
+    if npicks > 0:
+        first = _argument(args, nargs, kwnames, hook.positions[0], hook.keywords[0])
+    if npicks > 1:
+        second = _argument(args, nargs, kwnames, hook.positions[1], hook.keywords[1])
+    if npicks > 2:
+        third = _argument(args, nargs, kwnames, hook.positions[2], hook.keywords[2])
+    done = <object>hook.done
+    failed = <object>hook.failed
+    start = time.perf_counter()
+    try:
+        result = PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    except BaseException:
+        seconds = time.perf_counter() - start
+        stack[0] = <PyObject*>collector
+        stack[1] = <PyObject*>seconds
+        stack[2] = <PyObject*>first
+        stack[3] = <PyObject*>second
+        stack[4] = <PyObject*>third
+        try:
+            PyObject_Vectorcall(failed, stack, 2 + npicks, NULL)
+        except Exception:
+            internal_error("cannot record an automatic timer", False)
+        raise
+    seconds = time.perf_counter() - start
+    # done(collector, seconds, *picked, result), its arguments laid out as a
+    # vectorcall takes them: held by the locals above through the call.
+    stack[0] = <PyObject*>collector
+    stack[1] = <PyObject*>seconds
+    stack[2] = <PyObject*>first
+    stack[3] = <PyObject*>second
+    stack[4] = <PyObject*>third
+    stack[2 + npicks] = <PyObject*>result
+    try:
+        PyObject_Vectorcall(done, stack, 3 + npicks, NULL)
+    except Exception:
+        internal_error("cannot record an automatic timer", False)
+    return result
+
+
+pynba_set_hook_call(<void*>_call)
+
+
+def call_hook(wrapped, var, enter, done, failed, tuple picks not None):
+    """``_hooks.timed_calls``' hook, for the requests in the context variable ``var``."""
+    cdef Py_ssize_t i
+    cdef pynba_CallHook* fields
+    if len(picks) > MAX_PICKS:
+        raise TypeError(f"at most {MAX_PICKS} picks, not {len(picks)}")
+    for pick in picks:  # checked here too: _call reads them unchecked
+        if not (
+            type(pick) is tuple and len(pick) == 2 and type(pick[0]) is int
+            and 0 <= pick[0] <= MAX_POSITION and type(pick[1]) is str
+        ):
+            raise TypeError(f"each of picks must be a (position, keyword) tuple, not {pick!r}")
+    hook = pynba_new_hook(wrapped, var, enter, done, failed, picks)
+    fields = <pynba_CallHook*>hook
+    for i in range(len(picks)):
+        fields.positions[i] = picks[i][0]
+        fields.keywords[i] = <PyObject*>picks[i][1]  # held by picks, which the hook holds
+    fields.npicks = len(picks)
+    return hook

@@ -1,0 +1,315 @@
+"""``timed_calls``: a hook that hands each call on as it came, timed inside a monitored request.
+
+Compiled, the hook is a C object (``instrumentation/_call_hook.pyx``); in
+the pure-Python build, a Python function. The suite runs against both.
+"""
+
+import gc
+import inspect
+import logging
+import sys
+import time
+import weakref
+
+import pytest
+
+import pynba
+from packets import monitored_request
+from pynba.instrumentation._hooks import Patches, timed_calls
+
+
+class Callbacks:
+    """A hook's ``enter``, ``done`` and ``failed``, recording what they are given."""
+
+    def __init__(self, timed=True, keep=True):
+        self.timed = timed
+        self.keep = keep  # False: count the calls only (keeps no reference)
+        self.entered = []
+        self.done = []
+        self.failed = []
+        self.count = 0
+
+    def enter(self, collector):
+        if self.keep:
+            self.entered.append(collector)
+        return self.timed
+
+    def on_done(self, collector, seconds, *rest):
+        self.count += 1
+        if self.keep:
+            self.done.append((collector, seconds, *rest))
+
+    def on_failed(self, collector, seconds, *rest):
+        self.count += 1
+        if self.keep:
+            self.failed.append((collector, seconds, *rest))
+
+    def hook(self, wrapped, picks=()):
+        return timed_calls(wrapped, self.enter, self.on_done, self.on_failed, picks)
+
+
+def given(*args, **kwargs):
+    return args, kwargs
+
+
+CALLS = [
+    ((), {}),
+    ((1,), {}),
+    ((1, 2), {}),
+    ((1,), {"b": 2}),
+    ((), {"a": 1, "b": 2}),
+    ((), {"b": 2}),
+    ((1, 2, 3, 4), {"x": 5, "y": 6}),
+]
+
+
+def test_the_compiled_build_hands_calls_on_in_c():
+    hook = Callbacks().hook(given)
+    if "instrumentation._call_hook" in pynba.compiled_modules():
+        assert type(hook).__name__ == "call_hook"
+        assert repr(hook) == f"<pynba hook of {given!r}>"
+    else:
+        assert inspect.isfunction(hook)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_outside_a_request_each_call_is_handed_on_as_it_came_and_not_timed(args, kwargs):
+    callbacks = Callbacks()
+    hook = callbacks.hook(given, ((0, "a"), (1, "b")))
+    assert hook(*args, **kwargs) == (args, kwargs)
+    assert callbacks.entered == callbacks.done == callbacks.failed == []
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_inside_a_request_each_call_is_handed_on_and_its_picks_read(args, kwargs, udp_listener):
+    callbacks = Callbacks()
+    hook = callbacks.hook(given, ((0, "a"), (1, "b"), (7, "y")))
+    with monitored_request(udp_listener) as collector:
+        result = hook(*args, **kwargs)
+    assert result == (args, kwargs)
+    assert callbacks.entered == [collector]
+    [(done_collector, seconds, a, b, y, done_result)] = callbacks.done
+    assert done_collector is collector
+    assert type(seconds) is float and 0.0 <= seconds < 1.0
+    expected = [
+        args[position] if position < len(args) else kwargs.get(keyword)
+        for position, keyword in ((0, "a"), (1, "b"), (7, "y"))
+    ]
+    assert [a, b, y] == expected
+    assert done_result is result
+    assert callbacks.failed == []
+
+
+def test_the_seconds_are_those_the_call_took(udp_listener):
+    callbacks = Callbacks()
+    hook = callbacks.hook(time.sleep, ((0, "seconds"),))
+    with monitored_request(udp_listener):
+        hook(0.05)
+    [(_, seconds, picked, result)] = callbacks.done
+    assert (picked, result) == (0.05, None)
+    assert 0.05 <= seconds < 1.0
+
+
+def test_a_call_that_raises_gives_failed_its_picks_and_raises_unchanged(udp_listener):
+    error = LookupError("no such row")
+
+    def fails(a, b=None):
+        time.sleep(0.02)
+        raise error
+
+    callbacks = Callbacks()
+    hook = callbacks.hook(fails, ((0, "a"), (1, "b")))
+    with monitored_request(udp_listener) as collector:
+        with pytest.raises(LookupError) as raised:
+            hook("first", b="second")
+    assert raised.value is error
+    assert raised.traceback[-1].name == "fails"  # the traceback from where it was raised
+    [(failed_collector, seconds, a, b)] = callbacks.failed
+    assert (failed_collector, a, b) == (collector, "first", "second")
+    assert 0.02 <= seconds < 1.0
+    assert callbacks.done == []
+
+
+def test_a_call_enter_refuses_is_handed_on_untimed(udp_listener):
+    callbacks = Callbacks(timed=False)
+    hook = callbacks.hook(given, ((0, "a"),))
+    with monitored_request(udp_listener) as collector:
+        assert hook(1, b=2) == ((1,), {"b": 2})
+    assert callbacks.entered == [collector]
+    assert callbacks.done == callbacks.failed == []
+
+
+def test_a_pick_by_keyword_is_found_under_a_str_subclass(udp_listener):
+    class Name(str):
+        pass
+
+    callbacks = Callbacks()
+    hook = callbacks.hook(given, ((0, "a"),))
+    with monitored_request(udp_listener):
+        hook(**{Name("a"): 1})
+    [(_, _, picked, _)] = callbacks.done
+    assert picked == 1
+
+
+class Owner:
+    def method(self, a, b=2):
+        """The method's own docstring."""
+        return self, a, b
+
+
+def test_a_hook_is_the_method_it_replaces(udp_listener):
+    original = Owner.method
+    callbacks = Callbacks()
+    patches = Patches()
+    patches.replace(Owner, "method", lambda method: callbacks.hook(method, ((0, "self"), (1, "a"))))
+    try:
+        owner = Owner()
+        hooked = vars(Owner)["method"]
+        assert Owner.method is hooked  # from the class, itself, as a function
+        assert hooked.__wrapped__ is original
+        assert (hooked.__name__, hooked.__qualname__) == ("method", "Owner.method")
+        assert hooked.__doc__ == "The method's own docstring."
+        assert inspect.signature(hooked) == inspect.signature(original)
+        bound = owner.method
+        assert bound.__self__ is owner and bound.__func__ is hooked
+        with monitored_request(udp_listener):
+            assert owner.method(1) == (owner, 1, 2)
+            assert Owner.method(owner, 3, b=4) == (owner, 3, 4)
+            assert bound(a=5) == (owner, 5, 2)
+            # Through the descriptor's __get__, as a call of owner.method does not go.
+            assert getattr(owner, "method")(6) == (owner, 6, 2)  # noqa: B009
+        assert [tuple(rest[:2]) for _, _, *rest in callbacks.done] == [
+            (owner, a) for a in (1, 3, 5, 6)
+        ]
+    finally:
+        patches.undo()
+    assert vars(Owner)["method"] is original
+
+
+@pytest.fixture
+def lenient(monkeypatch):
+    monkeypatch.delenv("PYNBA_STRICT", raising=False)
+
+
+def broken(*args):
+    raise RuntimeError("a bug in a hook")
+
+
+def test_a_failing_enter_leaves_the_call_untimed_and_is_logged(lenient, udp_listener, caplog):
+    hook = timed_calls(given, broken, broken, broken, ())
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        with monitored_request(udp_listener):
+            assert hook(1) == ((1,), {})
+    assert "cannot start an automatic timer" in caplog.text
+
+
+def test_a_failing_done_still_returns_the_calls_result(lenient, udp_listener, caplog):
+    hook = timed_calls(given, lambda collector: True, broken, broken, ())
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        with monitored_request(udp_listener):
+            assert hook(1) == ((1,), {})
+    assert "cannot record an automatic timer" in caplog.text
+
+
+def test_a_failing_failed_still_raises_the_calls_error(lenient, udp_listener, caplog):
+    def fails():
+        raise KeyError("the call's own")
+
+    hook = timed_calls(fails, lambda collector: True, broken, broken, ())
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        with monitored_request(udp_listener):
+            with pytest.raises(KeyError, match="the call's own"):
+                hook()
+    assert "cannot record an automatic timer" in caplog.text
+
+
+def test_in_strict_mode_a_failing_callback_raises(udp_listener):
+    hook = timed_calls(given, lambda collector: True, broken, broken, ())
+    with monitored_request(udp_listener):
+        with pytest.raises(RuntimeError, match="a bug in a hook"):
+            hook(1)
+
+
+@pytest.mark.parametrize(
+    ("picks", "message"),
+    [
+        ([(0, "a")], "^picks must be a tuple"),
+        (((0,),), "picks"),
+        (((-1, "a"),), "picks"),
+        (((256, "a"),), "picks"),
+        (((True, "a"),), "picks"),
+        (((0, b"a"),), "picks"),
+        (("a",), "picks"),
+        (((0, "a"), (1, "b"), (2, "c"), (3, "d")), "at most 3 picks"),
+    ],
+)
+def test_bad_picks_are_refused_when_the_hook_is_made(picks, message):
+    with pytest.raises(TypeError, match=message):
+        Callbacks().hook(given, picks)
+
+
+@pytest.mark.parametrize("argument", ["wrapped", "enter", "done", "failed"])
+def test_a_callback_that_cannot_be_called_is_refused_by_name(argument):
+    callbacks = Callbacks()
+    arguments = {
+        "wrapped": given,
+        "enter": callbacks.enter,
+        "done": callbacks.on_done,
+        "failed": callbacks.on_failed,
+    }
+    arguments[argument] = "not callable"
+    with pytest.raises(TypeError, match=f"^{argument} must be callable"):
+        timed_calls(picks=(), **arguments)
+
+
+def test_no_reference_is_kept_or_lost(udp_listener):
+    value, keyword_value, result = object(), object(), object()
+
+    def returns(a, b=None):
+        return result
+
+    def raises(a, b=None):
+        raise ValueError(a)
+
+    callbacks = Callbacks(keep=False)
+    hooks = [callbacks.hook(function, ((0, "a"), (1, "b"))) for function in (returns, raises)]
+    counts = [sys.getrefcount(obj) for obj in (value, keyword_value, result)]
+    for _ in range(2):  # outside a request, then inside one
+        for _ in range(500):
+            hooks[0](value, b=keyword_value)
+            try:
+                hooks[1](value, b=keyword_value)
+            except ValueError:
+                pass
+        with monitored_request(udp_listener):
+            for _ in range(500):
+                hooks[0](value, keyword_value)
+                try:
+                    hooks[1](a=value, b=keyword_value)
+                except ValueError:
+                    pass
+    gc.collect()
+    assert [sys.getrefcount(obj) for obj in (value, keyword_value, result)] == counts
+    assert callbacks.count == 2_000
+
+
+def test_a_hook_in_a_reference_cycle_is_collected():
+    hook = Callbacks().hook(given)
+    hook.__dict__["itself"] = hook
+    gone = weakref.ref(hook)
+    del hook
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(udp_listener):
+    def recurse(depth):
+        return hooked(depth + 1)
+
+    hooked = Callbacks(keep=False).hook(recurse)
+    for _ in range(2):
+        with pytest.raises(RecursionError):
+            hooked(0)
+        with monitored_request(udp_listener):
+            with pytest.raises(RecursionError):
+                hooked(0)
