@@ -313,3 +313,22 @@ def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(udp_
         with monitored_request(udp_listener):
             with pytest.raises(RecursionError):
                 hooked(0)
+
+
+def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(udp_listener):
+    # Each hook wraps the one before: calls from hook to hook with no Python
+    # frame between them, and a chain freed hook by hook.
+    callbacks = Callbacks(keep=False)
+    chain = given
+    for _ in range(200_000):
+        chain = callbacks.hook(chain)
+    with pytest.raises(RecursionError):
+        chain(1)
+    with monitored_request(udp_listener):
+        with pytest.raises(RecursionError):
+            chain(1)
+    del chain
+    short = given
+    for _ in range(50):
+        short = callbacks.hook(short)
+    assert short(1, b=2) == ((1,), {"b": 2})

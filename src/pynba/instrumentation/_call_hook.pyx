@@ -46,10 +46,17 @@ cdef extern from *:
             (PyObject *(*)(pynba_CallHook *, PyObject *const *, size_t, PyObject *))call;
     }
 
+    /* Counted as a level of recursion: hooks calling one another with no
+       Python frame between them still end in RecursionError, never in a
+       C stack overflow. */
     static PyObject *pynba_hook_vectorcall(
         PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
     ) {
-        return pynba_hook_call((pynba_CallHook *)self, args, nargsf, kwnames);
+        PyObject *result;
+        if (Py_EnterRecursiveCall(" while calling a pynba hook")) return NULL;
+        result = pynba_hook_call((pynba_CallHook *)self, args, nargsf, kwnames);
+        Py_LeaveRecursiveCall();
+        return result;
     }
 
     static int pynba_hook_traverse(PyObject *self, visitproc visit, void *arg) {
@@ -76,11 +83,15 @@ cdef extern from *:
         return 0;
     }
 
+    /* In the trashcan: freeing a long chain of hooks (each wrapping the
+       next) does not recurse once a hook. */
     static void pynba_hook_dealloc(PyObject *self) {
         PyObject_GC_UnTrack(self);
+        Py_TRASHCAN_BEGIN(self, pynba_hook_dealloc)
         if (((pynba_CallHook *)self)->weakrefs != NULL) PyObject_ClearWeakRefs(self);
         pynba_hook_clear(self);
         PyObject_GC_Del(self);
+        Py_TRASHCAN_END
     }
 
     /* As a function's: bound to an instance, a method; from its class, itself. */
