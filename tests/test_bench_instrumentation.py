@@ -166,8 +166,8 @@ def test_in_turn_the_script_times_the_switched_cases_only():
         assert row.split()[-3] == "-", row  # outside: not measured
     if not IN_CI:
         return
-    # dbapi, sqlalchemy, django_db, httpx twice, requests, urllib3, opentelemetry
-    assert len(timed) == 8, rows
+    # dbapi, sqlalchemy, django_db, redis, httpx twice, requests, urllib3, opentelemetry
+    assert len(timed) == 9, rows
     assert not any(line.startswith("next to a") for line in lines), lines
 
 
