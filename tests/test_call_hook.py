@@ -4,12 +4,16 @@ Compiled, the hook is a C object (``instrumentation/_call_hook.pyx``); in
 the pure-Python build, a Python function. The suite runs against both.
 """
 
+import copy
 import gc
 import inspect
 import logging
+import pickle
 import sys
 import time
+import types
 import weakref
+from unittest import mock
 
 import pytest
 
@@ -141,7 +145,8 @@ def test_a_call_enter_refuses_is_handed_on_untimed(udp_listener):
 
 def test_a_pick_by_keyword_is_found_under_a_str_subclass(udp_listener):
     class Name(str):
-        pass
+        def __hash__(self):  # as the call binds it: by equality, whatever its hash
+            return 12345
 
     callbacks = Callbacks()
     hook = callbacks.hook(given, ((0, "a"),))
@@ -184,6 +189,58 @@ def test_a_hook_is_the_method_it_replaces(udp_listener):
     finally:
         patches.undo()
     assert vars(Owner)["method"] is original
+
+
+@pytest.fixture
+def hooked_owner():
+    """``Owner.method`` hooked, for the test, as an integration hooks a library's method."""
+    patches = Patches()
+    patches.replace(Owner, "method", lambda method: Callbacks().hook(method, ((1, "a"),)))
+    yield vars(Owner)["method"]
+    patches.undo()
+
+
+def test_a_hook_is_seen_as_the_function_it_wraps(hooked_owner):
+    original = hooked_owner.__wrapped__
+    assert isinstance(hooked_owner, types.FunctionType)
+    assert inspect.isfunction(hooked_owner)
+    assert inspect.signature(hooked_owner) == inspect.signature(original)
+    if type(hooked_owner) is not types.FunctionType:  # the C hook: the function's own
+        assert inspect.getfullargspec(hooked_owner) == inspect.getfullargspec(original)
+        assert hooked_owner.__code__ is original.__code__
+        assert hooked_owner.__defaults__ is original.__defaults__
+        assert hooked_owner.__globals__ is original.__globals__
+
+
+def test_a_hook_is_pickled_and_copied_as_a_function_is(hooked_owner):
+    assert pickle.loads(pickle.dumps(Owner.method)) is hooked_owner
+    assert copy.copy(hooked_owner) is hooked_owner
+    assert copy.deepcopy(hooked_owner) is hooked_owner
+
+
+def test_mock_autospec_of_a_hooked_method_binds_self_and_checks_arguments(hooked_owner):
+    owner = Owner()
+    with mock.patch.object(Owner, "method", autospec=True) as method:
+        owner.method(1, b=3)
+        assert method.call_args == mock.call(owner, 1, b=3)
+        with pytest.raises(TypeError):
+            owner.method()  # a missing argument, as the method's signature says
+
+
+def test_a_base_exception_of_the_call_goes_through_failed(udp_listener):
+    class Stop(BaseException):
+        pass
+
+    def stops(a):
+        raise Stop
+
+    callbacks = Callbacks()
+    hook = callbacks.hook(stops, ((0, "a"),))
+    with monitored_request(udp_listener):
+        with pytest.raises(Stop):
+            hook("first")
+    assert [rest for _, _, *rest in callbacks.failed] == [["first"]]
+    assert callbacks.done == []
 
 
 @pytest.fixture
@@ -332,3 +389,10 @@ def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(udp_listener)
     for _ in range(50):
         short = callbacks.hook(short)
     assert short(1, b=2) == ((1,), {"b": 2})
+
+
+def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
+    c_hook = pytest.importorskip("pynba.instrumentation._call_hook")
+    callbacks = Callbacks()
+    with pytest.raises(TypeError, match="^var must be a contextvars.ContextVar"):
+        c_hook.call_hook(given, "var", callbacks.enter, callbacks.on_done, callbacks.on_failed, ())

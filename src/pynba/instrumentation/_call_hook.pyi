@@ -4,6 +4,7 @@ from contextvars import ContextVar
 from typing import Any
 
 MAX_POSITION: int
+MAX_PICKS: int
 
 def call_hook(
     wrapped: Callable[..., Any],

@@ -109,9 +109,52 @@ cdef extern from *:
         return PyUnicode_FromFormat("<pynba hook of %R>", wrapped);
     }
 
+    /* It stands for a function on another library's class, and says so, as
+       wrapt's proxies do: code that asks isinstance(x, FunctionType)
+       (unittest.mock's autospec, inspect.isfunction and getfullargspec)
+       treats it as the function it wraps, and binds self as for one. */
+    static PyObject *pynba_hook_class(PyObject *self, void *closure) {
+        Py_INCREF((PyObject *)&PyFunction_Type);
+        return (PyObject *)&PyFunction_Type;
+    }
+
     static PyGetSetDef pynba_hook_getset[] = {
         {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+        {"__class__", pynba_hook_class, NULL, NULL, NULL},
         {NULL, NULL, NULL, NULL, NULL}
+    };
+
+    /* A function's attributes that functools.wraps does not copy: the
+       wrapped function's, unless set on the hook. */
+    static const char *const pynba_hook_told[] = {
+        "__code__", "__defaults__", "__kwdefaults__", "__globals__", "__closure__",
+        "__builtins__", "__type_params__", NULL};
+
+    static PyObject *pynba_hook_getattr(PyObject *self, PyObject *name) {
+        const char *const *told;
+        PyObject *wrapped = ((pynba_CallHook *)self)->wrapped;
+        PyObject *found = PyObject_GenericGetAttr(self, name);
+        if (found != NULL || wrapped == NULL || !PyUnicode_Check(name)
+                || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return found;
+        }
+        for (told = pynba_hook_told; *told != NULL; told++) {
+            if (PyUnicode_CompareWithASCIIString(name, *told) == 0) {
+                PyErr_Clear();
+                return PyObject_GetAttr(wrapped, name);
+            }
+        }
+        return NULL;
+    }
+
+    /* Pickled and copied as a function is: by its module and qualified name. */
+    static PyObject *pynba_hook_reduce(PyObject *self, PyObject *unused) {
+        return PyObject_GetAttrString(self, "__qualname__");
+    }
+
+    static PyMethodDef pynba_hook_methods[] = {
+        {"__reduce__", pynba_hook_reduce, METH_NOARGS, NULL},
+        {NULL, NULL, 0, NULL}
     };
 
     static PyTypeObject pynba_CallHookType = {
@@ -130,7 +173,9 @@ cdef extern from *:
         .tp_call = PyVectorcall_Call,
         .tp_descr_get = pynba_hook_get,
         .tp_repr = pynba_hook_repr,
+        .tp_getattro = pynba_hook_getattr,
         .tp_getset = pynba_hook_getset,
+        .tp_methods = pynba_hook_methods,
     };
 
     /* A new hook (the references are its own), or NULL with an exception set. */
@@ -183,6 +228,8 @@ cdef extern from "Python.h":
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
     int PyContextVar_Get(object var, PyObject* default_value, PyObject** value) except -1
 
+
+from contextvars import ContextVar
 
 from pynba.errors import internal_error
 
@@ -285,6 +332,8 @@ def call_hook(wrapped, var, enter, done, failed, tuple picks not None):
     """``_hooks.timed_calls``' hook, for the requests in the context variable ``var``."""
     cdef Py_ssize_t i
     cdef pynba_CallHook* fields
+    if type(var) is not ContextVar:
+        raise TypeError(f"var must be a contextvars.ContextVar, not {var!r}")
     if len(picks) > MAX_PICKS:
         raise TypeError(f"at most {MAX_PICKS} picks, not {len(picks)}")
     for pick in picks:  # checked here too: _call reads them unchecked

@@ -188,10 +188,17 @@ def timed_calls(
 
 
 def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], pick: Pick) -> Any:
+    # As the C hook reads a call's keywords: the same string, else an equal one.
     position, keyword = pick
     if position < len(args):
         return args[position]
-    return kwargs.get(keyword)
+    for name, value in kwargs.items():
+        if name is keyword:
+            return value
+    for name, value in kwargs.items():
+        if name == keyword:
+            return value
+    return None
 
 
 _c_call_hook: Callable[..., Any] | None = None
