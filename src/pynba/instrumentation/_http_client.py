@@ -47,7 +47,6 @@ __all__ = [
     "NAMES",
     "CallTimers",
     "add_failed_timer",
-    "enter_enabled",
     "enter_outermost",
     "host_tag",
     "leave_outermost",
@@ -96,11 +95,6 @@ def enter_outermost(collector: Any) -> bool:
 def leave_outermost() -> None:
     """Unmark the call ``enter_outermost`` marked."""
     IN_CALL.__dict__["active"] = False
-
-
-def enter_enabled(collector: Any) -> bool:
-    """``timed_calls``' ``enter`` for a call timed in every enabled request."""
-    return bool(collector.enabled)
 
 
 #: The values of ``NAMES`` for a key (see ``values``).
