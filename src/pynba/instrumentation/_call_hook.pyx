@@ -249,7 +249,8 @@ cdef object _argument(
     if kwnames is not NULL:
         count = PyTuple_GET_SIZE(<object>kwnames)
         for i in range(count):
-            if PyTuple_GET_ITEM(<object>kwnames, i) == keyword:  # the caller's constant, mostly
+            # The same string object: the caller's constant, mostly.
+            if PyTuple_GET_ITEM(<object>kwnames, i) == keyword:
                 return <object>args[nargs + i]
         for i in range(count):
             if <object>PyTuple_GET_ITEM(<object>kwnames, i) == <object>keyword:
@@ -260,7 +261,7 @@ cdef object _argument(
 cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
     cdef PyObject* current = NULL
     cdef PyObject* stack[6]
-    cdef Py_ssize_t nargs, npicks, i
+    cdef Py_ssize_t nargs, npicks
     cdef double start
     cdef object wrapped, seconds
     if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called

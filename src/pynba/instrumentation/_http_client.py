@@ -20,11 +20,12 @@ tags (``NAMES``):
 Never the path, the query, the user or the password of a URL.
 
 The timer is made once the call has returned, with all its tags: cheaper
-than starting one and changing its tags. Each hook takes the parameters of
-the function it replaces (a ``(*args, **kwargs)`` hook packs and unpacks a
-call's arguments again), reads what it needs of the call as a key, and
-hands it to its ``CallTimers``, which makes the tags of each distinct key
-once.
+than starting one and changing its tags. The hooks of requests and
+urllib3 hand each call on as it came (``_hooks.timed_calls``); httpx's take
+the parameters of the function they replace (a ``(*args, **kwargs)`` hook
+packs and unpacks a call's arguments again). Each reads what it needs of
+the call as a key, and hands it to its ``CallTimers``, which makes the tags
+of each distinct key once.
 """
 
 from __future__ import annotations
