@@ -553,6 +553,43 @@ def requests_get() -> Made:
     return http_case("requests", ("Session", "send"), make_get)
 
 
+def requests_in_process() -> Made:
+    """The requests hook alone: a session whose adapter answers in this process, no network."""
+    if why := missing("requests"):
+        return why
+    import requests
+    import requests.adapters
+
+    from pynba.instrumentation import requests as requests_integration
+
+    class Answering(requests.adapters.BaseAdapter):
+        """Answers each request itself, with a response of its own (as httpx's MockTransport)."""
+
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            response = requests.Response()
+            response.status_code = 200
+            response._content = b"ok"
+            response.url = request.url
+            response.request = request
+            return response
+
+        def close(self) -> None:
+            pass
+
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("http://", Answering())
+    return switched_case(
+        "requests: GET answered in this process (an adapter, no network)",
+        lambda: session.get("http://127.0.0.1:8080/users/42"),
+        {"group": "http", "op": "get", "host": "127.0.0.1:8080", "status": "2xx"},
+        requests_integration,
+        requests.Session,
+        "send",
+        session.close,
+    )
+
+
 def urllib3_get() -> Made:
     def make_get(url: str) -> tuple[Callable[[], object], Callable[[], object]]:
         import urllib3
@@ -648,6 +685,7 @@ CASES: list[Callable[[], Made]] = [
     httpx_get,
     httpx_in_process,
     requests_get,
+    requests_in_process,
     urllib3_get,
     jinja2_render,
     django_template_render,

@@ -38,16 +38,22 @@ def cases():
     return [make.__name__ for make in the_script().CASES]
 
 
-def test_a_switched_case_times_its_hand_written_and_automatic_ways_only(udp_listener):
+@pytest.mark.parametrize(
+    ("case_name", "library", "owner"),
+    [("httpx_in_process", "httpx", "Client"), ("requests_in_process", "requests", "Session")],
+)
+def test_a_switched_case_times_its_hand_written_and_automatic_ways_only(
+    udp_listener, case_name, library, owner
+):
     # Its three ways go through one switch: a way that timed nothing, or the
     # wrong thing, would still print figures.
-    httpx = pytest.importorskip("httpx")
-    original = httpx.Client.send
-    case = the_script().httpx_in_process()
+    hooked = getattr(pytest.importorskip(library), owner)
+    original = hooked.send
+    case = getattr(the_script(), case_name)()
     tags = {"group": "http", "op": "get", "host": "127.0.0.1:8080", "status": "2xx"}
     timers = {}
     try:
-        assert httpx.Client.send is not original  # the switch
+        assert hooked.send is not original  # the switch
         ways = {"bare": case.bare, "hand": case.hand_written, "auto": case.automatic}
         for way, call in ways.items():
             collector = make_collector(udp_listener)
@@ -61,7 +67,7 @@ def test_a_switched_case_times_its_hand_written_and_automatic_ways_only(udp_list
             collector.finish()
     finally:
         case.close()
-    assert httpx.Client.send is original
+    assert hooked.send is original
     assert timers == {"bare": [], "hand": [(tags, 1), (tags, 1)], "auto": [(tags, 1), (tags, 1)]}
 
 
@@ -101,7 +107,7 @@ def test_every_case_prints_its_row():
     lines, header = one_round(SCRIPT)
     footer = next(n for n, line in enumerate(lines) if line.startswith("auto-hand:"))
     rows = lines[header + 1 : footer]
-    assert len(rows) == len(cases()) == 12, lines
+    assert len(rows) == len(cases()) == 13, lines
     for row in rows:
         if " skipped: " in row:
             # Under CI every library and server is installed: no case may be left out.
@@ -166,8 +172,8 @@ def test_in_turn_the_script_times_the_switched_cases_only():
         assert row.split()[-3] == "-", row  # outside: not measured
     if not IN_CI:
         return
-    # dbapi, sqlalchemy, django_db, redis, httpx twice, requests, urllib3, opentelemetry
-    assert len(timed) == 9, rows
+    # dbapi, sqlalchemy, django_db, redis, httpx twice, requests twice, urllib3, opentelemetry
+    assert len(timed) == 10, rows
     assert not any(line.startswith("next to a") for line in lines), lines
 
 
