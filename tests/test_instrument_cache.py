@@ -19,6 +19,7 @@ from packets import make_collector, monitored_request, receive
 from pynba.context import DISABLED, activate, deactivate
 from pynba.instrumentation import pymemcache as pymemcache_hooks
 from pynba.instrumentation import redis as redis_hooks
+from pynba.instrumentation._hooks import add_checked_call
 
 pytest.importorskip("redis")
 import redis  # noqa: E402 - after the importorskip that says what is missing
@@ -106,10 +107,12 @@ def test_redis_commands_out_of_the_fixed_set_are_other(udp_listener, redis_serve
             client.execute_command(42)  # the library's own error, as without pynba
         with pytest.raises(IndexError):
             client.execute_command()
+        with pytest.raises(redis.DataError):
+            client.execute_command(["GET"], "k")  # a name that cannot be a key
     packet = receive(udp_listener)
     assert packet.timer_tags() == [cache("get", server), cache("other", server)]
     assert packet.timer(group="cache", op="get", server=server).hit_count == 2
-    assert packet.timer(group="cache", op="other", server=server).hit_count == 4
+    assert packet.timer(group="cache", op="other", server=server).hit_count == 5
     assert set(redis_hooks.COMMANDS) >= {"get", "set", "mget", "del", "hgetall", "publish"}
 
 
@@ -210,18 +213,46 @@ def test_redis_through_sentinel_is_tagged_with_the_service(
 
 def test_redis_server_tags_are_forgotten_with_their_pools(udp_listener, redis_server, instrumented):
     gc.collect()  # the pools of earlier tests
-    remembered = len(redis_hooks._SERVERS)
+    remembered = len(redis_hooks._SERVERS), len(redis_hooks._POOL_VALUES)
     for _ in range(3):
         client = redis.Redis(host=redis_server.host, port=redis_server.port)
         with monitored_request(udp_listener):
             assert client.ping() is True
-        assert len(redis_hooks._SERVERS) == remembered + 1
+        now = len(redis_hooks._SERVERS), len(redis_hooks._POOL_VALUES)
+        assert now == (remembered[0] + 1, remembered[1] + 1)
         client.close()
         del client
         gc.collect()
-        assert len(redis_hooks._SERVERS) == remembered
+        assert (len(redis_hooks._SERVERS), len(redis_hooks._POOL_VALUES)) == remembered
     for _ in range(3):
         assert receive(udp_listener).timer_tags() == [cache("ping", redis_server.address)]
+
+
+def test_redis_a_command_after_its_request_ended_is_not_kept(udp_listener, redis_server, client):
+    # As a task that outlives its request: the command runs, no timer is
+    # kept (nor raised about, even in strict mode), nothing more is sent.
+    collector = make_collector(udp_listener)
+    token = activate(collector)
+    try:
+        assert client.set("k", "v") is True
+        collector.finish()
+        assert receive(udp_listener).timer_tags() == [cache("set", redis_server.address)]
+        assert client.get("k") == b"v"
+    finally:
+        deactivate(token)
+    assert collector.timers == ()
+    assert udp_listener.pending() == []
+
+
+def test_a_timed_call_given_no_request_is_logged_not_raised(monkeypatch, caplog):
+    monkeypatch.delenv("PYNBA_STRICT", raising=False)
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        add_checked_call(None, ("group",), ("cache",), 0.001)  # outside a request: nothing
+        assert caplog.records == []
+        add_checked_call(object(), ("group",), ("cache",), 0.001)
+    assert [record.getMessage() for record in caplog.records] == [
+        "pynba: cannot record an automatic timer"
+    ]
 
 
 def test_redis_outside_a_request_records_nothing(udp_listener, redis_server, client):

@@ -34,6 +34,7 @@ from ..timer import NoopTimer, Timer
 __all__ = [
     "SQL_VERBS",
     "Patches",
+    "add_checked_call",
     "bounded",
     "row_count",
     "sql_verb",
@@ -102,6 +103,24 @@ def stop_timer(timer: Timer | NoopTimer | None, hit_count: int = 1) -> None:
             timer.add(0.0, hit_count - 1)
     except Exception:
         internal_error("cannot stop an automatic timer", False)
+
+
+def add_checked_call(
+    collector: Any, names: tuple[str, ...], values: tuple[TagValue, ...], seconds: float
+) -> None:
+    """Add a call of ``seconds`` that a hook timed itself to the request ``collector``.
+
+    As one timer with one hit, its tags ones ``check_split_tags`` passed;
+    nothing once the request has ended. Cheaper than a started timer: the
+    timer is made once, measured.
+    """
+    if collector is None:
+        return
+    try:
+        request: RequestCollector = collector
+        request._add_call_timer(names, values, seconds)
+    except Exception:
+        internal_error("cannot record an automatic timer", False)
 
 
 #: Where ``timed_calls``' callbacks find an argument of the call: its position, else its keyword.
