@@ -277,7 +277,7 @@ def main() -> None:
     if seconds is None:
         seconds = 1.0 if options.quick else 10.0
     if side_wanted(parser, options):
-        print_side(CASES, options.case, options.side, seconds)
+        print_side(CASES, options.case, options.side, seconds, options.two_cpus)
         return
     if options.in_turn:
         print(
@@ -300,7 +300,9 @@ def main() -> None:
             print(f"{make.__name__:<58} (not installed)")
             continue
         try:
-            figures = run_case(case, seconds, __file__, make.__name__, options.in_turn)
+            figures = run_case(
+                case, seconds, __file__, make.__name__, options.in_turn, options.two_cpus
+            )
         except CaseFailed as failed:
             print(f"{make.__name__:<58} failed: {failed}")
             continue

@@ -27,6 +27,12 @@ binaries) on free loopback ports, and an HTTP/1.1 server on 127.0.0.1 in a
 process of its own, each started for its case and stopped after it. A case
 whose library or server is missing is skipped, saying why.
 
+With ``--two-cpus``, the processes that measure, and the servers they
+start, are not pinned to one CPU: a server's answer then comes from the
+other CPU while the client's waits idle, as a remote server's does, and
+what the client runs next finds less in the caches. ``--only PREFIX``
+measures the cases whose name starts so.
+
 With ``--in-turn``, the cases measured in one process (the databases
 without a server, Redis, the HTTP clients, OpenTelemetry) have their calls timed
 one at a time instead, the three ways taking turns call by call, each
@@ -880,7 +886,12 @@ def measure_side(case: Case, side: str, seconds: float) -> dict[str, float]:
 
 
 def measure_in_processes(
-    case: Case, script: str, name: str, seconds: float, in_turn: bool = False
+    case: Case,
+    script: str,
+    name: str,
+    seconds: float,
+    in_turn: bool = False,
+    two_cpus: bool = False,
 ) -> Figures:
     """``case`` (the case ``name`` of ``script``) measured in ``PROCESS_ROUNDS`` processes or pairs.
 
@@ -908,10 +919,12 @@ def measure_in_processes(
     for _ in range(rounds):
         if case.instrument is None:
             side = IN_TURN if in_turn else "all"
-            figures = side_in_process(script, name, side, seconds / rounds)
+            figures = side_in_process(script, name, side, seconds / rounds, two_cpus)
         else:
-            figures = side_in_process(script, name, "plain", seconds / rounds / 2)
-            figures.update(side_in_process(script, name, "automatic", seconds / rounds / 2))
+            figures = side_in_process(script, name, "plain", seconds / rounds / 2, two_cpus)
+            figures.update(
+                side_in_process(script, name, "automatic", seconds / rounds / 2, two_cpus)
+            )
         paired = figures.pop(PAIRED, None)
         for way, value in figures.items():
             runs.setdefault(way, []).append(value)
@@ -923,8 +936,12 @@ class CaseFailed(Exception):
     """A case that could not be measured (a child process failed), and why."""
 
 
-def side_in_process(script: str, name: str, side: str, seconds: float) -> dict[str, float]:
+def side_in_process(
+    script: str, name: str, side: str, seconds: float, two_cpus: bool = False
+) -> dict[str, float]:
     command = [sys.executable, script, "--case", name, "--side", side, "--seconds", str(seconds)]
+    if two_cpus:
+        command.append("--two-cpus")
     done = subprocess.run(command, capture_output=True, text=True, timeout=600 + 2 * seconds)
     if done.returncode != 0:
         raise CaseFailed(f"its {side} process failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -932,14 +949,22 @@ def side_in_process(script: str, name: str, side: str, seconds: float) -> dict[s
     return figures
 
 
-def run_case(case: Case, seconds: float, script: str, name: str, in_turn: bool = False) -> Figures:
+def run_case(
+    case: Case,
+    seconds: float,
+    script: str,
+    name: str,
+    in_turn: bool = False,
+    two_cpus: bool = False,
+) -> Figures:
     """Close ``case`` (the case ``name`` of ``script``), then measure it in processes of its own.
 
     ``in_turn``: its calls timed one at a time, the ways in turn (``calls_in_turn``).
+    ``two_cpus``: those processes, and the servers they start, not pinned (see ``print_side``).
     """
     if case.close is not None:
         case.close()
-    return measure_in_processes(case, script, name, seconds, in_turn)
+    return measure_in_processes(case, script, name, seconds, in_turn, two_cpus)
 
 
 def add_side_arguments(parser: argparse.ArgumentParser) -> None:
@@ -947,6 +972,13 @@ def add_side_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument(
         "--side", choices=("plain", "automatic", "all", IN_TURN), help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--two-cpus",
+        action="store_true",
+        help="leave the measuring processes and their servers free to run on any CPU, not on "
+        "one: a server then answers from another CPU while the client's waits idle, as a "
+        "remote one does (noisier)",
     )
 
 
@@ -958,19 +990,26 @@ def side_wanted(parser: argparse.ArgumentParser, options: argparse.Namespace) ->
 
 
 def print_side(
-    cases: list[Callable[[], Case | str | None]], name: str, side: str, seconds: float
+    cases: list[Callable[[], Case | str | None]],
+    name: str,
+    side: str,
+    seconds: float,
+    two_cpus: bool = False,
 ) -> None:
     """A child process's part: the best run of each way of its side, as JSON.
 
     It runs on one CPU, and so do the servers its case starts: a call to a
     server and its answer then take turns on that CPU, as steady from one
     process to the next as the calls within one (on two CPUs, how the
-    scheduler placed the two moved a Redis GET by up to 50 µs).
+    scheduler placed the two moved a Redis GET by up to 50 µs). With
+    ``two_cpus``, on any CPU: while a server answers, the client's CPU
+    may sit idle, and lose what its caches held, as it does while a
+    remote server answers.
     """
     found = [make for make in cases if make.__name__ == name]
     if not found:
         raise SystemExit(f"no case {name!r}: {', '.join(make.__name__ for make in cases)}")
-    if hasattr(os, "sched_setaffinity"):
+    if hasattr(os, "sched_setaffinity") and not two_cpus:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     case = found[0]()
     if not isinstance(case, Case):
@@ -1093,21 +1132,23 @@ def main() -> None:
         action="store_true",
         help="medians of single calls, the ways in turn (the cases measured in one process)",
     )
+    parser.add_argument("--only", help="the cases whose name starts with this")
     add_side_arguments(parser)
     options = parser.parse_args()
     seconds = options.seconds if options.seconds is not None else 1.0 if options.quick else 10.0
     if side_wanted(parser, options):
-        print_side(CASES, options.case, options.side, seconds)
+        print_side(CASES, options.case, options.side, seconds, options.two_cpus)
         return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
 
+    cpus = ", on two CPUs (--two-cpus)" if options.two_cpus else ""
     if options.in_turn:
         print(f"encoder: {IMPLEMENTATION}; µs per call, medians of calls timed one at a time, "
-              f"the ways in turn (calls_in_turn), {seconds:g} s a case")  # fmt: skip
+              f"the ways in turn (calls_in_turn), {seconds:g} s a case{cpus}")  # fmt: skip
     else:
         print(f"encoder: {IMPLEMENTATION}; µs per call, the best of short runs interleaved for "
-              f"{seconds:g} s a case")  # fmt: skip
+              f"{seconds:g} s a case{cpus}")  # fmt: skip
     header = (
         f"{'case':<68} {'bare':>7} {'hand':>7} {'auto':>7} {'auto-hand':>9} {'±':>5} "
         f"{'outside':>8} {'rounds':>6}  ok"
@@ -1115,6 +1156,8 @@ def main() -> None:
     print(header)
     results: dict[str, dict[str, float]] = {}
     for make in CASES:
+        if options.only and not make.__name__.startswith(options.only):
+            continue
         case = make()
         if isinstance(case, str):
             print(f"{make.__name__:<68} skipped: {case}")
@@ -1125,7 +1168,9 @@ def main() -> None:
             print(f"{make.__name__:<68} not timed in turn: measured in pairs of processes")
             continue
         try:
-            figures = run_case(case, seconds, __file__, make.__name__, options.in_turn)
+            figures = run_case(
+                case, seconds, __file__, make.__name__, options.in_turn, options.two_cpus
+            )
         except CaseFailed as failed:
             print(f"{make.__name__:<68} failed: {failed}")
             continue

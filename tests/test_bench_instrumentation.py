@@ -123,6 +123,16 @@ def test_every_case_prints_its_row():
     assert any(line.startswith("a monitored request making 10") for line in lines), lines
 
 
+def test_only_and_two_cpus_measure_the_cases_asked_for_unpinned():
+    # The measuring processes take --two-cpus too: one that refused it would fail its row.
+    lines, header = one_round(SCRIPT, "--only", "dbapi", "--two-cpus", "--in-turn")
+    assert lines[0].endswith("on two CPUs (--two-cpus)"), lines
+    footer = next(n for n, line in enumerate(lines) if line.startswith("auto-hand:"))
+    rows = lines[header + 1 : footer]
+    assert [row.split(":")[0] for row in rows] == ["dbapi"], lines
+    assert rows[0].split()[-1] in ("yes", "NO"), rows
+
+
 def hooks_script_rows(*options: str) -> tuple[list[str], int, list[list[str]]]:
     """bench_hooks_speed.py's lines, its header's place, and the words of each measured row."""
     lines, header = one_round(ROOT / "benchmarks" / "bench_hooks_speed.py", *options)
