@@ -10,6 +10,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import time
 
 import pytest
 
@@ -244,15 +245,91 @@ def test_redis_a_command_after_its_request_ended_is_not_kept(udp_listener, redis
     assert udp_listener.pending() == []
 
 
-def test_a_timed_call_given_no_request_is_logged_not_raised(monkeypatch, caplog):
+def burn_cpu(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_redis_commands_carry_their_cpu_time_where_timers_measure_it(
+    udp_listener, redis_server, client
+):
+    # A reply read with CPU work of its own: the command's CPU time, as a
+    # hand-written timer's, when the request measures it (timer_rusage);
+    # without, the timer is made when the command has returned.
+    client.set_response_callback("GET", lambda reply, **options: burn_cpu(0.05) or reply)
+    client.set("k", "v")
+    for timer_rusage in (True, False):
+        collector = make_collector(udp_listener, timer_rusage=timer_rusage)
+        token = activate(collector)
+        try:
+            assert collector.timer_rusage is timer_rusage
+            assert client.get("k") == b"v"
+        finally:
+            deactivate(token)
+        collector.finish()
+        timer = receive(udp_listener).timer(group="cache", op="get", server=redis_server.address)
+        assert timer.hit_count == 1 and timer.value >= 0.05
+        if timer_rusage:
+            assert timer.ru_utime + timer.ru_stime >= 0.04
+        else:
+            assert timer.ru_utime == timer.ru_stime == 0
+
+
+def test_redis_commands_are_not_timed_while_the_request_is_not_sent(
+    udp_listener, redis_server, client
+):
+    # As with every integration: enabled = False skips the timers' work too.
+    collector = make_collector(udp_listener)
+    token = activate(collector)
+    try:
+        client.set("k", "v")
+        collector.enabled = False
+        client.get("k")
+        collector.enabled = True
+        client.get("k")
+    finally:
+        deactivate(token)
+    collector.finish()
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [
+        cache("get", redis_server.address),
+        cache("set", redis_server.address),
+    ]
+    assert packet.timer(group="cache", op="get", server=redis_server.address).hit_count == 1
+
+
+BAD_CALLS = [
+    (None, ("cache",), 0.001),
+    (("group",), None, 0.001),
+    (["group"], ["cache"], 0.001),
+    (("group", "op"), ("cache",), 0.001),
+    (("group",), ("cache",), "soon"),
+    (("group",), ("cache",), float("nan")),
+]
+
+
+def test_a_timed_call_given_no_request_or_bad_tags_is_logged_not_raised(
+    udp_listener, monkeypatch, caplog
+):
+    collector = make_collector(udp_listener)
+    for names, values, seconds in BAD_CALLS:  # strict mode (the test suite's): each raised
+        with pytest.raises((TypeError, ValueError)):
+            add_checked_call(collector, names, values, seconds)
     monkeypatch.delenv("PYNBA_STRICT", raising=False)
     with caplog.at_level(logging.ERROR, logger="pynba"):
         add_checked_call(None, ("group",), ("cache",), 0.001)  # outside a request: nothing
         assert caplog.records == []
         add_checked_call(object(), ("group",), ("cache",), 0.001)
-    assert [record.getMessage() for record in caplog.records] == [
+        for names, values, seconds in BAD_CALLS:
+            add_checked_call(collector, names, values, seconds)
+    assert collector.timers == ()
+    collector.finish()
+    assert receive(udp_listener).timers == []  # the request's packet is sent all the same
+    # (the same message again within a minute is not logged again)
+    assert {record.getMessage() for record in caplog.records} == {
         "pynba: cannot record an automatic timer"
-    ]
+    }
 
 
 def test_redis_outside_a_request_records_nothing(udp_listener, redis_server, client):

@@ -433,6 +433,11 @@ class RequestCollector:
         return self._finished
 
     @property
+    def timer_rusage(self) -> bool:
+        """Whether this request's timers measure their CPU time (the ``timer_rusage`` setting)."""
+        return self._settings.timer_rusage
+
+    @property
     def enabled(self) -> bool:
         """Whether this request's packet will be sent.
 

@@ -307,6 +307,7 @@ class DisabledCollector:
 
     enabled = False
     finished = False
+    timer_rusage = False
     reporter = None
     hostname = server_name = script_name = scriptname = servername = schema = None
     status = document_size = memory_peak = memory_footprint = None

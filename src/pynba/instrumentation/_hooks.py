@@ -112,11 +112,15 @@ def add_checked_call(
 
     As one timer with one hit, its tags ones ``check_split_tags`` passed;
     nothing once the request has ended. Cheaper than a started timer: the
-    timer is made once, measured.
+    timer is made once, measured. It has no CPU time of its own: where the
+    request's timers measure theirs (``timer_rusage``), a hook uses a
+    started timer (``start_checked_timer``).
     """
     if collector is None:
         return
     try:
+        if type(names) is not tuple or type(values) is not tuple or len(names) != len(values):
+            raise TypeError("names and values must be tuples of the same length")
         request: RequestCollector = collector
         request._add_call_timer(names, values, seconds)
     except Exception:

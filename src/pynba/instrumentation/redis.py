@@ -20,7 +20,14 @@ from typing import Any
 from ..context import current_collector
 from ..errors import internal_error
 from ..tags import check_split_tags
-from ._hooks import Patches, add_checked_call, bounded, start_timer, stop_timer
+from ._hooks import (
+    Patches,
+    add_checked_call,
+    bounded,
+    start_checked_timer,
+    start_timer,
+    stop_timer,
+)
 
 __all__ = ["COMMANDS", "instrument", "uninstrument"]
 
@@ -92,6 +99,9 @@ def _command_hook(original: Any) -> Any:
             collector = current_collector()
             if collector is None or not collector.enabled:  # the call alone
                 return self._execute_command(*args, **options)
+            if collector.timer_rusage:
+                pool = self.connection_pool
+                return _with_cpu(collector, pool, args, self._execute_command, args, options)
             start = perf_counter()
             try:
                 return self._execute_command(*args, **options)
@@ -104,6 +114,9 @@ def _command_hook(original: Any) -> Any:
         collector = current_collector()
         if collector is None or not collector.enabled:
             return original(self, *args, **options)
+        if collector.timer_rusage:
+            pool = self.connection_pool
+            return _with_cpu(collector, pool, args, original, (self, *args), options)
         start = perf_counter()
         try:
             return original(self, *args, **options)
@@ -136,6 +149,12 @@ def _async_command_hook(original: Any) -> Any:
         collector = current_collector()  # when awaited, in its task
         if collector is None or not collector.enabled:
             return await original(self, *args, **options)
+        if collector.timer_rusage:
+            timer = _started_timer(collector, self.connection_pool, args)
+            try:
+                return await original(self, *args, **options)
+            finally:
+                stop_timer(timer)
         start = perf_counter()
         try:
             return await original(self, *args, **options)
@@ -170,15 +189,51 @@ def _async_pipeline_hook(original: Any) -> Any:
 
 
 def _add_command(collector: Any, seconds: float, pool: Any, args: tuple[Any, ...]) -> None:
+    values: tuple[str, str, str] | None
     try:
         values = _POOL_VALUES[id(pool)][args[0]]
     except Exception:  # the first command of its spelling through pool (or a bad one)
-        try:
-            values = _command_values(pool, args)
-        except Exception:
-            internal_error("cannot make a redis timer", False)
+        values = _new_values(pool, args)
+        if values is None:
             return
     add_checked_call(collector, _NAMES, values, seconds)
+
+
+def _with_cpu(
+    collector: Any,
+    pool: Any,
+    args: tuple[Any, ...],
+    call: Any,
+    call_args: tuple[Any, ...],
+    options: dict[str, Any],
+) -> Any:
+    """``call(*call_args, **options)`` timed by a started timer, with its CPU time.
+
+    A timer made measured (``_add_command``) has no CPU time of its own.
+    """
+    timer = _started_timer(collector, pool, args)
+    try:
+        return call(*call_args, **options)
+    finally:
+        stop_timer(timer)
+
+
+def _started_timer(collector: Any, pool: Any, args: tuple[Any, ...]) -> Any:
+    values: tuple[str, str, str] | None
+    try:
+        values = _POOL_VALUES[id(pool)][args[0]]
+    except Exception:
+        values = _new_values(pool, args)
+    return None if values is None else start_checked_timer(collector, _NAMES, values)
+
+
+def _new_values(pool: Any, args: tuple[Any, ...]) -> tuple[str, str, str] | None:
+    """``_command_values()``, or None when they cannot be made (logged)."""
+    try:
+        return _command_values(pool, args)
+    except Exception:
+        internal_error("cannot make a redis timer", False)
+        return None
 
 
 def _command_values(pool: Any, args: tuple[Any, ...]) -> tuple[str, str, str]:
