@@ -260,6 +260,30 @@ def test_a_failing_enter_leaves_the_call_untimed_and_is_logged(lenient, udp_list
     assert "cannot start an automatic timer" in caplog.text
 
 
+def test_a_keyword_failing_to_compare_leaves_the_call_unmarked_and_untimed(
+    lenient, udp_listener, caplog
+):
+    # The arguments are read before enter(), which may mark the call (the
+    # HTTP clients' flag of the thread): a failure reading them must not
+    # leave a mark that no done() or failed() takes off.
+    class Name(str):
+        def __eq__(self, other):
+            raise RuntimeError("cannot compare")
+
+        __hash__ = str.__hash__
+
+    callbacks = Callbacks()
+    hook = callbacks.hook(given, ((5, "url"),))
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        with monitored_request(udp_listener):
+            args, kwargs = hook(**{Name("other"): 1})
+            assert args == () and list(kwargs.values()) == [1]  # passed on
+            assert hook(url=2) == ((), {"url": 2})
+    assert "cannot start an automatic timer" in caplog.text
+    assert len(callbacks.entered) == 1  # the second call's only
+    assert [rest for _, _, *rest in callbacks.done] == [[2, ((), {"url": 2})]]
+
+
 def test_a_failing_done_still_returns_the_calls_result(lenient, udp_listener, caplog):
     hook = timed_calls(given, lambda collector: True, broken, broken, ())
     with caplog.at_level(logging.ERROR, logger="pynba"):

@@ -274,25 +274,26 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
     if collector is None:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    # The arguments the callbacks read, as references of our own, taken
+    # before the call: none of the caller's is borrowed across it. Read
+    # before enter(), which may mark the call: nothing can fail between the
+    # mark and the done() or failed() that takes it off.
+    nargs = PyVectorcall_NARGS(nargsf)
+    npicks = hook.npicks
+    first = second = third = None
     try:
+        if npicks > 0:
+            first = _argument(args, nargs, kwnames, hook.positions[0], hook.keywords[0])
+        if npicks > 1:
+            second = _argument(args, nargs, kwnames, hook.positions[1], hook.keywords[1])
+        if npicks > 2:
+            third = _argument(args, nargs, kwnames, hook.positions[2], hook.keywords[2])
         timed = (<object>hook.enter)(collector)
-    except Exception:
+    except Exception:  # a keyword's own __eq__ raising, or enter()
         internal_error("cannot start an automatic timer", False)
         timed = False
     if not timed:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
-
-    # The arguments the callbacks read, as references of our own, taken
-    # before the call: none of the caller's is borrowed across it.
-    nargs = PyVectorcall_NARGS(nargsf)
-    npicks = hook.npicks
-    first = second = third = None
-    if npicks > 0:
-        first = _argument(args, nargs, kwnames, hook.positions[0], hook.keywords[0])
-    if npicks > 1:
-        second = _argument(args, nargs, kwnames, hook.positions[1], hook.keywords[1])
-    if npicks > 2:
-        third = _argument(args, nargs, kwnames, hook.positions[2], hook.keywords[2])
     done = <object>hook.done
     failed = <object>hook.failed
     start = time.perf_counter()

@@ -182,14 +182,14 @@ def timed_calls(
         collector = current_collector()
         if collector is None:
             return wrapped(*args, **kwargs)
-        try:
+        try:  # the arguments first, as the C hook reads them (see _call_hook)
+            picked = [_argument(args, kwargs, pick) for pick in picks]
             timed = enter(collector)
         except Exception:
             internal_error("cannot start an automatic timer", False)
             timed = False
         if not timed:
             return wrapped(*args, **kwargs)
-        picked = [_argument(args, kwargs, pick) for pick in picks]
         start = perf_counter()
         try:
             result = wrapped(*args, **kwargs)
