@@ -43,6 +43,7 @@ from bench_instrumentation import (
     Case,
     CaseFailed,
     add_side_arguments,
+    answering_session,
     missing,
     print_side,
     run_case,
@@ -62,31 +63,10 @@ def requests_send() -> Case | None:
     if missing("requests"):
         return None
     import requests
-    from requests.adapters import BaseAdapter
 
     from pynba.instrumentation import requests as hooks
 
-    class CannedAdapter(BaseAdapter):
-        """A 200 response with an empty body, for every request."""
-
-        def send(self, request: Any, **kwargs: Any) -> requests.Response:
-            response = requests.Response()
-            response.status_code = 200
-            response._content = b""
-            response.url = request.url
-            response.request = request
-            return response
-
-        def close(self) -> None:
-            pass
-
-    def session() -> requests.Session:
-        made = requests.Session()
-        made.trust_env = False  # no proxy settings read from the environment per call
-        made.mount("http://", CannedAdapter())
-        return made
-
-    one, twin = session(), session()
+    one, twin = answering_session(), answering_session()
     prepared = one.prepare_request(requests.Request("GET", URL))
     return switched_case(
         "requests: Session.send(prepared GET), canned adapter",

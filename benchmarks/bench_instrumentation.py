@@ -559,17 +559,13 @@ def requests_get() -> Made:
     return http_case("requests", ("Session", "send"), make_get)
 
 
-def requests_in_process() -> Made:
-    """The requests hook alone: a session whose adapter answers in this process, no network."""
-    if why := missing("requests"):
-        return why
+def answering_session() -> Any:
+    """A requests session whose adapter answers each request itself: a 200, ``ok``, no network."""
     import requests
     import requests.adapters
 
-    from pynba.instrumentation import requests as requests_integration
-
     class Answering(requests.adapters.BaseAdapter):
-        """Answers each request itself, with a response of its own (as httpx's MockTransport)."""
+        """A response of its own for each request (as httpx's MockTransport gives)."""
 
         def send(self, request: Any, **kwargs: Any) -> Any:
             response = requests.Response()
@@ -583,8 +579,20 @@ def requests_in_process() -> Made:
             pass
 
     session = requests.Session()
-    session.trust_env = False
+    session.trust_env = False  # no proxy settings read from the environment per call
     session.mount("http://", Answering())
+    return session
+
+
+def requests_in_process() -> Made:
+    """The requests hook alone: a session whose adapter answers in this process, no network."""
+    if why := missing("requests"):
+        return why
+    import requests
+
+    from pynba.instrumentation import requests as requests_integration
+
+    session = answering_session()
     return switched_case(
         "requests: GET answered in this process (an adapter, no network)",
         lambda: session.get("http://127.0.0.1:8080/users/42"),
