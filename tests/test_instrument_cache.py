@@ -251,29 +251,56 @@ def burn_cpu(seconds):
         pass
 
 
+@pytest.mark.parametrize("timer_rusage", [True, False])
 def test_redis_commands_carry_their_cpu_time_where_timers_measure_it(
-    udp_listener, redis_server, client
+    udp_listener, redis_server, client, timer_rusage
 ):
-    # A reply read with CPU work of its own: the command's CPU time, as a
+    # Replies read with CPU work of their own: the commands' CPU time, as a
     # hand-written timer's, when the request measures it (timer_rusage);
-    # without, the timer is made when the command has returned.
-    client.set_response_callback("GET", lambda reply, **options: burn_cpu(0.05) or reply)
-    client.set("k", "v")
-    for timer_rusage in (True, False):
-        collector = make_collector(udp_listener, timer_rusage=timer_rusage)
-        token = activate(collector)
+    # without, each timer is made when its command has returned. Through
+    # each hook: Redis' (it forwards), a pipeline's immediate command (after
+    # WATCH), asyncio's.
+    def slow_reply(reply, **options):
+        burn_cpu(0.03)
+        return reply
+
+    async def asyncio_get():
+        async_client = redis.asyncio.Redis(host=redis_server.host, port=redis_server.port)
+        async_client.set_response_callback("GET", slow_reply)
         try:
-            assert collector.timer_rusage is timer_rusage
-            assert client.get("k") == b"v"
+            return await async_client.get("k")
         finally:
-            deactivate(token)
-        collector.finish()
-        timer = receive(udp_listener).timer(group="cache", op="get", server=redis_server.address)
-        assert timer.hit_count == 1 and timer.value >= 0.05
-        if timer_rusage:
-            assert timer.ru_utime + timer.ru_stime >= 0.04
-        else:
-            assert timer.ru_utime == timer.ru_stime == 0
+            await async_client.aclose()
+
+    client.set_response_callback("GET", slow_reply)
+    client.set("k", "v")
+    collector = make_collector(udp_listener, timer_rusage=timer_rusage)
+    token = activate(collector)
+    try:
+        assert collector.timer_rusage is timer_rusage
+        assert client.get("k") == b"v"
+        with client.pipeline() as pipe:
+            pipe.watch("k")
+            assert pipe.get("k") == b"v"
+        assert asyncio.run(asyncio_get()) == b"v"
+    finally:
+        deactivate(token)
+    collector.finish()
+    timer = receive(udp_listener).timer(group="cache", op="get", server=redis_server.address)
+    assert timer.hit_count == 3 and timer.value >= 0.09
+    if timer_rusage:
+        assert timer.ru_utime + timer.ru_stime >= 0.07
+    else:
+        assert timer.ru_utime == timer.ru_stime == 0
+    # After the request: not timed, and no error (the test suite's strict mode).
+    token = activate(collector)
+    try:
+        assert client.get("k") == b"v"
+        assert asyncio.run(asyncio_get()) == b"v"
+    finally:
+        deactivate(token)
+    assert collector.timers == ()
+    assert udp_listener.pending() == []
 
 
 def test_redis_commands_are_not_timed_while_the_request_is_not_sent(

@@ -81,10 +81,14 @@ def start_checked_timer(
     """``start_timer`` in the enabled request ``collector``, for tags ``check_split_tags`` passed.
 
     For a hook that makes each set of tags once, and checks it then: not
-    again at every call.
+    again at every call. None once the request has ended: a call made then
+    (by a task that outlived its request) is not timed, and is no error of
+    the application's, even in strict mode.
     """
     try:
         request: RequestCollector = collector
+        if request.finished:
+            return None
         timer = request._new_split_timer(names, values)
         timer.start()
     except Exception:
