@@ -190,10 +190,10 @@ def _async_pipeline_hook(original: Any) -> Any:
 
 def _add_command(collector: Any, seconds: float, pool: Any, args: tuple[Any, ...]) -> None:
     values: tuple[str, str, str] | None
-    try:
+    try:  # _values_of(), its common case inline: a call less a command
         values = _POOL_VALUES[id(pool)][args[0]]
-    except Exception:  # the first command of its spelling through pool (or a bad one)
-        values = _new_values(pool, args)
+    except Exception:
+        values = _values_of(pool, args)
         if values is None:
             return
     add_checked_call(collector, _NAMES, values, seconds)
@@ -219,16 +219,19 @@ def _with_cpu(
 
 
 def _started_timer(collector: Any, pool: Any, args: tuple[Any, ...]) -> Any:
-    values: tuple[str, str, str] | None
-    try:
-        values = _POOL_VALUES[id(pool)][args[0]]
-    except Exception:
-        values = _new_values(pool, args)
+    values = _values_of(pool, args)
     return None if values is None else start_checked_timer(collector, _NAMES, values)
 
 
-def _new_values(pool: Any, args: tuple[Any, ...]) -> tuple[str, str, str] | None:
-    """``_command_values()``, or None when they cannot be made (logged)."""
+def _values_of(pool: Any, args: tuple[Any, ...]) -> tuple[str, str, str] | None:
+    """The tag values of the command ``args`` sent through ``pool``; None when they cannot be made.
+
+    (Logged then.)
+    """
+    try:
+        return _POOL_VALUES[id(pool)][args[0]]
+    except Exception:  # the first command of its spelling through pool (or a bad one)
+        pass
     try:
         return _command_values(pool, args)
     except Exception:
