@@ -10,6 +10,7 @@ import inspect
 import logging
 import pickle
 import sys
+import threading
 import time
 import types
 import weakref
@@ -48,8 +49,8 @@ class Callbacks:
         if self.keep:
             self.failed.append((collector, seconds, *rest))
 
-    def hook(self, wrapped, picks=()):
-        return timed_calls(wrapped, self.enter, self.on_done, self.on_failed, picks)
+    def hook(self, wrapped, picks=(), outermost=None):
+        return timed_calls(wrapped, self.enter, self.on_done, self.on_failed, picks, outermost)
 
 
 def given(*args, **kwargs):
@@ -263,9 +264,8 @@ def test_a_failing_enter_leaves_the_call_untimed_and_is_logged(lenient, udp_list
 def test_a_keyword_failing_to_compare_leaves_the_call_unmarked_and_untimed(
     lenient, udp_listener, caplog
 ):
-    # The arguments are read before enter(), which may mark the call (the
-    # HTTP clients' flag of the thread): a failure reading them must not
-    # leave a mark that no done() or failed() takes off.
+    # The arguments are read before the thread is marked in ``outermost``: a
+    # failure reading them must not leave a mark that nothing takes off.
     class Name(str):
         def __eq__(self, other):
             raise RuntimeError("cannot compare")
@@ -273,7 +273,8 @@ def test_a_keyword_failing_to_compare_leaves_the_call_unmarked_and_untimed(
         __hash__ = str.__hash__
 
     callbacks = Callbacks()
-    hook = callbacks.hook(given, ((5, "url"),))
+    calling = set()
+    hook = callbacks.hook(given, ((5, "url"),), calling)
     with caplog.at_level(logging.ERROR, logger="pynba"):
         with monitored_request(udp_listener):
             args, kwargs = hook(**{Name("other"): 1})
@@ -282,6 +283,84 @@ def test_a_keyword_failing_to_compare_leaves_the_call_unmarked_and_untimed(
     assert "cannot start an automatic timer" in caplog.text
     assert len(callbacks.entered) == 1  # the second call's only
     assert [rest for _, _, *rest in callbacks.done] == [[2, ((), {"url": 2})]]
+    assert calling == set()
+
+
+def test_a_call_made_inside_a_timed_call_of_the_same_outermost_set_is_not_timed(udp_listener):
+    # As a redirect requests follows, or urllib3's pool under requests: one timer.
+    calling = set()
+    outer, inner = Callbacks(), Callbacks()
+    inner_hook = inner.hook(given, (), calling)
+    seen = []
+
+    def outer_call(n):
+        seen.append(set(calling))
+        return inner_hook(n + 1)
+
+    outer_hook = outer.hook(outer_call, ((0, "n"),), calling)
+    with monitored_request(udp_listener):
+        assert outer_hook(1) == ((2,), {})
+        assert calling == set()
+        assert inner_hook(3) == ((3,), {})  # no outer call now: timed
+    assert seen == [{threading.get_ident()}]
+    assert [rest for _, _, *rest in outer.done] == [[1, ((2,), {})]]
+    assert [rest for _, _, *rest in inner.done] == [[((3,), {})]]
+    assert calling == set()
+
+
+def test_a_timed_call_that_raises_takes_its_mark_off(udp_listener):
+    calling = set()
+    callbacks = Callbacks()
+
+    def fails():
+        assert calling == {threading.get_ident()}
+        raise KeyboardInterrupt
+
+    hook = callbacks.hook(fails, (), calling)
+    with monitored_request(udp_listener):
+        with pytest.raises(KeyboardInterrupt):
+            hook()
+        assert calling == set()
+    assert len(callbacks.failed) == 1
+
+
+def test_hooks_of_other_outermost_sets_or_none_time_their_calls_inside_another(udp_listener):
+    calling = set()
+    inner = Callbacks()
+    inner_hooks = [inner.hook(given, (), set()), inner.hook(given, ())]
+    hook = Callbacks().hook(lambda: [inner_hook(1) for inner_hook in inner_hooks], (), calling)
+    with monitored_request(udp_listener):
+        hook()
+    assert len(inner.done) == 2
+
+
+def test_each_thread_times_its_own_call_while_another_is_in_one(udp_listener):
+    calling = set()
+    callbacks = Callbacks()
+    inside = threading.Barrier(2, timeout=10)
+
+    def wait(n):
+        inside.wait()  # both threads in a timed call at once
+        return n
+
+    hook = callbacks.hook(wait, (), calling)
+    errors = []
+
+    def one_request(n):
+        try:
+            with monitored_request(udp_listener):
+                assert hook(n) == n
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=one_request, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    assert sorted(result for *_, result in callbacks.done) == [0, 1]
+    assert calling == set()
 
 
 def test_a_failing_done_still_returns_the_calls_result(lenient, udp_listener, caplog):
@@ -327,6 +406,11 @@ def test_in_strict_mode_a_failing_callback_raises(udp_listener):
 def test_bad_picks_are_refused_when_the_hook_is_made(picks, message):
     with pytest.raises(TypeError, match=message):
         Callbacks().hook(given, picks)
+
+
+def test_an_outermost_that_is_not_a_set_is_refused_by_name():
+    with pytest.raises(TypeError, match="^outermost must be a set or None"):
+        Callbacks().hook(given, (), [])
 
 
 @pytest.mark.parametrize("argument", ["wrapped", "enter", "done", "failed"])

@@ -3,7 +3,10 @@
 import asyncio
 import gc
 import http.server
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -655,6 +658,59 @@ def test_each_thread_times_its_own_calls(udp_listener, instrumented, base, host)
         thread.join(10)
     assert errors == []
     for _ in threads:
+        timers = http_timers(receive(udp_listener))
+        assert timers.keys() == {tags("get", host, "2xx")}
+        assert timers[tags("get", host, "2xx")][1] == 1
+        assert timers[tags("get", host, "2xx")][0] >= DELAY
+
+
+GREENLETS_CALLING = """
+import sys
+import types
+
+from packets import monitored_request
+from pynba import instrumentation
+
+instrumentation.instrument("requests", "urllib3")
+from gevent import monkey  # noqa: E402  (after pynba, as a server that preloads the app)
+
+monkey.patch_all()
+import gevent  # noqa: E402
+import requests  # noqa: E402
+
+listener = types.SimpleNamespace(address=("127.0.0.1", int(sys.argv[1])))
+
+
+def one_request():
+    with monitored_request(listener):
+        requests.get(sys.argv[2])
+
+
+gevent.joinall([gevent.spawn(one_request) for _ in range(3)], raise_error=True)
+"""
+
+
+def test_each_greenlet_times_its_own_calls_where_gevent_patched_after_pynba(
+    udp_listener, base, host, tmp_path
+):
+    # Three greenlets of one thread in a call at once: each call is the
+    # outermost of its greenlet, where gevent patched the thread's ident
+    # (``_thread.get_ident``) after pynba was imported and instrumented.
+    pytest.importorskip("gevent")
+    script = tmp_path / "greenlets_calling.py"
+    script.write_text(GREENLETS_CALLING)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    port = udp_listener.address[1]
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", str(script), str(port), f"{base}/delay"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for _ in range(3):
         timers = http_timers(receive(udp_listener))
         assert timers.keys() == {tags("get", host, "2xx")}
         assert timers[tags("get", host, "2xx")][1] == 1

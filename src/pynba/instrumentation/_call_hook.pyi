@@ -13,4 +13,5 @@ def call_hook(
     done: Callable[..., object],
     failed: Callable[..., object],
     picks: tuple[tuple[int, str], ...],
+    calling: set[int] | None = None,
 ) -> Callable[..., Any]: ...

@@ -29,6 +29,7 @@ cdef extern from *:
         PyObject *enter;     /* enter(collector): whether to time this call */
         PyObject *done;      /* done(collector, seconds, *picked, result) */
         PyObject *failed;    /* failed(collector, seconds, *picked) */
+        PyObject *calling;   /* a set of the threads in a call, or None (see call_hook) */
         PyObject *picks;     /* a tuple of (position, keyword) pairs, read into: */
         Py_ssize_t npicks;
         Py_ssize_t positions[3];
@@ -66,6 +67,7 @@ cdef extern from *:
         Py_VISIT(hook->enter);
         Py_VISIT(hook->done);
         Py_VISIT(hook->failed);
+        Py_VISIT(hook->calling);
         Py_VISIT(hook->picks);
         Py_VISIT(hook->dict);
         return 0;
@@ -78,6 +80,7 @@ cdef extern from *:
         Py_CLEAR(hook->enter);
         Py_CLEAR(hook->done);
         Py_CLEAR(hook->failed);
+        Py_CLEAR(hook->calling);
         Py_CLEAR(hook->picks);
         Py_CLEAR(hook->dict);
         return 0;
@@ -181,7 +184,7 @@ cdef extern from *:
     /* A new hook (the references are its own), or NULL with an exception set. */
     static PyObject *pynba_new_hook(
         PyObject *wrapped, PyObject *var, PyObject *enter, PyObject *done, PyObject *failed,
-        PyObject *picks
+        PyObject *calling, PyObject *picks
     ) {
         pynba_CallHook *hook;
         if (PyType_Ready(&pynba_CallHookType) < 0) return NULL;
@@ -198,6 +201,8 @@ cdef extern from *:
         hook->done = done;
         Py_INCREF(failed);
         hook->failed = failed;
+        Py_INCREF(calling);
+        hook->calling = calling;
         Py_INCREF(picks);
         hook->picks = picks;
         hook->npicks = 0;
@@ -213,13 +218,15 @@ cdef extern from *:
         PyObject* enter
         PyObject* done
         PyObject* failed
+        PyObject* calling
         PyObject* picks
         Py_ssize_t npicks
         Py_ssize_t positions[3]
         PyObject* keywords[3]
     void pynba_set_hook_call(void* call)
     object pynba_new_hook(
-        object wrapped, object var, object enter, object done, object failed, object picks
+        object wrapped, object var, object enter, object done, object failed, object calling,
+        object picks
     )
 
 
@@ -229,6 +236,7 @@ cdef extern from "Python.h":
     int PyContextVar_Get(object var, PyObject* default_value, PyObject** value) except -1
 
 
+import _thread
 from contextvars import ContextVar
 
 from pynba.errors import internal_error
@@ -263,7 +271,7 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     cdef PyObject* stack[6]
     cdef Py_ssize_t nargs, npicks
     cdef double start
-    cdef object wrapped, seconds
+    cdef object wrapped, seconds, calling, thread
     if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
         raise ReferenceError("this pynba hook was cleared")
     wrapped = <object>hook.wrapped  # a reference of our own through the call
@@ -276,11 +284,12 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
     # The arguments the callbacks read, as references of our own, taken
     # before the call: none of the caller's is borrowed across it. Read
-    # before enter(), which may mark the call: nothing can fail between the
-    # mark and the done() or failed() that takes it off.
+    # before the thread is marked: nothing can fail between the mark and
+    # the line that takes it off.
     nargs = PyVectorcall_NARGS(nargsf)
     npicks = hook.npicks
-    first = second = third = None
+    first = second = third = thread = None
+    calling = <object>hook.calling
     try:
         if npicks > 0:
             first = _argument(args, nargs, kwnames, hook.positions[0], hook.keywords[0])
@@ -289,6 +298,12 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
         if npicks > 2:
             third = _argument(args, nargs, kwnames, hook.positions[2], hook.keywords[2])
         timed = (<object>hook.enter)(collector)
+        if timed and calling is not None:
+            thread = _thread.get_ident()  # looked up each time: gevent may patch it
+            if thread in <set>calling:
+                timed = False
+            else:
+                (<set>calling).add(thread)
     except Exception:  # a keyword's own __eq__ raising, or enter()
         internal_error("cannot start an automatic timer", False)
         timed = False
@@ -301,6 +316,8 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
         result = PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
     except BaseException:
         seconds = time.perf_counter() - start
+        if calling is not None:
+            (<set>calling).discard(thread)
         stack[0] = <PyObject*>collector
         stack[1] = <PyObject*>seconds
         stack[2] = <PyObject*>first
@@ -312,6 +329,8 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
             internal_error("cannot record an automatic timer", False)
         raise
     seconds = time.perf_counter() - start
+    if calling is not None:
+        (<set>calling).discard(thread)
     # done(collector, seconds, *picked, result), its arguments laid out as a
     # vectorcall takes them: held by the locals above through the call.
     stack[0] = <PyObject*>collector
@@ -330,12 +349,17 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
 pynba_set_hook_call(<void*>_call)
 
 
-def call_hook(wrapped, var, enter, done, failed, tuple picks not None):
-    """``_hooks.timed_calls``' hook, for the requests in the context variable ``var``."""
+def call_hook(wrapped, var, enter, done, failed, tuple picks not None, calling=None):
+    """``_hooks.timed_calls``' hook, for the requests in the context variable ``var``.
+
+    ``calling``: ``timed_calls``' ``outermost``, a set, or None.
+    """
     cdef Py_ssize_t i
     cdef pynba_CallHook* fields
     if type(var) is not ContextVar:
         raise TypeError(f"var must be a contextvars.ContextVar, not {var!r}")
+    if calling is not None and type(calling) is not set:
+        raise TypeError(f"calling must be a set or None, not {calling!r}")
     if len(picks) > MAX_PICKS:
         raise TypeError(f"at most {MAX_PICKS} picks, not {len(picks)}")
     for pick in picks:  # checked here too: _call reads them unchecked
@@ -344,7 +368,7 @@ def call_hook(wrapped, var, enter, done, failed, tuple picks not None):
             and 0 <= pick[0] <= MAX_POSITION and type(pick[1]) is str
         ):
             raise TypeError(f"each of picks must be a (position, keyword) tuple, not {pick!r}")
-    hook = pynba_new_hook(wrapped, var, enter, done, failed, picks)
+    hook = pynba_new_hook(wrapped, var, enter, done, failed, calling, picks)
     fields = <pynba_CallHook*>hook
     for i in range(len(picks)):
         fields.positions[i] = picks[i][0]

@@ -17,6 +17,7 @@ passed to the application, and the call goes on untimed.
 
 from __future__ import annotations
 
+import _thread
 import functools
 import inspect
 from collections.abc import Callable
@@ -143,6 +144,7 @@ def timed_calls(
     done: Callable[..., object],
     failed: Callable[..., object],
     picks: tuple[Pick, ...],
+    outermost: set[int] | None = None,
 ) -> Callable[..., Any]:
     """A hook of ``wrapped`` that times its calls made inside a monitored request.
 
@@ -152,8 +154,12 @@ def timed_calls(
     ``done(collector, seconds, *picked, result)`` gets it when it returns,
     ``failed(collector, seconds, *picked)`` when it raises (the exception
     goes on). An error in a callback is pynba's own (``internal_error``).
-    ``enter`` may mark the call (a flag for the calls it makes); ``done``
-    and ``failed`` then unmark it.
+
+    ``outermost``: a set that the hooks of calls that nest share (a
+    redirect, a retry, a library's call under another's). A timed call
+    holds its thread's ident (``_thread.get_ident()``: a greenlet's, where
+    gevent patched it) in the set, and a call made in that thread meanwhile
+    is passed on untimed: part of the outer call's timer.
 
     Compiled, the hook is a C object that hands the call on without
     binding its arguments (``_call_hook``); this function is its twin.
@@ -179,8 +185,10 @@ def timed_calls(
     ):
         if not callable(callback):
             raise TypeError(f"{name} must be callable, not {callback!r}")
+    if outermost is not None and type(outermost) is not set:
+        raise TypeError(f"outermost must be a set or None, not {outermost!r}")
     if _c_call_hook is not None:
-        return _c_call_hook(wrapped, collector_variable(), enter, done, failed, picks)
+        return _c_call_hook(wrapped, collector_variable(), enter, done, failed, picks, outermost)
 
     def hook(*args: Any, **kwargs: Any) -> Any:
         collector = current_collector()
@@ -189,6 +197,13 @@ def timed_calls(
         try:  # the arguments first, as the C hook reads them (see _call_hook)
             picked = [_argument(args, kwargs, pick) for pick in picks]
             timed = enter(collector)
+            thread = None
+            if timed and outermost is not None:
+                thread = _thread.get_ident()  # looked up each time: gevent may patch it
+                if thread in outermost:
+                    timed = False
+                else:
+                    outermost.add(thread)
         except Exception:
             internal_error("cannot start an automatic timer", False)
             timed = False
@@ -199,12 +214,16 @@ def timed_calls(
             result = wrapped(*args, **kwargs)
         except BaseException:
             seconds = perf_counter() - start
+            if outermost is not None:
+                outermost.discard(thread)
             try:
                 failed(collector, seconds, *picked)
             except Exception:
                 internal_error("cannot record an automatic timer", False)
             raise
         seconds = perf_counter() - start
+        if outermost is not None:
+            outermost.discard(thread)
         try:
             done(collector, seconds, *picked, result)
         except Exception:

@@ -30,7 +30,6 @@ of each distinct key once.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,9 +47,8 @@ __all__ = [
     "NAMES",
     "CallTimers",
     "add_failed_timer",
-    "enter_outermost",
+    "enabled",
     "host_tag",
-    "leave_outermost",
     "method_op",
     "origin",
     "origin_host",
@@ -67,35 +65,14 @@ ERROR = "error"
 HOST_LIMIT = DEFAULT_NAME_LIMIT
 
 
-class _CallState(threading.local):
-    # A flag of the thread rather than a context variable: the libraries that
-    # nest calls (requests, urllib3) are synchronous, and it costs half as much.
-    active = False
+#: The idents of the threads in a timed call (``timed_calls``' ``outermost``):
+#: the calls a timed call makes are not timed again.
+IN_CALL: set[int] = set()
 
 
-#: ``IN_CALL.active`` is set while a call is timed: the calls it makes are not timed again.
-#: The hooks of requests and urllib3 read and set it in the thread's own dict
-#: (``IN_CALL.__dict__``): three attribute accesses of a thread-local cost twice as much.
-IN_CALL = _CallState()
-
-
-def enter_outermost(collector: Any) -> bool:
-    """``timed_calls``' ``enter`` for a call that another timed call makes untimed (``IN_CALL``).
-
-    Marks the call; its ``done`` and ``failed`` call ``leave_outermost()``.
-    """
-    if not collector.enabled:
-        return False
-    in_call = IN_CALL.__dict__  # this thread's
-    if in_call.get("active"):  # a retry or redirect of the call timed, or urllib3 under requests
-        return False
-    in_call["active"] = True
-    return True
-
-
-def leave_outermost() -> None:
-    """Unmark the call ``enter_outermost`` marked."""
-    IN_CALL.__dict__["active"] = False
+def enabled(collector: Any) -> bool:
+    """``timed_calls``' ``enter``: whether the request ``collector`` is monitored."""
+    return bool(collector.enabled)
 
 
 #: The values of ``NAMES`` for a key (see ``values``).

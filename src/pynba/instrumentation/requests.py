@@ -15,10 +15,10 @@ from typing import Any
 from ._hooks import Patches, timed_calls
 from ._http_client import (
     ERROR,
+    IN_CALL,
     CallTimers,
     add_failed_timer,
-    enter_outermost,
-    leave_outermost,
+    enabled,
     origin_host,
     origin_values,
     values,
@@ -31,16 +31,14 @@ _timers = CallTimers(origin_values)
 
 
 def _hook(send: Callable[..., Any]) -> Callable[..., Any]:
-    return timed_calls(send, enter_outermost, _done, _failed, ((1, "request"),))
+    return timed_calls(send, enabled, _done, _failed, ((1, "request"),), IN_CALL)
 
 
 def _done(collector: Any, seconds: float, request: Any, response: Any) -> None:
-    leave_outermost()
     _timers.add_origin(collector, seconds, request.method, request.url, response.status_code)
 
 
 def _failed(collector: Any, seconds: float, request: Any) -> None:
-    leave_outermost()
     add_failed_timer(
         collector, seconds, lambda: values(request.method, origin_host(request.url), ERROR)
     )

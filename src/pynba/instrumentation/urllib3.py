@@ -22,9 +22,8 @@ from ._http_client import (
     IN_CALL,
     CallTimers,
     add_failed_timer,
-    enter_outermost,
+    enabled,
     host_tag,
-    leave_outermost,
     origin_host,
     origin_values,
     status_class,
@@ -63,7 +62,7 @@ _url_timers = CallTimers(origin_values)
 
 
 def _pool_hook(urlopen: Callable[..., Any]) -> Callable[..., Any]:
-    return timed_calls(urlopen, enter_outermost, _done, _failed, _PICKS)
+    return timed_calls(urlopen, enabled, _done, _failed, _PICKS, IN_CALL)
 
 
 # Where the hook finds, in the arguments of HTTPConnectionPool.urlopen, what
@@ -73,12 +72,10 @@ _PICKS = ((0, "self"), (1, "method"), (2, "url"))
 
 
 def _done(collector: Any, seconds: float, pool: Any, method: Any, url: Any, response: Any) -> None:
-    IN_CALL.__dict__["active"] = False  # leave_outermost(), inline: a call less
     _add(collector, seconds, pool, method, url, response)
 
 
 def _failed(collector: Any, seconds: float, pool: Any, method: Any, url: Any) -> None:
-    leave_outermost()
     add_failed_timer(collector, seconds, lambda: _failed_values(pool, method, url))
 
 
