@@ -14,6 +14,7 @@ import time
 import redis
 from celery import Celery
 
+from cpu import burn_cpu
 from pynba import pynba
 from pynba.celery import monitor
 
@@ -84,17 +85,11 @@ def outside(key):
     store().set(key, f"{IMPORTED_ACTIVE} {seen['active']} {pynba.active}")
 
 
-def busy(seconds):
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
-
-
 @app.task(name="busy")
 def busy_task(seconds, slices=1):
     """``seconds`` of CPU in ``slices``, yielding between them (under gevent, to the others)."""
     for _ in range(slices):
-        busy(seconds / slices)
+        burn_cpu(seconds / slices)
         time.sleep(0)  # gevent: patched, lets the other greenlets run
 
 

@@ -7,6 +7,7 @@ import time
 import rq.worker
 from rq import Retry
 
+from cpu import burn_cpu
 from pynba import pynba
 from pynba.rq import PinbaWorkerMixin
 
@@ -33,10 +34,7 @@ def sleep(seconds):
 
 def burn(seconds):
     """Spend ``seconds`` of this thread's CPU; returns the CPU it measured itself."""
-    start = time.thread_time()
-    while time.thread_time() - start < seconds:
-        pass
-    return time.thread_time() - start
+    return burn_cpu(seconds)
 
 
 def ask_retry():

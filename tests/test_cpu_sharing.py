@@ -9,10 +9,10 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
+from cpu import burn_cpu
 from packets import make_collector, receive, receive_all
 from pynba.asgi import PynbaASGIMiddleware
 from pynba.context import activate, deactivate
@@ -33,12 +33,6 @@ def _no_request_left_sharing_the_thread():
     gc.collect()
 
 
-def busy(seconds):
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
-
-
 def thread_seconds():
     usage = resource.getrusage(RUSAGE_WHO)
     return usage.ru_utime + usage.ru_stime
@@ -50,7 +44,7 @@ def cpu_of(packet):
 
 async def interleaved(scope, receive, send):
     for _ in range(5):  # CPU in slices, the other requests' slices in between
-        busy(0.002)
+        burn_cpu(0.002)
         await asyncio.sleep(0)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -165,7 +159,7 @@ def test_requests_one_at_a_time_in_threads_get_their_own_cpu(udp_listener):
     def serve(seconds):
         for _ in range(rounds):
             collector = make_collector(udp_listener, script_name=f"{seconds}")
-            busy(seconds)
+            burn_cpu(seconds)
             collector.finish()
 
     threads = [threading.Thread(target=serve, args=(s,)) for s in (0.02, 0.06)]
@@ -188,9 +182,9 @@ def test_requests_one_at_a_time_in_threads_get_their_own_cpu(udp_listener):
 def test_nested_requests_share_and_sequential_ones_do_not(udp_listener):
     outer = make_collector(udp_listener, script_name="outer")
     inner = make_collector(udp_listener, script_name="inner")
-    busy(0.02)  # both running: half each
+    burn_cpu(0.02)  # both running: half each
     inner.finish()
-    busy(0.02)  # the outer one alone
+    burn_cpu(0.02)  # the outer one alone
     outer.finish()
     inner_packet, outer_packet = receive_all(udp_listener, 2)
     assert cpu_of(inner_packet) == pytest.approx(0.01, abs=0.004)
@@ -205,7 +199,7 @@ def test_a_request_dropped_unfinished_stops_sharing_the_thread(udp_listener):
     gc.collect()
     assert thread_cpu().running == running
     collector = make_collector(udp_listener)
-    busy(0.02)
+    burn_cpu(0.02)
     collector.finish()
     assert cpu_of(receive(udp_listener)) >= 0.018  # all of it: nobody else is running
 
@@ -225,7 +219,7 @@ def test_a_request_that_ends_on_another_thread_counts_from_there(udp_listener):
     deactivate(token)
     begun_on = thread_cpu()
     running = begun_on.running
-    busy(0.02)  # on the thread it began on: cannot be read from the other one
+    burn_cpu(0.02)  # on the thread it began on: cannot be read from the other one
     thread = threading.Thread(target=collector.finish)
     thread.start()
     thread.join()
@@ -238,15 +232,15 @@ def test_a_script_monitor_between_jobs_does_not_share_the_thread(udp_listener):
 
     monitor = ScriptMonitor(udp_listener.address, autostart=False)
     monitor.start()
-    busy(0.01)
+    burn_cpu(0.01)
     monitor.send()  # its job ends; none runs until start()
     collector = make_collector(udp_listener, script_name="alone")
-    busy(0.02)
+    burn_cpu(0.02)
     collector.finish()
     monitor_packet, alone = receive_all(udp_listener, 2)
     assert cpu_of(monitor_packet) >= 0.009
     assert cpu_of(alone) >= 0.018
     monitor.start()
-    busy(0.01)
+    burn_cpu(0.01)
     monitor.close()
     assert cpu_of(receive(udp_listener)) >= 0.009

@@ -10,12 +10,12 @@ import asyncio
 import gc
 import inspect
 import logging
-import time
 
 import pytest
 
 import pynba
 from cache_servers import free_port, start_memcached, start_redis, start_sentinel
+from cpu import burn_cpu
 from packets import make_collector, monitored_request, receive
 from pynba.context import DISABLED, activate, deactivate
 from pynba.instrumentation import pymemcache as pymemcache_hooks
@@ -243,12 +243,6 @@ def test_redis_a_command_after_its_request_ended_is_not_kept(udp_listener, redis
         deactivate(token)
     assert collector.timers == ()
     assert udp_listener.pending() == []
-
-
-def burn_cpu(seconds):
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
 
 
 @pytest.mark.parametrize("timer_rusage", [True, False])
