@@ -16,7 +16,9 @@ import pytest
 
 import pynba
 from conftest import UDPListener
-from packets import Packet, monitored_request, receive
+from cpu import burn_cpu
+from packets import Packet, make_collector, monitored_request, receive
+from pynba.context import activate, deactivate
 from pynba.instrumentation import dbapi
 
 psycopg = pytest.importorskip("psycopg")
@@ -272,6 +274,73 @@ def test_sqlite3(instrumented, udp_listener):
     assert packet.timer(op="insert", **tags).hit_count == 5 + 1
     assert packet.timer(op="select", **tags).hit_count == 2
     assert packet.timer(op="commit", **tags).hit_count == 1
+
+
+@pytest.mark.parametrize("timer_rusage", [True, False])
+def test_statements_carry_their_cpu_time_where_timers_measure_it(udp_listener, timer_rusage):
+    # A query calling a function that burns CPU: its timer carries that CPU
+    # time when the request measures it (timer_rusage), as a hand-written
+    # timer does; without, each timer is made when its statement has
+    # returned. Through the cursor's execute() and the connection's.
+    connection = dbapi.wrap_connection(sqlite3.connect(":memory:"))
+    connection.create_function("burn", 0, lambda: burn_cpu(0.03))
+    collector = make_collector(udp_listener, timer_rusage=timer_rusage)
+    token = activate(collector)
+    try:
+        cursor = connection.cursor()
+        assert cursor.execute("SELECT burn()").fetchone()[0] >= 0.03
+        assert connection.execute("SELECT burn()").fetchone()[0] >= 0.03
+    finally:
+        deactivate(token)
+    collector.finish()
+    timer = receive(udp_listener).timer(group="db", op="select", db="sqlite3")
+    assert timer.hit_count == 2 and timer.value >= 0.06
+    if timer_rusage:
+        assert timer.ru_utime + timer.ru_stime >= 0.05
+    else:
+        assert timer.ru_utime == timer.ru_stime == 0
+    # After the request: not timed, and no error (the test suite's strict mode).
+    token = activate(collector)
+    try:
+        assert cursor.execute("SELECT 1").fetchone() == (1,)
+        assert connection.execute("SELECT 2").fetchone() == (2,)
+        connection.commit()
+    finally:
+        deactivate(token)
+    connection.close()
+    assert collector.timers == ()
+    assert udp_listener.pending() == []
+
+
+def test_statements_are_not_timed_while_the_request_is_not_sent(udp_listener):
+    connection = dbapi.wrap_connection(sqlite3.connect(":memory:"), name="main")
+    collector = make_collector(udp_listener)
+    token = activate(collector)
+    try:
+        connection.execute("SELECT 1")
+        collector.enabled = False
+        connection.execute("SELECT 1")
+        connection.cursor().execute("SELECT 1")
+        connection.commit()
+        collector.enabled = True
+        connection.cursor().execute("SELECT 1")
+    finally:
+        deactivate(token)
+    collector.finish()
+    connection.close()
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="select", db="main").hit_count == 2
+    assert [timer for timer in packet.timers if ("op", "commit") in timer.tags] == []
+
+
+@pytest.mark.parametrize("name", [5, b"main", ["main"]])
+def test_a_database_name_that_is_not_a_str_is_refused_by_name(name):
+    connection = sqlite3.connect(":memory:")
+    with pytest.raises(TypeError, match="^name must be a str or None"):
+        dbapi.wrap_connection(connection, name)
+    with pytest.raises(TypeError, match="^name must be a str or None"):
+        dbapi.wrap_connect(sqlite3.connect, name)
+    connection.close()
 
 
 class RowsWithoutLength:

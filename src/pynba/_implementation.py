@@ -36,6 +36,7 @@ COMPILED_MODULES = (
     "instrumentation._hooks",
     "instrumentation._http_client",
     "instrumentation.urllib3",
+    "instrumentation.dbapi",
     "instrumentation.sqlalchemy",
     "instrumentation.opentelemetry",
 )

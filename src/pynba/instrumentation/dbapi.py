@@ -25,10 +25,18 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from ..context import current_collector
-from ._hooks import bounded, row_count, sql_verb, start_timer, stop_timer
+from ._hooks import (
+    add_checked_call,
+    bounded,
+    row_count,
+    sql_verb,
+    start_checked_timer,
+    stop_timer,
+)
 
 __all__ = ["instrument", "uninstrument", "wrap_connect", "wrap_connection"]
 
@@ -50,7 +58,11 @@ _FRAMEWORKS = ("django.db.", "sqlalchemy.")
 
 
 class _Tags:
-    """The tags of a connection's timers: ``db=`` its name, ``op=`` each statement's verb."""
+    """The tags of a connection's timers: ``db=`` its name, ``op=`` each statement's verb.
+
+    Each a tuple of three str, as ``check_split_tags`` passes them: the
+    hooks hand them on unchecked.
+    """
 
     __slots__ = ("db", "commit", "rollback", "other", "_statements")
 
@@ -116,16 +128,24 @@ class _Cursor(_Proxy):
     __slots__ = ()
 
     def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        # _timed(), inline: no arguments packed again, a call less a statement.
         cursor = self._wrapped
         collector = current_collector()
-        if collector is None:
+        if collector is None or not collector.enabled:
             result = cursor.execute(statement, *args, **kwargs)
-        else:
-            timer = start_timer(_NAMES, self._tags.of(statement), collector)
+        elif collector.timer_rusage:
+            timer = start_checked_timer(collector, _NAMES, self._tags.of(statement))
             try:
                 result = cursor.execute(statement, *args, **kwargs)
             finally:
                 stop_timer(timer)
+        else:
+            tags = self._tags.of(statement)
+            start = perf_counter()
+            try:
+                result = cursor.execute(statement, *args, **kwargs)
+            finally:
+                add_checked_call(collector, _NAMES, tags, perf_counter() - start)
         # psycopg and sqlite3 give the cursor back (for chaining): give its wrapper.
         return self if result is cursor else result
 
@@ -201,12 +221,26 @@ class _Connection(_Proxy):
 
 
 def _timed(tags: tuple[str, str, str], hits: int, call: Any, *args: Any, **kwargs: Any) -> Any:
-    """``call(*args, **kwargs)`` in a timer with ``tags``, counting ``hits``."""
-    timer = start_timer(_NAMES, tags)
+    """``call(*args, **kwargs)`` timed with ``tags``, counting ``hits``.
+
+    As a Redis command is: a timer made when the call has returned,
+    measured (``add_checked_call``), where it is one hit and the request's
+    timers do not measure their CPU time; else a timer started before it.
+    """
+    collector = current_collector()
+    if collector is None or not collector.enabled:
+        return call(*args, **kwargs)
+    if hits != 1 or collector.timer_rusage:
+        timer = start_checked_timer(collector, _NAMES, tags)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            stop_timer(timer, hits)
+    start = perf_counter()
     try:
         return call(*args, **kwargs)
     finally:
-        stop_timer(timer, hits)
+        add_checked_call(collector, _NAMES, tags, perf_counter() - start)
 
 
 def wrap_connection(connection: Any, name: str | None = None) -> Any:
@@ -216,12 +250,18 @@ def wrap_connection(connection: Any, name: str | None = None) -> Any:
     it (psycopg, psycopg2, PyMySQL), else the driver's module (``sqlite3``).
     A connection wrapped already is returned as it is.
     """
+    _check_name(name)
     if type(connection) is _Connection:
         return connection
     driver = type(connection).__module__.partition(".")[0]
     if name is None:
         name = bounded(_db_name(connection, driver), _seen_db_names, DB_NAME_LIMIT)
     return _Connection(connection, name, driver in _COMMITTING_EXIT)
+
+
+def _check_name(name: Any) -> None:
+    if name is not None and type(name) is not str:
+        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
 
 
 def _db_name(connection: Any, driver: str) -> str:
@@ -241,6 +281,7 @@ def _db_name(connection: Any, driver: str) -> str:
 
 def wrap_connect(connect: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
     """``connect`` (a driver's), whose connections are wrapped (see ``wrap_connection``)."""
+    _check_name(name)
 
     def timed_connect(*args: Any, **kwargs: Any) -> Any:
         connection = connect(*args, **kwargs)
@@ -254,10 +295,12 @@ def wrap_connect(connect: Callable[..., Any], name: str | None = None) -> Callab
 
 
 def _opened_by_framework() -> bool:
+    # The first frame not of this module opens the connection (compiled,
+    # this module's functions have no frames of their own).
     frame = inspect.currentframe()
-    # This function's caller is timed_connect; its caller opens the connection.
-    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
-    module = caller.f_globals.get("__name__", "") if caller is not None else ""
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
     return isinstance(module, str) and module.startswith(_FRAMEWORKS)
 
 
