@@ -8,11 +8,13 @@ import copy
 import gc
 import inspect
 import logging
+import os
 import pickle
 import sys
 import threading
 import time
 import types
+import warnings
 import weakref
 from unittest import mock
 
@@ -406,6 +408,64 @@ def test_in_strict_mode_a_failing_callback_raises(udp_listener):
 def test_bad_picks_are_refused_when_the_hook_is_made(picks, message):
     with pytest.raises(TypeError, match=message):
         Callbacks().hook(given, picks)
+
+
+@pytest.mark.parametrize("ident", ["thread", 1.5, True])
+def test_a_thread_ident_that_is_not_an_int_leaves_the_call_untimed_and_unmarked(
+    ident, lenient, udp_listener, caplog, monkeypatch
+):
+    # _thread.get_ident() as a patch may make it: an ident that is not an
+    # int might hash otherwise when taken off the set than when put in.
+    import _thread
+
+    calling = set()
+    callbacks = Callbacks()
+    hook = callbacks.hook(given, (), calling)
+    monkeypatch.setattr(_thread, "get_ident", lambda: ident)
+    with caplog.at_level(logging.ERROR, logger="pynba"):
+        with monitored_request(udp_listener):
+            assert hook(1) == ((1,), {})
+    monkeypatch.undo()
+    assert "cannot start an automatic timer" in caplog.text
+    assert callbacks.done == [] and calling == set()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+def test_a_child_process_starts_with_no_thread_in_a_call():
+    from pynba.instrumentation._http_client import IN_CALL
+
+    entered, release = threading.Event(), threading.Event()
+
+    def wait():
+        entered.set()
+        release.wait(10)
+
+    hook = timed_calls(wait, lambda collector: True, lambda *a: None, lambda *a: None, (), IN_CALL)
+    errors = []
+
+    def one_request():
+        try:
+            with monitored_request(types.SimpleNamespace(address=("127.0.0.1", 9))):
+                hook()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=one_request)
+    thread.start()
+    try:
+        assert entered.wait(10)
+        assert IN_CALL == {thread.ident}
+        with warnings.catch_warnings():  # forking a process with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: a new thread may be given the ident of the parent's
+            os._exit(0 if IN_CALL == set() else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert errors == [] and IN_CALL == set()
 
 
 def test_an_outermost_that_is_not_a_set_is_refused_by_name():

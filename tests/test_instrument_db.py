@@ -5,8 +5,11 @@ in memory; the packets are decoded and checked: tags, hit counts, and
 values at least as long as the query took.
 """
 
+import copy
+import enum
 import json
 import os
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -341,6 +344,52 @@ def test_a_database_name_that_is_not_a_str_is_refused_by_name(name):
     with pytest.raises(TypeError, match="^name must be a str or None"):
         dbapi.wrap_connect(sqlite3.connect, name)
     connection.close()
+
+
+def test_a_database_name_of_a_str_enum_is_its_value(udp_listener):
+    class Database(str, enum.Enum):
+        MAIN = "main"
+
+    connection = dbapi.wrap_connection(sqlite3.connect(":memory:"), Database.MAIN)
+    with monitored_request(udp_listener):
+        connection.execute("SELECT 1")
+    connection.close()
+    assert receive(udp_listener).timer(group="db", op="select", db="main").hit_count == 1
+
+
+@pytest.mark.parametrize("connection", [None, object(), "dbname=main"])
+def test_what_is_not_a_connection_is_refused_by_name(connection):
+    with pytest.raises(TypeError, match="^connection must be a DB-API connection"):
+        dbapi.wrap_connection(connection)
+
+
+def test_a_connect_that_cannot_be_called_is_refused_by_name():
+    with pytest.raises(TypeError, match="^connect must be callable"):
+        dbapi.wrap_connect(None)
+
+
+def test_the_wrappers_are_copied_and_pickled_as_the_drivers_objects_are():
+    # sqlite3's refuse: so do their wrappers, with the driver's own error.
+    connection = sqlite3.connect(":memory:")
+    wrapped = dbapi.wrap_connection(connection)
+    for own, wrapper in ((connection, wrapped), (connection.cursor(), wrapped.cursor())):
+        for refused in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError) as driver_error:
+                refused(own)
+            with pytest.raises(TypeError) as wrapper_error:
+                refused(wrapper)
+            assert str(wrapper_error.value) == str(driver_error.value)
+    connection.close()
+
+
+@pytest.mark.parametrize("proxy", [dbapi._Connection, dbapi._Cursor])
+def test_a_wrapper_made_without_its_object_fails_with_attribute_error(proxy):
+    # As copy.copy makes one (object.__new__): no endless recursion (compiled,
+    # a crash of the process).
+    empty = object.__new__(proxy)
+    assert not hasattr(empty, "isolation_level")
+    with pytest.raises(AttributeError):
+        repr(empty)
 
 
 class RowsWithoutLength:

@@ -271,7 +271,7 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     cdef PyObject* stack[6]
     cdef Py_ssize_t nargs, npicks
     cdef double start
-    cdef object wrapped, seconds, calling, thread
+    cdef object wrapped, enter, done, failed, picks, calling, thread, seconds
     if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
         raise ReferenceError("this pynba hook was cleared")
     wrapped = <object>hook.wrapped  # a reference of our own through the call
@@ -282,6 +282,13 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
     if collector is None:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    # References of our own to what the hook holds, before any Python code
+    # runs (picks holds the keywords read below).
+    enter = <object>hook.enter
+    done = <object>hook.done
+    failed = <object>hook.failed
+    picks = <object>hook.picks
+    calling = <object>hook.calling
     # The arguments the callbacks read, as references of our own, taken
     # before the call: none of the caller's is borrowed across it. Read
     # before the thread is marked: nothing can fail between the mark and
@@ -289,7 +296,6 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     nargs = PyVectorcall_NARGS(nargsf)
     npicks = hook.npicks
     first = second = third = thread = None
-    calling = <object>hook.calling
     try:
         if npicks > 0:
             first = _argument(args, nargs, kwnames, hook.positions[0], hook.keywords[0])
@@ -297,9 +303,11 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
             second = _argument(args, nargs, kwnames, hook.positions[1], hook.keywords[1])
         if npicks > 2:
             third = _argument(args, nargs, kwnames, hook.positions[2], hook.keywords[2])
-        timed = (<object>hook.enter)(collector)
+        timed = enter(collector)
         if timed and calling is not None:
             thread = _thread.get_ident()  # looked up each time: gevent may patch it
+            if type(thread) is not int:  # hashed as it was when put in: an int's hash is
+                raise TypeError(f"_thread.get_ident() gave {type(thread).__name__}, not int")
             if thread in <set>calling:
                 timed = False
             else:
@@ -309,8 +317,6 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
         timed = False
     if not timed:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
-    done = <object>hook.done
-    failed = <object>hook.failed
     start = time.perf_counter()
     try:
         result = PyObject_Vectorcall(wrapped, args, nargsf, kwnames)

@@ -197,13 +197,12 @@ def timed_calls(
         try:  # the arguments first, as the C hook reads them (see _call_hook)
             picked = [_argument(args, kwargs, pick) for pick in picks]
             timed = enter(collector)
-            thread = None
+            thread = 0  # an ident, when outermost is a set
             if timed and outermost is not None:
                 thread = _thread.get_ident()  # looked up each time: gevent may patch it
-                if thread in outermost:
-                    timed = False
-                else:
-                    outermost.add(thread)
+                if type(thread) is not int:  # hashed as it was when put in: an int's hash is
+                    raise TypeError(f"_thread.get_ident() gave {type(thread).__name__}, not int")
+                timed = thread not in outermost
         except Exception:
             internal_error("cannot start an automatic timer", False)
             timed = False
@@ -211,19 +210,24 @@ def timed_calls(
             return wrapped(*args, **kwargs)
         start = perf_counter()
         try:
-            result = wrapped(*args, **kwargs)
+            # Marked and unmarked inside the try: an exception raised by a
+            # signal handler between two lines leaves no mark behind (the C
+            # hook runs no Python code between its mark and the call).
+            if outermost is not None:
+                outermost.add(thread)
+            try:
+                result = wrapped(*args, **kwargs)
+            finally:
+                if outermost is not None:
+                    outermost.discard(thread)
         except BaseException:
             seconds = perf_counter() - start
-            if outermost is not None:
-                outermost.discard(thread)
             try:
                 failed(collector, seconds, *picked)
             except Exception:
                 internal_error("cannot record an automatic timer", False)
             raise
         seconds = perf_counter() - start
-        if outermost is not None:
-            outermost.discard(thread)
         try:
             done(collector, seconds, *picked, result)
         except Exception:

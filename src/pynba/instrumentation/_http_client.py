@@ -30,6 +30,7 @@ of each distinct key once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -68,6 +69,10 @@ HOST_LIMIT = DEFAULT_NAME_LIMIT
 #: The idents of the threads in a timed call (``timed_calls``' ``outermost``):
 #: the calls a timed call makes are not timed again.
 IN_CALL: set[int] = set()
+if hasattr(os, "register_at_fork"):
+    # A child's threads are new, none in a call, though one may get the
+    # ident of a parent's thread that was.
+    os.register_at_fork(after_in_child=IN_CALL.clear)
 
 
 def enabled(collector: Any) -> bool:

@@ -86,6 +86,10 @@ class _Tags:
         return tags
 
 
+# The proxies' own attributes (their slots).
+_OWN = frozenset(["_wrapped", "_tags", "_commits_on_exit"])
+
+
 class _Proxy:
     """A driver's object, that others take for it: what it does not do itself goes to it."""
 
@@ -96,6 +100,8 @@ class _Proxy:
         object.__setattr__(self, "_tags", tags)
 
     def __getattr__(self, name: str) -> Any:
+        if name in _OWN:  # not set (an instance copy.copy made): no endless recursion
+            raise AttributeError(name)
         return getattr(self._wrapped, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -110,6 +116,10 @@ class _Proxy:
 
     def __repr__(self) -> str:
         return repr(self._wrapped)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Copied and pickled as the driver's object is (most refuse).
+        return self._wrapped.__reduce_ex__(protocol)
 
     def __enter__(self) -> Any:
         wrapped = self._wrapped
@@ -250,18 +260,23 @@ def wrap_connection(connection: Any, name: str | None = None) -> Any:
     it (psycopg, psycopg2, PyMySQL), else the driver's module (``sqlite3``).
     A connection wrapped already is returned as it is.
     """
-    _check_name(name)
+    name = _checked_name(name)
     if type(connection) is _Connection:
         return connection
+    if not callable(getattr(connection, "cursor", None)):
+        raise TypeError(f"connection must be a DB-API connection, not {type(connection).__name__}")
     driver = type(connection).__module__.partition(".")[0]
     if name is None:
         name = bounded(_db_name(connection, driver), _seen_db_names, DB_NAME_LIMIT)
     return _Connection(connection, name, driver in _COMMITTING_EXIT)
 
 
-def _check_name(name: Any) -> None:
-    if name is not None and type(name) is not str:
-        raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+def _checked_name(name: Any) -> str | None:
+    if name is None or type(name) is str:
+        return name
+    if isinstance(name, str):  # an enum's member, say: its value
+        return str.__str__(name)
+    raise TypeError(f"name must be a str or None, not {type(name).__name__}")
 
 
 def _db_name(connection: Any, driver: str) -> str:
@@ -281,7 +296,9 @@ def _db_name(connection: Any, driver: str) -> str:
 
 def wrap_connect(connect: Callable[..., Any], name: str | None = None) -> Callable[..., Any]:
     """``connect`` (a driver's), whose connections are wrapped (see ``wrap_connection``)."""
-    _check_name(name)
+    name = _checked_name(name)
+    if not callable(connect):
+        raise TypeError(f"connect must be callable, not {type(connect).__name__}")
 
     def timed_connect(*args: Any, **kwargs: Any) -> Any:
         connection = connect(*args, **kwargs)
