@@ -9,3 +9,11 @@ def burn_cpu(seconds):
     while time.thread_time() - start < seconds:
         pass
     return time.thread_time() - start
+
+
+def check_timer_cpu(timer, timer_rusage, at_least):
+    """A decoded timer's CPU time: ``at_least`` seconds where its request measures it, else 0."""
+    if timer_rusage:
+        assert timer.ru_utime + timer.ru_stime >= at_least
+    else:
+        assert timer.ru_utime == timer.ru_stime == 0
