@@ -468,6 +468,27 @@ def test_a_child_process_starts_with_no_thread_in_a_call():
     assert errors == [] and IN_CALL == set()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+def test_a_child_forked_inside_a_timed_call_goes_on_inside_it():
+    # The thread that forks lives on in the child, still in its call: the
+    # calls it makes there are part of that call, not timed again.
+    from pynba.instrumentation._http_client import IN_CALL
+
+    def fork():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            os._exit(0 if IN_CALL == {threading.get_ident()} else 1)
+        return os.waitpid(pid, 0)[1]
+
+    hook = timed_calls(fork, lambda collector: True, lambda *a: None, lambda *a: None, (), IN_CALL)
+    with monitored_request(types.SimpleNamespace(address=("127.0.0.1", 9))):
+        status = hook()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert IN_CALL == set()
+
+
 def test_an_outermost_that_is_not_a_set_is_refused_by_name():
     with pytest.raises(TypeError, match="^outermost must be a set or None"):
         Callbacks().hook(given, (), [])

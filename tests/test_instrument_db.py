@@ -379,6 +379,48 @@ def test_the_wrappers_are_copied_and_pickled_as_the_drivers_objects_are():
     connection.close()
 
 
+class Copied:
+    """A driver's connection of its own copying: ``__copy__`` refuses, ``__deepcopy__`` counts."""
+
+    def __init__(self):
+        self.deep_copies = 0
+
+    def cursor(self):
+        return None
+
+    def __copy__(self):
+        raise TypeError("this connection cannot be copied")
+
+    def __deepcopy__(self, memo):
+        self.deep_copies += 1
+        return self
+
+
+def test_a_wrapper_is_copied_as_the_drivers_object_is_by_its_own_methods():
+    own = Copied()
+    wrapped = dbapi.wrap_connection(own)
+    with pytest.raises(TypeError, match="this connection cannot be copied"):
+        copy.copy(wrapped)
+    assert copy.deepcopy(wrapped) is own and own.deep_copies == 1
+
+
+def test_an_asyncio_drivers_connection_is_not_wrapped():
+    class AsyncConnection:
+        def cursor(self):
+            return None
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc_info):
+            return None
+
+    with pytest.raises(TypeError, match="^connection must be a DB-API connection"):
+        dbapi.wrap_connection(AsyncConnection())
+    opened = AsyncConnection()
+    assert dbapi.wrap_connect(lambda: opened)() is opened  # handed back as it is
+
+
 @pytest.mark.parametrize("proxy", [dbapi._Connection, dbapi._Cursor])
 def test_a_wrapper_made_without_its_object_fails_with_attribute_error(proxy):
     # As copy.copy makes one (object.__new__): no endless recursion (compiled,

@@ -213,9 +213,9 @@ def timed_calls(
             # Marked and unmarked inside the try: an exception raised by a
             # signal handler between two lines leaves no mark behind (the C
             # hook runs no Python code between its mark and the call).
-            if outermost is not None:
-                outermost.add(thread)
             try:
+                if outermost is not None:
+                    outermost.add(thread)
                 result = wrapped(*args, **kwargs)
             finally:
                 if outermost is not None:

@@ -30,6 +30,7 @@ of each distinct key once.
 
 from __future__ import annotations
 
+import _thread
 import os
 from collections.abc import Callable
 from typing import Any
@@ -69,10 +70,16 @@ HOST_LIMIT = DEFAULT_NAME_LIMIT
 #: The idents of the threads in a timed call (``timed_calls``' ``outermost``):
 #: the calls a timed call makes are not timed again.
 IN_CALL: set[int] = set()
+
+
+def _after_fork_in_child() -> None:
+    # Only the thread that forked goes on in the child: its other threads are
+    # gone, and a new one may get the ident of one that was in a call.
+    IN_CALL.intersection_update((_thread.get_ident(),))
+
+
 if hasattr(os, "register_at_fork"):
-    # A child's threads are new, none in a call, though one may get the
-    # ident of a parent's thread that was.
-    os.register_at_fork(after_in_child=IN_CALL.clear)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enabled(collector: Any) -> bool:

@@ -22,6 +22,7 @@ accept only the driver's own type.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from collections.abc import Callable
@@ -117,9 +118,16 @@ class _Proxy:
     def __repr__(self) -> str:
         return repr(self._wrapped)
 
+    # Copied and pickled as the driver's object is (most refuse): a copy
+    # is the driver's, untimed.
     def __reduce_ex__(self, protocol: Any) -> Any:
-        # Copied and pickled as the driver's object is (most refuse).
         return self._wrapped.__reduce_ex__(protocol)
+
+    def __copy__(self) -> Any:
+        return copy.copy(self._wrapped)
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return copy.deepcopy(self._wrapped, memo)
 
     def __enter__(self) -> Any:
         wrapped = self._wrapped
@@ -263,12 +271,23 @@ def wrap_connection(connection: Any, name: str | None = None) -> Any:
     name = _checked_name(name)
     if type(connection) is _Connection:
         return connection
-    if not callable(getattr(connection, "cursor", None)):
+    if not _is_connection(connection):
         raise TypeError(f"connection must be a DB-API connection, not {type(connection).__name__}")
     driver = type(connection).__module__.partition(".")[0]
     if name is None:
         name = bounded(_db_name(connection, driver), _seen_db_names, DB_NAME_LIMIT)
     return _Connection(connection, name, driver in _COMMITTING_EXIT)
+
+
+def _is_connection(connection: Any) -> bool:
+    # A connection of DB-API 2: its cursor() called, not awaited.
+    kind = type(connection)
+    if hasattr(kind, "__aenter__") and not hasattr(kind, "__enter__"):
+        return False  # an asyncio driver's (psycopg's AsyncConnection)
+    try:
+        return not isinstance(connection, type) and callable(connection.cursor)
+    except Exception:  # its cursor cannot be read: not a connection to wrap
+        return False
 
 
 def _checked_name(name: Any) -> str | None:
@@ -302,7 +321,7 @@ def wrap_connect(connect: Callable[..., Any], name: str | None = None) -> Callab
 
     def timed_connect(*args: Any, **kwargs: Any) -> Any:
         connection = connect(*args, **kwargs)
-        if _opened_by_framework():
+        if _opened_by_framework() or not _is_connection(connection):
             return connection
         return wrap_connection(connection, name)
 
@@ -373,7 +392,7 @@ def _patch(owner: Any, attribute: str, replacement: Any) -> None:
 def _wrap_classmethod(function: Callable[..., Any]) -> Callable[..., Any]:
     def connect(cls: type, *args: Any, **kwargs: Any) -> Any:
         connection = function(cls, *args, **kwargs)
-        if _opened_by_framework():
+        if _opened_by_framework() or not _is_connection(connection):
             return connection
         return wrap_connection(connection)
 
