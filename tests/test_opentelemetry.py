@@ -377,6 +377,58 @@ def test_the_span_duration_is_the_timer_value(monitor, udp_listener, tracer):
     assert receive(udp_listener).timer(group="otel", op="timed").value == 0.25
 
 
+def test_cache_systems_are_known_whatever_their_case_and_the_memo_stays_bounded(
+    monitor, udp_listener, tracer
+):
+    from pynba.instrumentation import opentelemetry
+
+    with monitor.job():
+        for system in ("Redis", "VALKEY", "redis", "Postgresql"):
+            span(tracer, "GET", db__system__name=system, server__address="cache")
+        for number in range(opentelemetry._CAPPED_TAGS_MAX + 10):
+            span(tracer, "SELECT", db__system__name=f"engine{number}")
+        assert len(opentelemetry._is_cache) <= opentelemetry._CAPPED_TAGS_MAX
+    packet = receive(udp_listener)
+    assert packet.timer(group="cache", op="get", server="cache").hit_count == 3
+    assert packet.timer(group="db", op="get", db="Postgresql").hit_count == 1
+
+
+class SpanOfAnotherMake:
+    """A span with ReadableSpan's public properties and none of its own fields."""
+
+    def __init__(self, name, kind, start_time, end_time, attributes):
+        self.values = {"name": name, "kind": kind, "start_time": start_time,
+                       "end_time": end_time, "attributes": attributes}  # fmt: skip
+
+    name = property(lambda self: self.values["name"])
+    kind = property(lambda self: self.values["kind"])
+    start_time = property(lambda self: self.values["start_time"])
+    end_time = property(lambda self: self.values["end_time"])
+    attributes = property(lambda self: self.values["attributes"])
+
+
+def test_a_span_of_another_make_is_read_through_its_properties(monitor, udp_listener, processor):
+    # The SDK's own spans are read where ReadableSpan keeps its fields; any
+    # other through the public properties.
+    query = {"db.system.name": "mysql", "db.operation.name": "UPDATE", "db.namespace": "shop"}
+    with monitor.job():
+        processor.on_end(SpanOfAnotherMake("q", SpanKind.CLIENT, 10**9, 10**9 + 5 * 10**8, query))
+        processor.on_end(SpanOfAnotherMake("s", SpanKind.SERVER, 0, 10**9, {}))
+        processor.on_end(SpanOfAnotherMake("no end", SpanKind.INTERNAL, 0, None, {}))
+    packet = receive(udp_listener)
+    assert packet.timer_tags() == [(("db", "shop"), ("group", "db"), ("op", "update"))]
+    assert packet.timer(group="db", op="update", db="shop").value == 0.5
+
+
+def test_the_sdk_s_other_calls_of_a_processor_record_nothing(monitor, udp_listener, processor):
+    with monitor.job():
+        started = TracerProvider().get_tracer("tests").start_span("never ended")
+        processor.on_start(started)
+        processor.on_start(started, parent_context=None)
+        processor._on_ending(started)
+    assert receive(udp_listener).timer_tags() == []
+
+
 def test_a_disabled_processor_or_request_times_nothing(monitor, udp_listener, tracer, processor):
     processor.enabled = False
     with monitor.job():

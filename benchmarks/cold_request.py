@@ -1,0 +1,305 @@
+"""A monitored request's cost with cold caches, counted by callgrind: the same on every run.
+
+Under load, a worker runs other code between two requests (the server's
+parsing and writing, the kernel's network stack), and that code evicts
+pynba's from the caches. A request then pays for each line of code and
+data it touches, more than for its instructions (docs/performance.md,
+"Under load"). Timings of this are noisy; callgrind's counts are not: for
+the same build, Python and inputs they are the same on every run, however
+busy the machine.
+
+Each path serves N requests in a child process run by ``valgrind
+--tool=callgrind --cache-sim=yes``, called the way a WSGI server calls them,
+with other code and data touched between two requests (a 2 MB buffer, a JSON
+round trip, a regular expression: the server's work, stood in for). The
+simulated caches are a core's: 32 KB of instructions and 32 KB of data
+(L1), 512 KB for both (the last level callgrind models, standing for L2).
+Each path runs twice, N and 3N requests, and the difference over 2N is
+what one request costs, the start-up left out.
+
+Paths: ``floor`` (the bare hello-world app plus the system calls of any
+Pinba client, 2 getrusage and one send of a same-sized datagram, as in
+``load.py``) and ``monitored`` (``PynbaMiddleware`` with one timer, as in
+``load.py``). Printed, per request: instructions, L1 instruction misses
+(about one per 64-byte line of code run for the first time since the last
+request), last-level instruction misses, L1 and last-level data read
+misses; then monitored - floor, by shared object (pynba's modules, libpython,
+the C library).
+
+With ``--against SRC``, the same for pynba from SRC (another checkout's
+``src``), and the difference.
+
+Run: python benchmarks/cold_request.py [--requests 300] [--against ../other/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS = ("Ir", "I1mr", "ILmr", "D1mr", "DLmr")
+LABELS = {
+    "Ir": "instructions",
+    "I1mr": "L1 code misses",
+    "ILmr": "LL code misses",
+    "D1mr": "L1 data misses",
+    "DLmr": "LL data misses",
+}
+CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64")
+
+CHILD = r"""
+import io, json, re, resource, socket, sys
+import pynba as package
+from pynba import PynbaMiddleware, encode, pynba
+
+print(package.__file__, " ".join(package.compiled_modules()))
+
+BODY = b"Hello, world!\n"
+HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
+
+
+def hello(environ, start_response):
+    start_response("200 OK", HEADERS)
+    return [BODY]
+
+
+def timed_hello(environ, start_response):
+    with pynba.timer(group="hello", op="render"):
+        return hello(environ, start_response)
+
+
+listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+listener.bind(("127.0.0.1", 0))
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+monitored = PynbaMiddleware(timed_hello, "127.0.0.1:%d" % listener.getsockname()[1])
+FLOOR_DATAGRAM = encode(
+    "h" * len(monitored.settings.hostname), "127.0.0.1", "/", 1, 14, 50 << 20, 0.001,
+    0.001, 0.0, 200, 0, "http", (), [({"group": "hello", "op": "render"}, 1e-5, 1, 0, 0)],
+)
+floor_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+floor_socket.setblocking(False)
+RUSAGE_WHO = resource.RUSAGE_THREAD
+
+
+def floor(environ, start_response):
+    resource.getrusage(RUSAGE_WHO)
+    response = hello(environ, start_response)
+    resource.getrusage(RUSAGE_WHO)
+    floor_socket.sendto(FLOOR_DATAGRAM, listener.getsockname())
+    return response
+
+
+def environ():
+    # What gunicorn hands a GET / over HTTP/1.1.
+    return {
+        "wsgi.errors": sys.stderr, "wsgi.version": (1, 0), "wsgi.multithread": False,
+        "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.file_wrapper": object,
+        "wsgi.input_terminated": True, "SERVER_SOFTWARE": "gunicorn/23.0.0",
+        "wsgi.input": io.BytesIO(), "gunicorn.socket": None, "REQUEST_METHOD": "GET",
+        "QUERY_STRING": "", "RAW_URI": "/", "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1:8000", "HTTP_USER_AGENT": "load", "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000", "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000", "PATH_INFO": "/", "SCRIPT_NAME": "",
+    }
+
+
+def start_response(status, headers, exc_info=None):
+    return None
+
+
+BUFFER = bytearray(2 << 20)
+DOCUMENT = {"a": [1, 2, 3, {"b": "c" * 50}], "d": "x" * 200, "e": list(range(50))}
+PATTERN = re.compile(r"(\w+)=(\d+)")
+
+
+def between_requests(i):
+    start = i % 4096
+    BUFFER[start::4096] = bytes(len(BUFFER[start::4096]))
+    json.loads(json.dumps(DOCUMENT))
+    PATTERN.findall("a=1 b=2 c=3 d=4")
+
+
+def serve(app, i):
+    response = app(environ(), start_response)
+    for chunk in response:
+        pass
+    close = getattr(response, "close", None)
+    if close is not None:
+        close()
+    while True:  # the packets, drained as a Pinba server would
+        try:
+            listener.recv(4096, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+
+
+app = {"floor": floor, "monitored": monitored}[sys.argv[1]]
+for i in range(50):  # warm-up: every code path run once, every cache filled
+    serve(app, i)
+    between_requests(i)
+for i in range(int(sys.argv[2])):
+    between_requests(i)
+    serve(app, i)
+"""
+
+
+def run_child(source: str, path: str, requests: int, out_dir: str) -> dict[str, list[int]]:
+    """Callgrind's self counts by shared object for ``requests`` requests of ``path``."""
+    out = tempfile.mktemp(prefix=f"{path}.{requests}.", dir=out_dir)
+    env = dict(os.environ, PYTHONPATH=source, PYTHONHASHSEED="0")
+    child = subprocess.run(
+        [
+            "valgrind", "--tool=callgrind", "--cache-sim=yes", *CACHES,
+            f"--callgrind-out-file={out}", sys.executable, "-c", CHILD, path, str(requests),
+        ],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    used = child.stdout.split()
+    if not used or not used[0].startswith(os.path.join(source, "")):
+        sys.exit(f"the child ran pynba from {used[:1]}, not from {source}")
+    if len(used) == 1:
+        print(f"note: pynba from {source} runs with no compiled module")
+    return counts_by_object(out)
+
+
+def counts_by_object(callgrind_out: str) -> dict[str, list[int]]:
+    """Self counts of ``EVENTS``, summed by the shared object the code is in.
+
+    Read from callgrind's file: ``ob=`` names the object of the cost lines
+    that follow; the line after a ``calls=`` line is the cost of the call
+    (the callee's, counted where it runs), not the caller's own.
+    """
+    names: dict[str, str] = {}
+    by_object: dict[str, list[int]] = collections.defaultdict(lambda: [0] * len(EVENTS))
+    columns: list[int] = []
+    current = "?"
+    skip_next = False
+    with open(callgrind_out, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if line.startswith("events:"):
+                recorded = line.split()[1:]
+                columns = [recorded.index(event) for event in EVENTS]
+            elif line.startswith("ob="):
+                current = object_name(_name(line[3:], names))
+            elif line.startswith("cob="):
+                _name(line[4:], names)  # defined where first named, as a callee's
+            elif line.startswith("calls="):
+                skip_next = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip_next:
+                    skip_next = False
+                    continue
+                counts = line.split()[1:]  # after the position
+                totals = by_object[current]
+                for i, column in enumerate(columns):
+                    if column < len(counts):
+                        totals[i] += int(counts[column])
+    return by_object
+
+
+def _name(text: str, names: dict[str, str]) -> str:
+    """A compressed name of callgrind's file: ``(id) name`` defines it, ``(id)`` uses it."""
+    text = text.strip()
+    if text.startswith("("):
+        key, _, name = text.partition(")")
+        if name.strip():
+            names[key] = name.strip()
+        return names.get(key, "?")
+    return text
+
+
+def object_name(path: str) -> str:
+    """``pynba.wsgi`` for pynba's modules, the file's name for the others."""
+    name = os.path.basename(path).split(".cpython-")[0]
+    if "/pynba/" in path:
+        package = path.split("/pynba/", 1)[1].split(".cpython-")[0]
+        return "pynba." + package.replace("/", ".")
+    return name
+
+
+def per_request(source: str, path: str, requests: int, out_dir: str, pool) -> dict:
+    """One request's counts by object: (3N requests - N requests) / 2N."""
+    short, long = pool.map(lambda n: run_child(source, path, n, out_dir), (requests, 3 * requests))
+    objects = set(short) | set(long)
+    zero = [0] * len(EVENTS)
+    return {
+        name: [
+            (b - a) / (2 * requests)
+            for a, b in zip(short.get(name, zero), long.get(name, zero), strict=True)
+        ]
+        for name in objects
+    }
+
+
+def total(counts: dict) -> list[float]:
+    return [sum(values[i] for values in counts.values()) for i in range(len(EVENTS))]
+
+
+def difference(a: dict, b: dict) -> dict:
+    zero = [0.0] * len(EVENTS)
+    return {
+        name: [x - y for x, y in zip(a.get(name, zero), b.get(name, zero), strict=True)]
+        for name in set(a) | set(b)
+    }
+
+
+def row(label: str, values: list[float]) -> str:
+    return f"{label:<28}" + "".join(f"{v:>16,.0f}" for v in values)
+
+
+def measure(source: str, requests: int, out_dir: str, pool) -> dict:
+    floor = per_request(source, "floor", requests, out_dir, pool)
+    monitored = per_request(source, "monitored", requests, out_dir, pool)
+    print(f"\npynba from {source}: per request")
+    print(" " * 28 + "".join(f"{LABELS[e]:>16}" for e in EVENTS))
+    print(row("floor", total(floor)))
+    print(row("monitored", total(monitored)))
+    added = difference(monitored, floor)
+    print(row("monitored - floor", total(added)))
+    print("monitored - floor, by shared object (the largest in code misses):")
+    ranked = sorted(added.items(), key=lambda item: -item[1][1])
+    for name, values in ranked:
+        if abs(values[1]) >= 2 or abs(values[0]) >= 100:
+            print(row("  " + name, values))
+    return added
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300, help="N (default 300)")
+    parser.add_argument("--against", help="another checkout's src, measured the same way")
+    args = parser.parse_args()
+    missing = [tool for tool in ("valgrind", "callgrind_annotate") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(
+            f"cold_request.py needs {' and '.join(missing)} (Debian: apt-get install valgrind)"
+        )
+    sources = [str(ROOT / "src")] + ([os.path.abspath(args.against)] if args.against else [])
+    print(f"{args.requests} and {3 * args.requests} requests a path; simulated caches "
+          + " ".join(CACHES))  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="pynba-cold-") as out_dir,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        results = [measure(source, args.requests, out_dir, pool) for source in sources]
+    if len(results) == 2:
+        print(f"\nmonitored - floor, {sources[0]} - {sources[1]}:")
+        print(" " * 28 + "".join(f"{LABELS[e]:>16}" for e in EVENTS))
+        print(
+            row(
+                "compare",
+                [a - b for a, b in zip(total(results[0]), total(results[1]), strict=True)],
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
