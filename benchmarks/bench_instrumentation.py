@@ -62,6 +62,7 @@ import tempfile
 import time
 import timeit
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
@@ -979,8 +980,10 @@ def add_side_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a script's child processes (``measure_in_processes``)."""
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--side", choices=("plain", "automatic", "all", IN_TURN), help=argparse.SUPPRESS
+        "--side", choices=("plain", "automatic", "all", IN_TURN, COUNTED), help=argparse.SUPPRESS
     )
+    parser.add_argument("--way", choices=WAYS, default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--two-cpus",
         action="store_true",
@@ -1003,6 +1006,8 @@ def print_side(
     side: str,
     seconds: float,
     two_cpus: bool = False,
+    way: str = "auto",
+    calls: int = 0,
 ) -> None:
     """A child process's part: the best run of each way of its side, as JSON.
 
@@ -1023,10 +1028,124 @@ def print_side(
     if not isinstance(case, Case):
         raise SystemExit(f"{name}: {case}")
     try:
-        print(json.dumps(measure_side(case, side, seconds)))
+        if side == COUNTED:
+            make_calls(case, way, calls)
+        else:
+            print(json.dumps(measure_side(case, side, seconds)))
     finally:
         if case.close is not None:
             case.close()
+
+
+# -- counted by callgrind ------------------------------------------------------------
+
+#: The side that makes a way's calls under callgrind, and the ways.
+COUNTED = "counted"
+WAYS = ("bare", "hand", "auto")
+
+
+def make_calls(case: Case, way: str, calls: int) -> None:
+    """A child process's part under callgrind: ``calls`` calls of ``way``, in monitored requests."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    reporter = Reporter(sink.getsockname())
+    try:
+        if way == "auto" and case.instrument is not None:
+            case.instrument()
+        call = {"bare": case.bare, "hand": case.hand_written, "auto": case.automatic}[way]
+        in_requests(call, reporter, WARM_CALLS, WARM_CALLS)
+        settings = CollectorSettings(reporter)
+        for first in range(0, calls, CALLS_PER_REQUEST):
+            collector = RequestCollector(settings, "/bench")
+            token = activate(collector)
+            try:
+                for _ in range(min(CALLS_PER_REQUEST, calls - first)):
+                    call()
+            finally:
+                deactivate(token)
+                collector.finish()
+    finally:
+        reporter.close()
+        sink.close()
+
+
+def instructions(script: str, name: str, way: str, calls: int, seed: int, out_dir: str) -> int:
+    """The instructions a child process making ``calls`` calls of ``way`` runs, by callgrind.
+
+    ``seed`` is its ``PYTHONHASHSEED``: the same one gives the same count in every run.
+    """
+    out = os.path.join(out_dir, f"{name}.{way}.{calls}.{seed}")
+    command = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script,
+        "--case", name, "--side", COUNTED, "--way", way, "--calls", str(calls),
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONHASHSEED=str(seed))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
+    if done.returncode != 0:
+        raise CaseFailed(f"its {way} process failed: {done.stderr.strip().splitlines()[-1:]}")
+    with open(out, encoding="utf-8", errors="replace") as counts:
+        for line in counts:
+            if line.startswith("totals:"):
+                return int(line.split()[1])  # the first event: instructions
+    raise CaseFailed(f"no totals in callgrind's output for its {way} process")
+
+
+def count_case(script: str, name: str, calls: int, seeds: int) -> dict[str, list[float]]:
+    """Each way's instructions per call with each hash seed: what 2 * ``calls`` more calls cost.
+
+    Where a process's objects lie, which its hash seed changes, moves its
+    count: the interpreter's method cache is indexed by addresses, and two
+    lookups that fall in one entry miss it by turns.
+    """
+    runs = [(way, n, seed) for seed in range(seeds) for way in WAYS for n in (calls, 3 * calls)]
+    with tempfile.TemporaryDirectory(prefix="pynba-count-") as out_dir:
+        with ThreadPoolExecutor(2) as pool:
+            counted = list(pool.map(lambda run: instructions(script, name, *run, out_dir), runs))
+    total = dict(zip(runs, counted, strict=True))
+    return {
+        way: [
+            (total[way, 3 * calls, seed] - total[way, calls, seed]) / (2 * calls)
+            for seed in range(seeds)
+        ]
+        for way in WAYS
+    }
+
+
+def print_counts(only: str | None, calls: int, seeds: int) -> None:
+    """The table of ``--count``: each case's instructions per call, each way, by callgrind."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--count needs valgrind (Debian: apt-get install valgrind)")
+    print(f"encoder: {IMPLEMENTATION}; instructions per call by callgrind, {calls} and "
+          f"{3 * calls} calls a way, each in a process of its own, with hash seeds 0 to "
+          f"{seeds - 1}: medians, and auto-hand's lowest and highest")  # fmt: skip
+    print(
+        f"{'case':<68} {'bare':>9} {'hand-bare':>10} {'auto-bare':>10} {'auto-hand':>10} "
+        f"{'lowest':>8} {'highest':>8}"
+    )
+    for make in CASES:
+        if only and not make.__name__.startswith(only):
+            continue
+        case = make()
+        if isinstance(case, str):
+            print(f"{make.__name__:<68} skipped: {case}")
+            continue
+        if case.close is not None:
+            case.close()
+        try:
+            per_call = count_case(__file__, make.__name__, calls, seeds)
+        except CaseFailed as failed:
+            print(f"{make.__name__:<68} failed: {failed}")
+            continue
+        bare, hand, auto = (statistics.median(per_call[way]) for way in WAYS)
+        over_hand = [a - h for a, h in zip(per_call["auto"], per_call["hand"], strict=True)]
+        print(
+            f"{case.name:<68} {bare:9,.0f} {hand - bare:10,.0f} {auto - bare:10,.0f} "
+            f"{statistics.median(over_hand):10,.0f} {min(over_hand):8,.0f} {max(over_hand):8,.0f}"
+        )
+    print(
+        "instructions a call: the same for the same build, inputs and hash seed in every run, "
+        "whatever else the machine does"
+    )
 
 
 # -- a whole request -------------------------------------------------------------------
@@ -1141,11 +1260,28 @@ def main() -> None:
         help="medians of single calls, the ways in turn (the cases measured in one process)",
     )
     parser.add_argument("--only", help="the cases whose name starts with this")
+    parser.add_argument(
+        "--count",
+        type=int,
+        nargs="?",
+        const=200,
+        metavar="CALLS",
+        help="instructions per call of each way, counted by callgrind (CALLS and 3 x CALLS "
+        "calls a way, default 200), instead of times",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="--count: the hash seeds, 0 to SEEDS - 1 (default 3)"
+    )
     add_side_arguments(parser)
     options = parser.parse_args()
     seconds = options.seconds if options.seconds is not None else 1.0 if options.quick else 10.0
     if side_wanted(parser, options):
-        print_side(CASES, options.case, options.side, seconds, options.two_cpus)
+        print_side(
+            CASES, options.case, options.side, seconds, options.two_cpus, options.way, options.calls
+        )
+        return
+    if options.count is not None:
+        print_counts(options.only, options.count, options.seeds)
         return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))

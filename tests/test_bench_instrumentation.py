@@ -6,6 +6,7 @@ that each case ran, or said why not, and printed numbers.
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,35 @@ def test_a_case_failing_as_it_is_made_fails_at_once_saying_why():
     )
     assert done.returncode != 0
     assert "instrument refused" in done.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None and not IN_CI, reason="valgrind is not installed"
+)
+@pytest.mark.parametrize("case_name", ["dbapi", "sqlalchemy"])  # wrapped, and patched
+def test_count_prints_each_way_s_instructions_and_the_automatic_timer_runs(case_name):
+    tested = str(Path(pynba.__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--count", "20", "--seeds", "1", "--only", case_name],
+        env={**os.environ, "PYTHONPATH": tested},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("case "))
+    row = lines[header + 1]
+    if " skipped: " in row:
+        assert not IN_CI, row
+        pytest.skip(row)
+    assert row.startswith(case_name + ":"), lines
+    bare, hand_over_bare, auto_over_bare, auto_over_hand, lowest, highest = (
+        float(word.replace(",", "")) for word in row.split()[-6:]
+    )
+    assert bare > 0
+    # A timer runs instructions: an automatic way that timed nothing (its
+    # integration not on in its process) would cost as much as the bare call.
+    assert hand_over_bare > 0 and auto_over_bare > 0, row
+    assert auto_over_hand == lowest == highest  # one seed
+    assert abs(auto_over_hand - (auto_over_bare - hand_over_bare)) <= 1  # each rounded
