@@ -1022,8 +1022,8 @@ def print_side(
     found = [make for make in cases if make.__name__ == name]
     if not found:
         raise SystemExit(f"no case {name!r}: {', '.join(make.__name__ for make in cases)}")
-    if hasattr(os, "sched_setaffinity") and not two_cpus:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if hasattr(os, "sched_setaffinity") and not two_cpus and side != COUNTED:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # counts need no CPU of their own
     case = found[0]()
     if not isinstance(case, Case):
         raise SystemExit(f"{name}: {case}")
@@ -1076,11 +1076,14 @@ def instructions(script: str, name: str, way: str, calls: int, seed: int, out_di
     """
     out = os.path.join(out_dir, f"{name}.{way}.{calls}.{seed}")
     command = [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script,
-        "--case", name, "--side", COUNTED, "--way", way, "--calls", str(calls),
+        "valgrind", "-q", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+        script, "--case", name, "--side", COUNTED, "--way", way, "--calls", str(calls),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONHASHSEED=str(seed))
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
+    except subprocess.TimeoutExpired:
+        raise CaseFailed(f"its {way} process ran for more than an hour") from None
     if done.returncode != 0:
         raise CaseFailed(f"its {way} process failed: {done.stderr.strip().splitlines()[-1:]}")
     with open(out, encoding="utf-8", errors="replace") as counts:
@@ -1095,12 +1098,19 @@ def count_case(script: str, name: str, calls: int, seeds: int) -> dict[str, list
 
     Where a process's objects lie, which its hash seed changes, moves its
     count: the interpreter's method cache is indexed by addresses, and two
-    lookups that fall in one entry miss it by turns.
+    lookups that fall in one entry miss it by turns. What a library draws
+    at random (a span's ids) moves it a little from one run to the next.
     """
     runs = [(way, n, seed) for seed in range(seeds) for way in WAYS for n in (calls, 3 * calls)]
     with tempfile.TemporaryDirectory(prefix="pynba-count-") as out_dir:
         with ThreadPoolExecutor(2) as pool:
-            counted = list(pool.map(lambda run: instructions(script, name, *run, out_dir), runs))
+            futures = [pool.submit(instructions, script, name, *run, out_dir) for run in runs]
+            try:
+                counted = [future.result() for future in futures]
+            except BaseException:
+                for future in futures:  # the runs not started: the case failed already
+                    future.cancel()
+                raise
     total = dict(zip(runs, counted, strict=True))
     return {
         way: [
@@ -1109,6 +1119,14 @@ def count_case(script: str, name: str, calls: int, seeds: int) -> dict[str, list
         ]
         for way in WAYS
     }
+
+
+def positive(text: str) -> int:
+    """An option's value that must be a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def print_counts(only: str | None, calls: int, seeds: int) -> None:
@@ -1143,8 +1161,9 @@ def print_counts(only: str | None, calls: int, seeds: int) -> None:
             f"{statistics.median(over_hand):10,.0f} {min(over_hand):8,.0f} {max(over_hand):8,.0f}"
         )
     print(
-        "instructions a call: the same for the same build, inputs and hash seed in every run, "
-        "whatever else the machine does"
+        "instructions a call: for the same build, inputs and hash seed, about the same in "
+        "every run (what a library draws at random moves them a little), whatever else the "
+        "machine does"
     )
 
 
@@ -1262,7 +1281,7 @@ def main() -> None:
     parser.add_argument("--only", help="the cases whose name starts with this")
     parser.add_argument(
         "--count",
-        type=int,
+        type=positive,
         nargs="?",
         const=200,
         metavar="CALLS",
@@ -1270,7 +1289,7 @@ def main() -> None:
         "calls a way, default 200), instead of times",
     )
     parser.add_argument(
-        "--seeds", type=int, default=3, help="--count: the hash seeds, 0 to SEEDS - 1 (default 3)"
+        "--seeds", type=positive, help="--count: the hash seeds, 0 to SEEDS - 1 (default 3)"
     )
     add_side_arguments(parser)
     options = parser.parse_args()
@@ -1280,8 +1299,10 @@ def main() -> None:
             CASES, options.case, options.side, seconds, options.two_cpus, options.way, options.calls
         )
         return
+    if options.seeds is not None and options.count is None:
+        parser.error("--seeds goes with --count")
     if options.count is not None:
-        print_counts(options.only, options.count, options.seeds)
+        print_counts(options.only, options.count, options.seeds or 3)
         return
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))

@@ -5,8 +5,8 @@ parsing and writing, the kernel's network stack), and that code evicts
 pynba's from the caches. A request then pays for each line of code and
 data it touches, more than for its instructions (docs/performance.md,
 "Under load"). Timings of this are noisy; callgrind's counts are not: for
-the same build, Python and inputs they are the same on every run, however
-busy the machine.
+the same build, Python and inputs they vary by well under 1% from one run
+to the next, however busy the machine.
 
 Each path serves N requests in a child process run by ``valgrind
 --tool=callgrind --cache-sim=yes``, called the way a WSGI server calls them,
@@ -151,17 +151,21 @@ for i in range(int(sys.argv[2])):
 """
 
 
-def run_child(source: str, path: str, requests: int, out_dir: str) -> dict[str, list[int]]:
+def run_child(
+    label: int, source: str, path: str, requests: int, out_dir: str
+) -> dict[str, list[int]]:
     """Callgrind's self counts by shared object for ``requests`` requests of ``path``."""
-    out = tempfile.mktemp(prefix=f"{path}.{requests}.", dir=out_dir)
+    out = os.path.join(out_dir, f"{label}.{path}.{requests}")
     env = dict(os.environ, PYTHONPATH=source, PYTHONHASHSEED="0")
     child = subprocess.run(
         [
-            "valgrind", "--tool=callgrind", "--cache-sim=yes", *CACHES,
+            "valgrind", "-q", "--tool=callgrind", "--cache-sim=yes", *CACHES,
             f"--callgrind-out-file={out}", sys.executable, "-c", CHILD, path, str(requests),
         ],
-        env=env, check=True, capture_output=True, text=True,
+        env=env, capture_output=True, text=True,
     )  # fmt: skip
+    if child.returncode != 0:
+        sys.exit(f"the {path} child failed: {child.stderr.strip()}")
     used = child.stdout.split()
     if not used or not used[0].startswith(os.path.join(source, "")):
         sys.exit(f"the child ran pynba from {used[:1]}, not from {source}")
@@ -225,9 +229,11 @@ def object_name(path: str) -> str:
     return name
 
 
-def per_request(source: str, path: str, requests: int, out_dir: str, pool) -> dict:
+def per_request(label: int, source: str, path: str, requests: int, out_dir: str, pool) -> dict:
     """One request's counts by object: (3N requests - N requests) / 2N."""
-    short, long = pool.map(lambda n: run_child(source, path, n, out_dir), (requests, 3 * requests))
+    short, long = pool.map(
+        lambda n: run_child(label, source, path, n, out_dir), (requests, 3 * requests)
+    )
     objects = set(short) | set(long)
     zero = [0] * len(EVENTS)
     return {
@@ -255,9 +261,9 @@ def row(label: str, values: list[float]) -> str:
     return f"{label:<28}" + "".join(f"{v:>16,.0f}" for v in values)
 
 
-def measure(source: str, requests: int, out_dir: str, pool) -> dict:
-    floor = per_request(source, "floor", requests, out_dir, pool)
-    monitored = per_request(source, "monitored", requests, out_dir, pool)
+def measure(label: int, source: str, requests: int, out_dir: str, pool) -> dict:
+    floor = per_request(label, source, "floor", requests, out_dir, pool)
+    monitored = per_request(label, source, "monitored", requests, out_dir, pool)
     print(f"\npynba from {source}: per request")
     print(" " * 28 + "".join(f"{LABELS[e]:>16}" for e in EVENTS))
     print(row("floor", total(floor)))
@@ -272,12 +278,20 @@ def measure(source: str, requests: int, out_dir: str, pool) -> dict:
     return added
 
 
+def positive(text: str) -> int:
+    """An option's value that must be a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300, help="N (default 300)")
+    parser.add_argument("--requests", type=positive, default=300, help="N (default 300)")
     parser.add_argument("--against", help="another checkout's src, measured the same way")
     args = parser.parse_args()
-    missing = [tool for tool in ("valgrind", "callgrind_annotate") if shutil.which(tool) is None]
+    missing = [tool for tool in ("valgrind",) if shutil.which(tool) is None]
     if missing:
         sys.exit(
             f"cold_request.py needs {' and '.join(missing)} (Debian: apt-get install valgrind)"
@@ -289,7 +303,10 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="pynba-cold-") as out_dir,
         ThreadPoolExecutor(2) as pool,
     ):
-        results = [measure(source, args.requests, out_dir, pool) for source in sources]
+        results = [
+            measure(label, source, args.requests, out_dir, pool)
+            for label, source in enumerate(sources)
+        ]
     if len(results) == 2:
         print(f"\nmonitored - floor, {sources[0]} - {sources[1]}:")
         print(" " * 28 + "".join(f"{LABELS[e]:>16}" for e in EVENTS))

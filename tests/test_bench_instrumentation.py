@@ -220,7 +220,7 @@ def test_a_case_failing_as_it_is_made_fails_at_once_saying_why():
 def test_count_prints_each_way_s_instructions_and_the_automatic_timer_runs(case_name):
     tested = str(Path(pynba.__file__).resolve().parent.parent)
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--count", "20", "--seeds", "1", "--only", case_name],
+        [sys.executable, str(SCRIPT), "--count", "50", "--seeds", "1", "--only", case_name],
         env={**os.environ, "PYTHONPATH": tested},
         capture_output=True,
         text=True,

@@ -38,6 +38,7 @@ VALUE_LENGTH = 100
 
 #: Database systems whose spans are cache timers, as pynba's own integrations make them.
 CACHE_SYSTEMS = frozenset(["redis", "memcached", "valkey"])
+_CACHE_NAME_MAX = max(map(len, CACHE_SYSTEMS))
 
 Tags = tuple[tuple[str, ...], tuple[str, ...]]
 
@@ -74,14 +75,16 @@ class PinbaSpanProcessor(SpanProcessor):
         if collector is None or not self.enabled or not collector.enabled or collector.finished:
             return
         try:
-            # The SDK's ReadableSpan keeps its fields in attributes of its own
-            # (``_start_time``...), behind properties that are Python functions:
-            # read where they are kept, and read only, a span costs about 2,000
-            # instructions less. A span of another make is read through them.
-            start = getattr(span, "_start_time", _ABSENT)
+            # What the SDK passes, a ReadableSpan, is read where it keeps its
+            # fields, read only, not through properties that are Python
+            # functions (about 2,000 instructions a span less). Any other span,
+            # subclasses included, and an SDK whose fields are named otherwise,
+            # through the properties.
+            sdk_span = type(span) is ReadableSpan
+            start = getattr(span, "_start_time", _ABSENT) if sdk_span else _ABSENT
             if start is _ABSENT:
                 start = span.start_time
-            end = getattr(span, "_end_time", _ABSENT)
+            end = getattr(span, "_end_time", _ABSENT) if sdk_span else _ABSENT
             if end is _ABSENT:
                 end = span.end_time
             if type(start) is not int or type(end) is not int:
@@ -177,7 +180,8 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
     a plain dict's ``get`` (compiled, a C call: see opentelemetry.pxd), the
     common cases with no function call.
     """
-    kind = getattr(span, "_kind", _ABSENT)  # read as the times are: see on_end
+    sdk_span = type(span) is ReadableSpan  # read as on_end reads it
+    kind = getattr(span, "_kind", _ABSENT) if sdk_span else _ABSENT
     if kind is _ABSENT:
         kind = span.kind
     if kind is _SERVER:
@@ -186,7 +190,7 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
     # ``span.attributes`` a read-only proxy to it, whose copy() runs Python
     # code: the dict itself is read here, read only, when it is one (about
     # 4,000 instructions a span less); anything else through the public proxy.
-    held = getattr(getattr(span, "_attributes", None), "_dict", None)
+    held = getattr(getattr(span, "_attributes", None), "_dict", None) if sdk_span else None
     plain = held if type(held) is dict else _plain(span.attributes)
     database = plain.get("db.system.name")
     if type(database) is not str or not database:
@@ -197,10 +201,8 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
         command = plain.get("db.operation.name")
         if type(command) is not str or not command:
             command = _text(plain, "db.operation") or _first_word(_name(span))
-        is_cache = _is_cache.get(database)
-        if is_cache is None:
-            is_cache = _remember(_is_cache, database, database.lower() in CACHE_SYSTEMS)
-        if is_cache:
+        # A name longer than any cache system's is not one: not lowered, nor hashed.
+        if len(database) <= _CACHE_NAME_MAX and database.lower() in CACHE_SYSTEMS:
             server = _server(plain) or database
             return ("group", "op", "server"), ("cache", command.lower(), server)
         namespace = plain.get("db.namespace")
@@ -246,9 +248,7 @@ def _span_tags(span: ReadableSpan) -> Tags | None:
 
 # The tags of the spans of a database (by operation and namespace) and of
 # the HTTP client spans (by method, host and status class), the keys exact
-# strs or None: the spans of the same call cost a lookup. Whether a database
-# system is a cache, the same way (not its name lowered and hashed each time).
-_is_cache: dict[str, bool] = {}
+# strs or None: the spans of the same call cost a lookup.
 _db_tags: dict[tuple[str, str], Tags] = {}
 _http_tags: dict[tuple[str, str | None, str | None], Tags] = {}
 _DB_NAMES = ("group", "op", "db")
