@@ -17,10 +17,10 @@ simulated caches are a core's: 32 KB of instructions and 32 KB of data
 Each path runs twice, N and 3N requests, and the difference over 2N is
 what one request costs, the start-up left out.
 
-Paths: ``floor`` (the bare hello-world app plus the system calls of any
-Pinba client, 2 getrusage and one send of a same-sized datagram, as in
-``load.py``) and ``monitored`` (``PynbaMiddleware`` with one timer, as in
-``load.py``). Printed, per request: instructions, L1 instruction misses
+Paths: ``load.py``'s own (its ``HELLO_APP``): ``floor`` (the bare
+hello-world app plus the system calls of any Pinba client, 2 getrusage and
+one send of a same-sized datagram) and ``monitored`` (``PynbaMiddleware``
+with one timer). Printed, per request: instructions, L1 instruction misses
 (about one per 64-byte line of code run for the first time since the last
 request), last-level instruction misses, L1 and last-level data read
 misses; then monitored - floor, by shared object (pynba's modules, libpython,
@@ -56,45 +56,24 @@ LABELS = {
 CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64")
 
 CHILD = r"""
-import io, json, re, resource, socket, sys
+import io, json, os, re, socket, sys
 import pynba as package
-from pynba import PynbaMiddleware, encode, pynba
 
 print(package.__file__, " ".join(package.compiled_modules()))
-
-BODY = b"Hello, world!\n"
-HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
-
-
-def hello(environ, start_response):
-    start_response("200 OK", HEADERS)
-    return [BODY]
-
-
-def timed_hello(environ, start_response):
-    with pynba.timer(group="hello", op="render"):
-        return hello(environ, start_response)
-
 
 listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 listener.bind(("127.0.0.1", 0))
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-monitored = PynbaMiddleware(timed_hello, "127.0.0.1:%d" % listener.getsockname()[1])
-FLOOR_DATAGRAM = encode(
-    "h" * len(monitored.settings.hostname), "127.0.0.1", "/", 1, 14, 50 << 20, 0.001,
-    0.001, 0.0, 200, 0, "http", (), [({"group": "hello", "op": "render"}, 1e-5, 1, 0, 0)],
+# load.py's app, its floor and monitored paths, sending here.
+os.environ["PYNBA_LOAD_SERVER"] = os.environ["PYNBA_LOAD_FLOOR_SERVER"] = "127.0.0.1:%d" % (
+    listener.getsockname()[1]
 )
-floor_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-floor_socket.setblocking(False)
-RUSAGE_WHO = resource.RUSAGE_THREAD
+sys.path.insert(0, os.environ["PYNBA_BENCHMARKS"])
+from load import HELLO_APP
 
-
-def floor(environ, start_response):
-    resource.getrusage(RUSAGE_WHO)
-    response = hello(environ, start_response)
-    resource.getrusage(RUSAGE_WHO)
-    floor_socket.sendto(FLOOR_DATAGRAM, listener.getsockname())
-    return response
+app_module = {}
+exec(HELLO_APP, app_module)
+floor, monitored = app_module["floor"], app_module["monitored"]
 
 
 def environ():
@@ -156,7 +135,9 @@ def run_child(
 ) -> dict[str, list[int]]:
     """Callgrind's self counts by shared object for ``requests`` requests of ``path``."""
     out = os.path.join(out_dir, f"{label}.{path}.{requests}")
-    env = dict(os.environ, PYTHONPATH=source, PYTHONHASHSEED="0")
+    env = dict(
+        os.environ, PYTHONPATH=source, PYTHONHASHSEED="0", PYNBA_BENCHMARKS=str(ROOT / "benchmarks")
+    )
     child = subprocess.run(
         [
             "valgrind", "-q", "--tool=callgrind", "--cache-sim=yes", *CACHES,
