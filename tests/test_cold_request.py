@@ -6,6 +6,7 @@ callgrind's own totals, and that each path ran pynba from this checkout.
 """
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -38,10 +39,11 @@ def the_script():
 def test_the_counts_by_object_add_up_to_callgrind_s_totals(tmp_path):
     script = the_script()
     out = tmp_path / "callgrind.out"
-    subprocess.run(
-        ["valgrind", "--tool=callgrind", "--cache-sim=yes", *script.CACHES,
-         f"--callgrind-out-file={out}", sys.executable, "-c", "import pynba"],
-        check=True, capture_output=True,
+    imported = "import pynba; print(*pynba.compiled_modules())"  # those of this child
+    done = subprocess.run(
+        ["valgrind", "-q", "--tool=callgrind", "--cache-sim=yes", *script.CACHES,
+         f"--callgrind-out-file={out}", sys.executable, "-c", imported],
+        check=True, capture_output=True, text=True,
     )  # fmt: skip
     text = out.read_text()
     recorded = re.search(r"^events: (.*)$", text, re.MULTILINE).group(1).split()
@@ -51,7 +53,12 @@ def test_the_counts_by_object_add_up_to_callgrind_s_totals(tmp_path):
         assert (
             sum(counts[index] for counts in by_object.values()) == totals[recorded.index(event)]
         ), event
-    for module in pynba.compiled_modules():  # imported, so run: each is named apart
+    compiled = done.stdout.split()
+    if os.environ.get("PYNBA_PURE_PYTHON") == "1":
+        assert compiled == []
+    else:
+        assert compiled, "the compiled build imports compiled modules"
+    for module in compiled:  # imported, so run: each is named apart
         assert by_object[f"pynba.{module}"][0] > 0, module
 
 
