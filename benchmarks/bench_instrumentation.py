@@ -1072,7 +1072,7 @@ def make_calls(case: Case, way: str, calls: int) -> None:
 def instructions(script: str, name: str, way: str, calls: int, seed: int, out_dir: str) -> int:
     """The instructions a child process making ``calls`` calls of ``way`` runs, by callgrind.
 
-    ``seed`` is its ``PYTHONHASHSEED``: the same one gives the same count in every run.
+    ``seed`` is its ``PYTHONHASHSEED``: the same one gives about the same count in every run.
     """
     out = os.path.join(out_dir, f"{name}.{way}.{calls}.{seed}")
     command = [
