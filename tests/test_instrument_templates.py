@@ -192,7 +192,7 @@ def test_past_the_limit_template_names_are_reported_as_other(
     udp_listener, instrumented, monkeypatch
 ):
     monkeypatch.setattr(_templates, "TEMPLATE_LIMIT", 1)
-    monkeypatch.setattr(_templates, "_seen_names", set())
+    monkeypatch.setattr(_templates, "_values_of", {})
     instrumented("jinja2")
     environment = jinja_environment()
     with monitored_request(udp_listener):

@@ -116,7 +116,7 @@ def test_every_compiled_module_runs_compiled_when_built():
         "import pynba, pynba.wsgi; from pynba.timer import Timer;"
         " import pynba.instrumentation.requests, pynba.instrumentation.urllib3,"
         " pynba.instrumentation.opentelemetry, pynba.instrumentation.sqlalchemy,"
-        " pynba.instrumentation.dbapi;"
+        " pynba.instrumentation.dbapi, pynba.instrumentation._templates;"
         " pynba.encode('h', 's', '/', 1, 0, 0, 0.1, 0, 0, 200, 0, None, {}, [Timer({'a': 'b'})]);"
         " print(' '.join(sorted(pynba.compiled_modules())))"
     )
@@ -137,6 +137,7 @@ def test_every_compiled_module_runs_compiled_when_built():
             "instrumentation._call_hook",
             "instrumentation._hooks",
             "instrumentation._http_client",
+            "instrumentation._templates",
             "instrumentation.dbapi",
             "instrumentation.opentelemetry",
             "instrumentation.sqlalchemy",

@@ -34,6 +34,7 @@ COMPILED_MODULES = (
     "_self_types",
     "instrumentation._call_hook",
     "instrumentation._hooks",
+    "instrumentation._templates",
     "instrumentation._http_client",
     "instrumentation.urllib3",
     "instrumentation.dbapi",
