@@ -421,14 +421,26 @@ def test_an_asyncio_drivers_connection_is_not_wrapped():
     assert dbapi.wrap_connect(lambda: opened)() is opened  # handed back as it is
 
 
-@pytest.mark.parametrize("proxy", [dbapi._Connection, dbapi._Cursor])
-def test_a_wrapper_made_without_its_object_fails_with_attribute_error(proxy):
-    # As copy.copy makes one (object.__new__): no endless recursion (compiled,
-    # a crash of the process).
-    empty = object.__new__(proxy)
+@pytest.mark.parametrize(
+    ("proxy", "methods"),
+    [
+        (dbapi._Connection, ("cursor", "commit", "rollback", "execute")),
+        (dbapi._Cursor, ("execute", "fetchone", "fetchall", "callproc")),
+    ],
+)
+def test_a_wrapper_made_without_its_object_fails_with_attribute_error(proxy, methods, udp_listener):
+    # As copy.copy could make one (__new__ alone): no endless recursion, and
+    # compiled, no crash (its fields hold None).
+    empty = proxy.__new__(proxy)
     assert not hasattr(empty, "isolation_level")
-    with pytest.raises(AttributeError):
-        repr(empty)
+    statement = ("SELECT 1",)
+    for method in methods:
+        with pytest.raises(AttributeError):
+            getattr(empty, method)(*statement[: method in ("execute", "callproc")])
+    with monitored_request(udp_listener):
+        for method in methods:
+            with pytest.raises(AttributeError):
+                getattr(empty, method)(*statement[: method in ("execute", "callproc")])
 
 
 class RowsWithoutLength:

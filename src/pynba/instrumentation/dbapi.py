@@ -29,6 +29,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from .._implementation import check_self_types
 from ..context import current_collector
 from ._hooks import (
     add_checked_call,
@@ -97,8 +98,8 @@ class _Proxy:
     __slots__ = ("_wrapped", "_tags")
 
     def __init__(self, wrapped: Any, tags: _Tags) -> None:
-        object.__setattr__(self, "_wrapped", wrapped)
-        object.__setattr__(self, "_tags", tags)
+        self._wrapped = wrapped
+        self._tags = tags
 
     def __getattr__(self, name: str) -> Any:
         if name in _OWN:  # not set (an instance copy.copy made): no endless recursion
@@ -106,7 +107,12 @@ class _Proxy:
         return getattr(self._wrapped, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._wrapped, name, value)
+        # Its own attributes are set here only when run from source: compiled,
+        # they are C fields that its methods set without coming here.
+        if name in _OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._wrapped, name, value)
 
     def __delattr__(self, name: str) -> None:
         delattr(self._wrapped, name)
@@ -205,7 +211,7 @@ class _Connection(_Proxy):
 
     def __init__(self, connection: Any, db: str, commits_on_exit: bool) -> None:
         super().__init__(connection, _Tags(db))
-        object.__setattr__(self, "_commits_on_exit", commits_on_exit)
+        self._commits_on_exit = commits_on_exit
 
     def cursor(self, *args: Any, **kwargs: Any) -> _Cursor:
         return _Cursor(self._wrapped.cursor(*args, **kwargs), self._tags)
@@ -399,3 +405,6 @@ def _wrap_classmethod(function: Callable[..., Any]) -> Callable[..., Any]:
     connect.__wrapped__ = function  # type: ignore[attr-defined]
     connect.__doc__ = function.__doc__
     return connect
+
+
+check_self_types(_Proxy, _Cursor, _Connection)
