@@ -443,6 +443,63 @@ def test_a_wrapper_made_without_its_object_fails_with_attribute_error(proxy, met
                 getattr(empty, method)(*statement[: method in ("execute", "callproc")])
 
 
+class DriverObject:
+    """A driver's connection with attributes of its own (as PyMySQL's has)."""
+
+    def cursor(self):
+        return sqlite3.connect(":memory:").cursor()
+
+
+def test_attributes_set_on_a_wrapper_are_the_driver_objects_even_of_pynbas_names(udp_listener):
+    driver = DriverObject()
+    wrapped = dbapi.wrap_connection(driver, "shop")
+    for name in ("_wrapped", "_tags", "_commits_on_exit", "anything"):
+        setattr(wrapped, name, [name])
+        assert vars(driver)[name] == [name]
+    with monitored_request(udp_listener):
+        wrapped.cursor().execute("SELECT 1")  # the wrapper's own fields unchanged
+    assert receive(udp_listener).timer(group="db", op="select", db="shop").hit_count == 1
+    del wrapped.anything
+    assert "anything" not in vars(driver)
+
+
+def test_a_wrapper_is_not_wrapped_again():
+    # A chain of wrappers would recurse in C on each attribute, and when freed.
+    cursor = dbapi.wrap_connection(sqlite3.connect(":memory:")).cursor()
+    tags = dbapi._Tags("sqlite3")
+    with pytest.raises(TypeError, match="a pynba wrapper already"):
+        dbapi._Cursor(cursor, tags)
+    with pytest.raises(TypeError, match="a pynba wrapper already"):
+        cursor.__init__(cursor, tags)
+    assert cursor.execute("SELECT 2").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("context", [{}, None, {"connection": object()}])
+def test_a_django_query_of_a_context_not_as_django_makes_it_goes_on_untimed(
+    context, udp_listener, monkeypatch
+):
+    pytest.importorskip("django")
+    from pynba.instrumentation import django_db
+
+    def execute(sql, params, many, context):
+        return [sql, params, many]
+
+    monkeypatch.setenv("PYNBA_STRICT", "0")  # as in production: logged, not raised
+    instrumented_before = django_db.instrumented()
+    django_db.instrument()
+    try:
+        with monitored_request(udp_listener):
+            assert django_db._timed_query(execute, "SELECT 1", (1,), False, context) == [
+                "SELECT 1",
+                (1,),
+                False,
+            ]
+    finally:
+        if not instrumented_before:
+            django_db.uninstrument()
+    assert receive(udp_listener).timers == []
+
+
 class RowsWithoutLength:
     """Rows a driver can iterate, whose ``len()`` fails."""
 

@@ -557,7 +557,7 @@ def compiled_classes():
             continue
         for value in vars(module).values():
             if (
-                isinstance(value, type)
+                issubclass(type(value), type)  # isinstance() loads a lazy object (Django settings)
                 and value.__module__ == module.__name__
                 and not value.__flags__ & (1 << 9)  # not a class of Python code
             ):

@@ -98,8 +98,12 @@ class _Proxy:
     __slots__ = ("_wrapped", "_tags")
 
     def __init__(self, wrapped: Any, tags: _Tags) -> None:
-        self._wrapped = wrapped
-        self._tags = tags
+        if issubclass(type(wrapped), _Proxy):  # a chain of them would recurse in C
+            raise TypeError("this object is a pynba wrapper already")
+        # Set through the fields' descriptors: set on the proxy, an
+        # attribute is the driver's object's (__setattr__).
+        _set_wrapped(self, wrapped)
+        _set_tags(self, tags)
 
     def __getattr__(self, name: str) -> Any:
         if name in _OWN:  # not set (an instance copy.copy made): no endless recursion
@@ -107,12 +111,7 @@ class _Proxy:
         return getattr(self._wrapped, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # Its own attributes are set here only when run from source: compiled,
-        # they are C fields that its methods set without coming here.
-        if name in _OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._wrapped, name, value)
+        setattr(self._wrapped, name, value)
 
     def __delattr__(self, name: str) -> None:
         delattr(self._wrapped, name)
@@ -211,7 +210,7 @@ class _Connection(_Proxy):
 
     def __init__(self, connection: Any, db: str, commits_on_exit: bool) -> None:
         super().__init__(connection, _Tags(db))
-        self._commits_on_exit = commits_on_exit
+        _set_commits_on_exit(self, commits_on_exit)
 
     def cursor(self, *args: Any, **kwargs: Any) -> _Cursor:
         return _Cursor(self._wrapped.cursor(*args, **kwargs), self._tags)
@@ -242,6 +241,12 @@ class _Connection(_Proxy):
             return exit_(connection, kind, error, traceback)
         tags = self._tags.commit if kind is None else self._tags.rollback
         return _timed(tags, 1, exit_, connection, kind, error, traceback)
+
+
+# The setters of the proxies' own fields: their slots' descriptors, compiled their C fields'.
+_set_wrapped = vars(_Proxy)["_wrapped"].__set__
+_set_tags = vars(_Proxy)["_tags"].__set__
+_set_commits_on_exit = vars(_Connection)["_commits_on_exit"].__set__
 
 
 def _timed(tags: tuple[str, str, str], hits: int, call: Any, *args: Any, **kwargs: Any) -> Any:

@@ -38,6 +38,7 @@ from django.db import connections  # type: ignore[import-untyped]
 from django.db.backends.signals import connection_created  # type: ignore[import-untyped]
 
 from ..context import current_collector
+from ..errors import internal_error
 from ._hooks import row_count, sql_verb, start_timer, stop_timer
 
 __all__ = ["instrument", "instrumented", "uninstrument"]
@@ -95,7 +96,12 @@ def _timed_query(execute: Any, sql: Any, params: Any, many: bool, context: Any) 
     collector = current_collector()
     if not _instrumented or collector is None:
         return execute(sql, params, many, context)
-    timer = start_timer(_NAMES, ("db", sql_verb(sql), context["connection"].alias), collector)
+    try:
+        values = ("db", sql_verb(sql), context["connection"].alias)
+    except Exception:  # a context not as Django makes it: the query goes on untimed
+        internal_error("cannot start an automatic timer", False)
+        return execute(sql, params, many, context)
+    timer = start_timer(_NAMES, values, collector)
     try:
         return execute(sql, params, many, context)
     finally:
