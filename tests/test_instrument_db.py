@@ -474,6 +474,33 @@ def test_a_wrapper_is_not_wrapped_again():
     assert cursor.execute("SELECT 2").fetchone() == (2,)
 
 
+def test_a_driver_object_over_a_wrapped_connection_gives_its_cursors_as_they_are(
+    udp_listener,
+):
+    class Adapter:
+        """An application's object over a connection pynba wraps already."""
+
+        def __init__(self):
+            self.connection = dbapi.wrap_connection(sqlite3.connect(":memory:"), "inner")
+
+        def cursor(self):
+            return self.connection.cursor()
+
+        def execute(self, statement):
+            return self.connection.execute(statement)
+
+    outer = dbapi.wrap_connection(Adapter(), "outer")
+    assert dbapi.wrap_connection(outer) is outer
+    with monitored_request(udp_listener):
+        cursor = outer.cursor()
+        assert cursor.execute("SELECT 1").fetchone() == (1,)
+        assert outer.execute("SELECT 2").fetchone() == (2,)
+    packet = receive(udp_listener)
+    assert packet.timer(group="db", op="select", db="inner").hit_count == 2
+    # The connection's execute() is timed by both: each is the application's own.
+    assert packet.timer(group="db", op="select", db="outer").hit_count == 1
+
+
 @pytest.mark.parametrize("context", [{}, None, {"connection": object()}])
 def test_a_django_query_of_a_context_not_as_django_makes_it_goes_on_untimed(
     context, udp_listener, monkeypatch
@@ -483,6 +510,9 @@ def test_a_django_query_of_a_context_not_as_django_makes_it_goes_on_untimed(
 
     def execute(sql, params, many, context):
         return [sql, params, many]
+
+    def failing(sql, params, many, context):
+        raise ValueError("the database's error")
 
     monkeypatch.setenv("PYNBA_STRICT", "0")  # as in production: logged, not raised
     instrumented_before = django_db.instrumented()
@@ -494,9 +524,13 @@ def test_a_django_query_of_a_context_not_as_django_makes_it_goes_on_untimed(
                 (1,),
                 False,
             ]
+        with monitored_request(udp_listener), pytest.raises(ValueError) as raised:
+            django_db._timed_query(failing, "SELECT 1", None, False, context)
+        assert raised.value.__context__ is None  # pynba's own error is not in its traceback
     finally:
         if not instrumented_before:
             django_db.uninstrument()
+    assert receive(udp_listener).timers == []
     assert receive(udp_listener).timers == []
 
 

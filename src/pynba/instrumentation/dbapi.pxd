@@ -5,15 +5,14 @@ from pynba.instrumentation._hooks cimport add_checked_call, start_checked_timer,
 
 # The proxies are extension types: their own attributes are C fields, read
 # without the detour of a class with __getattr__ (about 850 instructions a
-# statement). Untyped: an instance made without __init__ holds None. Public,
-# as the slots of the pure class are: __init__ sets them through their
-# descriptors.
+# statement). Untyped: an instance made without __init__ holds None. Not
+# public: only __init__ sets them (a wrapper of a wrapper would recurse in C).
 cdef class _Proxy:
-    cdef public object _wrapped
-    cdef public object _tags
+    cdef object _wrapped
+    cdef object _tags
 
 cdef class _Cursor(_Proxy):
     pass
 
 cdef class _Connection(_Proxy):
-    cdef public bint _commits_on_exit
+    cdef bint _commits_on_exit

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from .._implementation import check_self_types
+from .._implementation import check_self_types, runs_compiled
 from ..context import current_collector
 from ._hooks import (
     add_checked_call,
@@ -88,6 +88,9 @@ class _Tags:
         return tags
 
 
+# Whether this module runs compiled: its proxies' fields are then C fields.
+_COMPILED = runs_compiled(__file__)
+
 # The proxies' own attributes (their slots).
 _OWN = frozenset(["_wrapped", "_tags", "_commits_on_exit"])
 
@@ -98,12 +101,14 @@ class _Proxy:
     __slots__ = ("_wrapped", "_tags")
 
     def __init__(self, wrapped: Any, tags: _Tags) -> None:
-        if issubclass(type(wrapped), _Proxy):  # a chain of them would recurse in C
+        if _is_wrapper(wrapped):  # a chain of them would recurse in C
             raise TypeError("this object is a pynba wrapper already")
-        # Set through the fields' descriptors: set on the proxy, an
-        # attribute is the driver's object's (__setattr__).
-        _set_wrapped(self, wrapped)
-        _set_tags(self, tags)
+        if _COMPILED:  # C fields, which nothing else can set
+            self._wrapped = wrapped
+            self._tags = tags
+        else:  # the slots: set on the proxy, an attribute is the driver's (__setattr__)
+            object.__setattr__(self, "_wrapped", wrapped)
+            object.__setattr__(self, "_tags", tags)
 
     def __getattr__(self, name: str) -> Any:
         if name in _OWN:  # not set (an instance copy.copy made): no endless recursion
@@ -210,23 +215,29 @@ class _Connection(_Proxy):
 
     def __init__(self, connection: Any, db: str, commits_on_exit: bool) -> None:
         super().__init__(connection, _Tags(db))
-        _set_commits_on_exit(self, commits_on_exit)
+        if _COMPILED:
+            self._commits_on_exit = commits_on_exit
+        else:
+            object.__setattr__(self, "_commits_on_exit", commits_on_exit)
 
-    def cursor(self, *args: Any, **kwargs: Any) -> _Cursor:
-        return _Cursor(self._wrapped.cursor(*args, **kwargs), self._tags)
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped_cursor(self._wrapped.cursor(*args, **kwargs))
 
     def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
         call = self._wrapped.execute
-        return _Cursor(
-            _timed(self._tags.of(statement), 1, call, statement, *args, **kwargs), self._tags
-        )
+        tags = self._tags.of(statement)
+        return self._wrapped_cursor(_timed(tags, 1, call, statement, *args, **kwargs))
 
     def executemany(self, statement: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
         call = self._wrapped.executemany
         tags = self._tags.of(statement)
-        return _Cursor(
-            _timed(tags, row_count(rows), call, statement, rows, *args, **kwargs), self._tags
-        )
+        hits = row_count(rows)
+        return self._wrapped_cursor(_timed(tags, hits, call, statement, rows, *args, **kwargs))
+
+    def _wrapped_cursor(self, cursor: Any) -> Any:
+        # A cursor a wrapper gave already (a driver's object over a wrapped
+        # connection) stays as it is: its statements are timed by that wrapper.
+        return cursor if _is_wrapper(cursor) else _Cursor(cursor, self._tags)
 
     def commit(self) -> Any:
         return _timed(self._tags.commit, 1, self._wrapped.commit)
@@ -243,10 +254,8 @@ class _Connection(_Proxy):
         return _timed(tags, 1, exit_, connection, kind, error, traceback)
 
 
-# The setters of the proxies' own fields: their slots' descriptors, compiled their C fields'.
-_set_wrapped = vars(_Proxy)["_wrapped"].__set__
-_set_tags = vars(_Proxy)["_tags"].__set__
-_set_commits_on_exit = vars(_Connection)["_commits_on_exit"].__set__
+def _is_wrapper(value: Any) -> bool:
+    return issubclass(type(value), _Proxy)
 
 
 def _timed(tags: tuple[str, str, str], hits: int, call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -280,7 +289,7 @@ def wrap_connection(connection: Any, name: str | None = None) -> Any:
     A connection wrapped already is returned as it is.
     """
     name = _checked_name(name)
-    if type(connection) is _Connection:
+    if issubclass(type(connection), _Connection):
         return connection
     if not _is_connection(connection):
         raise TypeError(f"connection must be a DB-API connection, not {type(connection).__name__}")

@@ -96,10 +96,12 @@ def _timed_query(execute: Any, sql: Any, params: Any, many: bool, context: Any) 
     collector = current_collector()
     if not _instrumented or collector is None:
         return execute(sql, params, many, context)
+    values = None
     try:
         values = ("db", sql_verb(sql), context["connection"].alias)
     except Exception:  # a context not as Django makes it: the query goes on untimed
         internal_error("cannot start an automatic timer", False)
+    if values is None:  # made out of the except: its error is not the query's context
         return execute(sql, params, many, context)
     timer = start_timer(_NAMES, values, collector)
     try:
