@@ -79,6 +79,8 @@ def read_pxd(path: Path) -> Declarations:
         if function:
             current.methods.add(function.group(1))
             continue
+        if text == "pass":  # a class declaring nothing of its own (a subclass)
+            continue
         attribute = _ATTRIBUTE.match(text)
         if attribute:
             current.attributes.update(re.split(r"\s*,\s*", attribute.group(1)))
