@@ -3,6 +3,9 @@
 from pynba.context cimport current_collector
 from pynba.instrumentation._hooks cimport add_checked_call, start_checked_timer, stop_timer
 
+# Read as C by each wrapper made (a cursor a statement, for connection.execute()).
+cdef bint _COMPILED
+
 # The proxies are extension types: their own attributes are C fields, read
 # without the detour of a class with __getattr__ (about 850 instructions a
 # statement). Untyped: an instance made without __init__ holds None. Not
@@ -16,3 +19,5 @@ cdef class _Cursor(_Proxy):
 
 cdef class _Connection(_Proxy):
     cdef bint _commits_on_exit
+
+cdef bint _is_wrapper(value)
