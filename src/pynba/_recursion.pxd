@@ -1,25 +1,20 @@
-# The C twins of _recursion.py's enter() and leave(). Compiled, a tag value
-# that sets a tag holding itself while it is flattened (a callable, __str__,
-# a container's own iteration) recurses through C functions (set_tag,
-# flatten_tags, _flatten) that the recursion limit counted too little of: a
-# 1 MiB thread stack ran out before RecursionError. Each level of flattening
-# counts as _WEIGHT levels, so that RecursionError comes first on a 256 KiB
-# thread stack, as for CPython's own recursion through __str__. No module is
-# built from this file: it is only read when compiling.
+# The C twins of _recursion.py's functions. Compiled, C functions calling C
+# functions recurse with no frame that the recursion limit counts, and a
+# thread's stack can run out before RecursionError. Each level of such a
+# recursion counts as several levels of the limit, so that RecursionError
+# comes first on a 256 KiB thread stack, as for CPython's own recursion
+# through __str__. No module is built from this file: it is only read when
+# compiling.
 cdef extern from "Python.h":
-    int Py_EnterRecursiveCall(const char *where) except -1
+    # Nonzero, with RecursionError set, past the limit (1, not -1: no except clause).
+    int Py_EnterRecursiveCall(const char *where)
     void Py_LeaveRecursiveCall()
 
 
-# Levels of the limit a level of flattening counts for: measured, 4 still let
-# a 256 KiB stack run out (a level takes well over 1 KiB of C stack).
-DEF _WEIGHT = 8
-
-
-cdef inline int enter() except -1:
+cdef inline int _enter(int weight, const char *where) except -1:
     cdef int counted = 0
-    while counted < _WEIGHT:
-        if Py_EnterRecursiveCall(" while flattening a tag"):
+    while counted < weight:
+        if Py_EnterRecursiveCall(where):
             while counted:
                 Py_LeaveRecursiveCall()
                 counted -= 1
@@ -28,8 +23,38 @@ cdef inline int enter() except -1:
     return 0
 
 
-cdef inline void leave():
+cdef inline void _leave(int weight):
     cdef int counted = 0
-    while counted < _WEIGHT:
+    while counted < weight:
         Py_LeaveRecursiveCall()
         counted += 1
+
+
+# A tag value that sets a tag holding itself while it is flattened (a
+# callable, __str__, a container's own iteration) recurses through set_tag,
+# flatten_tags and _flatten. Measured: a level takes well over 1 KiB of C
+# stack; counted as 4, a 256 KiB stack still ran out.
+DEF _FLATTEN_WEIGHT = 8
+
+
+cdef inline int enter() except -1:
+    return _enter(_FLATTEN_WEIGHT, " while flattening a tag")
+
+
+cdef inline void leave():
+    _leave(_FLATTEN_WEIGHT)
+
+
+# A proxy handing an attribute or an iteration on to the object it wraps. A
+# foreign proxy (wrapt's ObjectProxy) made to wrap pynba's proxy of itself
+# recurses from one to the other. Measured: a level of attribute look-up
+# takes about 350 bytes of C stack; counted as 1, a 256 KiB stack ran out.
+DEF _FORWARD_WEIGHT = 2
+
+
+cdef inline int enter_forward() except -1:
+    return _enter(_FORWARD_WEIGHT, " while handing on to a wrapped object")
+
+
+cdef inline void leave_forward():
+    _leave(_FORWARD_WEIGHT)

@@ -42,6 +42,7 @@ cdef extern from *:
     ) {
         pynba_CheckedMethod *checked = (pynba_CheckedMethod *)self;
         Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+        PyObject *result;
         if (nargs < 1 || !PyObject_TypeCheck(args[0], checked->owner)) {
             PyErr_Format(
                 PyExc_TypeError, "%s.%S() needs a %s object as self, its first argument, got %s",
@@ -49,10 +50,20 @@ cdef extern from *:
                 nargs < 1 ? "none" : Py_TYPE(args[0])->tp_name);
             return NULL;
         }
-        if (checked->call != NULL) {
-            return checked->call(checked->method, args, nargsf, kwnames);
+        /* Counted as two levels of recursion (see _recursion.pxd): a method
+           handing a call on to a foreign proxy of its own object (wrapt's)
+           recurses with no frame, about 280 bytes of C stack a level. */
+        if (Py_EnterRecursiveCall(" while calling a pynba method")) return NULL;
+        if (Py_EnterRecursiveCall(" while calling a pynba method")) {
+            Py_LeaveRecursiveCall();
+            return NULL;
         }
-        return PyObject_Vectorcall(checked->method, args, nargsf, kwnames);
+        result = checked->call != NULL
+            ? checked->call(checked->method, args, nargsf, kwnames)
+            : PyObject_Vectorcall(checked->method, args, nargsf, kwnames);
+        Py_LeaveRecursiveCall();
+        Py_LeaveRecursiveCall();
+        return result;
     }
 
     static PyObject *pynba_checked_get(PyObject *self, PyObject *instance, PyObject *owner) {

@@ -1,5 +1,6 @@
 # Declarations for compiling dbapi.py with Cython (see ../timer.pxd): a
 # statement's timer is made with C calls.
+cimport pynba._recursion as _recursion  # the forwarding slots count recursion
 from pynba.context cimport current_collector
 from pynba.instrumentation._hooks cimport add_checked_call, start_checked_timer, stop_timer
 

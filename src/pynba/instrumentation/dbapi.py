@@ -29,6 +29,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from .. import _recursion
 from .._implementation import check_self_types, runs_compiled
 from ..context import current_collector
 from ._hooks import (
@@ -110,16 +111,29 @@ class _Proxy:
             object.__setattr__(self, "_wrapped", wrapped)
             object.__setattr__(self, "_tags", tags)
 
+    # The forwarding slots count a level of recursion (see _recursion.pxd).
     def __getattr__(self, name: str) -> Any:
         if name in _OWN:  # not set (an instance copy.copy made): no endless recursion
             raise AttributeError(name)
-        return getattr(self._wrapped, name)
+        _recursion.enter_forward()
+        try:
+            return getattr(self._wrapped, name)
+        finally:
+            _recursion.leave_forward()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._wrapped, name, value)
+        _recursion.enter_forward()
+        try:
+            setattr(self._wrapped, name, value)
+        finally:
+            _recursion.leave_forward()
 
     def __delattr__(self, name: str) -> None:
-        delattr(self._wrapped, name)
+        _recursion.enter_forward()
+        try:
+            delattr(self._wrapped, name)
+        finally:
+            _recursion.leave_forward()
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # isinstance() sees the driver's object
@@ -199,10 +213,18 @@ class _Cursor(_Proxy):
         return self._wrapped.fetchall()
 
     def __iter__(self) -> Any:
-        return iter(self._wrapped)
+        _recursion.enter_forward()
+        try:
+            return iter(self._wrapped)
+        finally:
+            _recursion.leave_forward()
 
     def __next__(self) -> Any:
-        return next(self._wrapped)
+        _recursion.enter_forward()
+        try:
+            return next(self._wrapped)
+        finally:
+            _recursion.leave_forward()
 
     def __exit__(self, *exc_info: Any) -> Any:
         return type(self._wrapped).__exit__(self._wrapped, *exc_info)
