@@ -1,4 +1,4 @@
-# Types of the compiled twin of _hooks.timed_calls (_call_hook.pyx).
+# Types of the compiled twins of _hooks.timed_calls and around_calls (_call_hook.pyx).
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -14,4 +14,10 @@ def call_hook(
     failed: Callable[..., object],
     picks: tuple[tuple[int, str], ...],
     calling: set[int] | None = None,
+) -> Callable[..., Any]: ...
+def around_hook(
+    wrapped: Callable[..., Any],
+    var: ContextVar[Any],
+    begin: Callable[[Any, Any], object],
+    end: Callable[[Any], object],
 ) -> Callable[..., Any]: ...

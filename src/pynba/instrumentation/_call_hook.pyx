@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""``_hooks.timed_calls`` as a C object: a hook that passes each call on as it came.
+"""``_hooks.timed_calls`` and ``_hooks.around_calls`` as C objects: hooks that pass each call on as it came.
 
 A hook written in Python takes the arguments of the call it wraps and
 passes them on again: for urllib3's ``urlopen``, called with keywords by a
@@ -26,9 +26,9 @@ cdef extern from *:
         vectorcallfunc vectorcall;
         PyObject *wrapped;   /* the function the hook stands in for */
         PyObject *var;       /* the context variable of the current request */
-        PyObject *enter;     /* enter(collector): whether to time this call */
-        PyObject *done;      /* done(collector, seconds, *picked, result) */
-        PyObject *failed;    /* failed(collector, seconds, *picked) */
+        PyObject *enter;     /* enter(collector): whether to time this call; around: begin */
+        PyObject *done;      /* done(collector, seconds, *picked, result); around: end */
+        PyObject *failed;    /* failed(collector, seconds, *picked); around: None */
         PyObject *calling;   /* a set of the threads in a call, or None (see call_hook) */
         PyObject *picks;     /* a tuple of (position, keyword) pairs, read into: */
         Py_ssize_t npicks;
@@ -58,6 +58,29 @@ cdef extern from *:
         result = pynba_hook_call((pynba_CallHook *)self, args, nargsf, kwnames);
         Py_LeaveRecursiveCall();
         return result;
+    }
+
+    /* An around hook (around_hook below): the same object, another call. */
+    static PyObject *(*pynba_around_call)(
+        pynba_CallHook *, PyObject *const *, size_t, PyObject *) = NULL;
+
+    static void pynba_set_around_call(void *call) {
+        pynba_around_call =
+            (PyObject *(*)(pynba_CallHook *, PyObject *const *, size_t, PyObject *))call;
+    }
+
+    static PyObject *pynba_around_vectorcall(
+        PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
+    ) {
+        PyObject *result;
+        if (Py_EnterRecursiveCall(" while calling a pynba hook")) return NULL;
+        result = pynba_around_call((pynba_CallHook *)self, args, nargsf, kwnames);
+        Py_LeaveRecursiveCall();
+        return result;
+    }
+
+    static void pynba_make_around(PyObject *hook) {
+        ((pynba_CallHook *)hook)->vectorcall = pynba_around_vectorcall;
     }
 
     static int pynba_hook_traverse(PyObject *self, visitproc visit, void *arg) {
@@ -224,6 +247,8 @@ cdef extern from *:
         Py_ssize_t positions[3]
         PyObject* keywords[3]
     void pynba_set_hook_call(void* call)
+    void pynba_set_around_call(void* call)
+    void pynba_make_around(object hook)
     object pynba_new_hook(
         object wrapped, object var, object enter, object done, object failed, object calling,
         object picks
@@ -380,4 +405,48 @@ def call_hook(wrapped, var, enter, done, failed, tuple picks not None, calling=N
         fields.positions[i] = picks[i][0]
         fields.keywords[i] = <PyObject*>picks[i][1]  # held by picks, which the hook holds
     fields.npicks = len(picks)
+    return hook
+
+
+cdef object _around(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
+    cdef PyObject* current = NULL
+    cdef object wrapped, begin, end, first, state
+    if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
+        raise ReferenceError("this pynba hook was cleared")
+    wrapped = <object>hook.wrapped  # a reference of our own through the call
+    PyContextVar_Get(<object>hook.var, NULL, &current)
+    if current is NULL:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    collector = <object>current
+    Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
+    if collector is None:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    begin = <object>hook.enter
+    end = <object>hook.done
+    first = <object>args[0] if PyVectorcall_NARGS(nargsf) > 0 else None
+    try:
+        state = begin(collector, first)
+    except Exception:
+        internal_error("cannot start an automatic timer", False)
+        state = None
+    if state is None:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    try:
+        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    finally:
+        try:
+            end(state)
+        except Exception:
+            internal_error("cannot record an automatic timer", False)
+
+
+pynba_set_around_call(<void*>_around)
+
+
+def around_hook(wrapped, var, begin, end):
+    """``_hooks.around_calls``' hook, for the requests in the context variable ``var``."""
+    if type(var) is not ContextVar:
+        raise TypeError(f"var must be a contextvars.ContextVar, not {var!r}")
+    hook = pynba_new_hook(wrapped, var, begin, end, None, None, ())
+    pynba_make_around(hook)
     return hook

@@ -36,6 +36,7 @@ __all__ = [
     "SQL_VERBS",
     "Patches",
     "add_checked_call",
+    "around_calls",
     "bounded",
     "row_count",
     "sql_verb",
@@ -237,6 +238,52 @@ def timed_calls(
     return hook
 
 
+def around_calls(
+    wrapped: Callable[..., Any],
+    begin: Callable[[Any, Any], object],
+    end: Callable[[Any], object],
+) -> Callable[..., Any]:
+    """A hook of ``wrapped`` that brackets its calls made inside a monitored request.
+
+    Each call is passed on to ``wrapped`` as it came. Inside a request,
+    ``state = begin(collector, first)`` comes before it (``first``: the
+    call's first positional argument, None when it has none); unless
+    ``state`` is None, ``end(state)`` comes after it, whether it returns or
+    raises. For a timer that must run while the call does (one that calls
+    made inside it see). An error in ``begin`` or ``end`` is pynba's own
+    (``internal_error``): the call goes on, untimed.
+
+    Compiled, the hook is a C object that hands the call on without
+    binding its arguments (``_call_hook``); this function is its twin.
+    """
+    for name, callback in (("wrapped", wrapped), ("begin", begin), ("end", end)):
+        if not callable(callback):
+            raise TypeError(f"{name} must be callable, not {callback!r}")
+    if _c_around_hook is not None:
+        return _c_around_hook(wrapped, collector_variable(), begin, end)
+
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        collector = current_collector()
+        if collector is None:
+            return wrapped(*args, **kwargs)
+        try:
+            state = begin(collector, args[0] if args else None)
+        except Exception:
+            internal_error("cannot start an automatic timer", False)
+            state = None
+        if state is None:
+            return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            try:
+                end(state)
+            except Exception:
+                internal_error("cannot record an automatic timer", False)
+
+    return hook
+
+
 def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], pick: Pick) -> Any:
     # As the C hook reads a call's keywords: the same string, else an equal one.
     position, keyword = pick
@@ -252,10 +299,12 @@ def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], pick: Pick) -> Any:
 
 
 _c_call_hook: Callable[..., Any] | None = None
+_c_around_hook: Callable[..., Any] | None = None
 if not pure_python_forced():
     try:
+        from ._call_hook import around_hook as _c_around_hook
         from ._call_hook import call_hook as _c_call_hook
-    except ImportError:  # not built: the Python function serves
+    except ImportError:  # not built: the Python functions serve
         pass
 
 

@@ -6,5 +6,5 @@ from pynba.instrumentation._hooks cimport start_checked_timer, stop_timer
 
 cpdef str template_tag(name)
 cdef tuple _template_values(name)
-cdef _start(template)
-cdef _stop(timer, token)
+cpdef tuple _begin(collector, template)  # cpdef: the C hook calls them as objects
+cpdef _end(tuple state)

@@ -7,9 +7,11 @@ per process, then ``<other>``. A template rendered while another renders
 part of the outer template's timer (``IN_RENDER``): the ``render`` group
 adds up the time spent rendering, each moment counted once.
 
-Compiled (typed by ``_templates.pxd``), a render's hook starts and stops
-its timer and sets ``IN_RENDER`` with C calls: in Python, those five
-function calls and two method calls cost about 2 us a render.
+Compiled (typed by ``_templates.pxd``), a render's timer is started and
+stopped, and ``IN_RENDER`` set, with C calls: in Python, those five
+function calls and two method calls cost about 2 us a render. A sync
+render's hook is ``around_calls``' C object: it hands the call on as it
+came, without taking its arguments into a tuple and a dict and out again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..context import current_collector
 from ..errors import internal_error
 from ..names import DEFAULT_NAME_LIMIT, OTHER_NAME
 from ..timer import NoopTimer, Timer
-from ._hooks import start_checked_timer, stop_timer
+from ._hooks import around_calls, start_checked_timer, stop_timer
 
 __all__ = ["IN_RENDER", "STRING_NAME", "TEMPLATE_LIMIT", "async_hook", "sync_hook", "template_tag"]
 
@@ -62,22 +64,23 @@ def _template_values(name: Any) -> tuple[str, str]:
     return values
 
 
-def _start(template: Any) -> Timer | NoopTimer | None:
-    """A started timer of ``template``'s render; None outside a monitored request or in a render."""
-    collector = current_collector()
-    if collector is None or ContextVar.get(IN_RENDER):
-        return None
+def _begin(collector: Any, template: Any) -> tuple[Timer | NoopTimer, Token[bool]] | None:
+    """A started timer of ``template``'s render, with ``IN_RENDER`` set; None in a render."""
     try:
-        if not collector.enabled:
+        if ContextVar.get(IN_RENDER) or not collector.enabled:
             return None
         values = _template_values(getattr(template, "name", None))
     except Exception:
         internal_error("cannot start a render's timer", False)
         return None
-    return start_checked_timer(collector, NAMES, values)
+    timer = start_checked_timer(collector, NAMES, values)
+    if timer is None:
+        return None
+    return timer, ContextVar.set(IN_RENDER, True)
 
 
-def _stop(timer: Timer | NoopTimer, token: Token[bool]) -> None:
+def _end(state: tuple[Timer | NoopTimer, Token[bool]]) -> None:
+    timer, token = state
     stop_timer(timer)
     try:
         ContextVar.reset(IN_RENDER, token)
@@ -87,31 +90,20 @@ def _stop(timer: Timer | NoopTimer, token: Token[bool]) -> None:
 
 def sync_hook(call: Callable[..., Any]) -> Callable[..., Any]:
     """A hook for a template's render method (its first argument: the template)."""
-
-    def timed_render(template: Any, *args: Any, **kwargs: Any) -> Any:
-        timer = _start(template)
-        if timer is None:
-            return call(template, *args, **kwargs)
-        token = ContextVar.set(IN_RENDER, True)
-        try:
-            return call(template, *args, **kwargs)
-        finally:
-            _stop(timer, token)
-
-    return timed_render
+    return around_calls(call, _begin, _end)
 
 
 def async_hook(call: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
     """``sync_hook`` for a coroutine method."""
 
     async def timed_render(template: Any, *args: Any, **kwargs: Any) -> Any:
-        timer = _start(template)
-        if timer is None:
+        collector = current_collector()
+        state = None if collector is None else _begin(collector, template)
+        if state is None:
             return await call(template, *args, **kwargs)
-        token = ContextVar.set(IN_RENDER, True)
         try:
             return await call(template, *args, **kwargs)
         finally:
-            _stop(timer, token)
+            _end(state)
 
     return timed_render

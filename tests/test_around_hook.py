@@ -1,0 +1,252 @@
+"""``around_calls``: a hook that hands each call on as it came, bracketed inside a request.
+
+Compiled, the hook is a C object (``instrumentation/_call_hook.pyx``, the
+object ``timed_calls`` makes, with another call); in the pure-Python build,
+a Python function. The suite runs against both.
+"""
+
+import gc
+import inspect
+import logging
+import sys
+import weakref
+
+import pytest
+
+import pynba
+from packets import monitored_request
+from pynba.instrumentation._hooks import Patches, around_calls
+
+CALLS = [
+    ((), {}),
+    ((1,), {}),
+    ((1, 2), {"b": 3}),
+    ((), {"a": 1, "b": 2}),
+    ((1, 2, 3, 4), {"x": 5, "y": 6}),
+]
+
+
+class Brackets:
+    """A hook's ``begin`` and ``end``, recording what happens in order."""
+
+    def __init__(self, state="state", keep=True):
+        self.state = state
+        self.keep = keep  # False: count only (keeps no reference)
+        self.events = []
+        self.count = 0
+
+    def begin(self, collector, first):
+        self.count += 1
+        if self.keep:
+            self.events.append(("begin", collector, first))
+        return self.state
+
+    def end(self, state):
+        self.count += 1
+        if self.keep:
+            self.events.append(("end", state))
+
+    def hook(self, wrapped):
+        return around_calls(wrapped, self.begin, self.end)
+
+
+def given(*args, **kwargs):
+    return args, kwargs
+
+
+def test_the_compiled_build_hands_calls_on_in_c():
+    hook = Brackets().hook(given)
+    # _hooks tells the build: _call_hook, which has no twin, loads in both.
+    if "instrumentation._hooks" in pynba.compiled_modules():
+        assert type(hook).__name__ == "call_hook"
+        assert repr(hook) == f"<pynba hook of {given!r}>"
+    else:
+        assert inspect.isfunction(hook)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_outside_a_request_each_call_is_handed_on_as_it_came_and_not_bracketed(args, kwargs):
+    brackets = Brackets()
+    assert brackets.hook(given)(*args, **kwargs) == (args, kwargs)
+    assert brackets.events == []
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_inside_a_request_begin_gets_the_first_argument_and_end_its_state(
+    args, kwargs, udp_listener
+):
+    brackets = Brackets()
+    inside = []
+
+    def wrapped(*args, **kwargs):
+        inside.append(list(brackets.events))  # what ran before the call
+        return args, kwargs
+
+    with monitored_request(udp_listener) as collector:
+        assert brackets.hook(wrapped)(*args, **kwargs) == (args, kwargs)
+    first = args[0] if args else None
+    assert inside == [[("begin", collector, first)]]
+    assert brackets.events == [("begin", collector, first), ("end", "state")]
+
+
+def test_a_call_begin_gives_none_is_handed_on_without_end(udp_listener):
+    brackets = Brackets(state=None)
+    with monitored_request(udp_listener) as collector:
+        assert brackets.hook(given)(1, b=2) == ((1,), {"b": 2})
+    assert brackets.events == [("begin", collector, 1)]
+
+
+def test_a_call_that_raises_is_ended_and_raises_unchanged(udp_listener):
+    brackets = Brackets()
+    error = KeyboardInterrupt("the call's")
+
+    def failing(*args):
+        raise error
+
+    with monitored_request(udp_listener):
+        with pytest.raises(KeyboardInterrupt) as raised:
+            brackets.hook(failing)("template")
+    assert raised.value is error
+    assert [event[0] for event in brackets.events] == ["begin", "end"]
+
+
+def test_a_method_hooked_gets_its_instance_as_the_first_argument(udp_listener):
+    brackets = Brackets()
+
+    class Template:
+        def render(self, **context):
+            return self, context
+
+    patches = Patches()
+    patches.replace(Template, "render", brackets.hook)
+    template = Template()
+    try:
+        with monitored_request(udp_listener) as collector:
+            assert template.render(name="ada") == (template, {"name": "ada"})
+            assert Template.render(template) == (template, {})
+    finally:
+        patches.undo()
+    assert brackets.events[0] == ("begin", collector, template)
+    assert brackets.events[2] == ("begin", collector, template)
+    assert Template.render.__name__ == "render"
+
+
+@pytest.fixture
+def lenient(monkeypatch):
+    monkeypatch.setenv("PYNBA_STRICT", "0")  # as in production: logged, not raised
+
+
+def broken(*args):
+    raise ValueError("pynba's own")
+
+
+def test_a_failing_begin_leaves_the_call_unbracketed_and_is_logged(lenient, udp_listener, caplog):
+    brackets = Brackets()
+    hook = around_calls(given, broken, brackets.end)
+    with caplog.at_level(logging.ERROR, logger="pynba"), monitored_request(udp_listener):
+        assert hook(1) == ((1,), {})
+    assert brackets.events == []
+    assert "cannot start an automatic timer" in caplog.text
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_a_failing_end_leaves_the_result_or_error_as_they_were(
+    raises, lenient, udp_listener, caplog
+):
+    error = LookupError("the call's")
+
+    def call(*args):
+        if raises:
+            raise error
+        return "result"
+
+    hook = around_calls(call, Brackets().begin, broken)
+    with caplog.at_level(logging.ERROR, logger="pynba"), monitored_request(udp_listener):
+        if raises:
+            with pytest.raises(LookupError) as raised:
+                hook(1)
+            assert raised.value is error
+        else:
+            assert hook(1) == "result"
+    assert "cannot record an automatic timer" in caplog.text
+
+
+def test_in_strict_mode_a_failing_bracket_raises(udp_listener):
+    with monitored_request(udp_listener):
+        with pytest.raises(ValueError, match="pynba's own"):
+            around_calls(given, broken, Brackets().end)(1)
+        with pytest.raises(ValueError, match="pynba's own"):
+            around_calls(given, Brackets().begin, broken)(1)
+
+
+@pytest.mark.parametrize("argument", ["wrapped", "begin", "end"])
+def test_a_callback_that_cannot_be_called_is_refused_by_name(argument):
+    callbacks = {"wrapped": given, "begin": Brackets().begin, "end": Brackets().end}
+    callbacks[argument] = "not callable"
+    with pytest.raises(TypeError, match=f"^{argument} must be callable"):
+        around_calls(**callbacks)
+
+
+def test_no_reference_is_kept_or_lost(udp_listener):
+    brackets = Brackets(keep=False)
+    hook = brackets.hook(given)
+    argument, state = object(), object()
+    brackets.state = state
+    before = sys.getrefcount(argument), sys.getrefcount(state)
+    for _ in range(100):
+        hook(argument, key=argument)
+    with monitored_request(udp_listener):
+        for _ in range(100):
+            hook(argument, key=argument)
+    assert (sys.getrefcount(argument), sys.getrefcount(state)) == before
+    assert brackets.count == 200
+
+
+def test_a_hook_in_a_reference_cycle_is_collected():
+    hook = Brackets().hook(given)
+    hook.__dict__["itself"] = hook
+    gone = weakref.ref(hook)
+    del hook
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(udp_listener):
+    def recurse(depth):
+        return hooked(depth + 1)
+
+    hooked = Brackets(keep=False).hook(recurse)
+    for _ in range(2):
+        with pytest.raises(RecursionError):
+            hooked(0)
+        with monitored_request(udp_listener):
+            with pytest.raises(RecursionError):
+                hooked(0)
+
+
+def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(udp_listener):
+    # Each hook wraps the one before: calls from hook to hook with no Python
+    # frame between them, and a chain freed hook by hook.
+    brackets = Brackets(keep=False)
+    chain = given
+    for _ in range(200_000):
+        chain = brackets.hook(chain)
+    with pytest.raises(RecursionError):
+        chain(1)
+    with monitored_request(udp_listener):
+        with pytest.raises(RecursionError):
+            chain(1)
+    del chain
+    counted = Brackets(keep=False)
+    short = given
+    for _ in range(50):
+        short = counted.hook(short)
+    with monitored_request(udp_listener):
+        assert short(1, b=2) == ((1,), {"b": 2})
+    assert counted.count == 2 * 50  # each hook's begin and end
+
+
+def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
+    call_hook = pytest.importorskip("pynba.instrumentation._call_hook")
+    with pytest.raises(TypeError, match="var must be a contextvars.ContextVar"):
+        call_hook.around_hook(given, object(), Brackets().begin, Brackets().end)
