@@ -5,17 +5,22 @@ object ``timed_calls`` makes, with another call); in the pure-Python build,
 a Python function. The suite runs against both.
 """
 
+import functools
 import gc
 import inspect
 import logging
+import os
 import sys
+import threading
+import types
 import weakref
 
 import pytest
 
 import pynba
 from packets import monitored_request
-from pynba.instrumentation._hooks import Patches, around_calls
+from pynba.instrumentation._hooks import Patches, around_calls, timed_calls
+from scripts import isolated
 
 CALLS = [
     ((), {}),
@@ -250,3 +255,85 @@ def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
     call_hook = pytest.importorskip("pynba.instrumentation._call_hook")
     with pytest.raises(TypeError, match="var must be a contextvars.ContextVar"):
         call_hook.around_hook(given, object(), Brackets().begin, Brackets().end)
+
+
+def listener_at(port):
+    """What monitored_request() needs of a listener (in a child, the parent's port)."""
+    return types.SimpleNamespace(address=("127.0.0.1", port))
+
+
+def a_hook_of(kind, wrapped, callback):
+    """A hook of ``wrapped`` whose first callback inside a request is ``callback()``."""
+
+    def ignored(*args):
+        pass
+
+    if kind == "around":
+        return around_calls(wrapped, lambda collector, first: callback() or "state", ignored)
+    return timed_calls(wrapped, lambda collector: callback() or True, ignored, ignored, ())
+
+
+def arguments_freed_by_a_callback(kind, port):
+    """A partial's arguments, freed by the hook's callback before it hands them on."""
+
+    def wrapped(*args):
+        [bytearray(64) for _ in range(1000)]  # allocations that would reuse freed memory
+        return [type(argument).__name__ for argument in args]
+
+    def callback():
+        partial.__setstate__((hook, (), {}, None))  # frees the partial's arguments tuple
+
+    hook = a_hook_of(kind, wrapped, callback)
+    partial = functools.partial(hook, object(), [object()] * 3)
+    with monitored_request(listener_at(port)):
+        print(partial())
+
+
+@pytest.mark.parametrize("kind", ["around", "timed"])
+def test_arguments_a_callback_frees_are_handed_on_as_they_came(kind, udp_listener):
+    # functools.partial hands on its arguments tuple's items, and its
+    # __setstate__ frees that tuple: the compiled hooks hold the arguments
+    # before a callback can run.
+    assert isolated(arguments_freed_by_a_callback, kind, udp_listener.port) == (
+        "['object', 'list']\n"
+    )
+
+
+def a_proxy_wrapping_its_hook(kind, port):
+    """A hook and a wrapt proxy that wrap each other, called in a thread of a small stack."""
+    import wrapt
+
+    from pynba._implementation import runs_compiled
+    from pynba.instrumentation import _hooks
+
+    def call_all():
+        proxy = wrapt.CallableObjectProxy(print)
+        hook = a_hook_of(kind, proxy, lambda: None)
+        proxy.__wrapped__ = hook
+        for inside in (False, True):
+            for keywords in ({}, {"k": 2}):
+                try:
+                    if inside:
+                        with monitored_request(listener_at(port)):
+                            hook(1, **keywords)
+                    else:
+                        hook(1, **keywords)
+                except RecursionError:
+                    print("RecursionError")
+
+    # From source, the recursion is the interpreter's own (see
+    # test_instrument_db's foreign proxy); under AddressSanitizer C frames
+    # are several times larger.
+    sanitized = "libasan" in os.environ.get("LD_PRELOAD", "")
+    compiled = runs_compiled(_hooks.__file__)
+    threading.stack_size((8 << 20) if sanitized else (256 << 10) if compiled else (1 << 20))
+    thread = threading.Thread(target=call_all)
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.parametrize("kind", ["around", "timed"])
+def test_a_foreign_proxy_wrapping_its_own_hook_is_a_recursion_error(kind, udp_listener):
+    pytest.importorskip("wrapt")
+    output = isolated(a_proxy_wrapping_its_hook, kind, udp_listener.port)
+    assert output == "RecursionError\n" * 4

@@ -116,6 +116,22 @@ def test_jinja2_a_failing_render_raises_as_without_pynba_and_is_timed(udp_listen
     assert render_timers(receive(udp_listener)).keys() == {"broken.html"}
 
 
+def test_a_render_called_without_its_template_raises_as_without_pynba_untimed(
+    udp_listener, instrumented
+):
+    with pytest.raises(TypeError) as bare:
+        jinja2.Template.render()
+    instrumented("jinja2", "django_templates")
+    with monitored_request(udp_listener):
+        with pytest.raises(TypeError) as timed:
+            jinja2.Template.render()
+        with pytest.raises(TypeError):
+            Template.render()
+        jinja_environment().from_string("{{ x }}").render(x=1)  # so that a packet goes
+    assert str(timed.value) == str(bare.value)
+    assert render_timers(receive(udp_listener)).keys() == {"<string>"}
+
+
 def test_jinja2_outside_a_request_renders_and_sends_nothing(udp_listener, instrumented):
     instrumented("jinja2")
     assert jinja_environment().from_string("{{ x }}").render(x=1) == "1"

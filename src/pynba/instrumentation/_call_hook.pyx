@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""``_hooks.timed_calls`` and ``_hooks.around_calls`` as C objects: hooks that pass each call on as it came.
+"""``_hooks.timed_calls`` and ``around_calls`` as C objects: hooks that pass calls on as they came.
 
 A hook written in Python takes the arguments of the call it wraps and
 passes them on again: for urllib3's ``urlopen``, called with keywords by a
@@ -8,9 +8,11 @@ inside a request or out. This hook is a method descriptor with a vectorcall
 slot: a call reaches it with its arguments as the caller laid them out
 (``pool.urlopen(...)`` makes no bound method), and it hands them on
 untouched to the function it wraps. Outside a monitored request that is all
-it does, after one read of the context variable. Inside one it does what
-``_hooks.timed_calls``' Python function does, in the same order, with the
-same callbacks: the two give the same timers and raise the same errors.
+it does, after one read of the context variable. Inside one it holds the
+arguments (a tuple of its own references, laid out as they came), then
+does what ``_hooks.timed_calls``' (or ``around_calls``') Python function
+does, in the same order, with the same callbacks: the two give the same
+timers and raise the same errors.
 """
 
 from cpython.object cimport PyObject
@@ -47,36 +49,73 @@ cdef extern from *:
             (PyObject *(*)(pynba_CallHook *, PyObject *const *, size_t, PyObject *))call;
     }
 
-    /* Counted as a level of recursion: hooks calling one another with no
-       Python frame between them still end in RecursionError, never in a
-       C stack overflow. */
-    static PyObject *pynba_hook_vectorcall(
-        PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
+    typedef PyObject *(*pynba_hook_callfunc)(
+        pynba_CallHook *, PyObject *const *, size_t, PyObject *);
+
+    /* Counted as two levels of recursion (see pynba/_recursion.pxd): hooks
+       calling one another, or a foreign proxy that wraps the hook wrapping
+       it, with no Python frame between them, end in RecursionError at the
+       default limit, not in a C stack overflow, on a 256 KiB thread stack
+       too (counted once, a call with keywords through wrapt's proxy ran
+       out of it). */
+    static PyObject *pynba_counted_call(
+        pynba_hook_callfunc call, PyObject *self, PyObject *const *args, size_t nargsf,
+        PyObject *kwnames
     ) {
         PyObject *result;
         if (Py_EnterRecursiveCall(" while calling a pynba hook")) return NULL;
-        result = pynba_hook_call((pynba_CallHook *)self, args, nargsf, kwnames);
+        if (Py_EnterRecursiveCall(" while calling a pynba hook")) {
+            Py_LeaveRecursiveCall();
+            return NULL;
+        }
+        result = call((pynba_CallHook *)self, args, nargsf, kwnames);
+        Py_LeaveRecursiveCall();
         Py_LeaveRecursiveCall();
         return result;
     }
 
+    static PyObject *pynba_hook_vectorcall(
+        PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
+    ) {
+        return pynba_counted_call(pynba_hook_call, self, args, nargsf, kwnames);
+    }
+
     /* An around hook (around_hook below): the same object, another call. */
-    static PyObject *(*pynba_around_call)(
-        pynba_CallHook *, PyObject *const *, size_t, PyObject *) = NULL;
+    static pynba_hook_callfunc pynba_around_call = NULL;
 
     static void pynba_set_around_call(void *call) {
-        pynba_around_call =
-            (PyObject *(*)(pynba_CallHook *, PyObject *const *, size_t, PyObject *))call;
+        pynba_around_call = (pynba_hook_callfunc)call;
     }
 
     static PyObject *pynba_around_vectorcall(
         PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames
     ) {
-        PyObject *result;
-        if (Py_EnterRecursiveCall(" while calling a pynba hook")) return NULL;
-        result = pynba_around_call((pynba_CallHook *)self, args, nargsf, kwnames);
-        Py_LeaveRecursiveCall();
-        return result;
+        return pynba_counted_call(pynba_around_call, self, args, nargsf, kwnames);
+    }
+
+    /* The arguments of a call (positional, then keyword values), as a
+       tuple of references of the hook's own. The caller's array is
+       borrowed: Python code that the hook runs before it hands the call on
+       (its callbacks, a keyword's __eq__) could free what it points to (a
+       functools.partial's arguments, when __setstate__ replaces them). */
+    static PyObject *pynba_held_arguments(
+        PyObject *const *args, size_t nargsf, PyObject *kwnames
+    ) {
+        Py_ssize_t i, count = PyVectorcall_NARGS(nargsf);
+        PyObject *held;
+        if (kwnames != NULL) count += PyTuple_GET_SIZE(kwnames);
+        held = PyTuple_New(count);
+        if (held == NULL) return NULL;
+        for (i = 0; i < count; i++) {
+            Py_INCREF(args[i]);
+            PyTuple_SET_ITEM(held, i, args[i]);
+        }
+        return held;
+    }
+
+    /* The items of a tuple pynba_held_arguments() made, laid out as a vectorcall takes them. */
+    static PyObject **pynba_items(PyObject *held) {
+        return &PyTuple_GET_ITEM(held, 0);
     }
 
     static void pynba_make_around(PyObject *hook) {
@@ -249,6 +288,8 @@ cdef extern from *:
     void pynba_set_hook_call(void* call)
     void pynba_set_around_call(void* call)
     void pynba_make_around(object hook)
+    tuple pynba_held_arguments(PyObject** args, size_t nargsf, PyObject* kwnames)
+    PyObject** pynba_items(tuple held)
     object pynba_new_hook(
         object wrapped, object var, object enter, object done, object failed, object calling,
         object picks
@@ -294,9 +335,10 @@ cdef object _argument(
 cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
     cdef PyObject* current = NULL
     cdef PyObject* stack[6]
+    cdef PyObject** items
     cdef Py_ssize_t nargs, npicks
     cdef double start
-    cdef object wrapped, enter, done, failed, picks, calling, thread, seconds
+    cdef object wrapped, enter, done, failed, picks, calling, thread, seconds, names
     if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
         raise ReferenceError("this pynba hook was cleared")
     wrapped = <object>hook.wrapped  # a reference of our own through the call
@@ -314,20 +356,25 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     failed = <object>hook.failed
     picks = <object>hook.picks
     calling = <object>hook.calling
-    # The arguments the callbacks read, as references of our own, taken
-    # before the call: none of the caller's is borrowed across it. Read
-    # before the thread is marked: nothing can fail between the mark and
-    # the line that takes it off.
+    # The call's arguments as references of our own, before any Python code
+    # runs (see pynba_held_arguments): the call is handed on with them.
+    # Their count alone, without PY_VECTORCALL_ARGUMENTS_OFFSET: the slot
+    # before them is the tuple's, which no callee may write to.
     nargs = PyVectorcall_NARGS(nargsf)
+    held = pynba_held_arguments(args, nargsf, kwnames)
+    items = pynba_items(held)
+    names = <object>kwnames if kwnames is not NULL else None
+    # The arguments the callbacks read, read before the thread is marked:
+    # nothing can fail between the mark and the line that takes it off.
     npicks = hook.npicks
     first = second = third = thread = None
     try:
         if npicks > 0:
-            first = _argument(args, nargs, kwnames, hook.positions[0], hook.keywords[0])
+            first = _argument(items, nargs, kwnames, hook.positions[0], hook.keywords[0])
         if npicks > 1:
-            second = _argument(args, nargs, kwnames, hook.positions[1], hook.keywords[1])
+            second = _argument(items, nargs, kwnames, hook.positions[1], hook.keywords[1])
         if npicks > 2:
-            third = _argument(args, nargs, kwnames, hook.positions[2], hook.keywords[2])
+            third = _argument(items, nargs, kwnames, hook.positions[2], hook.keywords[2])
         timed = enter(collector)
         if timed and calling is not None:
             thread = _thread.get_ident()  # looked up each time: gevent may patch it
@@ -341,10 +388,10 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
         internal_error("cannot start an automatic timer", False)
         timed = False
     if not timed:
-        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+        return PyObject_Vectorcall(wrapped, items, nargs, kwnames)
     start = time.perf_counter()
     try:
-        result = PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+        result = PyObject_Vectorcall(wrapped, items, nargs, kwnames)
     except BaseException:
         seconds = time.perf_counter() - start
         if calling is not None:
@@ -410,7 +457,9 @@ def call_hook(wrapped, var, enter, done, failed, tuple picks not None, calling=N
 
 cdef object _around(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
     cdef PyObject* current = NULL
-    cdef object wrapped, begin, end, first, state
+    cdef PyObject** items
+    cdef Py_ssize_t nargs
+    cdef object wrapped, begin, end, first, state, names
     if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
         raise ReferenceError("this pynba hook was cleared")
     wrapped = <object>hook.wrapped  # a reference of our own through the call
@@ -423,16 +472,21 @@ cdef object _around(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObje
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
     begin = <object>hook.enter
     end = <object>hook.done
-    first = <object>args[0] if PyVectorcall_NARGS(nargsf) > 0 else None
+    # As in _call: the arguments held, before begin() runs Python code.
+    nargs = PyVectorcall_NARGS(nargsf)
+    held = pynba_held_arguments(args, nargsf, kwnames)
+    items = pynba_items(held)
+    names = <object>kwnames if kwnames is not NULL else None
+    first = <object>items[0] if nargs > 0 else None
     try:
         state = begin(collector, first)
     except Exception:
         internal_error("cannot start an automatic timer", False)
         state = None
     if state is None:
-        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+        return PyObject_Vectorcall(wrapped, items, nargs, kwnames)
     try:
-        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+        return PyObject_Vectorcall(wrapped, items, nargs, kwnames)
     finally:
         try:
             end(state)

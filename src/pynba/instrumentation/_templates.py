@@ -66,6 +66,8 @@ def _template_values(name: Any) -> tuple[str, str]:
 
 def _begin(collector: Any, template: Any) -> tuple[Timer | NoopTimer, Token[bool]] | None:
     """A started timer of ``template``'s render, with ``IN_RENDER`` set; None in a render."""
+    if template is None:  # a call without its template (it raises): no render to time
+        return None
     try:
         if ContextVar.get(IN_RENDER) or not collector.enabled:
             return None
