@@ -9,7 +9,6 @@ import functools
 import gc
 import inspect
 import logging
-import os
 import sys
 import threading
 import types
@@ -20,7 +19,7 @@ import pytest
 import pynba
 from packets import monitored_request
 from pynba.instrumentation._hooks import Patches, around_calls, timed_calls
-from scripts import isolated
+from scripts import isolated, recursion_stack_size
 
 CALLS = [
     ((), {}),
@@ -321,12 +320,7 @@ def a_proxy_wrapping_its_hook(kind, port):
                 except RecursionError:
                     print("RecursionError")
 
-    # From source, the recursion is the interpreter's own (see
-    # test_instrument_db's foreign proxy); under AddressSanitizer C frames
-    # are several times larger.
-    sanitized = "libasan" in os.environ.get("LD_PRELOAD", "")
-    compiled = runs_compiled(_hooks.__file__)
-    threading.stack_size((8 << 20) if sanitized else (256 << 10) if compiled else (1 << 20))
+    threading.stack_size(recursion_stack_size(runs_compiled(_hooks.__file__)))
     thread = threading.Thread(target=call_all)
     thread.start()
     thread.join()
@@ -337,3 +331,50 @@ def test_a_foreign_proxy_wrapping_its_own_hook_is_a_recursion_error(kind, udp_li
     pytest.importorskip("wrapt")
     output = isolated(a_proxy_wrapping_its_hook, kind, udp_listener.port)
     assert output == "RecursionError\n" * 4
+
+
+def a_hook_freed_while_it_runs(kind, port):
+    """The only reference to a hook, a partial's, dropped by Python code the hook runs."""
+
+    reused = []
+
+    def wrapped(*args, **kwargs):
+        return "wrapped"
+
+    def other(*args, **kwargs):
+        return "other"
+
+    class Keyword(str):
+        """A keyword whose comparison (the hook looking for its picks) drops the hook."""
+
+        def __eq__(self, other_keyword):
+            if partial.func is not other:
+                partial.__setstate__((other, (), {}, None))
+                # Objects of the hook's size, kept: its memory now holds one.
+                reused.extend(b"A" * 135 for _ in range(20000))
+            return False
+
+        __hash__ = str.__hash__
+
+    def begin(collector, first):
+        Keyword("k") == "k"  # noqa: B015 - its __eq__ drops the hook
+        return "state"
+
+    def ignored(*args):
+        pass
+
+    if kind == "around":
+        hook = around_calls(wrapped, begin, ignored)
+    else:
+        picks = ((9, "x"), (9, "y"), (9, "z"))  # each looked for among the keywords
+        hook = timed_calls(wrapped, lambda collector: True, ignored, ignored, picks)
+    partial = functools.partial(hook)
+    del hook
+    with monitored_request(listener_at(port)):
+        print(partial(**{Keyword("k"): 1}))
+
+
+@pytest.mark.parametrize("kind", ["around", "timed"])
+def test_a_hook_whose_last_reference_goes_while_it_runs_finishes_its_call(kind, udp_listener):
+    # functools.partial holds no reference to its function while it calls it.
+    assert isolated(a_hook_freed_while_it_runs, kind, udp_listener.port) == "wrapped\n"

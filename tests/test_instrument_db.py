@@ -482,6 +482,7 @@ def foreign_proxy_of_its_own_wrapper(port):
 
     from pynba import PynbaMiddleware
     from pynba._implementation import runs_compiled
+    from scripts import recursion_stack_size
 
     calls = {
         "a method": lambda cursor: cursor.fetchone(),
@@ -514,13 +515,7 @@ def foreign_proxy_of_its_own_wrapper(port):
         environ.update({"SERVER_PORT": "80", "wsgi.url_scheme": "http"})
         list(PynbaMiddleware(app, ("127.0.0.1", port))(environ, lambda *args: None))
 
-    # Under AddressSanitizer (.ci/sanitize) every C frame is several times
-    # larger: the count is checked there on a default-sized stack. From
-    # source, the recursion is the interpreter's own (through __getattr__'s
-    # frames), which CPython 3.11 takes over 512 KiB of stack to count.
-    sanitized = "libasan" in os.environ.get("LD_PRELOAD", "")
-    compiled = runs_compiled(dbapi.__file__)
-    threading.stack_size((8 << 20) if sanitized else (256 << 10) if compiled else (1 << 20))
+    threading.stack_size(recursion_stack_size(runs_compiled(dbapi.__file__)))
     for target in (call_each, in_a_request):
         thread = threading.Thread(target=target)
         thread.start()

@@ -42,7 +42,7 @@ cdef extern from *:
     ) {
         pynba_CheckedMethod *checked = (pynba_CheckedMethod *)self;
         Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-        PyObject *result;
+        PyObject *method, *result;
         if (nargs < 1 || !PyObject_TypeCheck(args[0], checked->owner)) {
             PyErr_Format(
                 PyExc_TypeError, "%s.%S() needs a %s object as self, its first argument, got %s",
@@ -58,9 +58,15 @@ cdef extern from *:
             Py_LeaveRecursiveCall();
             return NULL;
         }
+        /* The method held through its call: a caller may not hold this
+           descriptor (functools.partial), whose last reference the method's
+           own code could drop. */
+        method = checked->method;
+        Py_INCREF(method);
         result = checked->call != NULL
-            ? checked->call(checked->method, args, nargsf, kwnames)
-            : PyObject_Vectorcall(checked->method, args, nargsf, kwnames);
+            ? checked->call(method, args, nargsf, kwnames)
+            : PyObject_Vectorcall(method, args, nargsf, kwnames);
+        Py_DECREF(method);
         Py_LeaveRecursiveCall();
         Py_LeaveRecursiveCall();
         return result;

@@ -68,7 +68,12 @@ cdef extern from *:
             Py_LeaveRecursiveCall();
             return NULL;
         }
+        /* A reference of its own through the call: a caller may not hold
+           one (functools.partial), and Python code the hook runs could drop
+           the last while its fields are still to be read. */
+        Py_INCREF(self);
         result = call((pynba_CallHook *)self, args, nargsf, kwnames);
+        Py_DECREF(self);
         Py_LeaveRecursiveCall();
         Py_LeaveRecursiveCall();
         return result;
@@ -115,7 +120,7 @@ cdef extern from *:
 
     /* The items of a tuple pynba_held_arguments() made, laid out as a vectorcall takes them. */
     static PyObject **pynba_items(PyObject *held) {
-        return &PyTuple_GET_ITEM(held, 0);
+        return ((PyTupleObject *)held)->ob_item;
     }
 
     static void pynba_make_around(PyObject *hook) {
