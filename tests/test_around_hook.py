@@ -2,21 +2,19 @@
 
 Compiled, the hook is a C object (``instrumentation/_call_hook.pyx``, the
 object ``timed_calls`` makes, with another call); in the pure-Python build,
-a Python function. The suite runs against both.
+a Python function. The suite runs against both. The tests at the end hold
+both kinds of C hook to what a caller or a callback may do to them;
+test_call_hook.py runs its recursion tests on both kinds too.
 """
 
 import functools
-import gc
-import inspect
 import logging
 import sys
 import threading
 import types
-import weakref
 
 import pytest
 
-import pynba
 from packets import monitored_request
 from pynba.instrumentation._hooks import Patches, around_calls, timed_calls
 from scripts import isolated, recursion_stack_size
@@ -56,16 +54,6 @@ class Brackets:
 
 def given(*args, **kwargs):
     return args, kwargs
-
-
-def test_the_compiled_build_hands_calls_on_in_c():
-    hook = Brackets().hook(given)
-    # _hooks tells the build: _call_hook, which has no twin, loads in both.
-    if "instrumentation._hooks" in pynba.compiled_modules():
-        assert type(hook).__name__ == "call_hook"
-        assert repr(hook) == f"<pynba hook of {given!r}>"
-    else:
-        assert inspect.isfunction(hook)
 
 
 @pytest.mark.parametrize(("args", "kwargs"), CALLS)
@@ -204,56 +192,6 @@ def test_no_reference_is_kept_or_lost(udp_listener):
             hook(argument, key=argument)
     assert (sys.getrefcount(argument), sys.getrefcount(state)) == before
     assert brackets.count == 200
-
-
-def test_a_hook_in_a_reference_cycle_is_collected():
-    hook = Brackets().hook(given)
-    hook.__dict__["itself"] = hook
-    gone = weakref.ref(hook)
-    del hook
-    gc.collect()
-    assert gone() is None
-
-
-def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(udp_listener):
-    def recurse(depth):
-        return hooked(depth + 1)
-
-    hooked = Brackets(keep=False).hook(recurse)
-    for _ in range(2):
-        with pytest.raises(RecursionError):
-            hooked(0)
-        with monitored_request(udp_listener):
-            with pytest.raises(RecursionError):
-                hooked(0)
-
-
-def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(udp_listener):
-    # Each hook wraps the one before: calls from hook to hook with no Python
-    # frame between them, and a chain freed hook by hook.
-    brackets = Brackets(keep=False)
-    chain = given
-    for _ in range(200_000):
-        chain = brackets.hook(chain)
-    with pytest.raises(RecursionError):
-        chain(1)
-    with monitored_request(udp_listener):
-        with pytest.raises(RecursionError):
-            chain(1)
-    del chain
-    counted = Brackets(keep=False)
-    short = given
-    for _ in range(50):
-        short = counted.hook(short)
-    with monitored_request(udp_listener):
-        assert short(1, b=2) == ((1,), {"b": 2})
-    assert counted.count == 2 * 50  # each hook's begin and end
-
-
-def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
-    call_hook = pytest.importorskip("pynba.instrumentation._call_hook")
-    with pytest.raises(TypeError, match="var must be a contextvars.ContextVar"):
-        call_hook.around_hook(given, object(), Brackets().begin, Brackets().end)
 
 
 def listener_at(port):

@@ -22,7 +22,7 @@ import pytest
 
 import pynba
 from packets import monitored_request
-from pynba.instrumentation._hooks import Patches, timed_calls
+from pynba.instrumentation._hooks import Patches, around_calls, timed_calls
 
 
 class Callbacks:
@@ -70,8 +70,22 @@ CALLS = [
 ]
 
 
-def test_the_compiled_build_hands_calls_on_in_c():
-    hook = Callbacks().hook(given)
+def around_hook(wrapped):
+    """An ``around_calls`` hook of ``wrapped``: the other kind of the same C object."""
+    return around_calls(wrapped, lambda collector, first: "state", lambda state: None)
+
+
+#: For the tests that hold for both kinds of hook.
+HOOK_KINDS = pytest.mark.parametrize(
+    "make_hook",
+    [lambda wrapped: Callbacks(keep=False).hook(wrapped), around_hook],
+    ids=["timed_calls", "around_calls"],
+)
+
+
+@HOOK_KINDS
+def test_the_compiled_build_hands_calls_on_in_c(make_hook):
+    hook = make_hook(given)
     # _hooks tells the build: _call_hook, which has no twin, loads in both.
     if "instrumentation._hooks" in pynba.compiled_modules():
         assert type(hook).__name__ == "call_hook"
@@ -540,8 +554,9 @@ def test_no_reference_is_kept_or_lost(udp_listener):
     assert callbacks.count == 2_000
 
 
-def test_a_hook_in_a_reference_cycle_is_collected():
-    hook = Callbacks().hook(given)
+@HOOK_KINDS
+def test_a_hook_in_a_reference_cycle_is_collected(make_hook):
+    hook = make_hook(given)
     hook.__dict__["itself"] = hook
     gone = weakref.ref(hook)
     del hook
@@ -549,11 +564,14 @@ def test_a_hook_in_a_reference_cycle_is_collected():
     assert gone() is None
 
 
-def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(udp_listener):
+@HOOK_KINDS
+def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(
+    make_hook, udp_listener
+):
     def recurse(depth):
         return hooked(depth + 1)
 
-    hooked = Callbacks(keep=False).hook(recurse)
+    hooked = make_hook(recurse)
     for _ in range(2):
         with pytest.raises(RecursionError):
             hooked(0)
@@ -562,13 +580,13 @@ def test_a_hooked_function_that_recurses_without_end_raises_recursion_error(udp_
                 hooked(0)
 
 
-def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(udp_listener):
+@HOOK_KINDS
+def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(make_hook, udp_listener):
     # Each hook wraps the one before: calls from hook to hook with no Python
     # frame between them, and a chain freed hook by hook.
-    callbacks = Callbacks(keep=False)
     chain = given
     for _ in range(200_000):
-        chain = callbacks.hook(chain)
+        chain = make_hook(chain)
     with pytest.raises(RecursionError):
         chain(1)
     with monitored_request(udp_listener):
@@ -577,8 +595,10 @@ def test_a_long_chain_of_hooks_raises_recursion_error_and_is_freed(udp_listener)
     del chain
     short = given
     for _ in range(50):
-        short = callbacks.hook(short)
+        short = make_hook(short)
     assert short(1, b=2) == ((1,), {"b": 2})
+    with monitored_request(udp_listener):
+        assert short(1, b=2) == ((1,), {"b": 2})
 
 
 def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
@@ -586,3 +606,5 @@ def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
     callbacks = Callbacks()
     with pytest.raises(TypeError, match="^var must be a contextvars.ContextVar"):
         c_hook.call_hook(given, "var", callbacks.enter, callbacks.on_done, callbacks.on_failed, ())
+    with pytest.raises(TypeError, match="^var must be a contextvars.ContextVar"):
+        c_hook.around_hook(given, "var", lambda collector, first: None, print)

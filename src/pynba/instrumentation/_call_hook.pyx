@@ -337,21 +337,32 @@ cdef object _argument(
     return None
 
 
-cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
+cdef inline object _wrapped(pynba_CallHook* hook):
+    """The function the hook stands in for: a reference of the caller's own through the call."""
+    if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
+        raise ReferenceError("this pynba hook was cleared")
+    return <object>hook.wrapped
+
+
+cdef inline object _collector(pynba_CallHook* hook):
+    """The current request's collector, None outside one."""
     cdef PyObject* current = NULL
+    PyContextVar_Get(<object>hook.var, NULL, &current)
+    if current is NULL:
+        return None
+    collector = <object>current
+    Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
+    return collector
+
+
+cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
     cdef PyObject* stack[6]
     cdef PyObject** items
     cdef Py_ssize_t nargs, npicks
     cdef double start
     cdef object wrapped, enter, done, failed, picks, calling, thread, seconds, names
-    if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
-        raise ReferenceError("this pynba hook was cleared")
-    wrapped = <object>hook.wrapped  # a reference of our own through the call
-    PyContextVar_Get(<object>hook.var, NULL, &current)
-    if current is NULL:
-        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
-    collector = <object>current
-    Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
+    wrapped = _wrapped(hook)
+    collector = _collector(hook)
     if collector is None:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
     # References of our own to what the hook holds, before any Python code
@@ -461,18 +472,11 @@ def call_hook(wrapped, var, enter, done, failed, tuple picks not None, calling=N
 
 
 cdef object _around(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
-    cdef PyObject* current = NULL
     cdef PyObject** items
     cdef Py_ssize_t nargs
     cdef object wrapped, begin, end, first, state, names
-    if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
-        raise ReferenceError("this pynba hook was cleared")
-    wrapped = <object>hook.wrapped  # a reference of our own through the call
-    PyContextVar_Get(<object>hook.var, NULL, &current)
-    if current is NULL:
-        return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
-    collector = <object>current
-    Py_DECREF(collector)  # the reference PyContextVar_Get gave: `collector` has one
+    wrapped = _wrapped(hook)
+    collector = _collector(hook)
     if collector is None:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
     begin = <object>hook.enter
