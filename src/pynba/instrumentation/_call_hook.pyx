@@ -338,7 +338,7 @@ cdef object _argument(
 
 
 cdef inline object _wrapped(pynba_CallHook* hook):
-    """The function the hook stands in for: a reference of the caller's own through the call."""
+    """The function the hook stands in for, as a reference the caller keeps through the call."""
     if hook.wrapped is NULL:  # cleared by the garbage collector, and yet called
         raise ReferenceError("this pynba hook was cleared")
     return <object>hook.wrapped
