@@ -55,8 +55,11 @@ def run_script(code, listener, env=None, stderr=False):
 def recursion_stack_size(compiled):
     """A thread stack on which a C-to-C recursion that pynba counts must end in RecursionError.
 
-    256 KiB for the compiled build on CPython 3.10 and 3.11. From 3.12, C
-    code's recursion counts against a limit of its own, larger than the
+    512 KiB for the compiled build on CPython 3.10 and 3.11: two wrapt
+    proxies wrapping each other, without pynba, need that much to reach
+    their RecursionError (256 KiB runs out), and a wrapt proxy's levels
+    in a cycle with pynba's proxy are as deep. From 3.12, C code's
+    recursion counts against a limit of its own, larger than the
     interpreter's: a thread's default 8 MiB then. From source, the
     recursion is the interpreter's own through frames and slots, which
     CPython 3.11 takes over 512 KiB to count. Under AddressSanitizer
@@ -64,4 +67,4 @@ def recursion_stack_size(compiled):
     """
     if "libasan" in os.environ.get("LD_PRELOAD", "") or sys.version_info >= (3, 12):
         return 8 << 20
-    return (256 << 10) if compiled else (1 << 20)
+    return (512 << 10) if compiled else (1 << 20)

@@ -47,8 +47,9 @@ cdef inline void leave():
 
 # A proxy handing an attribute or an iteration on to the object it wraps. A
 # foreign proxy (wrapt's ObjectProxy) made to wrap pynba's proxy of itself
-# recurses from one to the other. Measured: a level of attribute look-up
-# takes about 350 bytes of C stack; counted as 1, a 256 KiB stack ran out.
+# recurses from one to the other. Measured with wrapt 2.1: a level of
+# attribute look-up takes about 350 bytes of C stack; counted as 1, a
+# 256 KiB stack ran out (wrapt 2.5 takes more: see tests/scripts.py).
 DEF _FORWARD_WEIGHT = 2
 
 
