@@ -413,6 +413,46 @@ def test_urllib3_times_pool_manager_and_pool_calls(udp_listener, instrumented, b
     assert timers[tags("get", host, "2xx")][0] >= DELAY
 
 
+def test_each_urllib3_pool_is_tagged_with_its_own_host_as_pools_come_and_go(
+    udp_listener, instrumented, server
+):
+    # A pool's host tag is kept by its id while it lives (urllib3._pool_tags);
+    # freed pools make room for new ones, often at the same address.
+    instrumented("urllib3")
+    port = server.server_address[1]
+    hosts = ["127.0.0.1", "localhost"] * 20
+    with monitored_request(udp_listener):
+        for name in hosts:
+            pool = urllib3.HTTPConnectionPool(name, port)
+            assert pool.request("GET", "/status/200").status == 200
+            pool.close()
+            del pool
+    timers = http_timers(receive(udp_listener))
+    assert {key: hits for key, (_, hits) in timers.items()} == {
+        tags("get", f"127.0.0.1:{port}", "2xx"): 20,
+        tags("get", f"localhost:{port}", "2xx"): 20,
+    }
+
+
+def test_the_host_tags_of_freed_urllib3_pools_are_not_kept(udp_listener, instrumented, base):
+    from pynba.instrumentation import urllib3 as hooks
+
+    instrumented("urllib3")
+    gc.collect()
+    before = len(hooks._pool_tags)
+    port = int(base.rsplit(":", 1)[1])
+    pools = [urllib3.HTTPConnectionPool("127.0.0.1", port) for _ in range(10)]
+    with monitored_request(udp_listener):
+        for pool in pools:
+            assert pool.request("GET", "/status/200").status == 200
+    assert len(hooks._pool_tags) == before + 10
+    for pool in pools:
+        pool.close()
+    del pools, pool
+    gc.collect()
+    assert len(hooks._pool_tags) == before
+
+
 class Url(str):
     """A URL type that is a str subclass (as some settings libraries give)."""
 

@@ -143,6 +143,7 @@ def test_every_compiled_module_runs_compiled_when_built():
             "instrumentation.dbapi",
             "instrumentation.django_db",
             "instrumentation.opentelemetry",
+            "instrumentation.requests",
             "instrumentation.sqlalchemy",
             "instrumentation.urllib3",
         ]

@@ -37,6 +37,7 @@ COMPILED_MODULES = (
     "instrumentation._templates",
     "instrumentation._http_client",
     "instrumentation.urllib3",
+    "instrumentation.requests",
     "instrumentation.dbapi",
     "instrumentation.django_db",
     "instrumentation.sqlalchemy",

@@ -9,7 +9,7 @@ slot: a call reaches it with its arguments as the caller laid them out
 (``pool.urlopen(...)`` makes no bound method), and it hands them on
 untouched to the function it wraps. Outside a monitored request that is all
 it does, after one read of the context variable. Inside one it holds the
-arguments (a tuple of its own references, laid out as they came), then
+arguments (references of its own, laid out as they came), then
 does what ``_hooks.timed_calls``' (or ``around_calls``') Python function
 does, in the same order, with the same callbacks: the two give the same
 timers and raise the same errors.
@@ -98,27 +98,40 @@ cdef extern from *:
         return pynba_counted_call(pynba_around_call, self, args, nargsf, kwnames);
     }
 
-    /* The arguments of a call (positional, then keyword values), as a
-       tuple of references of the hook's own. The caller's array is
+    /* How many arguments a call has: positional, then keyword values. */
+    static Py_ssize_t pynba_count(size_t nargsf, PyObject *kwnames) {
+        Py_ssize_t count = PyVectorcall_NARGS(nargsf);
+        if (kwnames != NULL) count += PyTuple_GET_SIZE(kwnames);
+        return count;
+    }
+
+    /* A call's arguments held in an array of the hook's own (references
+       it owns; pynba_release() gives them back). The caller's array is
        borrowed: Python code that the hook runs before it hands the call on
        (its callbacks, a keyword's __eq__) could free what it points to (a
        functools.partial's arguments, when __setstate__ replaces them). */
-    static PyObject *pynba_held_arguments(
-        PyObject *const *args, size_t nargsf, PyObject *kwnames
-    ) {
-        Py_ssize_t i, count = PyVectorcall_NARGS(nargsf);
-        PyObject *held;
-        if (kwnames != NULL) count += PyTuple_GET_SIZE(kwnames);
-        held = PyTuple_New(count);
-        if (held == NULL) return NULL;
+    static void pynba_hold(PyObject **held, PyObject *const *args, Py_ssize_t count) {
+        Py_ssize_t i;
         for (i = 0; i < count; i++) {
             Py_INCREF(args[i]);
-            PyTuple_SET_ITEM(held, i, args[i]);
+            held[i] = args[i];
         }
+    }
+
+    static void pynba_release(PyObject **held, Py_ssize_t count) {
+        Py_ssize_t i;
+        for (i = 0; i < count; i++) Py_DECREF(held[i]);
+    }
+
+    /* The arguments of a call with more than fit on the C stack, held in
+       a tuple of references of the hook's own. */
+    static PyObject *pynba_held_tuple(PyObject *const *args, Py_ssize_t count) {
+        PyObject *held = PyTuple_New(count);
+        if (held != NULL) pynba_hold(((PyTupleObject *)held)->ob_item, args, count);
         return held;
     }
 
-    /* The items of a tuple pynba_held_arguments() made, laid out as a vectorcall takes them. */
+    /* The items of a tuple pynba_held_tuple() made, laid out as a vectorcall takes them. */
     static PyObject **pynba_items(PyObject *held) {
         return ((PyTupleObject *)held)->ob_item;
     }
@@ -293,7 +306,10 @@ cdef extern from *:
     void pynba_set_hook_call(void* call)
     void pynba_set_around_call(void* call)
     void pynba_make_around(object hook)
-    tuple pynba_held_arguments(PyObject** args, size_t nargsf, PyObject* kwnames)
+    Py_ssize_t pynba_count(size_t nargsf, PyObject* kwnames)
+    void pynba_hold(PyObject** held, PyObject** args, Py_ssize_t count)
+    void pynba_release(PyObject** held, Py_ssize_t count)
+    tuple pynba_held_tuple(PyObject** args, Py_ssize_t count)
     PyObject** pynba_items(tuple held)
     object pynba_new_hook(
         object wrapped, object var, object enter, object done, object failed, object calling,
@@ -303,6 +319,7 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     Py_ssize_t PyVectorcall_NARGS(size_t nargsf)
+    size_t PY_VECTORCALL_ARGUMENTS_OFFSET
     object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, PyObject* kwnames)
     int PyContextVar_Get(object var, PyObject* default_value, PyObject** value) except -1
 
@@ -316,6 +333,12 @@ from pynba.errors import internal_error
 MAX_POSITION = 255
 #: The most picks a hook may have.
 MAX_PICKS = 3
+#: _thread's attributes: its get_ident, which gevent may replace.
+cdef dict _THREAD_GLOBALS = vars(_thread)
+
+cdef enum:
+    # The most arguments a hook holds on the C stack (see _holding_arguments).
+    HELD_ON_STACK = 8
 
 
 cdef object _argument(
@@ -355,16 +378,60 @@ cdef inline object _collector(pynba_CallHook* hook):
     return collector
 
 
+ctypedef object (*_held_call)(
+    pynba_CallHook* hook, object wrapped, object collector, PyObject** items, size_t nargsf,
+    PyObject* kwnames,
+)
+
+
+cdef object _holding_arguments(
+    _held_call call, pynba_CallHook* hook, object wrapped, object collector, PyObject** args,
+    size_t nargsf, PyObject* kwnames,
+):
+    """``call(hook, wrapped, collector, items, ...)`` with the call's arguments held (``items``).
+
+    Held before any Python code runs (see pynba_hold), in an array on the C
+    stack when they fit: one slot before them is free, and the call is
+    handed on with PY_VECTORCALL_ARGUMENTS_OFFSET, as it may have come. More
+    of them are held in a tuple, the slot before which is the tuple's: the
+    call is handed on with their count alone.
+    """
+    cdef PyObject* held[1 + HELD_ON_STACK]
+    cdef Py_ssize_t count = pynba_count(nargsf, kwnames)
+    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf)
+    names = <object>kwnames if kwnames is not NULL else None  # held too
+    if count > HELD_ON_STACK:
+        in_tuple = pynba_held_tuple(args, count)
+        return call(hook, wrapped, collector, pynba_items(in_tuple), <size_t>nargs, kwnames)
+    held[0] = NULL
+    pynba_hold(&held[1], args, count)
+    try:
+        return call(
+            hook, wrapped, collector, &held[1], <size_t>nargs | PY_VECTORCALL_ARGUMENTS_OFFSET,
+            kwnames,
+        )
+    finally:
+        pynba_release(&held[1], count)
+
+
 cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
-    cdef PyObject* stack[6]
-    cdef PyObject** items
-    cdef Py_ssize_t nargs, npicks
-    cdef double start
-    cdef object wrapped, enter, done, failed, picks, calling, thread, seconds, names
     wrapped = _wrapped(hook)
     collector = _collector(hook)
     if collector is None:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
+    return _holding_arguments(_timed, hook, wrapped, collector, args, nargsf, kwnames)
+
+
+cdef object _timed(
+    pynba_CallHook* hook, object wrapped, object collector, PyObject** items, size_t nargsf,
+    PyObject* kwnames,
+):
+    """``_call`` inside a request, the call's arguments held (``items``)."""
+    cdef PyObject* stack[6]
+    cdef Py_ssize_t nargs = PyVectorcall_NARGS(nargsf)
+    cdef Py_ssize_t npicks
+    cdef double start
+    cdef object enter, done, failed, picks, calling, thread, seconds
     # References of our own to what the hook holds, before any Python code
     # runs (picks holds the keywords read below).
     enter = <object>hook.enter
@@ -372,14 +439,6 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
     failed = <object>hook.failed
     picks = <object>hook.picks
     calling = <object>hook.calling
-    # The call's arguments as references of our own, before any Python code
-    # runs (see pynba_held_arguments): the call is handed on with them.
-    # Their count alone, without PY_VECTORCALL_ARGUMENTS_OFFSET: the slot
-    # before them is the tuple's, which no callee may write to.
-    nargs = PyVectorcall_NARGS(nargsf)
-    held = pynba_held_arguments(args, nargsf, kwnames)
-    items = pynba_items(held)
-    names = <object>kwnames if kwnames is not NULL else None
     # The arguments the callbacks read, read before the thread is marked:
     # nothing can fail between the mark and the line that takes it off.
     npicks = hook.npicks
@@ -393,7 +452,10 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
             third = _argument(items, nargs, kwnames, hook.positions[2], hook.keywords[2])
         timed = enter(collector)
         if timed and calling is not None:
-            thread = _thread.get_ident()  # looked up each time: gevent may patch it
+            # Looked up each time, gevent may patch it; in the module's
+            # dict, as the attribute is (the type's attributes are not
+            # looked for first: that took 250 to 600 instructions a call).
+            thread = _THREAD_GLOBALS["get_ident"]()
             if type(thread) is not int:  # hashed as it was when put in: an int's hash is
                 raise TypeError(f"_thread.get_ident() gave {type(thread).__name__}, not int")
             if thread in <set>calling:
@@ -404,10 +466,10 @@ cdef object _call(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject
         internal_error("cannot start an automatic timer", False)
         timed = False
     if not timed:
-        return PyObject_Vectorcall(wrapped, items, nargs, kwnames)
+        return PyObject_Vectorcall(wrapped, items, nargsf, kwnames)
     start = time.perf_counter()
     try:
-        result = PyObject_Vectorcall(wrapped, items, nargs, kwnames)
+        result = PyObject_Vectorcall(wrapped, items, nargsf, kwnames)
     except BaseException:
         seconds = time.perf_counter() - start
         if calling is not None:
@@ -472,30 +534,31 @@ def call_hook(wrapped, var, enter, done, failed, tuple picks not None, calling=N
 
 
 cdef object _around(pynba_CallHook* hook, PyObject** args, size_t nargsf, PyObject* kwnames):
-    cdef PyObject** items
-    cdef Py_ssize_t nargs
-    cdef object wrapped, begin, end, first, state, names
     wrapped = _wrapped(hook)
     collector = _collector(hook)
     if collector is None:
         return PyObject_Vectorcall(wrapped, args, nargsf, kwnames)
-    begin = <object>hook.enter
-    end = <object>hook.done
-    # As in _call: the arguments held, before begin() runs Python code.
-    nargs = PyVectorcall_NARGS(nargsf)
-    held = pynba_held_arguments(args, nargsf, kwnames)
-    items = pynba_items(held)
-    names = <object>kwnames if kwnames is not NULL else None
-    first = <object>items[0] if nargs > 0 else None
+    return _holding_arguments(_begun, hook, wrapped, collector, args, nargsf, kwnames)
+
+
+cdef object _begun(
+    pynba_CallHook* hook, object wrapped, object collector, PyObject** items, size_t nargsf,
+    PyObject* kwnames,
+):
+    """``_around`` inside a request, the call's arguments held (``items``)."""
+    cdef object begin = <object>hook.enter
+    cdef object end = <object>hook.done
+    cdef object first = <object>items[0] if PyVectorcall_NARGS(nargsf) > 0 else None
+    cdef object state
     try:
         state = begin(collector, first)
     except Exception:
         internal_error("cannot start an automatic timer", False)
         state = None
     if state is None:
-        return PyObject_Vectorcall(wrapped, items, nargs, kwnames)
+        return PyObject_Vectorcall(wrapped, items, nargsf, kwnames)
     try:
-        return PyObject_Vectorcall(wrapped, items, nargs, kwnames)
+        return PyObject_Vectorcall(wrapped, items, nargsf, kwnames)
     finally:
         try:
             end(state)

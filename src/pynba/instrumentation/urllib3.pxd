@@ -6,3 +6,6 @@ cimport cython
 cdef bint _absolute(object url)
 
 cdef _add(collector, double seconds, pool, method, url, response)
+
+@cython.locals(key=object, entry=tuple)
+cdef _pool_tag(pool)

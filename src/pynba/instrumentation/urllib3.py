@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from weakref import KeyedRef
 
 from ..errors import internal_error
 from ._hooks import Patches, timed_calls
@@ -36,13 +37,46 @@ _patches = Patches()
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _pool_values(key: tuple[Any, str, int | None, str, Any]) -> tuple[str, ...]:
-    method, host, port, scheme, status = key
-    return values(method, _pool_host(host, port, scheme), status_class(status))
+def _pool_values(key: tuple[Any, str, Any]) -> tuple[str, ...]:
+    method, host, status = key
+    return values(method, host, status_class(status))
 
 
 def _pool_host(host: Any, port: Any, scheme: Any) -> str:
     return host_tag(host, None if port == _DEFAULT_PORTS.get(scheme) else port)
+
+
+# The host tag of each pool timed, by its id: (a weak reference to the pool,
+# keyed by that id, and the tag). Read from the pool's host, port and scheme
+# the first time: three attribute reads on every call cost about 1,000
+# instructions, when urllib3's own work had pushed them out of the
+# interpreter's method cache. Urllib3 sets them when it makes a pool.
+_pool_tags: dict[int, tuple[KeyedRef, str]] = {}
+# At most this many pools' at once: those of a process that keeps more
+# alive have their tags made on every call.
+_POOLS_MAX = 4096
+
+
+def _forget_pool(ref: KeyedRef) -> None:
+    # Called as a pool is freed: its id may be another pool's next.
+    entry = _pool_tags.get(ref.key)
+    if entry is not None and entry[0] is ref:
+        _pool_tags.pop(ref.key, None)
+
+
+def _pool_tag(pool: Any) -> str:
+    """The ``host`` tag of a pool's calls (see ``_pool_tags``)."""
+    key = id(pool)
+    entry = _pool_tags.get(key)
+    if entry is not None and entry[0]() is pool:
+        return entry[1]
+    tag = _pool_host(pool.host, pool.port, pool.scheme)
+    if len(_pool_tags) < _POOLS_MAX:
+        try:
+            _pool_tags[key] = (KeyedRef(pool, _forget_pool, key), tag)
+        except TypeError:  # an object that takes no weak reference
+            pass
+    return tag
 
 
 def _absolute(url: Any) -> bool:
@@ -85,9 +119,7 @@ def _add(collector: Any, seconds: float, pool: Any, method: Any, url: Any, respo
         if _absolute(url):
             _url_timers.add_origin(collector, seconds, method, url, status)
         else:
-            _pool_timers.add(
-                collector, seconds, (method, pool.host, pool.port, pool.scheme, status)
-            )
+            _pool_timers.add(collector, seconds, (method, _pool_tag(pool), status))
     except Exception:
         internal_error("cannot tag an HTTP call's timer", False)
 
