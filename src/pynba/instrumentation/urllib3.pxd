@@ -9,3 +9,8 @@ cdef _add(collector, double seconds, pool, method, url, response)
 
 @cython.locals(key=object, entry=tuple)
 cdef _pool_tag(pool)
+
+# The timers' tags: their add() and add_origin() are C calls.
+from pynba.instrumentation._http_client cimport CallTimers
+cdef CallTimers _pool_timers
+cdef CallTimers _url_timers
