@@ -439,18 +439,18 @@ def test_the_host_tags_of_freed_urllib3_pools_are_not_kept(udp_listener, instrum
 
     instrumented("urllib3")
     gc.collect()
-    before = len(hooks._pool_tags)
+    before = hooks._pools_kept()
     port = int(base.rsplit(":", 1)[1])
     pools = [urllib3.HTTPConnectionPool("127.0.0.1", port) for _ in range(10)]
     with monitored_request(udp_listener):
         for pool in pools:
             assert pool.request("GET", "/status/200").status == 200
-    assert len(hooks._pool_tags) == before + 10
+    assert hooks._pools_kept() == before + 10
     for pool in pools:
         pool.close()
     del pools, pool
     gc.collect()
-    assert len(hooks._pool_tags) == before
+    assert hooks._pools_kept() == before
 
 
 class Url(str):

@@ -38,6 +38,7 @@ COMPILED_MODULES = (
     "instrumentation._http_client",
     "instrumentation.urllib3",
     "instrumentation.requests",
+    "instrumentation.httpx",
     "instrumentation.dbapi",
     "instrumentation.django_db",
     "instrumentation.sqlalchemy",

@@ -7,6 +7,7 @@ cdef bint _absolute(object url)
 
 cdef _add(collector, double seconds, pool, method, url, response)
 
+cdef dict _pool_tags  # its get() is a C call
 @cython.locals(key=object, entry=tuple)
 cdef _pool_tag(pool)
 

@@ -57,6 +57,11 @@ _pool_tags: dict[int, tuple[KeyedRef, str]] = {}
 _POOLS_MAX = 4096
 
 
+def _pools_kept() -> int:
+    """How many pools' host tags are kept (``_pool_tags``), for the tests of its bound."""
+    return len(_pool_tags)
+
+
 def _forget_pool(ref: KeyedRef) -> None:
     # Called as a pool is freed: its id may be another pool's next.
     entry = _pool_tags.get(ref.key)
