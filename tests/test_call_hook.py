@@ -445,6 +445,23 @@ def test_a_thread_ident_that_is_not_an_int_leaves_the_call_untimed_and_unmarked(
     assert callbacks.done == [] and calling == set()
 
 
+def test_a_missing_get_ident_is_the_same_error_in_both_builds(udp_listener, monkeypatch):
+    # Raised here (strict mode), logged in production: the call goes untimed.
+    import _thread
+
+    calling = set()
+    callbacks = Callbacks()
+    hook = callbacks.hook(given, (), calling)
+    with monitored_request(udp_listener):
+        monkeypatch.delattr(_thread, "get_ident")
+        try:
+            with pytest.raises(AttributeError, match="get_ident"):
+                hook(1)
+        finally:
+            monkeypatch.undo()
+    assert callbacks.done == [] and calling == set()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
 def test_a_child_process_starts_with_no_thread_in_a_call():
     from pynba.instrumentation._http_client import IN_CALL

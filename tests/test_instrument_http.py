@@ -1007,6 +1007,33 @@ def test_a_calls_tags_are_checked_once_made_and_a_bad_one_never_timed(bad, udp_l
     }
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
+def test_mock_autospec_of_an_instrumented_httpx_send_binds_the_client(asynchronous, instrumented):
+    # An application's tests patch send with autospec: the hook must look
+    # like the function it replaces (a FunctionType), or mock binds no self.
+    from unittest import mock
+
+    instrumented("httpx")
+    owner = httpx.AsyncClient if asynchronous else httpx.Client
+
+    def answer(client, request, **kwargs):
+        return httpx.Response(200, request=request)
+
+    async def answer_later(client, request, **kwargs):
+        return answer(client, request)
+
+    with mock.patch.object(
+        owner, "send", autospec=True, side_effect=answer_later if asynchronous else answer
+    ) as send:
+        client = owner()
+        if asynchronous:
+            response = asyncio.run(client.get("http://127.0.0.1:1/x"))
+        else:
+            response = client.get("http://127.0.0.1:1/x")
+        assert response.status_code == 200
+        send.assert_called_once_with(client, mock.ANY, auth=mock.ANY, follow_redirects=mock.ANY)
+
+
 def test_an_httpx_send_wrapped_with_wrapt_gets_the_hook_of_any_keywords(udp_listener):
     # A wrapt wrapper shows httpx's __code__ and __kwdefaults__ but takes
     # (*args, **kwargs): it gets the hook that passes on what it is given.

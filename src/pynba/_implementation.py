@@ -38,7 +38,6 @@ COMPILED_MODULES = (
     "instrumentation._http_client",
     "instrumentation.urllib3",
     "instrumentation.requests",
-    "instrumentation.httpx",
     "instrumentation.dbapi",
     "instrumentation.django_db",
     "instrumentation.sqlalchemy",

@@ -55,9 +55,11 @@ cdef extern from *:
     /* Counted as two levels of recursion (see pynba/_recursion.pxd): hooks
        calling one another, or a foreign proxy that wraps the hook wrapping
        it, with no Python frame between them, end in RecursionError at the
-       default limit, not in a C stack overflow, on a 256 KiB thread stack
+       default limit, not in a C stack overflow, on a 512 KiB thread stack
        too (counted once, a call with keywords through wrapt's proxy ran
-       out of it). */
+       out of 256 KiB). Inside a request a hook takes two C frames, its
+       arguments held in the first: a chain of hooks then needs about
+       375 KiB to reach the limit, measured on CPython 3.11. */
     static PyObject *pynba_counted_call(
         pynba_hook_callfunc call, PyObject *self, PyObject *const *args, size_t nargsf,
         PyObject *kwnames
@@ -384,7 +386,7 @@ ctypedef object (*_held_call)(
 )
 
 
-cdef object _holding_arguments(
+cdef inline object _holding_arguments(
     _held_call call, pynba_CallHook* hook, object wrapped, object collector, PyObject** args,
     size_t nargsf, PyObject* kwnames,
 ):
@@ -455,7 +457,10 @@ cdef object _timed(
             # Looked up each time, gevent may patch it; in the module's
             # dict, as the attribute is (the type's attributes are not
             # looked for first: that took 250 to 600 instructions a call).
-            thread = _THREAD_GLOBALS["get_ident"]()
+            get_ident = _THREAD_GLOBALS.get("get_ident")
+            if get_ident is None:  # as the Python hook's _thread.get_ident raises
+                raise AttributeError("module '_thread' has no attribute 'get_ident'")
+            thread = get_ident()
             if type(thread) is not int:  # hashed as it was when put in: an int's hash is
                 raise TypeError(f"_thread.get_ident() gave {type(thread).__name__}, not int")
             if thread in <set>calling:

@@ -132,7 +132,7 @@ def _add(collector: Any, seconds: float, pool: Any, method: Any, url: Any, respo
 def _failed_values(pool: Any, method: Any, url: Any) -> tuple[str, ...]:
     if _absolute(url):
         return values(method, origin_host(url), ERROR)
-    return values(method, _pool_host(pool.host, pool.port, pool.scheme), ERROR)
+    return values(method, _pool_tag(pool), ERROR)
 
 
 def instrument() -> None:
