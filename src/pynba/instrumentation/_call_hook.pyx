@@ -56,10 +56,13 @@ cdef extern from *:
        calling one another, or a foreign proxy that wraps the hook wrapping
        it, with no Python frame between them, end in RecursionError at the
        default limit, not in a C stack overflow, on a 512 KiB thread stack
-       too (counted once, a call with keywords through wrapt's proxy ran
-       out of 256 KiB). Inside a request a hook takes two C frames, its
-       arguments held in the first: a chain of hooks then needs about
-       375 KiB to reach the limit, measured on CPython 3.11. */
+       too, on CPython 3.10 and 3.11 (counted once, a call with keywords
+       through wrapt's proxy ran out of 256 KiB). Inside a request a hook
+       takes two C frames, its arguments held in the first: a chain of
+       hooks then needs about 375 KiB to reach the limit on 3.11 (about
+       410 KiB where the compiler does not inline _holding_arguments, as
+       at -O2). From 3.12, C recursion counts against a limit of its own,
+       and needs more stack (see docs/instrumentation.md). */
     static PyObject *pynba_counted_call(
         pynba_hook_callfunc call, PyObject *self, PyObject *const *args, size_t nargsf,
         PyObject *kwnames
@@ -337,6 +340,7 @@ MAX_POSITION = 255
 MAX_PICKS = 3
 #: _thread's attributes: its get_ident, which gevent may replace.
 cdef dict _THREAD_GLOBALS = vars(_thread)
+cdef object _MISSING = object()
 
 cdef enum:
     # The most arguments a hook holds on the C stack (see _holding_arguments).
@@ -457,8 +461,8 @@ cdef object _timed(
             # Looked up each time, gevent may patch it; in the module's
             # dict, as the attribute is (the type's attributes are not
             # looked for first: that took 250 to 600 instructions a call).
-            get_ident = _THREAD_GLOBALS.get("get_ident")
-            if get_ident is None:  # as the Python hook's _thread.get_ident raises
+            get_ident = _THREAD_GLOBALS.get("get_ident", _MISSING)
+            if get_ident is _MISSING:  # as the Python hook's _thread.get_ident raises
                 raise AttributeError("module '_thread' has no attribute 'get_ident'")
             thread = get_ident()
             if type(thread) is not int:  # hashed as it was when put in: an int's hash is
