@@ -4,30 +4,55 @@
 # recursion counts as several levels of the limit, so that RecursionError
 # comes first on a 256 KiB thread stack, as for CPython's own recursion
 # through __str__. No module is built from this file: it is only read when
-# compiling.
-cdef extern from "Python.h":
-    # Nonzero, with RecursionError set, past the limit (1, not -1: no except clause).
-    int Py_EnterRecursiveCall(const char *where)
-    void Py_LeaveRecursiveCall()
+# compiling. The C hooks and methods (_call_hook.pyx, _self_types.pyx) count
+# with pynba_enter_recursion() too.
+cdef extern from *:
+    """
+    /* CPython 3.10 and 3.11 count Py_EnterRecursiveCall() against the
+       recursion limit (1000 by default). 3.12 and 3.13 count it against a
+       limit of C recursion of their own, larger (C_RECURSION_LIMIT, 1500;
+       Py_C_RECURSION_LIMIT, 10000 on Linux): a weight is scaled to it, so
+       that a recursion through pynba ends after as many levels as on 3.11.
+       Counted as on 3.11, a tag that set itself while flattened ran out of
+       a 256 KiB stack on 3.12, where CPython's own __str__ recursion does
+       not. From 3.14 the limit is the stack itself. */
+    #if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000 && defined(Py_C_RECURSION_LIMIT)
+    #  define PYNBA_RECURSION_SCALE Py_C_RECURSION_LIMIT
+    #elif PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000 && defined(C_RECURSION_LIMIT)
+    #  define PYNBA_RECURSION_SCALE C_RECURSION_LIMIT
+    #else
+    #  define PYNBA_RECURSION_SCALE 1000
+    #endif
+
+    /* weight levels of recursion more (scaled, see above): 0, or -1 with
+       RecursionError set and none counted. */
+    static inline int pynba_enter_recursion(int weight, const char *where) {
+        int levels = weight * PYNBA_RECURSION_SCALE / 1000, counted = 0;
+        while (counted < levels) {
+            if (Py_EnterRecursiveCall(where)) {
+                while (counted--) Py_LeaveRecursiveCall();
+                return -1;
+            }
+            counted++;
+        }
+        return 0;
+    }
+
+    static inline void pynba_leave_recursion(int weight) {
+        int levels = weight * PYNBA_RECURSION_SCALE / 1000;
+        while (levels--) Py_LeaveRecursiveCall();
+    }
+    """
+    int pynba_enter_recursion(int weight, const char *where) except -1
+    void pynba_leave_recursion(int weight)
 
 
 cdef inline int _enter(int weight, const char *where) except -1:
-    cdef int counted = 0
-    while counted < weight:
-        if Py_EnterRecursiveCall(where):
-            while counted:
-                Py_LeaveRecursiveCall()
-                counted -= 1
-            return -1
-        counted += 1
-    return 0
+    return pynba_enter_recursion(weight, where)
 
 
 cdef inline void _leave(int weight):
-    cdef int counted = 0
-    while counted < weight:
-        Py_LeaveRecursiveCall()
-        counted += 1
+    pynba_leave_recursion(weight)
 
 
 # A tag value that sets a tag holding itself while it is flattened (a

@@ -15,6 +15,8 @@ the garbage collector's lists). The pure-Python classes need none of this.
 
 from cpython.object cimport PyTypeObject
 
+cimport pynba._recursion  # pynba_enter_recursion(), for the C code below
+
 
 cdef extern from *:
     """
@@ -53,11 +55,7 @@ cdef extern from *:
         /* Counted as two levels of recursion (see _recursion.pxd): a method
            handing a call on to a foreign proxy of its own object (wrapt's)
            recurses with no frame, about 280 bytes of C stack a level. */
-        if (Py_EnterRecursiveCall(" while calling a pynba method")) return NULL;
-        if (Py_EnterRecursiveCall(" while calling a pynba method")) {
-            Py_LeaveRecursiveCall();
-            return NULL;
-        }
+        if (pynba_enter_recursion(2, " while calling a pynba method")) return NULL;
         /* The method held through its call: a caller may not hold this
            descriptor (functools.partial), whose last reference the method's
            own code could drop. */
@@ -67,8 +65,7 @@ cdef extern from *:
             ? checked->call(method, args, nargsf, kwnames)
             : PyObject_Vectorcall(method, args, nargsf, kwnames);
         Py_DECREF(method);
-        Py_LeaveRecursiveCall();
-        Py_LeaveRecursiveCall();
+        pynba_leave_recursion(2);
         return result;
     }
 

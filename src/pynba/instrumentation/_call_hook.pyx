@@ -20,6 +20,8 @@ from cpython.ref cimport Py_DECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 cimport cpython.time as time
 
+cimport pynba._recursion  # pynba_enter_recursion(), for the C code below
+
 
 cdef extern from *:
     """
@@ -68,19 +70,14 @@ cdef extern from *:
         PyObject *kwnames
     ) {
         PyObject *result;
-        if (Py_EnterRecursiveCall(" while calling a pynba hook")) return NULL;
-        if (Py_EnterRecursiveCall(" while calling a pynba hook")) {
-            Py_LeaveRecursiveCall();
-            return NULL;
-        }
+        if (pynba_enter_recursion(2, " while calling a pynba hook")) return NULL;
         /* A reference of its own through the call: a caller may not hold
            one (functools.partial), and Python code the hook runs could drop
            the last while its fields are still to be read. */
         Py_INCREF(self);
         result = call((pynba_CallHook *)self, args, nargsf, kwnames);
         Py_DECREF(self);
-        Py_LeaveRecursiveCall();
-        Py_LeaveRecursiveCall();
+        pynba_leave_recursion(2);
         return result;
     }
 
