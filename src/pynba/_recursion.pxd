@@ -16,11 +16,14 @@ cdef extern from *:
        Counted as on 3.11, a tag that set itself while flattened ran out of
        a 256 KiB stack on 3.12, where CPython's own __str__ recursion does
        not. From 3.14 the limit is the stack itself. */
-    #if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000 && defined(Py_C_RECURSION_LIMIT)
-    #  define PYNBA_RECURSION_SCALE Py_C_RECURSION_LIMIT
-    #elif PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000 && defined(C_RECURSION_LIMIT)
-    #  define PYNBA_RECURSION_SCALE C_RECURSION_LIMIT
-    #else
+    #if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+    #  if defined(Py_C_RECURSION_LIMIT)
+    #    define PYNBA_RECURSION_SCALE Py_C_RECURSION_LIMIT
+    #  elif defined(C_RECURSION_LIMIT)
+    #    define PYNBA_RECURSION_SCALE C_RECURSION_LIMIT
+    #  endif
+    #endif
+    #ifndef PYNBA_RECURSION_SCALE
     #  define PYNBA_RECURSION_SCALE 1000
     #endif
 
