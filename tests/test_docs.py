@@ -70,6 +70,7 @@ NOT_RUN = {
     "protoc --proto_path=proto --python_out=tests proto/pinba.proto": "regenerates a"
     " tracked file; test_schema.py checks it is in step with the schema",
     "python setup.py build_ext --inplace": "rebuilds the compiled modules under test",
+    "CI=true bash .ci/newer-pythons": "builds and tests pynba on other CPythons; .ci/run runs it",
     "python -m pytest -m slow -s tests/test_load.py tests/test_soak.py": "the long runs"
     " themselves (minutes); the default suite runs their short versions",
     "PYNBA_FUZZ_EXAMPLES=200000 python -m pytest tests/test_fuzz.py": "a long fuzzing run;"
