@@ -26,11 +26,13 @@ cdef extern from *:
     #ifndef PYNBA_RECURSION_SCALE
     #  define PYNBA_RECURSION_SCALE 1000
     #endif
+    /* Rounded up: a smaller limit (a debug build's) still counts each weight. */
+    #define PYNBA_LEVELS(weight) (((weight) * PYNBA_RECURSION_SCALE + 999) / 1000)
 
     /* weight levels of recursion more (scaled, see above): 0, or -1 with
        RecursionError set and none counted. */
     static inline int pynba_enter_recursion(int weight, const char *where) {
-        int levels = weight * PYNBA_RECURSION_SCALE / 1000, counted = 0;
+        int levels = PYNBA_LEVELS(weight), counted = 0;
         while (counted < levels) {
             if (Py_EnterRecursiveCall(where)) {
                 while (counted--) Py_LeaveRecursiveCall();
@@ -42,7 +44,7 @@ cdef extern from *:
     }
 
     static inline void pynba_leave_recursion(int weight) {
-        int levels = weight * PYNBA_RECURSION_SCALE / 1000;
+        int levels = PYNBA_LEVELS(weight);
         while (levels--) Py_LeaveRecursiveCall();
     }
     """
