@@ -60,15 +60,19 @@ def run_script(code, listener, env=None, stderr=False):
 def recursion_stack_size(compiled):
     """A thread stack on which a C-to-C recursion that pynba counts must end in RecursionError.
 
-    As much as two wrapt proxies wrapping each other, without pynba, need to
-    reach their RecursionError (a wrapt proxy's levels in a cycle with
-    pynba's proxy are as deep): on CPython 3.10 and 3.11, 512 KiB (256 KiB
-    runs out); on 3.12, 1 MiB; on 3.13, whose C recursion limit is 10,000
-    levels, more than 4 MiB. From source on 3.11, the recursion is the
-    interpreter's own through frames and slots, which it takes over 512 KiB
-    to count. Under AddressSanitizer (.ci/sanitize) every C frame is several
-    times larger.
+    Compiled, pynba counts each level of its own as several (see
+    _recursion.pxd), scaled on CPython 3.12 and 3.13 to their C recursion
+    limit: 512 KiB, twice what a hook's cycle with a wrapt proxy takes to
+    reach RecursionError on 3.11 to 3.13, and less than the cycle would take
+    on 3.13 counted as on 3.11. From source, the recursion is the
+    interpreter's own, through frames and wrapt's slots: as much as two
+    wrapt proxies wrapping each other need alone, 1 MiB on 3.10 to 3.12,
+    more than 4 MiB on 3.13 (whose C recursion limit is 10,000 levels).
+    Under AddressSanitizer (.ci/sanitize) every C frame is several times
+    larger.
     """
-    if "libasan" in os.environ.get("LD_PRELOAD", "") or sys.version_info >= (3, 13):
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
         return 8 << 20
-    return (512 << 10) if compiled and sys.version_info < (3, 12) else (1 << 20)
+    if compiled:
+        return 512 << 10
+    return (8 << 20) if sys.version_info >= (3, 13) else (1 << 20)

@@ -631,3 +631,40 @@ def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
         c_hook.call_hook(given, "var", callbacks.enter, callbacks.on_done, callbacks.on_failed, ())
     with pytest.raises(TypeError, match="^var must be a contextvars.ContextVar"):
         c_hook.around_hook(given, "var", lambda collector, first: None, print)
+
+
+def recursion_counter():
+    """How many levels the interpreter has counted, and how many a hook should add.
+
+    From CPython's own test modules, where the interpreter has them: 3.10
+    and 3.11 count C recursion against the recursion limit (two levels a
+    hook), 3.13 against a C recursion limit of its own (two thousandths of
+    it a hook, see _recursion.pxd). 3.12 has no way to read the count.
+    """
+    testing = pytest.importorskip("_testinternalcapi")
+    if sys.version_info < (3, 12):
+        return testing.get_recursion_depth, 2
+    capi = pytest.importorskip("_testcapi")
+    if not hasattr(testing, "get_c_recursion_remaining") or sys.version_info >= (3, 14):
+        pytest.skip("this CPython has no count of C recursion to read")
+    limit = capi.Py_C_RECURSION_LIMIT
+    return (lambda: -testing.get_c_recursion_remaining()), (2 * limit + 999) // 1000
+
+
+@HOOK_KINDS
+def test_a_compiled_hook_counts_its_levels_of_recursion_and_gives_them_back(
+    make_hook, udp_listener
+):
+    if "instrumentation._hooks" not in pynba.compiled_modules():
+        pytest.skip("from source, the interpreter counts the hook's frames itself")
+    counted, per_hook = recursion_counter()
+    one, two = make_hook(counted), make_hook(make_hook(counted))
+    with monitored_request(udp_listener):
+        assert two() - one() == per_hook
+    outside = counted()
+    chain = counted
+    for _ in range(200_000):
+        chain = make_hook(chain)
+    with pytest.raises(RecursionError):
+        chain()
+    assert counted() == outside

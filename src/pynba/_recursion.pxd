@@ -8,31 +8,81 @@
 # with pynba_enter_recursion() too.
 cdef extern from *:
     """
-    /* CPython 3.10 and 3.11 count Py_EnterRecursiveCall() against the
-       recursion limit (1000 by default). 3.12 and 3.13 count it against a
-       limit of C recursion of their own, larger (C_RECURSION_LIMIT, 1500;
-       Py_C_RECURSION_LIMIT, 10000 on Linux): a weight is scaled to it, so
-       that a recursion through pynba ends after as many levels as on 3.11.
+    #if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+    /* CPython 3.12 and 3.13 count Py_EnterRecursiveCall() against a limit
+       of C recursion of their own, not the recursion limit (1000 by
+       default, as 3.10 and 3.11 do): a weight is scaled to it, so that a
+       recursion through pynba ends after as many levels as on 3.11.
        Counted as on 3.11, a tag that set itself while flattened ran out of
        a 256 KiB stack on 3.12, where CPython's own __str__ recursion does
-       not. From 3.14 the limit is the stack itself. */
-    #if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030E0000
+       not. The limit is the running interpreter's, read once: it changed
+       within 3.12 (1,500 in 3.12.1, more from the backport of 3.13's), and
+       depends on the build (3.13: 10,000 on Linux, 4,000 under
+       AddressSanitizer, 500 in a debug build), so the one in the headers
+       a module was built with may not be it. */
     #  if defined(Py_C_RECURSION_LIMIT)
-    #    define PYNBA_RECURSION_SCALE Py_C_RECURSION_LIMIT
+    #    define PYNBA_HEADERS_C_RECURSION_LIMIT Py_C_RECURSION_LIMIT
     #  elif defined(C_RECURSION_LIMIT)
-    #    define PYNBA_RECURSION_SCALE C_RECURSION_LIMIT
+    #    define PYNBA_HEADERS_C_RECURSION_LIMIT C_RECURSION_LIMIT
+    #  else
+    #    define PYNBA_HEADERS_C_RECURSION_LIMIT 1500
     #  endif
-    #endif
-    #ifndef PYNBA_RECURSION_SCALE
-    #  define PYNBA_RECURSION_SCALE 1000
-    #endif
-    /* Rounded up: a smaller limit (a debug build's) still counts each weight. */
-    #define PYNBA_LEVELS(weight) (((weight) * PYNBA_RECURSION_SCALE + 999) / 1000)
+    static int pynba_c_recursion_limit = 0;
 
-    /* weight levels of recursion more (scaled, see above): 0, or -1 with
-       RecursionError set and none counted. */
+    /* A thread state starts with all of the limit to count down from. */
+    static int pynba_read_c_recursion_limit(void) {
+        PyThreadState *fresh = PyThreadState_New(PyInterpreterState_Get());
+        int limit = 0;
+        if (fresh != NULL) {
+            limit = fresh->c_recursion_remaining;
+            PyThreadState_Clear(fresh);
+            PyThreadState_Delete(fresh);
+        }
+        return limit > 0 ? limit : PYNBA_HEADERS_C_RECURSION_LIMIT;
+    }
+
+    /* Levels that weight stands for, rounded up (a debug build's small
+       limit still counts each weight). */
+    static inline int pynba_recursion_levels(int weight) {
+        if (pynba_c_recursion_limit == 0) pynba_c_recursion_limit = pynba_read_c_recursion_limit();
+        return (weight * pynba_c_recursion_limit + 999) / 1000;
+    }
+
+    /* The levels are counted on the thread's count of C recursion at
+       once, as Py_EnterRecursiveCall() and Py_LeaveRecursiveCall() count
+       one. Near the end of the count, Py_EnterRecursiveCall() takes the
+       last level: it raises RecursionError where a loop of it would have
+       (and puts its own level back). */
     static inline int pynba_enter_recursion(int weight, const char *where) {
-        int levels = PYNBA_LEVELS(weight), counted = 0;
+        int levels = pynba_recursion_levels(weight);
+        PyThreadState *tstate = PyThreadState_Get();
+        if (tstate->c_recursion_remaining > levels) {
+            tstate->c_recursion_remaining -= levels;
+            return 0;
+        }
+        tstate->c_recursion_remaining -= levels - 1;
+        if (Py_EnterRecursiveCall(where)) {
+            tstate->c_recursion_remaining += levels - 1;
+            return -1;
+        }
+        return 0;
+    }
+
+    static inline void pynba_leave_recursion(int weight) {
+        PyThreadState_Get()->c_recursion_remaining += pynba_recursion_levels(weight);
+    }
+    #else
+    /* 3.10 and 3.11: a weight counts that many levels of the recursion
+       limit. From 3.14, Py_EnterRecursiveCall() measures the stack itself:
+       one call does. */
+    #  if PY_VERSION_HEX >= 0x030E0000
+    #    define PYNBA_RECURSION_LEVELS(weight) 1
+    #  else
+    #    define PYNBA_RECURSION_LEVELS(weight) (weight)
+    #  endif
+    /* 0, or -1 with RecursionError set and none counted. */
+    static inline int pynba_enter_recursion(int weight, const char *where) {
+        int levels = PYNBA_RECURSION_LEVELS(weight), counted = 0;
         while (counted < levels) {
             if (Py_EnterRecursiveCall(where)) {
                 while (counted--) Py_LeaveRecursiveCall();
@@ -44,20 +94,13 @@ cdef extern from *:
     }
 
     static inline void pynba_leave_recursion(int weight) {
-        int levels = PYNBA_LEVELS(weight);
+        int levels = PYNBA_RECURSION_LEVELS(weight);
         while (levels--) Py_LeaveRecursiveCall();
     }
+    #endif
     """
     int pynba_enter_recursion(int weight, const char *where) except -1
     void pynba_leave_recursion(int weight)
-
-
-cdef inline int _enter(int weight, const char *where) except -1:
-    return pynba_enter_recursion(weight, where)
-
-
-cdef inline void _leave(int weight):
-    pynba_leave_recursion(weight)
 
 
 # A tag value that sets a tag holding itself while it is flattened (a
@@ -68,11 +111,11 @@ DEF _FLATTEN_WEIGHT = 8
 
 
 cdef inline int enter() except -1:
-    return _enter(_FLATTEN_WEIGHT, " while flattening a tag")
+    return pynba_enter_recursion(_FLATTEN_WEIGHT, " while flattening a tag")
 
 
 cdef inline void leave():
-    _leave(_FLATTEN_WEIGHT)
+    pynba_leave_recursion(_FLATTEN_WEIGHT)
 
 
 # A proxy handing an attribute or an iteration on to the object it wraps. A
@@ -84,8 +127,8 @@ DEF _FORWARD_WEIGHT = 2
 
 
 cdef inline int enter_forward() except -1:
-    return _enter(_FORWARD_WEIGHT, " while handing on to a wrapped object")
+    return pynba_enter_recursion(_FORWARD_WEIGHT, " while handing on to a wrapped object")
 
 
 cdef inline void leave_forward():
-    _leave(_FORWARD_WEIGHT)
+    pynba_leave_recursion(_FORWARD_WEIGHT)

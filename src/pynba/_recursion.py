@@ -20,11 +20,3 @@ def enter_forward() -> None:
 
 def leave_forward() -> None:
     """One level of handing on less."""
-
-
-def _enter(weight: int, where: str) -> None:
-    """``weight`` more levels (the C twins' shared part)."""
-
-
-def _leave(weight: int) -> None:
-    """``weight`` levels less."""
