@@ -16,8 +16,16 @@ from hypothesis import strategies as st
 from conftest import compiled_encoder
 from pinba2_rules import violations
 from pinba_pb2 import Request
+from pynba._implementation import pure_python_forced
 from pynba.wire import fallback
 from pynba.wire.encoder import MAX_TEXT_BYTES
+
+# Each test names the encoder it runs (the compiled one is built and loads in
+# both of the suite's runs), and the decoder has one implementation: the
+# run with the pure-Python modules forced would fuzz the same code again.
+pytestmark = pytest.mark.skipif(
+    pure_python_forced(), reason="fuzzed once, in the run of the compiled modules"
+)
 
 EXAMPLES = int(os.environ.get("PYNBA_FUZZ_EXAMPLES", "10000"))
 DECODER_EXAMPLES = max(EXAMPLES // 5, 1)

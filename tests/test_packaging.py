@@ -154,10 +154,12 @@ def copy_the_project(destination, training=True):
     """What a build reads: setup.py and its files, the sources, the PGO training."""
     for name in ("setup.py", "pyproject.toml", "README.rst", "MANIFEST.in"):
         shutil.copy(ROOT / name, destination / name)
+    # With the C that Cython made of the sources, when it is newer than they
+    # are (copied with their times): the build need not make it again.
     shutil.copytree(
         ROOT / "src" / "pynba",
         destination / "src" / "pynba",
-        ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__"),
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
     )
     if training:
         (destination / "benchmarks").mkdir()
@@ -165,15 +167,28 @@ def copy_the_project(destination, training=True):
 
 
 def build(directory, command=("build", "-j", "2", "--build-lib", "lib"), **env):
-    """``setup.py build`` into ``directory``/lib (or ``command``); its completed process."""
+    """``setup.py build`` into ``directory``/lib (or ``command``); its completed process.
+
+    Unoptimised (CFLAGS=-O0, unless ``env`` says otherwise): these tests look
+    at what the build does, not at the code it makes, and -O3 takes the
+    compiler five times as long.
+    """
     return subprocess.run(
         [sys.executable, "setup.py", *command],
         cwd=directory,
-        env={**os.environ, "PYNBA_NO_EXTENSION": "", "PYNBA_PGO": "", **env},
+        env={**os.environ, "PYNBA_NO_EXTENSION": "", "PYNBA_PGO": "", "CFLAGS": "-O0", **env},
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def skip_in_the_pure_run():
+    """The build is the same whichever implementation the tests run: built once, compiled."""
+    from pynba._implementation import pure_python_forced
+
+    if pure_python_forced():
+        pytest.skip("the build does not depend on the implementation under test")
 
 
 def built_modules(directory):
@@ -185,6 +200,7 @@ def built_modules(directory):
 def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_path, broken):
     """They cimport one another and _rusage: kept without it, they could not be imported."""
     pytest.importorskip("Cython")
+    skip_in_the_pure_run()
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler")
     copy_the_project(tmp_path, training=False)
@@ -205,10 +221,7 @@ def test_a_module_that_fails_to_build_leaves_the_per_request_modules_pure(tmp_pa
 def gcc_for_profiles():
     """Skip unless the build's compiler is GCC 10 or later (what PYNBA_PGO=1 needs)."""
     pytest.importorskip("Cython")
-    if os.environ.get("PYNBA_PURE_PYTHON", "") not in ("", "0"):
-        # The build is the same whichever implementation the tests run:
-        # built once, in the compiled run.
-        pytest.skip("the build does not depend on the implementation under test")
+    skip_in_the_pure_run()
     compiler = shutil.which(os.environ.get("CC", "gcc"))
     if compiler is None:
         pytest.skip("no C compiler")
@@ -275,8 +288,7 @@ GCC_IN_LATIN_1 = "printf 'gcc (GCC) 12.2.0\\nCopyright \\251 2022 Free Software 
 def test_the_gcc_flag_goes_to_gcc_only(tmp_path, says, launcher, cflags, flagged):
     """``-fno-plt`` (x86-64 Linux, GCC): another compiler may not know it."""
     pytest.importorskip("Cython")
-    if os.environ.get("PYNBA_PURE_PYTHON", "") not in ("", "0"):
-        pytest.skip("the build does not depend on the implementation under test")
+    skip_in_the_pure_run()
     copy_the_project(tmp_path, training=False)
     compiler = tmp_path / "cc"
     compiler.write_text(
@@ -344,7 +356,7 @@ def test_a_profile_guided_build_in_place_whose_second_build_fails_keeps_no_instr
     compiler.chmod(0o755)
     (tmp_path / "tmp").mkdir()  # where the profile is written
     done = build(
-        tmp_path, ("build_ext", "--inplace"), PYNBA_PGO="1", CC=str(compiler),
+        tmp_path, ("build_ext", "--inplace", "-j", "2"), PYNBA_PGO="1", CC=str(compiler),
         TMPDIR=str(tmp_path / "tmp"),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
