@@ -72,6 +72,16 @@ def _wait_until_serving(server: CacheServer, hello: bytes, answer: bytes, log_pa
         pytest.fail(f"{server.process.args[0]} did not start:\n{log.read()}", pytrace=False)
 
 
+def _start_logging_to(command: list[str], log_path: str) -> subprocess.Popen:
+    """Start ``command`` with what it prints appended to its log.
+
+    Not the test run's output: a server left behind by a test run that
+    crashed would hold a pipe reading that output open.
+    """
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+
 def start_redis(directory: str) -> CacheServer:
     """A redis-server on a free port and a unix socket, persisting nothing, in ``directory``."""
     binary = require_binary("redis-server")
@@ -81,7 +91,7 @@ def start_redis(directory: str) -> CacheServer:
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     command += ["--appendonly", "no", "--dir", directory, "--logfile", log_path]
     command += ["--unixsocket", unix_socket, "--unixsocketperm", "700"]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    process = _start_logging_to(command, log_path)
     server = CacheServer("127.0.0.1", port, process, unix_socket)
     _wait_until_serving(server, b"PING\r\n", b"+PONG", log_path)
     return server
@@ -95,8 +105,7 @@ def start_memcached(directory: str) -> CacheServer:
     command = [binary, "-p", str(port), "-l", "127.0.0.1", "-U", "0"]
     if os.geteuid() == 0:
         command += ["-u", "root"]  # memcached refuses to run as root unless told so
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    process = _start_logging_to(command, log_path)
     server = CacheServer("127.0.0.1", port, process)
     _wait_until_serving(server, b"version\r\n", b"VERSION", log_path)
     return server
@@ -111,7 +120,7 @@ def start_sentinel(directory: str, master: CacheServer, service: str) -> CacheSe
     with open(config, "w", encoding="utf-8") as file:
         file.write(f"port {port}\nbind 127.0.0.1\ndir {directory}\nlogfile {log_path}\n")
         file.write(f"sentinel monitor {service} {master.host} {master.port} 1\n")
-    process = subprocess.Popen([binary, config, "--sentinel"], stdin=subprocess.DEVNULL)
+    process = _start_logging_to([binary, config, "--sentinel"], log_path)
     server = CacheServer("127.0.0.1", port, process)
     _wait_until_serving(server, b"PING\r\n", b"+PONG", log_path)
     return server

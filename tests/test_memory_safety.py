@@ -163,6 +163,48 @@ def tag_setting_itself(how, port):
     thread.join()
 
 
+def tag_setting_itself_from_each_depth(port):
+    """A tag that sets itself while flattened, from C recursion 0 to 80 levels deep."""
+    import operator
+    import types
+
+    from packets import monitored_request
+    from pynba import pynba
+
+    class Text:
+        def __str__(self):
+            pynba.set_tag("f", self)
+            return "v"
+
+    def from_depth(depth):
+        if depth:  # a C call, then a Python one: counted as C recursion from 3.12
+            return operator.call(from_depth, depth - 1)
+        try:
+            pynba.set_tag("f", Text())
+        except RecursionError:
+            return "RecursionError"
+        return "no error"
+
+    def each_depth():
+        with monitored_request(types.SimpleNamespace(address=("127.0.0.1", port))):
+            print(sorted({from_depth(depth) for depth in range(81)}))
+
+    threading.stack_size(16 << 20)  # room for the depth: RecursionError is what ends it
+    thread = threading.Thread(target=each_depth)
+    thread.start()
+    thread.join()
+
+
+def test_a_tag_that_sets_itself_ends_in_recursion_error_from_any_depth(udp_listener):
+    # The levels a flattening step counts are taken at once while the
+    # thread's count holds them (80 on CPython 3.13): taken at once past its
+    # end, RecursionError was made so far past it that CPython aborted the
+    # process, from a third of the depths.
+    assert isolated(tag_setting_itself_from_each_depth, udp_listener.port) == (
+        "['RecursionError']\n"
+    )
+
+
 @pytest.mark.parametrize("how", ["callable", "str", "mapping"])
 def test_a_tag_that_sets_itself_while_flattened_is_a_recursion_error(udp_listener, how):
     """The C frames of flattening count against the recursion limit: no stack overflow."""

@@ -48,22 +48,27 @@ cdef extern from *:
         return (weight * pynba_c_recursion_limit + 999) / 1000;
     }
 
-    /* The levels are counted on the thread's count of C recursion at
-       once, as Py_EnterRecursiveCall() and Py_LeaveRecursiveCall() count
-       one. Near the end of the count, Py_EnterRecursiveCall() takes the
-       last level: it raises RecursionError where a loop of it would have
-       (and puts its own level back). */
+    /* The levels are taken from the thread's count of C recursion at once,
+       as Py_LeaveRecursiveCall() gives one back, while the count holds
+       more. Near its end, one Py_EnterRecursiveCall() at a time: it raises
+       RecursionError at the level it should, with the count where CPython
+       expects it while it makes the error (below 50 levels past the end,
+       making it aborts the process). Windows' builds check the stack every
+       64 levels of the count (USE_STACKCHECK): one at a time there. */
     static inline int pynba_enter_recursion(int weight, const char *where) {
-        int levels = pynba_recursion_levels(weight);
+        int levels = pynba_recursion_levels(weight), counted;
         PyThreadState *tstate = PyThreadState_Get();
+    #ifndef USE_STACKCHECK
         if (tstate->c_recursion_remaining > levels) {
             tstate->c_recursion_remaining -= levels;
             return 0;
         }
-        tstate->c_recursion_remaining -= levels - 1;
-        if (Py_EnterRecursiveCall(where)) {
-            tstate->c_recursion_remaining += levels - 1;
-            return -1;
+    #endif
+        for (counted = 0; counted < levels; counted++) {
+            if (Py_EnterRecursiveCall(where)) {
+                tstate->c_recursion_remaining += counted;
+                return -1;
+            }
         }
         return 0;
     }
