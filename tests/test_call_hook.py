@@ -668,3 +668,54 @@ def test_a_compiled_hook_counts_its_levels_of_recursion_and_gives_them_back(
     with pytest.raises(RecursionError):
         chain()
     assert counted() == outside
+
+
+def recursion_limit_and_levels_a_hook_counts():
+    """The limit a compiled hook's levels of recursion count against, and how many it counts.
+
+    3.10 and 3.11: the recursion limit, two levels a hook. 3.12 and 3.13: the
+    interpreter's C recursion limit (read from CPython's test modules, where
+    it has them), two thousandths of it a hook, rounded up.
+    """
+    if sys.version_info < (3, 12):
+        return sys.getrecursionlimit(), 2
+    if sys.version_info >= (3, 14):
+        pytest.skip("from 3.14, CPython measures the stack: no count of levels")
+    if sys.version_info < (3, 13):
+        limit = getattr(pytest.importorskip("test.support"), "C_RECURSION_LIMIT", None)
+    else:
+        limit = getattr(pytest.importorskip("_testcapi"), "Py_C_RECURSION_LIMIT", None)
+    if limit is None:
+        pytest.skip("this CPython's test modules do not give its C recursion limit")
+    return limit, (2 * limit + 999) // 1000
+
+
+@HOOK_KINDS
+def test_a_chain_of_compiled_hooks_ends_after_as_many_hooks_as_the_limit_holds(make_hook):
+    if "instrumentation._hooks" not in pynba.compiled_modules():
+        pytest.skip("from source, the interpreter counts the hook's frames itself")
+    limit, per_hook = recursion_limit_and_levels_a_hook_counts()
+
+    def chain_of(length):
+        chain = given
+        for _ in range(length):
+            chain = make_hook(chain)
+        return chain
+
+    def longest_chain_called():
+        shortest_failing, longest_called = 4 * limit // per_hook, 0
+        while shortest_failing - longest_called > 1:
+            length = (shortest_failing + longest_called) // 2
+            try:
+                chain_of(length)()
+                longest_called = length
+            except RecursionError:
+                shortest_failing = length
+        return longest_called
+
+    found = []
+    # A new thread: its count starts at the limit, less a few frames of its own.
+    thread = threading.Thread(target=lambda: found.append(longest_chain_called()))
+    thread.start()
+    thread.join()
+    assert limit // per_hook - 10 <= found[0] < limit // per_hook
