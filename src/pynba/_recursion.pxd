@@ -53,8 +53,8 @@ cdef extern from *:
        more. Near its end, one Py_EnterRecursiveCall() at a time: it raises
        RecursionError at the level it should, with the count where CPython
        expects it while it makes the error (below 50 levels past the end,
-       making it aborts the process). Windows' builds check the stack every
-       64 levels of the count (USE_STACKCHECK): one at a time there. */
+       making it aborts the process). 32-bit Windows builds check the stack
+       every 64 levels of the count (USE_STACKCHECK): one at a time there. */
     static inline int pynba_enter_recursion(int weight, const char *where) {
         int levels = pynba_recursion_levels(weight), counted;
         PyThreadState *tstate = PyThreadState_Get();
