@@ -634,21 +634,18 @@ def test_the_c_hook_refuses_a_variable_that_is_not_a_context_variable():
 
 
 def recursion_counter():
-    """How many levels the interpreter has counted, and how many a hook should add.
+    """The levels of recursion the interpreter has counted so far, where it can be read.
 
-    From CPython's own test modules, where the interpreter has them: 3.10
-    and 3.11 count C recursion against the recursion limit (two levels a
-    hook), 3.13 against a C recursion limit of its own (two thousandths of
-    it a hook, see _recursion.pxd). 3.12 has no way to read the count.
+    From CPython's own test modules: 3.10 and 3.11 count C recursion against
+    the recursion limit, 3.13 against a C recursion limit of its own. 3.12
+    has no way to read its count.
     """
     testing = pytest.importorskip("_testinternalcapi")
     if sys.version_info < (3, 12):
-        return testing.get_recursion_depth, 2
-    capi = pytest.importorskip("_testcapi")
-    if not hasattr(testing, "get_c_recursion_remaining") or sys.version_info >= (3, 14):
+        return testing.get_recursion_depth
+    if not hasattr(testing, "get_c_recursion_remaining"):
         pytest.skip("this CPython has no count of C recursion to read")
-    limit = capi.Py_C_RECURSION_LIMIT
-    return (lambda: -testing.get_c_recursion_remaining()), (2 * limit + 999) // 1000
+    return lambda: -testing.get_c_recursion_remaining()
 
 
 @HOOK_KINDS
@@ -657,7 +654,8 @@ def test_a_compiled_hook_counts_its_levels_of_recursion_and_gives_them_back(
 ):
     if "instrumentation._hooks" not in pynba.compiled_modules():
         pytest.skip("from source, the interpreter counts the hook's frames itself")
-    counted, per_hook = recursion_counter()
+    counted = recursion_counter()
+    _, per_hook = recursion_limit_and_levels_a_hook_counts()
     one, two = make_hook(counted), make_hook(make_hook(counted))
     with monitored_request(udp_listener):
         assert two() - one() == per_hook
