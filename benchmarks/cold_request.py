@@ -20,11 +20,16 @@ what one request costs, the start-up left out.
 Paths: ``load.py``'s own (its ``HELLO_APP``): ``floor`` (the bare
 hello-world app plus the system calls of any Pinba client, 2 getrusage and
 one send of a same-sized datagram) and ``monitored`` (``PynbaMiddleware``
-with one timer). Printed, per request: instructions, L1 instruction misses
-(about one per 64-byte line of code run for the first time since the last
-request), last-level instruction misses, L1 and last-level data read
-misses; then monitored - floor, by shared object (pynba's modules, libpython,
-the C library).
+with one timer); and ``least``, the least a monitoring middleware written
+in Python does, without pynba: the floor's system calls made from a
+middleware that times the request and the same block, notes the status
+and sends the floor's datagram from its body's ``close()`` (nothing
+encoded, named or tagged): a yardstick for the cost of doing it at all.
+Printed, per request: instructions, L1 instruction misses (about one per
+64-byte line of code run for the first time since the last request),
+last-level instruction misses, L1 and last-level data read misses; least -
+floor and monitored - least; then monitored - floor, by shared object
+(pynba's modules, libpython, the C library).
 
 With ``--against SRC``, the same for pynba from SRC (another checkout's
 ``src``), and the difference.
@@ -56,7 +61,8 @@ LABELS = {
 CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64")
 
 CHILD = r"""
-import io, json, os, re, socket, sys
+import io, json, os, re, resource, socket, sys, time
+
 import pynba as package
 
 print(package.__file__, " ".join(package.compiled_modules()))
@@ -120,7 +126,64 @@ def serve(app, i):
             break
 
 
-app = {"floor": floor, "monitored": monitored}[sys.argv[1]]
+# The least a monitoring middleware does in Python, as plain Python code (no
+# pynba): time the request and one block of it, note the status, and at the
+# body's close make the floor's system calls, sending the floor's datagram as
+# it is (nothing encoded, no names, no tags).
+hello, RUSAGE_WHO = app_module["hello"], app_module["RUSAGE_WHO"]
+floor_socket = app_module["floor_socket"]
+FLOOR_DATAGRAM, FLOOR_ADDRESS = app_module["FLOOR_DATAGRAM"], app_module["FLOOR_ADDRESS"]
+
+
+class LeastTimer:
+    __slots__ = ("timers", "start")
+
+    def __init__(self, timers):
+        self.timers = timers
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *error):
+        self.timers.append(time.perf_counter() - self.start)
+
+
+class LeastBody:
+    __slots__ = ("body", "noted")
+
+    def __init__(self, body, noted):
+        self.body = body
+        self.noted = noted
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        noted, self.noted = self.noted, None
+        if noted is None:
+            return
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
+        resource.getrusage(RUSAGE_WHO)
+        noted.append(time.perf_counter())
+        floor_socket.sendto(FLOOR_DATAGRAM, FLOOR_ADDRESS)
+
+
+def least(environ, start_response):
+    timers = []
+    noted = [time.perf_counter(), resource.getrusage(RUSAGE_WHO), timers]
+
+    def noting_start_response(status, headers, exc_info=None):
+        noted.append(status)
+        return start_response(status, headers, exc_info)
+
+    with LeastTimer(timers):
+        body = hello(environ, noting_start_response)
+    return LeastBody(body, noted)
+
+
+app = {"floor": floor, "monitored": monitored, "least": least}[sys.argv[1]]
 for i in range(50):  # warm-up: every code path run once, every cache filled
     serve(app, i)
     between_requests(i)
@@ -242,7 +305,7 @@ def row(label: str, values: list[float]) -> str:
     return f"{label:<28}" + "".join(f"{v:>16,.0f}" for v in values)
 
 
-def measure(label: int, source: str, requests: int, out_dir: str, pool) -> dict:
+def measure(label: int, source: str, requests: int, out_dir: str, pool, least: bool) -> dict:
     floor = per_request(label, source, "floor", requests, out_dir, pool)
     monitored = per_request(label, source, "monitored", requests, out_dir, pool)
     print(f"\npynba from {source}: per request")
@@ -251,6 +314,11 @@ def measure(label: int, source: str, requests: int, out_dir: str, pool) -> dict:
     print(row("monitored", total(monitored)))
     added = difference(monitored, floor)
     print(row("monitored - floor", total(added)))
+    if least:
+        least_path = per_request(label, source, "least", requests, out_dir, pool)
+        least_added = difference(least_path, floor)
+        print(row("least - floor", total(least_added)))
+        print(row("monitored - least", total(difference(added, least_added))))
     print("monitored - floor, by shared object (the largest in code misses):")
     ranked = sorted(added.items(), key=lambda item: -item[1][1])
     for name, values in ranked:
@@ -285,7 +353,7 @@ def main() -> None:
         ThreadPoolExecutor(2) as pool,
     ):
         results = [
-            measure(label, source, args.requests, out_dir, pool)
+            measure(label, source, args.requests, out_dir, pool, least=label == 0)
             for label, source in enumerate(sources)
         ]
     if len(results) == 2:

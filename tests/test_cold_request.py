@@ -70,7 +70,7 @@ def test_a_short_run_prints_each_path_and_what_monitoring_adds():
     assert f"pynba from {ROOT / 'src'}: per request" in lines
 
     def figures(label):
-        (line,) = [line for line in lines if re.match(re.escape(label) + r" +\d", line)]
+        (line,) = [line for line in lines if re.match(re.escape(label) + r" +-?\d", line)]
         return [float(n.replace(",", "")) for n in line[len(label) :].split()]
 
     assert all(n > 0 for n in figures("floor"))
@@ -78,6 +78,11 @@ def test_a_short_run_prints_each_path_and_what_monitoring_adds():
     added = figures("monitored - floor")
     assert len(monitored) == len(added) == 5
     assert added[0] > 0  # pynba runs instructions the floor does not
+    least = figures("least - floor")
+    assert least[0] > 0  # the least middleware's code runs too
+    assert figures("monitored - least") == pytest.approx(
+        [a - b for a, b in zip(added, least, strict=True)], abs=1
+    )
     # The children's build, not this process's (a test may have imported a compiled module).
     pure = f"note: pynba from {ROOT / 'src'} runs with no compiled module"
     if os.environ.get("PYNBA_PURE_PYTHON") == "1":
