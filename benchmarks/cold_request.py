@@ -20,16 +20,18 @@ what one request costs, the start-up left out.
 Paths: ``load.py``'s own (its ``HELLO_APP``): ``floor`` (the bare
 hello-world app plus the system calls of any Pinba client, 2 getrusage and
 one send of a same-sized datagram) and ``monitored`` (``PynbaMiddleware``
-with one timer); and ``least``, the least a monitoring middleware written
-in Python does, without pynba: the floor's system calls made from a
-middleware that times the request and the same block, notes the status
-and sends the floor's datagram from its body's ``close()`` (nothing
-encoded, named or tagged): a yardstick for the cost of doing it at all.
-Printed, per request: instructions, L1 instruction misses (about one per
-64-byte line of code run for the first time since the last request),
-last-level instruction misses, L1 and last-level data read misses; least -
-floor and monitored - least; then monitored - floor, by shared object
-(pynba's modules, libpython, the C library).
+with one timer); and ``least``, a lower bound of monitoring in Python:
+a middleware in plain Python (no pynba) that keeps its request in a
+context variable, times it and the same block, notes the status and the
+body's size, and from its body's ``close()`` makes the floor's system
+calls and works out the request's time and CPU, sending the floor's
+datagram as it is (nothing encoded, named or tagged). Printed, per
+request: instructions, L1 instruction misses (about one per 64-byte line
+of code run for the first time since the last request), last-level
+instruction misses, L1 and last-level data read misses; monitored - floor
+by shared object (pynba's modules, libpython, the C library); then least,
+least - floor, monitored - least, and least - floor by shared object
+(for the first source only, with ``--against``).
 
 With ``--against SRC``, the same for pynba from SRC (another checkout's
 ``src``), and the difference.
@@ -61,7 +63,7 @@ LABELS = {
 CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64")
 
 CHILD = r"""
-import io, json, os, re, resource, socket, sys, time
+import contextvars, io, json, os, re, resource, socket, sys, time
 
 import pynba as package
 
@@ -112,8 +114,12 @@ def between_requests(i):
     PATTERN.findall("a=1 b=2 c=3 d=4")
 
 
+served = set()  # the types of the bodies served: which app this child ran
+
+
 def serve(app, i):
     response = app(environ(), start_response)
+    served.add(type(response).__name__)
     for chunk in response:
         pass
     close = getattr(response, "close", None)
@@ -126,26 +132,29 @@ def serve(app, i):
             break
 
 
-# The least a monitoring middleware does in Python, as plain Python code (no
-# pynba): time the request and one block of it, note the status, and at the
-# body's close make the floor's system calls, sending the floor's datagram as
-# it is (nothing encoded, no names, no tags).
+# A lower bound of what monitoring a request costs in Python: a middleware in
+# plain Python (no pynba) that keeps its request in a context variable, where
+# the app's timer finds it, times the request and the same block as the
+# monitored app, notes the status and the body's size, and at the body's close
+# makes the floor's system calls and works out the request's time and CPU. It
+# sends the floor's datagram as it is: nothing encoded, named or tagged.
 hello, RUSAGE_WHO = app_module["hello"], app_module["RUSAGE_WHO"]
 floor_socket = app_module["floor_socket"]
 FLOOR_DATAGRAM, FLOOR_ADDRESS = app_module["FLOOR_DATAGRAM"], app_module["FLOOR_ADDRESS"]
+current_request = contextvars.ContextVar("current_request", default=None)
 
 
 class LeastTimer:
     __slots__ = ("timers", "start")
 
-    def __init__(self, timers):
-        self.timers = timers
-
     def __enter__(self):
+        noted = current_request.get()
+        self.timers = None if noted is None else noted["timers"]
         self.start = time.perf_counter()
 
     def __exit__(self, *error):
-        self.timers.append(time.perf_counter() - self.start)
+        if self.timers is not None:
+            self.timers.append(time.perf_counter() - self.start)
 
 
 class LeastBody:
@@ -162,24 +171,40 @@ class LeastBody:
         noted, self.noted = self.noted, None
         if noted is None:
             return
-        close = getattr(self.body, "close", None)
-        if close is not None:
-            close()
-        resource.getrusage(RUSAGE_WHO)
-        noted.append(time.perf_counter())
-        floor_socket.sendto(FLOOR_DATAGRAM, FLOOR_ADDRESS)
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            usage = resource.getrusage(RUSAGE_WHO)
+            start = noted["usage"]
+            noted["seconds"] = time.perf_counter() - noted["start"]
+            noted["cpu"] = (usage.ru_utime - start.ru_utime, usage.ru_stime - start.ru_stime)
+            floor_socket.sendto(FLOOR_DATAGRAM, FLOOR_ADDRESS)
 
 
 def least(environ, start_response):
-    timers = []
-    noted = [time.perf_counter(), resource.getrusage(RUSAGE_WHO), timers]
+    noted = {
+        "start": time.perf_counter(),
+        "usage": resource.getrusage(RUSAGE_WHO),
+        "path": environ.get("PATH_INFO"),
+        "timers": [],
+    }
 
     def noting_start_response(status, headers, exc_info=None):
-        noted.append(status)
+        noted["status"] = status
+        if exc_info is None:
+            return start_response(status, headers)
         return start_response(status, headers, exc_info)
 
-    with LeastTimer(timers):
-        body = hello(environ, noting_start_response)
+    token = current_request.set(noted)
+    try:
+        with LeastTimer():
+            body = hello(environ, noting_start_response)
+    finally:
+        current_request.reset(token)
+    if type(body) is list:
+        noted["size"] = sum(map(len, body))
     return LeastBody(body, noted)
 
 
@@ -190,7 +215,11 @@ for i in range(50):  # warm-up: every code path run once, every cache filled
 for i in range(int(sys.argv[2])):
     between_requests(i)
     serve(app, i)
+print(*sorted(served))
 """
+
+#: The type of the body each path serves.
+BODIES = {"floor": "list", "monitored": "_MonitoredRequest", "least": "LeastBody"}
 
 
 def run_child(
@@ -210,9 +239,12 @@ def run_child(
     )  # fmt: skip
     if child.returncode != 0:
         sys.exit(f"the {path} child failed: {child.stderr.strip()}")
-    used = child.stdout.split()
+    lines = child.stdout.splitlines()
+    used = lines[0].split() if lines else []
     if not used or not used[0].startswith(os.path.join(source, "")):
         sys.exit(f"the child ran pynba from {used[:1]}, not from {source}")
+    if lines[1:] != [BODIES[path]]:
+        sys.exit(f"the {path} child served bodies {lines[1:]}, not {BODIES[path]}")
     if len(used) == 1:
         print(f"note: pynba from {source} runs with no compiled module")
     return counts_by_object(out)
@@ -314,16 +346,21 @@ def measure(label: int, source: str, requests: int, out_dir: str, pool, least: b
     print(row("monitored", total(monitored)))
     added = difference(monitored, floor)
     print(row("monitored - floor", total(added)))
-    if least:
-        least_path = per_request(label, source, "least", requests, out_dir, pool)
-        least_added = difference(least_path, floor)
-        print(row("least - floor", total(least_added)))
-        print(row("monitored - least", total(difference(added, least_added))))
     print("monitored - floor, by shared object (the largest in code misses):")
     ranked = sorted(added.items(), key=lambda item: -item[1][1])
     for name, values in ranked:
         if abs(values[1]) >= 2 or abs(values[0]) >= 100:
             print(row("  " + name, values))
+    if least:
+        least_path = per_request(label, source, "least", requests, out_dir, pool)
+        least_added = difference(least_path, floor)
+        print(row("least", total(least_path)))
+        print(row("least - floor", total(least_added)))
+        print(row("monitored - least", total(difference(added, least_added))))
+        print("least - floor, by shared object (the largest in code misses):")
+        for name, values in sorted(least_added.items(), key=lambda item: -item[1][1]):
+            if abs(values[1]) >= 2 or abs(values[0]) >= 100:
+                print(row("  " + name, values))
     return added
 
 
