@@ -337,6 +337,14 @@ def row(label: str, values: list[float]) -> str:
     return f"{label:<28}" + "".join(f"{v:>16,.0f}" for v in values)
 
 
+def print_by_object(label: str, counts: dict) -> None:
+    """``counts`` by shared object, those with the most code misses first (the small left out)."""
+    print(f"{label}, by shared object (the largest in code misses):")
+    for name, values in sorted(counts.items(), key=lambda item: -item[1][1]):
+        if abs(values[1]) >= 2 or abs(values[0]) >= 100:
+            print(row("  " + name, values))
+
+
 def measure(label: int, source: str, requests: int, out_dir: str, pool, least: bool) -> dict:
     floor = per_request(label, source, "floor", requests, out_dir, pool)
     monitored = per_request(label, source, "monitored", requests, out_dir, pool)
@@ -346,21 +354,14 @@ def measure(label: int, source: str, requests: int, out_dir: str, pool, least: b
     print(row("monitored", total(monitored)))
     added = difference(monitored, floor)
     print(row("monitored - floor", total(added)))
-    print("monitored - floor, by shared object (the largest in code misses):")
-    ranked = sorted(added.items(), key=lambda item: -item[1][1])
-    for name, values in ranked:
-        if abs(values[1]) >= 2 or abs(values[0]) >= 100:
-            print(row("  " + name, values))
+    print_by_object("monitored - floor", added)
     if least:
         least_path = per_request(label, source, "least", requests, out_dir, pool)
         least_added = difference(least_path, floor)
         print(row("least", total(least_path)))
         print(row("least - floor", total(least_added)))
         print(row("monitored - least", total(difference(added, least_added))))
-        print("least - floor, by shared object (the largest in code misses):")
-        for name, values in sorted(least_added.items(), key=lambda item: -item[1][1]):
-            if abs(values[1]) >= 2 or abs(values[0]) >= 100:
-                print(row("  " + name, values))
+        print_by_object("least - floor", least_added)
     return added
 
 
